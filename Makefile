@@ -1,0 +1,52 @@
+# jobsys: the two commands a newcomer needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install services services-stop migrate demo test test-fast lint fmt bench bench-quick chaos clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "jobsys needs Python 3.11 or newer (found %s)" % sys.version.split()[0])'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+services: install
+	$(BIN)/python -m jobsys.services up
+
+services-stop: install
+	$(BIN)/python -m jobsys.services down
+
+migrate: services
+	$(BIN)/jobsys db migrate
+
+demo: migrate
+	$(BIN)/jobsys demo --count 10000
+
+test: services
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy jobsys cli
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: migrate
+	$(BIN)/python -m bench.run
+
+bench-quick: migrate
+	$(BIN)/python -m bench.run --quick
+
+chaos: migrate
+	$(BIN)/python -m pytest -q -m slow tests/test_chaos.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

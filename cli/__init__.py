@@ -1,0 +1,1 @@
+"""The `jobsys` command line: click commands that parse, call jobsys, and print."""

@@ -1,0 +1,98 @@
+"""Printing for the CLI: JSON, tables and progress bars."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from jobsys.models import JobView
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def echo_json(value: Any) -> None:
+    """One JSON document on stdout."""
+    click.echo(json.dumps(value, default=_default, ensure_ascii=False))
+
+
+def job_dict(view: JobView) -> dict[str, Any]:
+    """The JSON shape of a job."""
+    return view.model_dump(mode="json")
+
+
+def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A table on stdout."""
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*("" if v is None else str(v) for v in row))
+    console.print(t)
+
+
+def job_rows(views: Sequence[JobView]) -> list[list[Any]]:
+    """`jobsys list` rows."""
+    return [
+        [
+            v.job_id,
+            v.name[:40],
+            v.pipeline,
+            v.status,
+            v.total,
+            v.done,
+            v.failed,
+            v.lost,
+            f"{v.progress:.1%}",
+            v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        ]
+        for v in views
+    ]
+
+
+JOB_COLUMNS = ["id", "name", "pipeline", "status", "total", "done", "failed", "lost", "progress",
+               "created"]  # fmt: skip
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None) -> Iterator[Any]:
+    """A rich progress bar on stderr; yields an `update(completed, total=None, **fields)`."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+    )
+    with progress:
+        task = progress.add_task(description, total=total, status="")
+
+        def update(completed: int, total: int | None = None, status: str = "") -> None:
+            progress.update(task, completed=completed, total=total, status=status)
+
+        yield update

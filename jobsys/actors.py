@@ -1,0 +1,77 @@
+"""Dramatiq actors: bootstrap, result processing, teardown.
+
+Dramatiq acks a message only after its actor returns and retries raised
+exceptions, so every actor here is idempotent: running one twice, or after a
+crash half-way, changes nothing the first run did not.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dramatiq
+from pydantic import ValidationError
+
+from jobsys.broker import CONTROL_QUEUE, RESULTS_QUEUE, setup_broker
+from jobsys.db import connection
+from jobsys.events import record_event
+from jobsys.ledger import apply_results
+from jobsys.models import ResultBatch
+from jobsys.queue import ack_replies, bridge
+
+setup_broker()
+
+log = logging.getLogger(__name__)
+
+
+@dramatiq.actor(
+    queue_name=CONTROL_QUEUE, max_retries=50, min_backoff=500, max_backoff=30_000,
+    time_limit=6 * 3_600_000,
+)  # fmt: skip
+def bootstrap_job(job_id: int) -> None:
+    """queued -> started, create the stream, publish every task (resumable)."""
+    from jobsys.bootstrap import run_bootstrap
+
+    run_bootstrap(job_id)
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{exc.error_count()} error(s); first at {where or 'message'}: {first['msg']}"
+
+
+@dramatiq.actor(
+    queue_name=RESULTS_QUEUE, max_retries=30, min_backoff=100, max_backoff=10_000,
+    time_limit=300_000,
+)  # fmt: skip
+def process_results(job_id: Any, results: Any) -> None:
+    """Apply one result batch exactly once, then ack its NATS messages."""
+    try:
+        batch = ResultBatch.model_validate({"job_id": job_id, "results": results})
+    except ValidationError as exc:
+        # A malformed batch is dropped with a recorded reason (not retried:
+        # it would fail the same way). Its NATS messages stay unacked and are
+        # delivered again, so a correct result can still arrive.
+        with connection() as conn:
+            record_event(
+                conn, job_id if isinstance(job_id, int) else None, "results_rejected", "warning",
+                reason=_describe(exc),
+            )  # fmt: skip
+        return
+    applied = apply_results(batch)
+    if applied.finalized is not None:
+        # Before acking: if the ack below fails and this message is retried,
+        # the job is already final and this branch would not run again.
+        teardown_job.send(batch.job_id)
+    if applied.ack:
+        bridge().run(lambda nc, js: ack_replies(nc, applied.ack))
+
+
+@dramatiq.actor(queue_name=CONTROL_QUEUE, max_retries=50, min_backoff=500, max_backoff=30_000)
+def teardown_job(job_id: int) -> None:
+    """Delete a final or canceling job's stream; finish a cancel (revoked)."""
+    from jobsys.teardown import run_teardown
+
+    run_teardown(job_id)

@@ -1,0 +1,78 @@
+"""Postgres connections: one lazily created pool per process.
+
+The pool is created on first use and re-created after a fork, so Dramatiq's
+worker processes and test subprocesses each get their own connections.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+import psycopg
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import ConnectionPool
+
+from jobsys.settings import get_settings
+
+# A connection whose rows are dicts (every connection jobsys hands out).
+Conn = psycopg.Connection[DictRow]
+
+_lock = threading.Lock()
+_pool: ConnectionPool | None = None
+_pool_pid: int | None = None
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    # Autocommit: a statement outside `with conn.transaction():` commits by
+    # itself, and every multi-statement unit is an explicit transaction block.
+    conn.autocommit = True
+    conn.row_factory = dict_row
+
+
+def get_pool() -> ConnectionPool:
+    """This process's connection pool, created on first use."""
+    global _pool, _pool_pid
+    with _lock:
+        if _pool is None or _pool_pid != os.getpid():
+            settings = get_settings()
+            _pool = ConnectionPool(
+                settings.database_url,
+                min_size=1,
+                max_size=settings.db_pool_size,
+                configure=_configure,
+                # A Postgres restart leaves dead connections in the pool;
+                # check each one before handing it out.
+                check=ConnectionPool.check_connection,
+                open=True,
+                name="jobsys",
+            )
+            _pool_pid = os.getpid()
+        return _pool
+
+
+def close_pool() -> None:
+    """Close this process's pool (tests and clean shutdown)."""
+    global _pool, _pool_pid
+    with _lock:
+        if _pool is not None and _pool_pid == os.getpid():
+            _pool.close()
+        _pool = None
+        _pool_pid = None
+
+
+@contextmanager
+def connection() -> Iterator[Conn]:
+    """A pooled autocommit connection; use ``with conn.transaction():`` to group writes."""
+    with get_pool().connection() as conn:
+        yield cast(Conn, conn)
+
+
+def connect_direct(url: str | None = None, autocommit: bool = True) -> Conn:
+    """A connection outside the pool (migrations, advisory locks held for long)."""
+    return psycopg.connect(
+        url or get_settings().database_url, row_factory=dict_row, autocommit=autocommit
+    )

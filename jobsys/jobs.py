@@ -1,0 +1,168 @@
+"""The library API: submit, cancel, and read jobs.
+
+``jobsys.submit(...)`` and ``jobsys.cancel(...)`` are what the CLI calls;
+people who embed jobsys call them directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field, ValidationError
+
+from jobsys.db import connection
+from jobsys.errors import InvalidInput, JobNotFound
+from jobsys.events import record_event
+from jobsys.models import JobView
+from jobsys.pipelines import resolve
+from jobsys.queries import Q
+from jobsys.settings import get_settings
+from jobsys.states import CANCELABLE, Status, transition
+
+log = logging.getLogger(__name__)
+
+# How often (in tasks) a large submit reports progress.
+_PROGRESS_EVERY = 10_000
+
+
+class SubmitOptions(BaseModel):
+    """What a submit may set besides its items; validated before anything is written."""
+
+    pipeline: str = Field(min_length=1, max_length=500)
+    name: str = Field(default="", max_length=10_000)
+    failure_threshold: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_deliver: int = Field(ge=1, le=1_000)
+
+
+def _options(**kwargs: object) -> SubmitOptions:
+    try:
+        return SubmitOptions.model_validate(kwargs)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"{field.replace('_', '-')}: {first['msg']}") from None
+
+
+def submit(
+    pipeline: str,
+    items: Iterable[str],
+    *,
+    name: str = "",
+    failure_threshold: float = 0.0,
+    max_deliver: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> JobView:
+    """Create a job and its tasks in one transaction, then enqueue its bootstrap.
+
+    `items` yields each task's payload as JSON text (see `jobsys.items`). If
+    it raises part-way, the transaction rolls back and no job exists.
+    """
+    opts = _options(
+        pipeline=pipeline,
+        name=name,
+        failure_threshold=failure_threshold,
+        max_deliver=max_deliver or get_settings().max_deliver,
+    )
+    resolve(opts.pipeline)
+    if "\x00" in opts.name or "\x00" in opts.pipeline:
+        raise InvalidInput("name: NUL characters cannot be stored in a job name")
+    with connection() as conn, conn.transaction():
+        job = conn.execute(
+            Q.insert_job,
+            {
+                "name": opts.name,
+                "pipeline": opts.pipeline,
+                "total": 0,
+                "failure_threshold": opts.failure_threshold,
+                "max_deliver": opts.max_deliver,
+            },
+        ).fetchone()
+        assert job is not None
+        job_id = job["id"]
+        count = 0
+        with conn.cursor().copy(Q.copy_tasks) as copy:
+            for count, text in enumerate(items, start=1):
+                copy.write_row((job_id, count - 1, text))
+                if on_progress is not None and count % _PROGRESS_EVERY == 0:
+                    on_progress(count)
+        conn.execute(Q.set_job_total, {"job_id": job_id, "total": count})
+        record_event(
+            conn, job_id, "job_submitted",
+            pipeline=opts.pipeline, total=count, failure_threshold=opts.failure_threshold,
+        )  # fmt: skip
+    if on_progress is not None:
+        on_progress(count)
+    enqueue_bootstrap(job_id)
+    return get_job(job_id)
+
+
+def enqueue_bootstrap(job_id: int) -> bool:
+    """Send the bootstrap message; False (logged) if Redis is unreachable.
+
+    The job is committed either way: a queued job whose message never
+    arrives is re-enqueued by the reconciler.
+    """
+    from jobsys.actors import bootstrap_job
+
+    try:
+        bootstrap_job.send(job_id)
+    except Exception as exc:
+        log.warning("bootstrap not enqueued", extra={"job_id": job_id, "error": repr(exc)})
+        return False
+    return True
+
+
+def get_job(job_id: int) -> JobView:
+    """The job's status and counters; raises JobNotFound."""
+    with connection() as conn:
+        row = conn.execute(Q.get_job, {"job_id": job_id}).fetchone()
+    if row is None:
+        raise JobNotFound(job_id)
+    return JobView.from_row(row)
+
+
+def list_jobs(status: str | None = None, limit: int = 50) -> list[JobView]:
+    """Recent jobs, newest first, optionally of one status."""
+    if status is not None and status not in {s.value for s in Status}:
+        raise InvalidInput(f"unknown status {status!r}")
+    with connection() as conn:
+        rows = conn.execute(Q.list_jobs, {"status": status, "limit": limit}).fetchall()
+    return [JobView.from_row(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """What `cancel` did."""
+
+    job_id: int
+    status: str
+    changed: bool
+
+
+def cancel(job_id: int) -> CancelResult:
+    """queued|started -> canceling, then teardown (stream deleted, tasks cancelled, revoked).
+
+    A final job is left exactly as it is (`changed=False`). If teardown cannot
+    run here (NATS down), it is enqueued, and the reconciler forces it after
+    the cancel grace period.
+    """
+    with connection() as conn:
+        moved = transition(conn, job_id, Status.CANCELING, CANCELABLE, "cancel requested")
+    if moved is None:
+        job = get_job(job_id)
+        return CancelResult(job_id, job.status, False)
+    from jobsys.teardown import run_teardown
+
+    try:
+        run_teardown(job_id, reason="cancel")
+    except Exception as exc:
+        log.warning("inline teardown failed", extra={"job_id": job_id, "error": repr(exc)})
+        from jobsys.actors import teardown_job
+
+        try:
+            teardown_job.send(job_id)
+        except Exception:
+            log.warning("teardown not enqueued", extra={"job_id": job_id})
+    return CancelResult(job_id, get_job(job_id).status, True)

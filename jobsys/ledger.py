@@ -1,0 +1,114 @@
+"""Counting results exactly once: the ledger moves, the counters follow.
+
+One result batch is one transaction: tasks move ``pending -> done|failed``
+(only rows that really move are counted), exactly those counts are added to
+the job's counter columns with SQL arithmetic, and the job is finalized if
+every task is now accounted for. A replayed or late batch moves nothing and
+so counts nothing. NATS messages are acked by the caller only after commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+
+from jobsys.db import connection
+from jobsys.events import record_event
+from jobsys.models import ResultBatch, TaskResult
+from jobsys.queries import Q
+from jobsys.queue import JobNames, parse_ack_subject
+from jobsys.settings import get_settings
+from jobsys.states import FINALIZABLE, OUTCOME, Status, transition
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Applied:
+    """What applying one batch did."""
+
+    job_known: bool
+    moved_done: int = 0
+    moved_failed: int = 0
+    finalized: Status | None = None
+    ack: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+
+
+def _reject_reason(r: TaskResult, names: JobNames, total: int) -> str | None:
+    ack = parse_ack_subject(r.reply)
+    if ack is None:
+        return "reply is not a JetStream ack subject"
+    if ack.stream != names.stream or ack.consumer != names.consumer:
+        return f"reply belongs to stream {ack.stream!r}, not this job's"
+    if r.task >= total:
+        return f"task {r.task} is out of range (job has {total} tasks)"
+    return None
+
+
+def _result_text(r: TaskResult, limit: int) -> tuple[str, str | None, str | None]:
+    """(status, result json, error) to store; an oversized result fails its task."""
+    if r.status == "failed":
+        return "failed", None, r.error
+    text = json.dumps(r.result)
+    if len(text) > limit:
+        return "failed", None, f"result of {len(text):,} bytes exceeds the {limit:,} byte limit"
+    return "done", text, None
+
+
+def apply_results(batch: ResultBatch) -> Applied:
+    """Record a batch in the ledger and counters; finalize the job if complete."""
+    settings = get_settings()
+    names = JobNames.of(settings.namespace, batch.job_id)
+    with connection() as conn:
+        job = conn.execute(Q.get_job, {"job_id": batch.job_id}).fetchone()
+        if job is None:
+            record_event(
+                conn, None, "results_rejected", "warning",
+                reason="unknown job", job=batch.job_id, tasks=len(batch.results),
+            )  # fmt: skip
+            return Applied(job_known=False)
+
+        out = Applied(job_known=True)
+        valid: list[TaskResult] = []
+        reasons: dict[str, int] = {}
+        for r in batch.results:
+            reason = _reject_reason(r, names, job["total_count"])
+            if reason is None:
+                valid.append(r)
+            else:
+                out.rejected.append(r.reply)
+                reasons[reason] = reasons.get(reason, 0) + 1
+        if reasons:
+            record_event(
+                conn, batch.job_id, "results_rejected", "warning",
+                reasons=reasons, count=len(out.rejected),
+            )  # fmt: skip
+        if not valid:
+            return out
+
+        stored = [_result_text(r, settings.max_result_bytes) for r in valid]
+        params = {
+            "job_id": batch.job_id,
+            "task_nos": [r.task for r in valid],
+            "statuses": [s[0] for s in stored],
+            "results": [s[1] for s in stored],
+            "errors": [s[2] for s in stored],
+            "deliveries": [r.deliveries for r in valid],
+        }
+        with conn.transaction():
+            row = conn.execute(Q.record_results, params).fetchone()
+            if row is not None:
+                out.moved_done, out.moved_failed = row["moved_done"], row["moved_failed"]
+                accounted = row["done_count"] + row["failed_count"] + row["lost_count"]
+                if row["status"] in FINALIZABLE and accounted >= row["total_count"]:
+                    moved = transition(
+                        conn, batch.job_id, OUTCOME, FINALIZABLE, "all tasks accounted for"
+                    )
+                    if moved is not None:
+                        out.finalized = moved.status
+        out.ack = [r.reply for r in valid]
+    if out.finalized is not None:
+        log.info("job finished", extra={"job_id": batch.job_id, "status": str(out.finalized)})
+    return out

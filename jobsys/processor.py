@@ -1,0 +1,455 @@
+"""The processing worker (`jobsys process`): NATS tasks in, Dramatiq result batches out.
+
+It serves every job stream of the namespace (a stream exists only while its
+job is started), fairly: before fetching, a job's feed takes tickets from a
+shared FIFO semaphore, so a new job's feed queues behind at most one turn of
+each older job instead of behind its whole backlog. Pipelines run on a thread
+pool. Results are batched per job and sent to the `process_results` actor
+with the reply subjects of their messages: the processor never acks a task
+itself; the actor acks after the results are committed.
+
+Cancel: teardown deletes the job's stream. The processor hears the
+JetStream stream-deleted advisory at once (and a periodic listing catches
+anything missed), and every queued task checks its job is still served at
+the moment a thread picks it up, so a cancelled job's tasks stop starting
+within milliseconds.
+
+SIGTERM/SIGINT: stop fetching, finish running tasks, hand back (nak) the ones
+not started, flush results, exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from jobsys.errors import PermanentError
+from jobsys.pipelines import Pipeline, resolve
+from jobsys.queue import (
+    JobNames,
+    connect,
+    jetstream,
+    job_id_of_stream,
+    parse_msg_id,
+    pipeline_of_stream,
+)
+from jobsys.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+# An empty fetch holds its tickets this long at most, then the feed rests.
+FETCH_TIMEOUT_S = 0.5
+IDLE_BACKOFF_S = (0.1, 2.0)
+SEND_ATTEMPTS = 5
+LISTING_EVERY_S = 2.0
+
+
+class _Skipped(Exception):
+    """A queued task was not started: its job is gone or we are stopping."""
+
+
+@dataclass
+class Feed:
+    """One job's stream as this processor serves it."""
+
+    job_id: int
+    names: JobNames
+    pipeline_name: str
+    fn: Pipeline
+    max_deliver: int
+    active: bool = True
+    task: asyncio.Task[None] | None = None
+    buffer: list[dict[str, Any]] = field(default_factory=list)
+    buffer_since: float = 0.0
+
+
+@dataclass
+class ProcessorStats:
+    """Counters a processor keeps about itself (logged at exit, read by tests/bench)."""
+
+    ran: int = 0
+    ok: int = 0
+    failed: int = 0
+    retried: int = 0
+    skipped: int = 0
+    batches_sent: int = 0
+
+
+class Processor:
+    """Pulls task messages of all started jobs, runs pipelines, sends result batches."""
+
+    def __init__(
+        self,
+        concurrency: int = 4,
+        batch_size: int | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.concurrency = concurrency
+        self.batch_size = batch_size or self.settings.result_batch_size
+        self.feeds: dict[int, Feed] = {}
+        self.stats = ProcessorStats()
+        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="jobsys-task")
+        # Runs pipelines' sends to Redis off the event loop, one at a time.
+        self._sender = ThreadPoolExecutor(1, thread_name_prefix="jobsys-send")
+        self._stopping = threading.Event()
+        self._stop_event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tickets: asyncio.Semaphore | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._max_tickets = max(concurrency * 2, 4)
+        self._chunk = max(1, self._max_tickets // 2)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the processor to stop gracefully (thread-safe)."""
+        self._stopping.set()
+        loop_event = self._stop_event
+        if loop_event is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(loop_event.set)
+
+    async def run(self) -> ProcessorStats:
+        """Serve until `stop()` (or SIGTERM/SIGINT when installed by `main`)."""
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        if self._stopping.is_set():
+            self._stop_event.set()
+        self._tickets = asyncio.Semaphore(self._max_tickets)
+        self._nc = await connect(self.settings.nats_url, name="jobsys-processor")
+        self._js = jetstream(self._nc, self.settings)
+        # Wildcards match whole tokens only; other namespaces' streams are
+        # filtered out by name in the callback.
+        await self._nc.subscribe("$JS.EVENT.ADVISORY.STREAM.*.*", cb=self._on_stream_advisory)
+        log.info(
+            "processor started",
+            extra={"concurrency": self.concurrency, "batch_size": self.batch_size},
+        )
+        helpers = [
+            asyncio.create_task(self._listing_loop()),
+            asyncio.create_task(self._flush_loop()),
+        ]
+        await self._stop_event.wait()
+        await self._shutdown(helpers)
+        return self.stats
+
+    async def _shutdown(self, helpers: list[asyncio.Task[None]]) -> None:
+        self._stopping.set()
+        for feed in self.feeds.values():
+            if feed.task is not None:
+                feed.task.cancel()
+        # Tasks already running finish; queued ones see _stopping and are nak'ed.
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=self.settings.ack_wait_s)
+        for task in helpers:
+            task.cancel()
+        for feed in list(self.feeds.values()):
+            await self._flush(feed)
+        self._sender.shutdown(wait=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        assert self._nc is not None
+        with contextlib.suppress(Exception):
+            await self._nc.drain()
+        log.info("processor stopped", extra=vars(self.stats))
+
+    # -- which jobs to serve -----------------------------------------------
+
+    async def _on_stream_advisory(self, msg: Msg) -> None:
+        # $JS.EVENT.ADVISORY.STREAM.<CREATED|DELETED|UPDATED>.<stream>
+        parts = msg.subject.split(".")
+        action, stream = parts[4], ".".join(parts[5:])
+        job_id = job_id_of_stream(self.settings.namespace, stream)
+        if job_id is None:
+            return
+        if action == "DELETED":
+            self._drop(job_id, "stream deleted")
+        elif action == "CREATED":
+            await self._add(job_id)
+
+    async def _listing_loop(self) -> None:
+        """Backstop for missed advisories (e.g. while NATS was restarting)."""
+        assert self._js is not None
+        while not self._stopping.is_set():
+            try:
+                seen = set()
+                for info in await self._js.streams_info():
+                    job_id = job_id_of_stream(self.settings.namespace, info.config.name or "")
+                    if job_id is None:
+                        continue
+                    seen.add(job_id)
+                    if job_id not in self.feeds:
+                        await self._add(job_id, info.config.description)
+                for job_id in list(self.feeds):
+                    if job_id not in seen:
+                        self._drop(job_id, "stream gone")
+            except Exception as exc:
+                log.warning("stream listing failed", extra={"error": repr(exc)})
+            await asyncio.sleep(LISTING_EVERY_S)
+
+    async def _add(self, job_id: int, description: str | None = None) -> None:
+        if job_id in self.feeds or self._stopping.is_set():
+            return
+        assert self._js is not None
+        names = JobNames.of(self.settings.namespace, job_id)
+        try:
+            if description is None:
+                description = (await self._js.stream_info(names.stream)).config.description
+            consumer = await self._js.consumer_info(names.stream, names.consumer)
+        except NotFoundError:
+            return  # bootstrap has not created the consumer yet; the listing retries
+        except Exception as exc:
+            log.warning("cannot serve job", extra={"job_id": job_id, "error": repr(exc)})
+            return
+        if job_id in self.feeds:
+            return
+        pipeline_name = pipeline_of_stream(description)
+        if pipeline_name is None:
+            log.warning("job stream names no pipeline", extra={"job_id": job_id})
+            return
+        try:
+            fn = resolve(pipeline_name)
+        except Exception as exc:
+            log.error(
+                "pipeline unavailable on this processor",
+                extra={"job_id": job_id, "pipeline": pipeline_name, "error": str(exc)},
+            )
+            return
+        feed = Feed(
+            job_id=job_id,
+            names=names,
+            pipeline_name=pipeline_name,
+            fn=fn,
+            max_deliver=consumer.config.max_deliver or self.settings.max_deliver,
+        )
+        self.feeds[job_id] = feed
+        feed.task = asyncio.create_task(self._feed_loop(feed))
+        log.info("serving job", extra={"job_id": job_id, "pipeline": pipeline_name})
+
+    def _drop(self, job_id: int, why: str) -> None:
+        feed = self.feeds.pop(job_id, None)
+        if feed is None:
+            return
+        feed.active = False
+        if feed.task is not None:
+            feed.task.cancel()
+        log.info("stopped serving job", extra={"job_id": job_id, "reason": why})
+        # Results already computed still go out: the job may be canceling
+        # (its work may be recorded) or a late batch is simply not counted.
+        if feed.buffer:
+            asyncio.get_running_loop().create_task(self._flush(feed))
+
+    # -- fetching ----------------------------------------------------------
+
+    async def _take_tickets(self) -> int:
+        assert self._tickets is not None
+        await self._tickets.acquire()
+        n = 1
+        while n < self._chunk and not self._tickets.locked():
+            await self._tickets.acquire()
+            n += 1
+        return n
+
+    def _give_tickets(self, n: int) -> None:
+        assert self._tickets is not None
+        for _ in range(n):
+            self._tickets.release()
+
+    async def _feed_loop(self, feed: Feed) -> None:
+        assert self._js is not None
+        sub = await self._js.pull_subscribe_bind(
+            consumer=feed.names.consumer, stream=feed.names.stream
+        )
+        rest = IDLE_BACKOFF_S[0]
+        try:
+            while feed.active and not self._stopping.is_set():
+                n = await self._take_tickets()
+                try:
+                    msgs = await sub.fetch(n, timeout=FETCH_TIMEOUT_S)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    msgs = []
+                except NotFoundError:
+                    self._give_tickets(n)
+                    self._drop(feed.job_id, "consumer gone")
+                    return
+                except Exception as exc:
+                    self._give_tickets(n)
+                    log.info("fetch failed", extra={"job_id": feed.job_id, "error": repr(exc)})
+                    await asyncio.sleep(rest)
+                    rest = min(rest * 2, IDLE_BACKOFF_S[1])
+                    continue
+                self._give_tickets(n - len(msgs))
+                if not msgs:
+                    await asyncio.sleep(rest)
+                    rest = min(rest * 2, IDLE_BACKOFF_S[1])
+                    continue
+                rest = IDLE_BACKOFF_S[0]
+                for msg in msgs:
+                    task = asyncio.create_task(self._run_one(feed, msg))
+                    self._inflight.add(task)
+                    task.add_done_callback(self._inflight.discard)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    # -- running -----------------------------------------------------------
+
+    def _call(self, feed: Feed, payload: dict[str, Any]) -> dict[str, Any]:
+        # Checked when a thread picks the task up, not when it was queued:
+        # this is what keeps a cancelled job's tasks from starting.
+        if self._stopping.is_set() or not feed.active:
+            raise _Skipped()
+        return feed.fn(payload)
+
+    async def _run_one(self, feed: Feed, msg: Msg) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            ids = parse_msg_id((msg.headers or {}).get("Nats-Msg-Id"))
+            if ids is None or ids[0] != feed.job_id:
+                # Not a task message of this job: nothing can ever process it.
+                log.warning("foreign message terminated", extra={"job_id": feed.job_id})
+                await msg.term()
+                return
+            task_no = ids[1]
+            deliveries = msg.metadata.num_delivered or 1
+            try:
+                payload = json.loads(msg.data)
+                if not isinstance(payload, dict):
+                    raise PermanentError("task payload is not a JSON object")
+                fut = loop.run_in_executor(self._executor, self._call, feed, payload)
+                result = await self._keep_alive(msg, fut)
+                if not isinstance(result, dict):
+                    raise PermanentError(
+                        f"pipeline returned {type(result).__name__}, not a JSON object"
+                    )
+                size = len(json.dumps(result))
+                if size > self.settings.max_result_bytes:
+                    raise PermanentError(
+                        f"result of {size:,} bytes exceeds the "
+                        f"{self.settings.max_result_bytes:,} byte limit"
+                    )
+            except _Skipped:
+                self.stats.skipped += 1
+                if feed.active:
+                    await msg.nak()  # stopping: hand it to another processor now
+                return
+            except PermanentError as exc:
+                self._add_result(feed, task_no, msg, deliveries, error=str(exc) or "failed")
+                return
+            except Exception as exc:
+                if deliveries >= feed.max_deliver:
+                    error = f"gave up after {deliveries} deliveries: {exc!r}"
+                    self._add_result(feed, task_no, msg, deliveries, error=error)
+                else:
+                    self.stats.retried += 1
+                    await msg.nak(delay=self.settings.nak_delay_s)
+                return
+            self._add_result(feed, task_no, msg, deliveries, result=result)
+        except Exception as exc:
+            log.warning("task handling failed", extra={"job_id": feed.job_id, "error": repr(exc)})
+        finally:
+            self._give_tickets(1)
+
+    async def _keep_alive(self, msg: Msg, fut: asyncio.Future[dict[str, Any]]) -> Any:
+        """Await a running task, telling JetStream it is in progress so it is not redelivered."""
+        interval = max(self.settings.ack_wait_s / 3, 0.5)
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), interval)
+            except TimeoutError:
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+
+    def _add_result(
+        self,
+        feed: Feed,
+        task_no: int,
+        msg: Msg,
+        deliveries: int,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.stats.ran += 1
+        if error is None:
+            self.stats.ok += 1
+        else:
+            self.stats.failed += 1
+        if not feed.buffer:
+            feed.buffer_since = time.monotonic()
+        feed.buffer.append(
+            {
+                "task": task_no,
+                "status": "done" if error is None else "failed",
+                "result": result,
+                "error": error,
+                "reply": msg.reply,
+                "deliveries": deliveries,
+            }
+        )
+        if len(feed.buffer) >= self.batch_size:
+            asyncio.get_running_loop().create_task(self._flush(feed))
+
+    # -- sending results ---------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        period = self.settings.result_flush_ms / 1000
+        while True:
+            await asyncio.sleep(period / 2)
+            now = time.monotonic()
+            for feed in list(self.feeds.values()):
+                if feed.buffer and now - feed.buffer_since >= period:
+                    await self._flush(feed)
+
+    async def _flush(self, feed: Feed) -> None:
+        if not feed.buffer:
+            return
+        items, feed.buffer = feed.buffer, []
+        loop = asyncio.get_running_loop()
+        for attempt in range(1, SEND_ATTEMPTS + 1):
+            try:
+                await loop.run_in_executor(self._sender, _send_results, feed.job_id, items)
+                self.stats.batches_sent += 1
+                return
+            except Exception as exc:
+                log.warning(
+                    "result batch not sent",
+                    extra={"job_id": feed.job_id, "attempt": attempt, "error": repr(exc)},
+                )
+                await asyncio.sleep(min(0.2 * 2**attempt, 5))
+        # Unsent results are not lost: their messages were never acked, so
+        # JetStream delivers them again after ack_wait.
+        log.error("result batch dropped", extra={"job_id": feed.job_id, "tasks": len(items)})
+
+
+def _send_results(job_id: int, items: list[dict[str, Any]]) -> None:
+    from jobsys.actors import process_results
+
+    process_results.send(job_id, items)
+
+
+def main(concurrency: int = 4, batch_size: int | None = None) -> ProcessorStats:
+    """Run a processor in this process until SIGTERM or SIGINT."""
+    processor = Processor(concurrency=concurrency, batch_size=batch_size)
+
+    async def serve() -> ProcessorStats:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, processor.stop)
+        return await processor.run()
+
+    return asyncio.run(serve())

@@ -1,0 +1,137 @@
+"""Start a whole jobsys system (workers and processors) as real subprocesses.
+
+Used by `jobsys demo`, the tests, the benchmarks and the chaos suite, so each
+of them runs exactly the commands a Procfile runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from jobsys.errors import JobsysError
+from jobsys.jobs import get_job
+from jobsys.models import JobView
+from jobsys.states import FINAL
+
+
+def worker_cmd(threads: int = 8) -> list[str]:
+    """The command of one Dramatiq worker process (no supervisor)."""
+    return [sys.executable, "-m", "cli", "worker", "--processes", "1", "--threads", str(threads)]
+
+
+def processor_cmd(concurrency: int = 8, batch_size: int | None = None) -> list[str]:
+    """The command of one processor."""
+    cmd = [sys.executable, "-m", "cli", "process", "--concurrency", str(concurrency)]
+    if batch_size:
+        cmd += ["--batch-size", str(batch_size)]
+    return cmd
+
+
+class LocalSystem:
+    """Workers and processors as child processes, logs in `log_dir`."""
+
+    def __init__(
+        self,
+        workers: int = 1,
+        threads: int = 8,
+        processors: int = 1,
+        concurrency: int = 8,
+        batch_size: int | None = None,
+        log_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.log_dir = log_dir or Path(".services") / "logs"
+        self.env = {**os.environ, **(env or {})}
+        self.worker_cmd = worker_cmd(threads)
+        self.processor_cmd = processor_cmd(concurrency, batch_size)
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.processors: list[subprocess.Popen[bytes]] = []
+        self._n_workers = workers
+        self._n_processors = processors
+        self._spawned = 0
+
+    def _spawn(self, cmd: list[str], kind: str) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._spawned += 1
+        log_path = self.log_dir / f"{kind}-{self._spawned}.log"
+        with log_path.open("ab") as out:
+            return subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        """Start one more worker process."""
+        proc = self._spawn(self.worker_cmd, "worker")
+        self.workers.append(proc)
+        return proc
+
+    def start_processor(self) -> subprocess.Popen[bytes]:
+        """Start one more processor."""
+        proc = self._spawn(self.processor_cmd, "processor")
+        self.processors.append(proc)
+        return proc
+
+    def start(self) -> LocalSystem:
+        """Start the configured numbers of workers and processors."""
+        for _ in range(self._n_workers):
+            self.start_worker()
+        for _ in range(self._n_processors):
+            self.start_processor()
+        return self
+
+    def check_alive(self) -> None:
+        """Raise if a child exited on its own (its log says why)."""
+        for kind, procs in (("worker", self.workers), ("processor", self.processors)):
+            for p in procs:
+                code = p.poll()
+                if code is not None:
+                    raise JobsysError(
+                        f"a {kind} exited with code {code}; see its log in {self.log_dir}/"
+                    )
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM everything (graceful), SIGKILL what is still running after `timeout`."""
+        procs = [p for p in self.workers + self.processors if p.poll() is None]
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            try:
+                p.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def __enter__(self) -> LocalSystem:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def wait_until_final(
+    job_id: int,
+    timeout: float = 600.0,
+    poll_s: float = 0.25,
+    on_update: object = None,
+) -> JobView:
+    """Poll until the job is final; `on_update(view)` is called on every poll."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view = get_job(job_id)
+        if callable(on_update):
+            on_update(view)
+        if view.status in FINAL:
+            return view
+        if time.monotonic() > deadline:
+            raise JobsysError(f"job {job_id} not final after {timeout:.0f}s (status {view.status})")
+        time.sleep(poll_s)

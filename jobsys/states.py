@@ -1,0 +1,85 @@
+"""The job state machine and the one function that changes a job's status.
+
+    queued ──bootstrap──> started ──all tasks accounted──> success | failure
+      │                      │
+      └──────cancel──────────┴──> canceling ──teardown──> revoked
+
+Every status write in jobsys goes through `transition`: one guarded
+``UPDATE ... WHERE id = $1 AND status = ANY($2) RETURNING``. Its result says
+whether this caller won; only the winner does the follow-up work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+from jobsys.db import Conn
+from jobsys.queries import Q
+
+
+class Status(StrEnum):
+    """A job's status."""
+
+    QUEUED = "queued"
+    STARTED = "started"
+    CANCELING = "canceling"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    REVOKED = "revoked"
+
+
+ACTIVE = frozenset({Status.QUEUED, Status.STARTED, Status.CANCELING})
+FINAL = frozenset({Status.SUCCESS, Status.FAILURE, Status.REVOKED})
+FINALIZABLE = frozenset({Status.QUEUED, Status.STARTED})
+CANCELABLE = frozenset({Status.QUEUED, Status.STARTED})
+
+# `to` may be a status, or OUTCOME: success or failure by the failure
+# threshold, allowed only once every task is accounted for.
+OUTCOME: Literal["outcome"] = "outcome"
+Target = Status | Literal["outcome"]
+
+
+@dataclass(frozen=True)
+class Moved:
+    """The row a winning transition returned."""
+
+    job_id: int
+    status: Status
+    total: int
+    done: int
+    failed: int
+    lost: int
+    cancelled: int
+
+
+def transition(
+    conn: Conn,
+    job_id: int,
+    to: Target,
+    from_: frozenset[Status] | set[Status],
+    reason: str,
+) -> Moved | None:
+    """Move `job_id` to `to` if its status is in `from_`; None when it was not.
+
+    Runs inside the caller's transaction, so a caller may combine it with
+    other writes that must commit (or not) together with the status change.
+    """
+    if to != OUTCOME and Status(to) in from_:
+        raise ValueError(f"transition to {to} from a set containing it is not a change")
+    row = conn.execute(
+        Q.transition_status,
+        {"job_id": job_id, "to": str(to), "from": sorted(str(s) for s in from_), "reason": reason},
+    ).fetchone()
+    if row is None:
+        return None
+    return Moved(
+        job_id=row["id"],
+        status=Status(row["status"]),
+        total=row["total_count"],
+        done=row["done_count"],
+        failed=row["failed_count"],
+        lost=row["lost_count"],
+        cancelled=row["cancelled_count"],
+    )

@@ -1,0 +1,161 @@
+-- Every query jobsys runs, by name. Loaded by jobsys/queries.py.
+-- Each block starts with "-- name: <query_name>" and a one-line description.
+-- Values are always bound parameters (%(name)s); nothing is concatenated.
+
+-- name: transition_status
+-- The one guarded status write. Only a row whose status is in %(from)s moves;
+-- the returned row is the answer to "did I win?". %(to)s = 'outcome' means
+-- "success or failure by the failure threshold" and then the job must also be
+-- complete. Every move is logged in job_events in the same statement.
+WITH moved AS (
+    UPDATE jobs SET
+        status = CASE
+            WHEN %(to)s = 'outcome' THEN
+                CASE WHEN failed_count + lost_count > failure_threshold * total_count
+                     THEN 'failure' ELSE 'success' END
+            ELSE %(to)s END,
+        started_at = CASE WHEN %(to)s = 'started' THEN coalesce(started_at, now()) ELSE started_at END,
+        finished_at = CASE WHEN %(to)s IN ('outcome', 'success', 'failure', 'revoked')
+                           THEN now() ELSE finished_at END
+    WHERE id = %(job_id)s
+      AND status = ANY(%(from)s::text[])
+      AND (%(to)s <> 'outcome' OR done_count + failed_count + lost_count >= total_count)
+    RETURNING id, status, total_count, done_count, failed_count, lost_count, cancelled_count
+), logged AS (
+    INSERT INTO job_events (job_id, level, event, detail)
+    SELECT id, 'info', 'status',
+           jsonb_build_object('to', status, 'from', %(from)s::text[], 'reason', %(reason)s::text)
+    FROM moved
+)
+SELECT id, status, total_count, done_count, failed_count, lost_count, cancelled_count FROM moved;
+
+-- name: insert_job
+-- A new job row, queued.
+INSERT INTO jobs (name, pipeline, total_count, failure_threshold, max_deliver)
+VALUES (%(name)s, %(pipeline)s, %(total)s, %(failure_threshold)s, %(max_deliver)s)
+RETURNING id, created_at;
+
+-- name: set_job_total
+-- The task count of a job whose items were streamed in (same transaction as its COPY).
+UPDATE jobs SET total_count = %(total)s WHERE id = %(job_id)s AND status = 'queued';
+
+-- name: copy_tasks
+-- Bulk insert of a job's ledger rows.
+COPY job_tasks (job_id, task_no, payload) FROM STDIN;
+
+-- name: get_job
+-- One job with its counters.
+SELECT id, name, pipeline, status, total_count, published_count, done_count, failed_count,
+       lost_count, cancelled_count, failure_threshold, max_deliver,
+       created_at, started_at, finished_at, progress_at
+FROM jobs WHERE id = %(job_id)s;
+
+-- name: list_jobs
+-- Recent jobs, optionally of one status.
+SELECT id, name, pipeline, status, total_count, published_count, done_count, failed_count,
+       lost_count, cancelled_count, failure_threshold, max_deliver,
+       created_at, started_at, finished_at, progress_at
+FROM jobs
+WHERE %(status)s::text IS NULL OR status = %(status)s::text
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: started_jobs
+-- What processors may serve: only started jobs.
+SELECT id, pipeline, max_deliver FROM jobs WHERE status = 'started' ORDER BY id;
+
+-- name: job_statuses
+-- Statuses of the given jobs (processors drop work of jobs no longer started).
+SELECT id, status FROM jobs WHERE id = ANY(%(job_ids)s::bigint[]);
+
+-- name: tasks_to_publish
+-- The next chunk of a job's tasks in task order, from a task number on.
+SELECT task_no, payload::text FROM job_tasks
+WHERE job_id = %(job_id)s AND task_no >= %(from_task)s
+ORDER BY task_no
+LIMIT %(limit)s;
+
+-- name: advance_published
+-- Bootstrap's resume point only moves forward; returns the job's status so
+-- bootstrap learns of a cancel without another query.
+UPDATE jobs SET published_count = greatest(published_count, %(published)s), progress_at = now()
+WHERE id = %(job_id)s
+RETURNING status;
+
+-- name: record_results
+-- Apply one result batch: move tasks pending -> done|failed (only those that
+-- really move), add exactly those counts to the job's counters, in one
+-- statement. Tasks are locked in task order so overlapping batches cannot
+-- deadlock. Returns the job's counters after the change, or no row when the
+-- batch moved nothing (a replay, a late result, an unknown job).
+WITH input AS (
+    SELECT * FROM unnest(%(task_nos)s::int[], %(statuses)s::text[], %(results)s::text[],
+                         %(errors)s::text[], %(deliveries)s::int[])
+        AS i(task_no, status, result, error, deliveries)
+), locked AS (
+    SELECT t.task_no FROM job_tasks t
+    WHERE t.job_id = %(job_id)s AND t.task_no = ANY(%(task_nos)s::int[]) AND t.status = 'pending'
+    ORDER BY t.task_no
+    FOR UPDATE
+), moved AS (
+    UPDATE job_tasks t
+    SET status = i.status, result = i.result::json, error = i.error,
+        deliveries = greatest(t.deliveries, i.deliveries), finished_at = now()
+    FROM input i JOIN locked l USING (task_no)
+    WHERE t.job_id = %(job_id)s AND t.task_no = i.task_no AND t.status = 'pending'
+    RETURNING t.status
+), counts AS (
+    SELECT count(*) FILTER (WHERE status = 'done') AS done,
+           count(*) FILTER (WHERE status = 'failed') AS failed
+    FROM moved
+)
+UPDATE jobs j
+SET done_count = j.done_count + c.done, failed_count = j.failed_count + c.failed,
+    progress_at = now()
+FROM counts c
+WHERE j.id = %(job_id)s AND c.done + c.failed > 0
+RETURNING c.done AS moved_done, c.failed AS moved_failed, j.status, j.total_count,
+          j.done_count, j.failed_count, j.lost_count;
+
+-- name: cancel_pending_tasks
+-- Teardown of a canceling job: every task still pending becomes cancelled and
+-- is counted, in the same transaction as the job's move to revoked.
+WITH locked AS (
+    SELECT task_no FROM job_tasks
+    WHERE job_id = %(job_id)s AND status = 'pending'
+    ORDER BY task_no
+    FOR UPDATE
+), moved AS (
+    UPDATE job_tasks t SET status = 'cancelled', finished_at = now()
+    FROM locked l
+    WHERE t.job_id = %(job_id)s AND t.task_no = l.task_no AND t.status = 'pending'
+    RETURNING 1
+), counts AS (
+    SELECT count(*) AS n FROM moved
+)
+UPDATE jobs j SET cancelled_count = j.cancelled_count + c.n
+FROM counts c
+WHERE j.id = %(job_id)s
+RETURNING c.n AS cancelled;
+
+-- name: ledger_counts
+-- The ledger's own counts of one job, to audit the counter columns.
+SELECT count(*) FILTER (WHERE status = 'pending')   AS pending,
+       count(*) FILTER (WHERE status = 'done')      AS done,
+       count(*) FILTER (WHERE status = 'failed')    AS failed,
+       count(*) FILTER (WHERE status = 'lost')      AS lost,
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+       count(*)                                     AS total
+FROM job_tasks WHERE job_id = %(job_id)s;
+
+-- name: insert_event
+-- Append one event to a job's log.
+INSERT INTO job_events (job_id, level, event, detail)
+VALUES (%(job_id)s, %(level)s, %(event)s, %(detail)s::jsonb);
+
+-- name: job_events
+-- A job's events in order, after an event id (for following).
+SELECT id, at, level, event, detail FROM job_events
+WHERE job_id = %(job_id)s AND id > %(after)s
+ORDER BY id
+LIMIT %(limit)s;
