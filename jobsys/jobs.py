@@ -63,7 +63,7 @@ def submit(
         pipeline=pipeline,
         name=name,
         failure_threshold=failure_threshold,
-        max_deliver=max_deliver or get_settings().max_deliver,
+        max_deliver=get_settings().max_deliver if max_deliver is None else max_deliver,
     )
     resolve(opts.pipeline)
     if "\x00" in opts.name or "\x00" in opts.pipeline:

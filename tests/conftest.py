@@ -1,0 +1,105 @@
+"""Test isolation: every run gets its own database, NATS namespace and Redis namespace.
+
+The environment is set before jobsys is imported, and child processes (the
+workers and processors tests start) inherit it. Everything is removed at the
+end of the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from jobsys.settings import Settings, reset_settings
+
+RUN_ID = uuid.uuid4().hex[:8]
+NAMESPACE = f"t{RUN_ID}"
+_base = Settings()
+TEST_DB = f"jobsys_test_{RUN_ID}"
+ADMIN_URL = make_conninfo(_base.database_url, dbname="postgres")
+os.environ.update(
+    {
+        "JOBSYS_NAMESPACE": NAMESPACE,
+        "JOBSYS_DATABASE_URL": make_conninfo(_base.database_url, dbname=TEST_DB),
+        "JOBSYS_REDIS_URL": _base.redis_url,
+        "JOBSYS_NATS_URL": _base.nats_url,
+        # Short timings so redelivery and recovery happen within a test.
+        "JOBSYS_ACK_WAIT_S": os.environ.get("JOBSYS_ACK_WAIT_S", "3"),
+        "JOBSYS_NAK_DELAY_S": "0.2",
+        "JOBSYS_RESULT_FLUSH_MS": "50",
+        "JOBSYS_HEARTBEAT_TIMEOUT_MS": "5000",
+    }
+)
+reset_settings()
+
+
+def _admin() -> psycopg.Connection:
+    return psycopg.connect(ADMIN_URL, autocommit=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def database() -> Iterator[str]:
+    """A fresh database with the schema applied, dropped after the run."""
+    with _admin() as conn:
+        conn.execute(f'CREATE DATABASE "{TEST_DB}"')
+    from jobsys.migrate import migrate
+
+    migrate()
+    yield TEST_DB
+    from jobsys.db import close_pool
+    from jobsys.queue import close_bridge
+
+    close_bridge()
+    close_pool()
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nats_cleanup() -> Iterator[None]:
+    """Delete every stream of this run's namespace at the end."""
+    yield
+    from jobsys.queue import connect, jetstream
+
+    async def wipe() -> None:
+        nc = await connect()
+        js = jetstream(nc)
+        for info in await js.streams_info():
+            name = info.config.name or ""
+            if name.startswith(f"{NAMESPACE}_"):
+                await js.delete_stream(name)
+        await nc.close()
+
+    asyncio.run(wipe())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_cleanup() -> Iterator[None]:
+    """Delete this run's Dramatiq keys at the end."""
+    yield
+    import redis
+
+    from jobsys.settings import get_settings
+
+    client = redis.Redis.from_url(get_settings().redis_url)
+    keys = list(client.scan_iter(f"{get_settings().dramatiq_namespace}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One real worker process and one real processor, stopped after the test."""
+    from jobsys.runner import LocalSystem
+
+    log_dir = tmp_path_factory.mktemp("logs")
+    sys_ = LocalSystem(workers=1, processors=1, concurrency=8, log_dir=log_dir)
+    with sys_:
+        yield sys_

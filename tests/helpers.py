@@ -1,0 +1,111 @@
+"""Test helpers that drive the real services by hand (no workers running)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from nats.js.errors import NotFoundError
+
+import jobsys
+from jobsys.bootstrap import run_bootstrap
+from jobsys.db import connection
+from jobsys.items import counted_items
+from jobsys.queries import Q
+from jobsys.queue import JobNames, bridge, parse_msg_id
+from jobsys.settings import get_settings
+
+
+def make_started_job(count: int, **kwargs: Any) -> int:
+    """Submit a job (its bootstrap message goes unconsumed) and bootstrap it in-process."""
+    view = jobsys.submit("echo", counted_items(count), **kwargs)
+    assert run_bootstrap(view.job_id) in {"published", "empty"}
+    return view.job_id
+
+
+def pull_results(job_id: int, n: int, *, fail: set[int] | None = None) -> list[dict[str, Any]]:
+    """Fetch up to `n` real task messages of the job and turn them into result items,
+    as a processor would (echo pipeline), without acking them."""
+    names = JobNames.of(get_settings().namespace, job_id)
+    fail = fail or set()
+
+    async def fetch(nc: Any, js: Any) -> list[dict[str, Any]]:
+        sub = await js.pull_subscribe_bind(consumer=names.consumer, stream=names.stream)
+        items: list[dict[str, Any]] = []
+        while len(items) < n:
+            try:
+                msgs = await sub.fetch(min(n - len(items), 500), timeout=2)
+            except TimeoutError:
+                break
+            for msg in msgs:
+                ids = parse_msg_id(msg.headers.get("Nats-Msg-Id"))
+                assert ids is not None
+                task = ids[1]
+                failed = task in fail
+                items.append(
+                    {
+                        "task": task,
+                        "status": "failed" if failed else "done",
+                        "result": None if failed else json.loads(msg.data),
+                        "error": "asked to fail" if failed else None,
+                        "reply": msg.reply,
+                        "deliveries": msg.metadata.num_delivered,
+                    }
+                )
+        await sub.unsubscribe()
+        return items
+
+    return bridge().run(fetch)
+
+
+def ledger(job_id: int) -> dict[str, int]:
+    """The ledger's counts of a job, by status."""
+    with connection() as conn:
+        row = conn.execute(Q.ledger_counts, {"job_id": job_id}).fetchone()
+    assert row is not None
+    return dict(row)
+
+
+def counters(job_id: int) -> dict[str, int]:
+    """The job row's counter columns."""
+    view = jobsys.get_job(job_id)
+    return {
+        "done": view.done,
+        "failed": view.failed,
+        "lost": view.lost,
+        "cancelled": view.cancelled,
+        "total": view.total,
+    }
+
+
+def assert_counters_match_ledger(job_id: int) -> None:
+    """Counter columns equal the ledger's counts, and nothing is counted twice."""
+    led = ledger(job_id)
+    cnt = counters(job_id)
+    for key in ("done", "failed", "lost", "cancelled", "total"):
+        assert cnt[key] == led[key], f"job {job_id}: {key} counter {cnt[key]} != ledger {led[key]}"
+
+
+def status_events(job_id: int) -> list[str]:
+    """The statuses the job moved to, in order (from job_events)."""
+    with connection() as conn:
+        rows = conn.execute(
+            "SELECT detail->>'to' AS to FROM job_events "
+            "WHERE job_id = %s AND event = 'status' ORDER BY id",
+            (job_id,),
+        ).fetchall()
+    return [r["to"] for r in rows]
+
+
+def stream_exists(job_id: int) -> bool:
+    """Whether the job's NATS stream exists."""
+    names = JobNames.of(get_settings().namespace, job_id)
+
+    async def check(nc: Any, js: Any) -> bool:
+        try:
+            await js.stream_info(names.stream)
+        except NotFoundError:
+            return False
+        return True
+
+    return bridge().run(check)
