@@ -1,6 +1,6 @@
-"""Named SQL queries, parsed from `sql/queries.sql`.
+"""Named SQL queries, parsed from `sql/queries/*.sql` (one file per concern).
 
-Reading that one file tells everything jobsys does to the database. Each
+Reading those files tells everything jobsys does to the database. Each
 block starts with ``-- name: <query_name>``; `Q.<query_name>` is its text.
 """
 
@@ -14,21 +14,24 @@ from jobsys.paths import sql_dir
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
-def parse_queries(text: str) -> dict[str, str]:
+def parse_queries(text: str, into: dict[str, str] | None = None) -> dict[str, str]:
     """Split a queries file into ``{name: sql}``; comments stay with their query."""
     parts = _HEADER.split(text)
-    queries: dict[str, str] = {}
+    queries: dict[str, str] = {} if into is None else into
     # parts = [preamble, name1, body1, name2, body2, ...]
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in queries:
-            raise ValueError(f"query {name!r} is defined twice in queries.sql")
+            raise ValueError(f"query {name!r} is defined twice in sql/queries/")
         queries[name] = body.strip().rstrip(";")
     return queries
 
 
 @lru_cache(maxsize=1)
 def _load() -> dict[str, str]:
-    return parse_queries((sql_dir() / "queries.sql").read_text(encoding="utf-8"))
+    queries: dict[str, str] = {}
+    for path in sorted((sql_dir() / "queries").glob("*.sql")):
+        parse_queries(path.read_text(encoding="utf-8"), into=queries)
+    return queries
 
 
 class _Queries:
@@ -38,7 +41,7 @@ class _Queries:
         try:
             return _load()[name]
         except KeyError:
-            raise AttributeError(f"no query named {name!r} in sql/queries.sql") from None
+            raise AttributeError(f"no query named {name!r} in sql/queries/") from None
 
 
 Q = _Queries()

@@ -1,4 +1,5 @@
--- Every query jobsys runs, by name. Loaded by jobsys/queries.py.
+-- The core flow's queries (submit, status, bootstrap, results, teardown), by name.
+-- Loaded with the other files of sql/queries/ by jobsys/queries.py.
 -- Each block starts with "-- name: <query_name>" and a one-line description.
 -- Values are always bound parameters (%(name)s); nothing is concatenated.
 
