@@ -164,8 +164,12 @@ class Processor:
         self._sender.shutdown(wait=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
         assert self._nc is not None
+        # flush + close, not drain: drain waits up to 30 s on subscriptions
+        # we no longer care about; the naks above must reach the server.
         with contextlib.suppress(Exception):
-            await self._nc.drain()
+            await self._nc.flush(timeout=5)
+        with contextlib.suppress(Exception):
+            await self._nc.close()
         log.info("processor stopped", extra=vars(self.stats))
 
     # -- which jobs to serve -----------------------------------------------

@@ -9,6 +9,7 @@ long-lived connection per process on a background event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -300,10 +301,10 @@ class NatsBridge:
 
         async def shutdown() -> None:
             if self._nc is not None and not self._nc.is_closed:
-                try:
-                    await self._nc.drain()
-                except Exception:
-                    await self._nc.close()
+                # flush + close: drain would wait up to 30 s on subscriptions.
+                with contextlib.suppress(Exception):
+                    await self._nc.flush(timeout=5)
+                await self._nc.close()
 
         try:
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)

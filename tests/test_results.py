@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -105,14 +106,15 @@ _COMMIT_THEN_DIE = textwrap.dedent(
 def test_results_committed_but_never_acked_are_redelivered_and_counted_once(
     system: object,
 ) -> None:
-    # The job is driven by hand first, then real processes finish it.
+    # Every message is pulled (so only redelivery can bring any back), half
+    # of them are committed by a process that dies before acking.
     job_id = make_started_job(300)
-    items = pull_results(job_id, 150)
-    import json
+    items = pull_results(job_id, 300)
+    assert len(items) == 300
 
     proc = subprocess.run(
         [sys.executable, "-c", _COMMIT_THEN_DIE],
-        input=json.dumps([job_id, items]),
+        input=json.dumps([job_id, items[:150]]),
         text=True,
         env=os.environ.copy(),
         capture_output=True,
@@ -120,8 +122,8 @@ def test_results_committed_but_never_acked_are_redelivered_and_counted_once(
     )
     assert proc.returncode == -9, proc.stderr
     assert counters(job_id)["done"] == 150
-    # The 150 unacked messages come back after ack_wait; the processor runs
-    # them again and the worker counts nothing twice.
+    # All 300 unacked messages come back after ack_wait; the processor runs
+    # them again and the worker counts the 150 committed ones not twice.
     final = wait_until_final(job_id, timeout=120)
     assert (final.status, final.done, final.failed) == ("success", 300, 0)
     assert_counters_match_ledger(job_id)
