@@ -5,6 +5,7 @@ Every error is one line on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from jobsys.models import JobView
 from jobsys.settings import get_settings
 
 JOB_ID = click.IntRange(min=1)
+SERVICE_COMMANDS = {"worker", "process", "scheduler"}
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -77,7 +79,11 @@ def main() -> None:
       jobsys watch 1
     """
     settings = get_settings()
-    setup_logging(settings.log_format, settings.log_level)
+    ctx = click.get_current_context()
+    # Long-running services log every event; interactive commands only warnings,
+    # unless JOBSYS_LOG_LEVEL asks for more.
+    quiet = ctx.invoked_subcommand not in SERVICE_COMMANDS and "JOBSYS_LOG_LEVEL" not in os.environ
+    setup_logging(settings.log_format, "WARNING" if quiet else settings.log_level)
 
 
 # -- jobs -------------------------------------------------------------------
@@ -119,7 +125,8 @@ def submit(
         "failure_threshold": failure_threshold,
         "max_deliver": max_deliver,
     }
-    if as_json or (count is not None and count < 50_000):
+    big = items_path is not None or (count or 0) >= 50_000
+    if as_json or not big or not sys.stderr.isatty():
         view = jobsys.submit(pipeline, items, **options)
     else:
         with progress_bar("submitting", count) as update:
