@@ -1,0 +1,143 @@
+"""Bad input at every boundary: rejected with a reason, nothing else changes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from jobsys.actors import process_results
+from jobsys.db import connection
+from jobsys.errors import InvalidInput
+from jobsys.items import parse_item
+from jobsys.ledger import apply_results
+from jobsys.models import ResultBatch
+from tests.helpers import assert_counters_match_ledger, counters, make_started_job, pull_results
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.text(max_size=10), json_values, max_size=6))
+def test_every_json_object_line_is_accepted_and_kept_verbatim(obj: dict[str, Any]) -> None:
+    line = json.dumps(obj, ensure_ascii=False)
+    assert parse_item(line.encode(), "f:1") == line
+
+
+@given(json_values.filter(lambda v: not isinstance(v, dict)))
+def test_every_non_object_line_is_rejected_with_its_place(value: Any) -> None:
+    with pytest.raises(InvalidInput, match=r"^f:7: expected a JSON object"):
+        parse_item(json.dumps(value).encode(), "f:7")
+
+
+@given(st.binary(max_size=64))
+def test_arbitrary_bytes_either_parse_to_an_object_or_fail_cleanly(raw: bytes) -> None:
+    try:
+        text = parse_item(raw, "f:1")
+    except InvalidInput as exc:
+        assert str(exc).startswith("f:1: ")
+    else:
+        assert isinstance(json.loads(text), dict)
+
+
+_GOOD = {"task": 0, "status": "done", "result": {}, "reply": "$JS.ACK.s.c.1.1.1.1.0"}
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["task", "status", "result", "error", "reply", "deliveries", "x"]),
+        json_values,
+    )
+)
+@settings(max_examples=300)
+def test_result_items_validate_or_raise_validation_error_never_anything_else(
+    item: dict[str, Any],
+) -> None:
+    try:
+        batch = ResultBatch.model_validate({"job_id": 1, "results": [item]})
+    except ValidationError:
+        return
+    r = batch.results[0]
+    assert r.task >= 0 and r.status in {"done", "failed"} and r.reply
+    assert (r.status == "failed") == (r.error is not None)
+
+
+def _rejections(job_id: int | None) -> list[dict[str, Any]]:
+    with connection() as conn:
+        rows = conn.execute(
+            "SELECT detail FROM job_events WHERE event = 'results_rejected' "
+            "AND job_id IS NOT DISTINCT FROM %s ORDER BY id",
+            (job_id,),
+        ).fetchall()
+    return [r["detail"] for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda i: {k: v for k, v in i.items() if k != "reply"}, "reply"),
+        (lambda i: {**i, "task": "seven"}, "task"),
+        (lambda i: {**i, "status": "maybe"}, "status"),
+        (lambda i: {**i, "surprise": 1}, "surprise"),
+        (lambda i: {**i, "status": "failed", "error": None, "result": None}, "error"),
+    ],
+)
+def test_a_malformed_result_batch_is_rejected_with_a_reason_and_counts_nothing(
+    mutate: Any, reason: str
+) -> None:
+    job_id = make_started_job(3)
+    items = pull_results(job_id, 3)
+    bad = [mutate(items[0]), *items[1:]]
+    before = len(_rejections(job_id))
+    process_results.fn(job_id, bad)  # returns normally: no crash, no retry
+    found = _rejections(job_id)
+    assert len(found) == before + 1 and reason in found[-1]["reason"]
+    assert counters(job_id)["done"] == 0
+    assert_counters_match_ledger(job_id)
+
+
+def test_a_result_for_an_unknown_job_is_an_event_not_a_crash() -> None:
+    job_id = make_started_job(2)
+    items = pull_results(job_id, 2)
+    process_results.fn(987654321, items)
+    assert any(d.get("job") == 987654321 for d in _rejections(None))
+
+
+def test_a_task_number_out_of_range_is_rejected() -> None:
+    job_id = make_started_job(2)
+    items = pull_results(job_id, 2)
+    applied = apply_results(
+        ResultBatch.model_validate({"job_id": job_id, "results": [{**items[0], "task": 5}]})
+    )
+    assert applied.ack == [] and len(applied.rejected) == 1
+    assert "out of range" in json.dumps(_rejections(job_id)[-1])
+
+
+def test_a_10mb_result_fails_its_task_with_the_reason_and_loses_nothing_else() -> None:
+    job_id = make_started_job(2)
+    items = pull_results(job_id, 2)
+    huge = {**items[0], "result": {"blob": "x" * 10_000_000}}
+    applied = apply_results(
+        ResultBatch.model_validate({"job_id": job_id, "results": [huge, items[1]]})
+    )
+    assert (applied.moved_done, applied.moved_failed) == (1, 1)
+    with connection() as conn:
+        row = conn.execute(
+            "SELECT status, error FROM job_tasks WHERE job_id = %s AND task_no = %s",
+            (job_id, items[0]["task"]),
+        ).fetchone()
+    assert row is not None and row["status"] == "failed" and "exceeds" in row["error"]
+    assert_counters_match_ledger(job_id)
