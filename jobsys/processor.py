@@ -137,6 +137,11 @@ class Processor:
         # Wildcards match whole tokens only; other namespaces' streams are
         # filtered out by name in the callback.
         await self._nc.subscribe("$JS.EVENT.ADVISORY.STREAM.*.*", cb=self._on_stream_advisory)
+        # Bootstrap creates the consumer just after the stream: that is when
+        # a new job can be served.
+        await self._nc.subscribe(
+            "$JS.EVENT.ADVISORY.CONSUMER.CREATED.*.*", cb=self._on_stream_advisory
+        )
         log.info(
             "processor started",
             extra={"concurrency": self.concurrency, "batch_size": self.batch_size},
@@ -176,8 +181,11 @@ class Processor:
 
     async def _on_stream_advisory(self, msg: Msg) -> None:
         # $JS.EVENT.ADVISORY.STREAM.<CREATED|DELETED|UPDATED>.<stream>
+        # $JS.EVENT.ADVISORY.CONSUMER.CREATED.<stream>.<consumer>
         parts = msg.subject.split(".")
-        action, stream = parts[4], ".".join(parts[5:])
+        if len(parts) < 6:
+            return
+        action, stream = parts[4], parts[5]
         job_id = job_id_of_stream(self.settings.namespace, stream)
         if job_id is None:
             return
