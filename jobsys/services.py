@@ -540,7 +540,8 @@ def start_local_postgres(bin_dir: Path, pgdata: Path, port: int, url: str) -> di
     """initdb (first time) and pg_ctl start, listening on TCP 127.0.0.1:port only."""
     user = pg_user()
     if user is not None:
-        allow_traverse(pgdata)
+        # pgdata itself must stay 0700 (Postgres refuses to start otherwise).
+        allow_traverse(pgdata.parent)
         allow_traverse(bin_dir)
         os.chown(pgdata, user.pw_uid, user.pw_gid)
     if not (pgdata / "PG_VERSION").exists():
