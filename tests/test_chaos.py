@@ -31,7 +31,7 @@ def _chaos(seconds: int, jobs: int, tasks: int, seed: int) -> dict[str, object]:
             "--seed",
             str(seed),
             "--json",
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         env=env,
