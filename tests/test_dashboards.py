@@ -8,7 +8,9 @@ findings. No worker runs: nothing else moves these jobs.
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -274,3 +276,39 @@ def test_failures_throughput_and_reconcile_scripts_show_the_known_numbers(known:
     per_job = [c.strip() for c in line_of(throughput, f" {known.a} |").split("|")]
     assert per_job[:5] == [str(known.a), "12", "7", "5", "0"]
     assert f"idle_lost_{known.tag}" in psql("reconcile.sql")
+
+
+# -- jobsys logs ----------------------------------------------------------------
+
+
+def jobsys_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_jobsys_logs_shows_a_jobs_events_as_text_and_json(known: Known) -> None:
+    text = jobsys_cli("logs", str(known.a))
+    assert text.returncode == 0, text.stderr
+    assert "job_submitted" in text.stdout and "status" in text.stdout
+    out = jobsys_cli("logs", str(known.a), "--json")
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [e["event"] for e in events][:2] == ["job_submitted", "status"]
+    assert events[1]["detail"]["to"] == "started"
+    assert {e["job_id"] for e in events} == {known.a}
+
+
+def test_jobsys_logs_follow_ends_when_the_job_is_final() -> None:
+    job_id = jobsys.submit("echo", counted_items(0), name="logs follow").job_id
+    assert jobsys.cancel(job_id).status == "revoked"
+    out = jobsys_cli("logs", str(job_id), "--follow", "--json")
+    assert out.returncode == 0, out.stderr
+    statuses = [e["detail"]["to"] for e in map(json.loads, out.stdout.splitlines())
+                if e["event"] == "status"]  # fmt: skip
+    assert statuses == ["canceling", "revoked"]
+
+
+def test_jobsys_logs_of_an_unknown_job_is_one_line_on_stderr() -> None:
+    out = jobsys_cli("logs", "987654321")
+    assert out.returncode != 0
+    assert out.stderr.strip() == "jobsys: job 987654321 not found"
