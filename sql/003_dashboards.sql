@@ -11,19 +11,19 @@
 -- -- Throughput rollup ---------------------------------------------------------
 --
 -- Why a rollup and not an index on job_tasks (job_id, finished_at)
--- (measured by bench/views.py, `python -m bench.views`, 100 jobs / 1M tasks):
+-- (measured by bench/views.py, `python -m bench.views`, 100 jobs / 1M tasks,
+-- two full runs on a shared 2-core machine):
 -- * The read side: "tasks finished in the last 5 minutes" through that index
 --   is an index scan over every task finished in the window, for every job,
---   on every refresh: hundreds of ms after a burst of a million results,
---   against a few ms for job_overview on the rollup.
+--   on every refresh: 250 ms after a burst of a million results, against
+--   1-4 ms for the whole job_overview on the rollup.
 -- * The write side: an index on finished_at makes every result UPDATE of the
 --   ledger (pending -> done sets finished_at) non-HOT (0% HOT against ~20%
 --   without it): each task's update writes a new entry into the primary key
---   AND the new index and leaves dead index entries for vacuum. On a 2-core
---   machine the record_results throughput of the three choices (rollup,
---   nothing, index) was equal within the noise (+-20%), so the rollup costs
---   no measurable result throughput while the index costs HOT updates and
---   bloat.
+--   AND the new index and leaves dead index entries for vacuum. Result
+--   throughput (record_results, batches of 100, 4 clients) cost of the index:
+--   -10% and +28% in the two runs; cost of the rollup trigger: -9% and +9%,
+--   i.e. within the noise of the machine.
 -- The rollup is one row per job and minute, maintained by a trigger on the
 -- jobs row: the counters there already change once per result batch by SQL
 -- arithmetic (in the batch's transaction, under that row's lock), so the
