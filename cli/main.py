@@ -270,7 +270,12 @@ def worker(processes: int, threads: int) -> None:
 
 @main.group()
 def db() -> None:
-    """Database schema commands."""
+    """Database schema commands.
+
+    \b
+    Example:
+      jobsys db migrate
+    """
 
 
 @db.command()
@@ -292,19 +297,24 @@ def migrate() -> None:
 
 
 @main.command()
-def doctor() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of checks.")
+def doctor(as_json: bool) -> None:
     """Check Postgres, the schema, Redis and NATS; one line each.
 
     \b
     Example:
       jobsys doctor
+      jobsys doctor --json
     """
     from jobsys.doctor import check_all
 
     checks = check_all(get_settings())
-    for check in checks:
-        mark = "ok  " if check.ok else "FAIL"
-        click.echo(f"{mark} {check.service}: {check.message}")
+    if as_json:
+        echo_json([{"service": c.service, "ok": c.ok, "message": c.message} for c in checks])
+    else:
+        for check in checks:
+            mark = "ok  " if check.ok else "FAIL"
+            click.echo(f"{mark} {check.service}: {check.message}")
     if not all(c.ok for c in checks):
         sys.exit(1)
 
@@ -347,3 +357,8 @@ def demo(count: int, pipeline: str, concurrency: int) -> None:
     )  # fmt: skip
     if final.status != "success":
         sys.exit(1)
+
+
+from cli.logs import logs  # noqa: E402
+
+main.add_command(logs)

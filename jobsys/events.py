@@ -43,3 +43,14 @@ def record_event(
         },
     )
     log.log(_LEVELS.get(level, logging.ERROR), event, extra={"job_id": job_id, **detail})
+
+
+def read_events(job_id: int, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+    """A job's events with an id above `after`, oldest first (`jobsys logs`)."""
+    from jobsys.db import connection
+
+    with connection() as conn:
+        rows = conn.execute(
+            Q.job_events, {"job_id": job_id, "after": after, "limit": limit}
+        ).fetchall()
+    return [dict(r) for r in rows]

@@ -11,12 +11,15 @@ whether this caller won; only the winner does the follow-up work.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
 from jobsys.db import Conn
 from jobsys.queries import Q
+
+log = logging.getLogger(__name__)
 
 
 class Status(StrEnum):
@@ -74,6 +77,11 @@ def transition(
     ).fetchone()
     if row is None:
         return None
+    # The structured-log twin of the `status` row the statement wrote to job_events.
+    log.info(
+        "status",
+        extra={"job_id": job_id, "to": row["status"], "from": sorted(from_), "reason": reason},
+    )
     return Moved(
         job_id=row["id"],
         status=Status(row["status"]),
