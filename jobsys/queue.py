@@ -119,13 +119,23 @@ async def connect(url: str | None = None, name: str = "jobsys") -> NATS:
     """A connection that reconnects forever; raises ServiceUnavailable if none at first."""
     url = url or get_settings().nats_url
 
+    # Say once that NATS went away and once that it came back; the client's
+    # errors while reconnecting (one per attempt) are debug noise.
+    down = False
+
     async def on_error(exc: Exception) -> None:
-        log.warning("nats error", extra={"error": repr(exc)})
+        level = logging.DEBUG if down else logging.WARNING
+        log.log(level, "nats error", extra={"error": repr(exc)})
 
     async def on_disconnect() -> None:
-        log.warning("nats disconnected")
+        nonlocal down
+        if not down:
+            log.info("nats disconnected")
+        down = True
 
     async def on_reconnect() -> None:
+        nonlocal down
+        down = False
         log.info("nats reconnected")
 
     try:
