@@ -340,3 +340,10 @@ def demo(count: int, pipeline: str, concurrency: int) -> None:
     )  # fmt: skip
     if final.status != "success":
         sys.exit(1)
+
+
+from cli.reconcile import inspect, reconcile, scheduler  # noqa: E402
+
+main.add_command(reconcile)
+main.add_command(scheduler)
+main.add_command(inspect)

@@ -1,4 +1,4 @@
-"""Dramatiq actors: bootstrap, result processing, teardown.
+"""Dramatiq actors: bootstrap, result processing, teardown, reconcile.
 
 Dramatiq acks a message only after its actor returns and retries raised
 exceptions, so every actor here is idempotent: running one twice, or after a
@@ -75,3 +75,15 @@ def teardown_job(job_id: int) -> None:
     from jobsys.teardown import run_teardown
 
     run_teardown(job_id)
+
+
+@dramatiq.actor(queue_name=CONTROL_QUEUE, max_retries=0, time_limit=30 * 60_000)
+def reconcile() -> None:
+    """One reconciler pass (enqueued by `jobsys scheduler`).
+
+    Not retried: the scheduler sends the next pass anyway, and a pass that
+    failed half-way left every job it did not reach as it was.
+    """
+    from jobsys.reconciler import reconcile_pass
+
+    reconcile_pass(trigger="actor")

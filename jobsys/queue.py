@@ -28,6 +28,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamInfo,
 )
 from nats.js.errors import NotFoundError
 
@@ -59,6 +60,11 @@ class JobNames:
             subject=f"{namespace}.tasks.{job_id}",
             consumer=f"{namespace}_job_{job_id}_workers",
         )
+
+    @property
+    def max_deliveries(self) -> str:
+        """The subject of JetStream's advisory that a task message exhausted max_deliver."""
+        return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream}.{self.consumer}"
 
 
 def stream_prefix(namespace: str) -> str:
@@ -173,12 +179,17 @@ async def ensure_job_stream(
 
     Processors learn the pipeline from the stream's description, so they
     need NATS and Redis only, never Postgres.
+
+    The stream also captures the consumer's MAX_DELIVERIES advisories, so
+    the reconciler finds every exhausted task even if none ran when it was
+    exhausted. Per job, not one wildcard stream per namespace: two streams'
+    subjects may not overlap, and namespaces share a server.
     """
     await js.add_stream(
         StreamConfig(
             name=names.stream,
             description=describe_stream(pipeline),
-            subjects=[names.subject],
+            subjects=[names.subject, names.max_deliveries],
             # Work-queue retention: an acked task message is removed, so the
             # stream's message count is exactly what is still unacked.
             retention=RetentionPolicy.WORK_QUEUE,
@@ -244,10 +255,24 @@ async def stream_exists(js: JetStreamContext, names: JobNames) -> bool:
     return True
 
 
+async def all_streams_info(js: JetStreamContext) -> list[StreamInfo]:
+    """Every stream of the account with its state.
+
+    The server answers a listing in pages (256 streams each); nats-py's
+    `streams_info()` returns one page, so follow the offsets to the end.
+    """
+    found: list[StreamInfo] = []
+    while True:
+        page = await js.streams_info(offset=len(found))
+        if not page:
+            return found
+        found.extend(page)
+
+
 async def list_job_streams(js: JetStreamContext, namespace: str) -> dict[str, int]:
     """Every job stream of the namespace: ``{stream_name: job_id}``."""
     found: dict[str, int] = {}
-    for info in await js.streams_info():
+    for info in await all_streams_info(js):
         name = info.config.name or ""
         job_id = job_id_of_stream(namespace, name)
         if job_id is not None:
