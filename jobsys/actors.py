@@ -18,7 +18,8 @@ from jobsys.db import connection
 from jobsys.events import record_event
 from jobsys.ledger import apply_results
 from jobsys.models import ResultBatch
-from jobsys.queue import ack_replies, bridge
+from jobsys.queue import JobNames, ack_current_replies, bridge
+from jobsys.settings import get_settings
 
 setup_broker()
 
@@ -66,7 +67,8 @@ def process_results(job_id: Any, results: Any) -> None:
         # the job is already final and this branch would not run again.
         teardown_job.send(batch.job_id)
     if applied.ack:
-        bridge().run(lambda nc, js: ack_replies(nc, applied.ack))
+        stream = JobNames.of(get_settings().namespace, batch.job_id).stream
+        bridge().run(lambda nc, js: ack_current_replies(nc, js, stream, applied.ack))
 
 
 @dramatiq.actor(queue_name=CONTROL_QUEUE, max_retries=50, min_backoff=500, max_backoff=30_000)

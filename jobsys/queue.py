@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 
 import nats
@@ -278,6 +279,48 @@ async def list_job_streams(js: JetStreamContext, namespace: str) -> dict[str, in
         if job_id is not None:
             found[name] = job_id
     return found
+
+
+def delivered_at_ns(reply: str) -> int | None:
+    """When the server delivered the message (ns since the epoch), from its ack subject."""
+    tokens = reply.split(".")
+    if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
+        return None
+    ts = tokens[7] if len(tokens) == 9 else tokens[9] if len(tokens) >= 11 else ""
+    return int(ts) if ts.isdigit() else None
+
+
+async def ack_current_replies(
+    nc: NATS, js: JetStreamContext, stream: str, replies: Sequence[str]
+) -> int:
+    """Ack the replies that belong to the stream as it exists now; returns how many.
+
+    The reconciler re-creates a stream NATS lost. A reply delivered by the
+    old stream names a sequence that, in the new stream, is another task's
+    message: acking it would remove a task nobody ran. So replies delivered
+    before the current stream was created are not acked (their message is
+    gone with the old stream anyway).
+    """
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        return 0  # deleted (teardown): nothing left to ack
+    created = info.created
+    if isinstance(created, str):
+        created = datetime.fromisoformat(created.replace("Z", "+00:00")[:26] + "+00:00")
+    if created is None:
+        current = list(replies)
+    else:
+        since_us = int(created.timestamp() * 1_000_000)
+        current = [
+            r for r in replies if (ts := delivered_at_ns(r)) is None or ts // 1000 >= since_us
+        ]
+    if len(current) < len(replies):
+        log.info(
+            "stale acks dropped", extra={"stream": stream, "count": len(replies) - len(current)}
+        )
+    await ack_replies(nc, current)
+    return len(current)
 
 
 async def ack_replies(nc: NATS, replies: Sequence[str], verb: bytes = b"+ACK") -> None:

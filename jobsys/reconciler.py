@@ -569,8 +569,10 @@ def _stray_streams(
         try:
             names = JobNames.of(settings.namespace, job_id)
             deleted = bridge().run(lambda nc, js, n=names: delete_job_stream(js, n))  # type: ignore[misc]
+            if not deleted:
+                continue  # its teardown (or another pass) deleted it since the listing
             finding = Finding(
-                job_id, "stray_stream", "deleted" if deleted else "none",
+                job_id, "stray_stream", "deleted",
                 {"stream": stream, "job_status": status or "unknown"},
             )  # fmt: skip
             with connection() as conn:
