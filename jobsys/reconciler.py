@@ -67,6 +67,9 @@ MAX_ADVISORIES_PER_PASS = 5_000
 NATS_TIMEOUT_S = 120.0
 
 COUNTERS = ("done", "failed", "lost", "cancelled")
+# Findings that need only the database; a job that has only these is not
+# looked at in NATS again under its lock.
+DB_ONLY = frozenset({"counters_drift", "cancel_overdue", "queued_stale", "bootstrap_stalled"})
 
 
 # -- what a pass sees ---------------------------------------------------------
@@ -520,20 +523,30 @@ def _record(conn: Conn, run_id: int, finding: Finding) -> None:
                                                "action": finding.action})  # fmt: skip
 
 
-def _reconcile_job(job_id: int, settings: Settings, run_id: int) -> list[Finding]:
-    """Look at one job again (under its lock) and act on every finding."""
+def _reconcile_job(
+    job_id: int, settings: Settings, run_id: int, db_only: NatsView | None = None
+) -> list[Finding]:
+    """Look at one job again (under its lock) and act on every finding.
+
+    `db_only`: the pass's NATS view of a job whose findings all come from
+    the database; it is recorded as seen, not looked at again, and no
+    NATS-based finding is acted on from it (it may be a second old).
+    """
     with connection() as conn:
-        job = conn.execute(Q.reconcile_jobs, {"job_id": job_id}).fetchone()
+        job = conn.execute(Q.reconcile_job, {"job_id": job_id}).fetchone()
     if job is None:
         return []  # final since the pass started
-    nv: NatsView | None = None
-    if job["status"] == Status.STARTED:
+    nv: NatsView | None = db_only
+    if job["status"] == Status.STARTED and db_only is None:
         names = JobNames.of(settings.namespace, job_id)
         nv = bridge().run(lambda nc, js: observe_job(js, names), timeout=NATS_TIMEOUT_S)
+    kinds = diagnose(job, nv, settings)
+    if db_only is not None:
+        kinds = [k for k in kinds if k in DB_ONLY]
     saw = _saw(job, nv)
     actor = _Actor(job, nv, settings)
     findings: list[Finding] = []
-    for kind in diagnose(job, nv, settings):
+    for kind in kinds:
         try:
             action, detail = actor.act(kind)
         except Exception as exc:
@@ -590,7 +603,7 @@ def reconcile_pass(settings: Settings | None = None, trigger: str = "cli") -> Pa
         run = conn.execute(Q.insert_reconcile_run, {"trigger": trigger}).fetchone()
         assert run is not None
         run_id: int = run["id"]
-        jobs = conn.execute(Q.reconcile_jobs, {"job_id": None}).fetchall()
+        jobs = conn.execute(Q.reconcile_jobs).fetchall()
     started = [j["id"] for j in jobs if j["status"] == Status.STARTED]
     views, job_streams = bridge().run(
         lambda nc, js: _observe_all(js, s.namespace, started), timeout=NATS_TIMEOUT_S
@@ -603,15 +616,18 @@ def reconcile_pass(settings: Settings | None = None, trigger: str = "cli") -> Pa
     with connect_direct() as lock_conn:
         for job in jobs:
             by_status[job["status"]] = by_status.get(job["status"], 0) + 1
-            if not diagnose(job, views.get(job["id"]), s):
+            nv = views.get(job["id"])
+            kinds = diagnose(job, nv, s)
+            if not kinds:
                 continue
+            db_only = nv if nv is not None and DB_ONLY.issuperset(kinds) else None
             name = lock_name("reconcile", job["id"])
             if not try_lock(lock_conn, name):
                 report.skipped_busy += 1
                 log.info("job busy in another reconcile pass", extra={"job_id": job["id"]})
                 continue
             try:
-                report.findings += _reconcile_job(job["id"], s, run_id)
+                report.findings += _reconcile_job(job["id"], s, run_id, db_only)
             except Exception as exc:
                 # One job's trouble (e.g. NATS timing out) must not stop the pass.
                 log.warning("reconcile of a job failed", extra={"job_id": job["id"],
