@@ -360,5 +360,9 @@ def demo(count: int, pipeline: str, concurrency: int) -> None:
 
 
 from cli.logs import logs  # noqa: E402
+from cli.reconcile import inspect, reconcile, scheduler  # noqa: E402
 
 main.add_command(logs)
+main.add_command(reconcile)
+main.add_command(scheduler)
+main.add_command(inspect)

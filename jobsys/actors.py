@@ -1,4 +1,4 @@
-"""Dramatiq actors: bootstrap, result processing, teardown.
+"""Dramatiq actors: bootstrap, result processing, teardown, reconcile.
 
 Dramatiq acks a message only after its actor returns and retries raised
 exceptions, so every actor here is idempotent: running one twice, or after a
@@ -18,7 +18,8 @@ from jobsys.db import connection
 from jobsys.events import record_event
 from jobsys.ledger import apply_results
 from jobsys.models import ResultBatch
-from jobsys.queue import ack_replies, bridge
+from jobsys.queue import JobNames, ack_current_replies, bridge
+from jobsys.settings import get_settings
 
 setup_broker()
 
@@ -66,7 +67,8 @@ def process_results(job_id: Any, results: Any) -> None:
         # the job is already final and this branch would not run again.
         teardown_job.send(batch.job_id)
     if applied.ack:
-        bridge().run(lambda nc, js: ack_replies(nc, applied.ack))
+        stream = JobNames.of(get_settings().namespace, batch.job_id).stream
+        bridge().run(lambda nc, js: ack_current_replies(nc, js, stream, applied.ack))
 
 
 @dramatiq.actor(queue_name=CONTROL_QUEUE, max_retries=50, min_backoff=500, max_backoff=30_000)
@@ -75,3 +77,15 @@ def teardown_job(job_id: int) -> None:
     from jobsys.teardown import run_teardown
 
     run_teardown(job_id)
+
+
+@dramatiq.actor(queue_name=CONTROL_QUEUE, max_retries=0, time_limit=30 * 60_000)
+def reconcile() -> None:
+    """One reconciler pass (enqueued by `jobsys scheduler`).
+
+    Not retried: the scheduler sends the next pass anyway, and a pass that
+    failed half-way left every job it did not reach as it was.
+    """
+    from jobsys.reconciler import reconcile_pass
+
+    reconcile_pass(trigger="actor")

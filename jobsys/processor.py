@@ -41,6 +41,7 @@ from jobsys.errors import PermanentError
 from jobsys.pipelines import Pipeline, resolve
 from jobsys.queue import (
     JobNames,
+    all_streams_info,
     connect,
     jetstream,
     job_id_of_stream,
@@ -200,7 +201,7 @@ class Processor:
         while not self._stopping.is_set():
             try:
                 seen = set()
-                for info in await self._js.streams_info():
+                for info in await all_streams_info(self._js):
                     job_id = job_id_of_stream(self.settings.namespace, info.config.name or "")
                     if job_id is None:
                         continue

@@ -16,6 +16,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 
 import nats
@@ -29,6 +30,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamInfo,
 )
 from nats.js.errors import NotFoundError
 
@@ -60,6 +62,11 @@ class JobNames:
             subject=f"{namespace}.tasks.{job_id}",
             consumer=f"{namespace}_job_{job_id}_workers",
         )
+
+    @property
+    def max_deliveries(self) -> str:
+        """The subject of JetStream's advisory that a task message exhausted max_deliver."""
+        return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream}.{self.consumer}"
 
 
 def stream_prefix(namespace: str) -> str:
@@ -184,12 +191,17 @@ async def ensure_job_stream(
 
     Processors learn the pipeline from the stream's description, so they
     need NATS and Redis only, never Postgres.
+
+    The stream also captures the consumer's MAX_DELIVERIES advisories, so
+    the reconciler finds every exhausted task even if none ran when it was
+    exhausted. Per job, not one wildcard stream per namespace: two streams'
+    subjects may not overlap, and namespaces share a server.
     """
     await js.add_stream(
         StreamConfig(
             name=names.stream,
             description=describe_stream(pipeline),
-            subjects=[names.subject],
+            subjects=[names.subject, names.max_deliveries],
             # Work-queue retention: an acked task message is removed, so the
             # stream's message count is exactly what is still unacked.
             retention=RetentionPolicy.WORK_QUEUE,
@@ -255,15 +267,71 @@ async def stream_exists(js: JetStreamContext, names: JobNames) -> bool:
     return True
 
 
+async def all_streams_info(js: JetStreamContext) -> list[StreamInfo]:
+    """Every stream of the account with its state.
+
+    The server answers a listing in pages (256 streams each); nats-py's
+    `streams_info()` returns one page, so follow the offsets to the end.
+    """
+    found: list[StreamInfo] = []
+    while True:
+        page = await js.streams_info(offset=len(found))
+        if not page:
+            return found
+        found.extend(page)
+
+
 async def list_job_streams(js: JetStreamContext, namespace: str) -> dict[str, int]:
     """Every job stream of the namespace: ``{stream_name: job_id}``."""
     found: dict[str, int] = {}
-    for info in await js.streams_info():
+    for info in await all_streams_info(js):
         name = info.config.name or ""
         job_id = job_id_of_stream(namespace, name)
         if job_id is not None:
             found[name] = job_id
     return found
+
+
+def delivered_at_ns(reply: str) -> int | None:
+    """When the server delivered the message (ns since the epoch), from its ack subject."""
+    tokens = reply.split(".")
+    if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
+        return None
+    ts = tokens[7] if len(tokens) == 9 else tokens[9] if len(tokens) >= 11 else ""
+    return int(ts) if ts.isdigit() else None
+
+
+async def ack_current_replies(
+    nc: NATS, js: JetStreamContext, stream: str, replies: Sequence[str]
+) -> int:
+    """Ack the replies that belong to the stream as it exists now; returns how many.
+
+    The reconciler re-creates a stream NATS lost. A reply delivered by the
+    old stream names a sequence that, in the new stream, is another task's
+    message: acking it would remove a task nobody ran. So replies delivered
+    before the current stream was created are not acked (their message is
+    gone with the old stream anyway).
+    """
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        return 0  # deleted (teardown): nothing left to ack
+    created = info.created
+    if isinstance(created, str):
+        created = datetime.fromisoformat(created.replace("Z", "+00:00")[:26] + "+00:00")
+    if created is None:
+        current = list(replies)
+    else:
+        since_us = int(created.timestamp() * 1_000_000)
+        current = [
+            r for r in replies if (ts := delivered_at_ns(r)) is None or ts // 1000 >= since_us
+        ]
+    if len(current) < len(replies):
+        log.info(
+            "stale acks dropped", extra={"stream": stream, "count": len(replies) - len(current)}
+        )
+    await ack_replies(nc, current)
+    return len(current)
 
 
 async def ack_replies(nc: NATS, replies: Sequence[str], verb: bytes = b"+ACK") -> None:

@@ -1,0 +1,172 @@
+"""Benchmark: one reconciler pass over many active jobs.
+
+Creates N started jobs (2 tasks each, a real stream and consumer each) in a
+throw-away database and NATS namespace, then times a pass that finds
+nothing (every job healthy: one SQL query, one paged stream listing, one
+consumer info per job) and a pass that repairs every job's counters (the
+per-job lock, re-read and repair transaction). Everything is removed after.
+
+    python -m bench.reconcile_pass [--quick]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+TASKS_PER_JOB = 2
+
+
+def _setup_env() -> tuple[dict[str, str | None], str, str]:
+    from jobsys.settings import Settings
+
+    base = Settings()
+    run_id = uuid.uuid4().hex[:8]
+    db_name = f"jobsys_bench_{run_id}"
+    admin = make_conninfo(base.database_url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{db_name}"')
+    new = {
+        "JOBSYS_DATABASE_URL": make_conninfo(base.database_url, dbname=db_name),
+        "JOBSYS_NAMESPACE": f"b{run_id}",
+    }
+    saved = {k: os.environ.get(k) for k in new}
+    os.environ.update(new)
+    _reset()
+    return saved, admin, db_name
+
+
+def _reset() -> None:
+    from jobsys.db import close_pool
+    from jobsys.queue import close_bridge
+    from jobsys.settings import reset_settings
+
+    close_bridge()
+    close_pool()
+    reset_settings()
+
+
+def _make_jobs(n: int) -> list[int]:
+    from jobsys.db import connection
+    from jobsys.queries import Q
+    from jobsys.queue import JobNames, bridge, ensure_job_stream, publish_tasks
+    from jobsys.settings import get_settings
+    from jobsys.states import Status, transition
+
+    settings = get_settings()
+    ids: list[int] = []
+    with connection() as conn, conn.transaction():
+        for _ in range(n):
+            row = conn.execute(
+                Q.insert_job,
+                {"name": "bench", "pipeline": "echo", "total": TASKS_PER_JOB,
+                 "failure_threshold": 0.0, "max_deliver": 5},
+            ).fetchone()  # fmt: skip
+            assert row is not None
+            ids.append(row["id"])
+        with conn.cursor().copy(Q.copy_tasks) as copy:
+            for job_id in ids:
+                for task_no in range(TASKS_PER_JOB):
+                    copy.write_row((job_id, task_no, '{"n": 1}'))
+        conn.execute("UPDATE jobs SET published_count = total_count WHERE id = ANY(%s)", (ids,))
+        for job_id in ids:
+            transition(conn, job_id, Status.STARTED, {Status.QUEUED}, "bench")
+
+    async def streams(nc: Any, js: Any) -> None:
+        gate = asyncio.Semaphore(32)
+
+        async def one(job_id: int) -> None:
+            names = JobNames.of(settings.namespace, job_id)
+            async with gate:
+                await ensure_job_stream(js, names, "echo", 5, settings)
+                tasks = [(t, '{"n": 1}') for t in range(TASKS_PER_JOB)]
+                await publish_tasks(js, names, job_id, tasks)
+
+        await asyncio.gather(*(one(j) for j in ids))
+
+    bridge().run(streams, timeout=600)
+    return ids
+
+
+def _teardown(saved: dict[str, str | None], admin: str, db_name: str) -> None:
+    from jobsys.queue import bridge
+    from jobsys.settings import get_settings
+
+    prefix = f"{get_settings().namespace}_"
+
+    async def wipe(nc: Any, js: Any) -> None:
+        from jobsys.queue import all_streams_info
+
+        for info in await all_streams_info(js):
+            if (info.config.name or "").startswith(prefix):
+                await js.delete_stream(info.config.name)
+
+    try:
+        bridge().run(wipe, timeout=600)
+    finally:
+        _reset()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _reset()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """Time a healthy pass and a repairing pass over 200 (quick) or 1,000 active jobs."""
+    n = 200 if quick else 1_000
+    saved, admin, db_name = _setup_env()
+    try:
+        from jobsys.db import connection
+        from jobsys.migrate import migrate
+        from jobsys.reconciler import reconcile_pass
+
+        migrate()
+        ids = _make_jobs(n)
+        reconcile_pass()  # warm: connections, pool, NATS bridge
+        started = time.perf_counter()
+        healthy = reconcile_pass()
+        healthy_s = time.perf_counter() - started
+        assert healthy.jobs_checked == n and not healthy.findings, healthy.findings[:3]
+
+        with connection() as conn:
+            conn.execute("UPDATE jobs SET done_count = 1 WHERE id = ANY(%s)", (ids,))
+        started = time.perf_counter()
+        repairing = reconcile_pass()
+        repair_s = time.perf_counter() - started
+        repaired = sum(1 for f in repairing.findings if f.action == "repaired")
+        assert repaired == n, f"{repaired} of {n} repaired"
+    finally:
+        _teardown(saved, admin, db_name)
+    label = f"{n:,} started jobs"
+    return [
+        {"benchmark": "reconcile_pass", "metric": f"healthy pass, {label}",
+         "value": round(healthy_s, 3), "unit": "s", "target": "< 5 s for 1,000 jobs"},
+        {"benchmark": "reconcile_pass", "metric": f"healthy pass rate, {label}",
+         "value": round(n / healthy_s), "unit": "jobs/s", "target": "> 200 jobs/s"},
+        {"benchmark": "reconcile_pass", "metric": f"pass repairing every job, {label}",
+         "value": round(repair_s, 3), "unit": "s", "target": "< 30 s for 1,000 jobs"},
+    ]  # fmt: skip
+
+
+def main() -> None:
+    """Print the rows as a table."""
+    rows = run(quick="--quick" in sys.argv[1:])
+    width = max(len(r["metric"]) for r in rows)
+    print(f"{'metric':<{width}}  {'value':>10}  unit    target")
+    for r in rows:
+        print(f"{r['metric']:<{width}}  {r['value']:>10}  {r['unit']:<6}  {r['target']}")
+
+
+if __name__ == "__main__":
+    main()
