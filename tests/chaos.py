@@ -250,11 +250,10 @@ def _duplicate_results(rng: random.Random) -> int:
 
 
 def _reconcile_once() -> None:
-    try:
-        from jobsys.reconciler import run_pass  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    run_pass(trigger="chaos")
+    """One reconciler pass, as cron would run it."""
+    from jobsys.reconciler import reconcile_pass
+
+    reconcile_pass(trigger="chaos")
 
 
 def run(seed: int, seconds: float, jobs: int, tasks: int, settle_timeout: float) -> Report:
@@ -300,8 +299,16 @@ def run(seed: int, seconds: float, jobs: int, tasks: int, settle_timeout: float)
               f"servers in {root}", flush=True)  # fmt: skip
 
         next_fault = time.monotonic() + rng.uniform(1, 4)
+        next_reconcile = time.monotonic() + 10
         while time.monotonic() - started < seconds:
             now = time.monotonic()
+            if now >= next_reconcile:
+                # Like cron during the faults: a pass may fail when a service is down.
+                try:
+                    _reconcile_once()
+                except Exception as exc:
+                    print(f"chaos: reconcile pass failed: {exc!r}", flush=True)
+                next_reconcile = now + 10
             while submit_at and now - started >= submit_at[0]:
                 submit_at.pop(0)
                 plans.append(
