@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from nats.js.errors import NoStreamResponseError
-
 from jobsys.db import connect_direct, connection
 from jobsys.events import record_event
 from jobsys.locks import lock_name, try_lock, unlock
@@ -62,6 +60,11 @@ def _bootstrap(job_id: int) -> Outcome:
             transition(conn, job_id, OUTCOME, FINALIZABLE, "job has no tasks")
             return "empty"
 
+    # Re-read just before creating the stream: a cancel that already tore the
+    # job down must not find a fresh stream behind it (the check after
+    # creating closes the remaining window).
+    if _status(job_id) not in FINALIZABLE:
+        return "inactive"
     bridge().run(
         lambda nc, js: ensure_job_stream(js, names, job["pipeline"], job["max_deliver"], settings)
     )
@@ -90,9 +93,14 @@ def _bootstrap(job_id: int) -> Outcome:
                 lambda nc, js, chunk=chunk: publish_tasks(js, names, job_id, chunk),  # type: ignore[misc]
                 timeout=120,
             )
-        except NoStreamResponseError:
-            # Teardown deleted the stream under us (cancel): stop, never re-create.
+        except Exception as exc:
+            # Teardown deleted the stream under us (cancel): publishes then
+            # fail (no responders, or a timeout). Stop; never re-create it.
             if _status(job_id) != Status.STARTED:
+                log.info(
+                    "bootstrap stopped: stream gone after cancel",
+                    extra={"job_id": job_id, "error": type(exc).__name__},
+                )
                 return "stopped"
             raise
         published = chunk[-1][0] + 1
