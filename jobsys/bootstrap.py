@@ -65,9 +65,19 @@ def _bootstrap(job_id: int) -> Outcome:
     # creating closes the remaining window).
     if _status(job_id) not in FINALIZABLE:
         return "inactive"
-    bridge().run(
-        lambda nc, js: ensure_job_stream(js, names, job["pipeline"], job["max_deliver"], settings)
-    )
+    try:
+        bridge().run(
+            lambda nc, js: ensure_job_stream(
+                js, names, job["pipeline"], job["max_deliver"], settings
+            )
+        )
+    except Exception:
+        # A cancel's teardown can delete the stream between its creation and
+        # the consumer's ("stream not found"): that is a stop, not an error.
+        if _status(job_id) in FINALIZABLE:
+            raise
+        bridge().run(lambda nc, js: delete_job_stream(js, names))
+        return "stopped"
     with connection() as conn:
         if job["status"] == Status.QUEUED:
             transition(conn, job_id, Status.STARTED, {Status.QUEUED}, "bootstrap")

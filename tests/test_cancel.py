@@ -17,6 +17,7 @@ from jobsys.bootstrap import run_bootstrap
 from jobsys.db import connect_direct, connection
 from jobsys.items import counted_items
 from jobsys.runner import LocalSystem, wait_until_final
+from jobsys.teardown import run_teardown
 from tests.helpers import (
     assert_counters_match_ledger,
     counters,
@@ -87,6 +88,7 @@ def test_cancel_of_a_finished_job_changes_nothing_and_says_so(fail: bool) -> Non
     assert (result.status, result.changed) == (before.status, False)
     assert jobsys.get_job(job_id).model_dump() == before.model_dump()
     assert status_events(job_id) == ["started", before.status]
+    run_teardown(job_id)  # the finalizer's teardown message (no worker runs here)
 
 
 def test_cancelling_twice_is_harmless() -> None:
@@ -225,6 +227,7 @@ def test_cli_cancel_of_a_finished_job_exits_zero_and_says_nothing_changed() -> N
     result = CliRunner().invoke(cli, ["cancel", str(job_id)])
     assert result.exit_code == 0
     assert result.stdout.strip() == f"job {job_id} is already success: nothing changed"
+    run_teardown(job_id)
 
 
 def test_cli_cancel_of_an_unknown_job_is_one_line_on_stderr_and_a_nonzero_exit() -> None:

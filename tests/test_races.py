@@ -7,6 +7,7 @@ moment a racer starts, the assertions hold whichever order the commits take.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import threading
@@ -36,8 +37,7 @@ from tests.helpers import (
 )
 
 ITERATIONS = 50
-# Bootstrap races publish a few thousand messages per iteration: fewer rounds.
-BOOTSTRAP_ITERATIONS = 25
+BOOTSTRAP_ITERATIONS = 50
 
 
 def _race(*fns: Callable[[], Any]) -> list[Any]:
@@ -87,6 +87,14 @@ def _teardowns_enqueued(job_id: int) -> int:
         if msg.get("actor_name") == "teardown_job" and msg.get("args") == [job_id]:
             count += 1
     return count
+
+
+def _run_enqueued_teardown(job_id: int) -> None:
+    """Do what the worker would with the teardown message the finalizer enqueued
+    (no worker runs here), so no stream of a final job outlives its test."""
+    assert _teardowns_enqueued(job_id) == 1
+    run_teardown(job_id)
+    assert not stream_exists(job_id)
 
 
 # -- 1. cancel commits first, completion second --------------------------------
@@ -150,6 +158,7 @@ def _completion_then_cancel(fail: set[int]) -> None:
     assert (view.done, view.failed, view.cancelled) == (20 - len(fail), len(fail), 0)
     assert status_events(job_id) == ["started", outcome]
     assert_counters_match_ledger(job_id)
+    _run_enqueued_teardown(job_id)
 
 
 def test_a_cancel_after_completion_committed_changes_nothing_and_says_so() -> None:
@@ -188,6 +197,8 @@ def _cancel_racing_completion(jitter_s: float) -> str:
         assert (view.done, view.cancelled) == (60, 0)
     assert not stream_exists(job_id) or view.status == "success"
     assert_counters_match_ledger(job_id)
+    if view.status == "success":
+        _run_enqueued_teardown(job_id)
     return f"{view.status}, {view.done} counted"
 
 
@@ -252,7 +263,8 @@ def _bootstrap_racing_cancel(jitter_s: float) -> str:
     # A bootstrap retried later (Dramatiq redelivery) does nothing either.
     assert run_bootstrap(job_id) == "inactive"
     assert not stream_exists(job_id)
-    return boot
+    published = "none" if view.published == 0 else "all" if view.published == total else "some"
+    return f"{boot}, {published} published"
 
 
 def test_a_cancel_landing_while_bootstrap_publishes_ends_revoked_with_no_stream_left(
@@ -262,9 +274,45 @@ def test_a_cancel_landing_while_bootstrap_publishes_ends_revoked_with_no_stream_
     monkeypatch.setattr(jobsys.bootstrap, "PUBLISH_CHUNK", 250)
     seen: dict[str, int] = {}
     for _ in range(BOOTSTRAP_ITERATIONS):
-        boot = _bootstrap_racing_cancel(random.uniform(0, 0.15))
+        # Half the cancels land in the first milliseconds (around stream
+        # creation), half anywhere in the publishing.
+        jitter = random.uniform(0, 0.015) if random.random() < 0.5 else random.uniform(0, 0.25)
+        boot = _bootstrap_racing_cancel(jitter)
         seen[boot] = seen.get(boot, 0) + 1
     print(f"bootstrap outcomes over {BOOTSTRAP_ITERATIONS} runs: {seen}")
+
+
+def test_a_bootstrap_creating_its_stream_after_teardown_deleted_it_deletes_it_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The narrowest window, forced: bootstrap has checked the job is queued,
+    # then the whole cancel (teardown included) runs before the stream is
+    # created. The real NATS call is only delayed, not replaced.
+    real_ensure = jobsys.bootstrap.ensure_job_stream
+    entered, cancelled = threading.Event(), threading.Event()
+
+    async def ensure_after_cancel(*args: Any) -> None:
+        entered.set()
+        await asyncio.get_running_loop().run_in_executor(None, cancelled.wait, 30)
+        await real_ensure(*args)
+
+    monkeypatch.setattr(jobsys.bootstrap, "ensure_job_stream", ensure_after_cancel)
+    for _ in range(20):
+        entered.clear()
+        cancelled.clear()
+        job_id = jobsys.submit("echo", counted_items(100)).job_id
+
+        def cancel(job_id: int = job_id) -> jobsys.CancelResult:
+            assert entered.wait(30)
+            result = jobsys.cancel(job_id)
+            cancelled.set()
+            return result
+
+        boot, result = _race(lambda job_id=job_id: run_bootstrap(job_id), cancel)
+        assert (boot, result.status, result.changed) == ("stopped", "revoked", True)
+        assert not stream_exists(job_id), "bootstrap left the stream it re-created"
+        assert jobsys.get_job(job_id).published == 0
+        assert_counters_match_ledger(job_id)
 
 
 # -- 5. a duplicate of an already-counted batch after finalize -----------------
@@ -288,6 +336,7 @@ def _duplicate_after_finalize() -> None:
     assert sorted(e["count"] for e in _events(job_id, "late_results")) == [15, 15]
     assert _teardowns_enqueued(job_id) == 1
     assert_counters_match_ledger(job_id)
+    _run_enqueued_teardown(job_id)
 
 
 def test_a_duplicate_of_an_already_counted_batch_after_finalize_changes_nothing() -> None:
