@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from nats.js.errors import NoStreamResponseError
-
 from jobsys.db import connect_direct, connection
 from jobsys.events import record_event
 from jobsys.locks import lock_name, try_lock, unlock
@@ -62,9 +60,24 @@ def _bootstrap(job_id: int) -> Outcome:
             transition(conn, job_id, OUTCOME, FINALIZABLE, "job has no tasks")
             return "empty"
 
-    bridge().run(
-        lambda nc, js: ensure_job_stream(js, names, job["pipeline"], job["max_deliver"], settings)
-    )
+    # Re-read just before creating the stream: a cancel that already tore the
+    # job down must not find a fresh stream behind it (the check after
+    # creating closes the remaining window).
+    if _status(job_id) not in FINALIZABLE:
+        return "inactive"
+    try:
+        bridge().run(
+            lambda nc, js: ensure_job_stream(
+                js, names, job["pipeline"], job["max_deliver"], settings
+            )
+        )
+    except Exception:
+        # A cancel's teardown can delete the stream between its creation and
+        # the consumer's ("stream not found"): that is a stop, not an error.
+        if _status(job_id) in FINALIZABLE:
+            raise
+        bridge().run(lambda nc, js: delete_job_stream(js, names))
+        return "stopped"
     with connection() as conn:
         if job["status"] == Status.QUEUED:
             transition(conn, job_id, Status.STARTED, {Status.QUEUED}, "bootstrap")
@@ -90,9 +103,14 @@ def _bootstrap(job_id: int) -> Outcome:
                 lambda nc, js, chunk=chunk: publish_tasks(js, names, job_id, chunk),  # type: ignore[misc]
                 timeout=120,
             )
-        except NoStreamResponseError:
-            # Teardown deleted the stream under us (cancel): stop, never re-create.
+        except Exception as exc:
+            # Teardown deleted the stream under us (cancel): publishes then
+            # fail (no responders, or a timeout). Stop; never re-create it.
             if _status(job_id) != Status.STARTED:
+                log.info(
+                    "bootstrap stopped: stream gone after cancel",
+                    extra={"job_id": job_id, "error": type(exc).__name__},
+                )
                 return "stopped"
             raise
         published = chunk[-1][0] + 1

@@ -152,7 +152,17 @@ def cancel(job_id: int) -> CancelResult:
         moved = transition(conn, job_id, Status.CANCELING, CANCELABLE, "cancel requested")
     if moved is None:
         job = get_job(job_id)
+        if job.status == Status.CANCELING:
+            # An earlier cancel whose teardown failed (or is running now):
+            # teardown is idempotent, so finishing it here is harmless.
+            _teardown(job_id)
+            job = get_job(job_id)
         return CancelResult(job_id, job.status, False)
+    _teardown(job_id)
+    return CancelResult(job_id, get_job(job_id).status, True)
+
+
+def _teardown(job_id: int) -> None:
     from jobsys.teardown import run_teardown
 
     try:
@@ -165,4 +175,3 @@ def cancel(job_id: int) -> CancelResult:
             teardown_job.send(job_id)
         except Exception:
             log.warning("teardown not enqueued", extra={"job_id": job_id})
-    return CancelResult(job_id, get_job(job_id).status, True)

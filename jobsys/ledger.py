@@ -13,13 +13,13 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from jobsys.db import connection
+from jobsys.db import Conn, connection
 from jobsys.events import record_event
 from jobsys.models import ResultBatch, TaskResult
 from jobsys.queries import Q
 from jobsys.queue import JobNames, parse_ack_subject
 from jobsys.settings import get_settings
-from jobsys.states import FINALIZABLE, OUTCOME, Status, transition
+from jobsys.states import FINAL, FINALIZABLE, OUTCOME, Status, transition
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,19 @@ def _result_text(r: TaskResult, limit: int) -> tuple[str, str | None, str | None
     if len(text) > limit:
         return "failed", None, f"result of {len(text):,} bytes exceeds the {limit:,} byte limit"
     return "done", text, None
+
+
+def _note_late(conn: Conn, job_id: int, count: int) -> None:
+    """A batch that moved nothing: if the job is final, say so in its event log.
+
+    After revoke every pending task is already `cancelled`, so results that
+    arrive later (processors finishing work they had started) move no row and
+    no counter; the event is the trace that they came. A batch that moves
+    nothing for an active job is a redelivery and needs no event.
+    """
+    job = conn.execute(Q.get_job, {"job_id": job_id}).fetchone()
+    if job is not None and job["status"] in FINAL:
+        record_event(conn, job_id, "late_results", count=count, status=job["status"])
 
 
 def apply_results(batch: ResultBatch) -> Applied:
@@ -108,6 +121,8 @@ def apply_results(batch: ResultBatch) -> Applied:
                     )
                     if moved is not None:
                         out.finalized = moved.status
+            else:
+                _note_late(conn, batch.job_id, len(valid))
         out.ack = [r.reply for r in valid]
     if out.finalized is not None:
         log.info("job finished", extra={"job_id": batch.job_id, "status": str(out.finalized)})

@@ -414,7 +414,10 @@ class Processor:
                 "deliveries": deliveries,
             }
         )
-        if len(feed.buffer) >= self.batch_size:
+        # A dropped feed (its job was cancelled) is no longer flushed by the
+        # flush loop: send at once, so the worker records these late results
+        # (event `late_results`, never counted) instead of them vanishing.
+        if len(feed.buffer) >= self.batch_size or not feed.active:
             asyncio.get_running_loop().create_task(self._flush(feed))
 
     # -- sending results ---------------------------------------------------

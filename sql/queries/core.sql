@@ -77,9 +77,14 @@ ORDER BY task_no
 LIMIT %(limit)s;
 
 -- name: advance_published
--- Bootstrap's resume point only moves forward; returns the job's status so
+-- Bootstrap's resume point only moves forward, and only while the job is
+-- started (no counter moves after a cancel); returns the job's status so
 -- bootstrap learns of a cancel without another query.
-UPDATE jobs SET published_count = greatest(published_count, %(published)s), progress_at = now()
+UPDATE jobs SET
+    published_count = CASE WHEN status = 'started'
+                           THEN greatest(published_count, %(published)s)
+                           ELSE published_count END,
+    progress_at = CASE WHEN status = 'started' THEN now() ELSE progress_at END
 WHERE id = %(job_id)s
 RETURNING status;
 
