@@ -269,11 +269,11 @@ class Processor:
 
     # -- fetching ----------------------------------------------------------
 
-    async def _take_tickets(self) -> int:
+    async def _take_tickets(self, limit: int) -> int:
         assert self._tickets is not None
         await self._tickets.acquire()
         n = 1
-        while n < self._chunk and not self._tickets.locked():
+        while n < limit and not self._tickets.locked():
             await self._tickets.acquire()
             n += 1
         return n
@@ -289,9 +289,12 @@ class Processor:
             consumer=feed.names.consumer, stream=feed.names.stream
         )
         rest = IDLE_BACKOFF_S[0]
+        idle = False
         try:
             while feed.active and not self._stopping.is_set():
-                n = await self._take_tickets()
+                # A feed whose last fetch came back empty probes with one
+                # ticket, so idle jobs do not sit on tickets busy ones need.
+                n = await self._take_tickets(1 if idle else self._chunk)
                 try:
                     msgs = await sub.fetch(n, timeout=FETCH_TIMEOUT_S)
                 except (TimeoutError, nats.errors.TimeoutError):
@@ -307,7 +310,8 @@ class Processor:
                     rest = min(rest * 2, IDLE_BACKOFF_S[1])
                     continue
                 self._give_tickets(n - len(msgs))
-                if not msgs:
+                idle = not msgs
+                if idle:
                     await asyncio.sleep(rest)
                     rest = min(rest * 2, IDLE_BACKOFF_S[1])
                     continue

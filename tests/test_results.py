@@ -8,13 +8,14 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import jobsys
 from jobsys.actors import process_results
 from jobsys.db import connection
 from jobsys.ledger import apply_results
 from jobsys.models import ResultBatch
-from jobsys.runner import wait_until_final
+from jobsys.runner import LocalSystem, wait_until_final
 from tests.helpers import (
     assert_counters_match_ledger,
     counters,
@@ -104,7 +105,7 @@ _COMMIT_THEN_DIE = textwrap.dedent(
 
 
 def test_results_committed_but_never_acked_are_redelivered_and_counted_once(
-    system: object,
+    tmp_path: Path,
 ) -> None:
     # Every message is pulled (so only redelivery can bring any back), half
     # of them are committed by a process that dies before acking.
@@ -122,8 +123,10 @@ def test_results_committed_but_never_acked_are_redelivered_and_counted_once(
     )
     assert proc.returncode == -9, proc.stderr
     assert counters(job_id)["done"] == 150
-    # All 300 unacked messages come back after ack_wait; the processor runs
-    # them again and the worker counts the 150 committed ones not twice.
-    final = wait_until_final(job_id, timeout=120)
+    # Only now do real processes start (so none competes for the first
+    # delivery): all 300 unacked messages come back after ack_wait, the
+    # processor runs them again and the 150 committed ones are not counted twice.
+    with LocalSystem(workers=1, processors=1, log_dir=tmp_path):
+        final = wait_until_final(job_id, timeout=120)
     assert (final.status, final.done, final.failed) == ("success", 300, 0)
     assert_counters_match_ledger(job_id)
