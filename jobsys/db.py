@@ -49,6 +49,10 @@ def get_pool() -> ConnectionPool:
                 check=ConnectionPool.check_connection,
                 open=True,
                 name="jobsys",
+                # How long a caller waits for a connection: long enough to ride
+                # out a Postgres restart, short enough that a CLI user with a
+                # wrong URL gets the one-line error quickly.
+                timeout=10.0,
             )
             _pool_pid = os.getpid()
         return _pool
