@@ -352,7 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (< 2 minutes)")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
-    parser.add_argument("--no-profile", action="store_true", help="skip profiling misses")
+    parser.add_argument(
+        "--profile",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="profile missed targets (auto: in the full run only)",
+    )
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     unknown = only - set(SECTIONS)
@@ -382,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                 from bench import counting
 
                 rows += counting.run(args.quick)
+                raw["counting"] = counting.LAST
             elif section == "e2e":
                 rows += section_e2e(args.quick, raw)
             elif section == "bootstrap":
@@ -391,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 rows += section_others(args.quick, notes)
             timings[section] = time.perf_counter() - t
-        if not args.no_profile:
+        if args.profile == "yes" or (args.profile == "auto" and not args.quick):
             missed = {r["benchmark"] for r in rows if r.get("ok") is False}
             print(f"[bench] profiling misses: {sorted(missed)}", file=sys.stderr, flush=True)
             if any(m.startswith("counting") for m in missed):
@@ -405,6 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - start
     info["machine"]["load_after"] = os.getloadavg()
     info["section_seconds"] = timings
+    if "counting" in raw:
+        from bench import counting
+
+        counting.print_pivot(
+            raw["counting"]["cells"], "table 1: counting strategies (results/s, lost updates)"
+        )
     print_table(rows, info, elapsed)
     for note in notes:
         print(f"note: {note}")
