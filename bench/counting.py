@@ -263,7 +263,7 @@ def results_for(quick: bool) -> tuple[list[dict], list[dict]]:
     (B, C, D at 16 handlers, batch 100) and the larger-batch alternative."""
     cells: list[dict] = []
     extra: list[dict] = []
-    sizes = {1: 300 if quick else 3_000, 100: 10_000 if quick else 50_000}
+    sizes = {1: 300 if quick else 1_500, 100: 10_000 if quick else 50_000}
     seq = [0]
     with scratch_database("jobsys_bench_seed") as url:
         with psycopg.connect(url, autocommit=True) as conn:
