@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from jobsys.db import Conn, connection
@@ -70,6 +71,41 @@ def _note_late(conn: Conn, job_id: int, count: int) -> None:
         record_event(conn, job_id, "late_results", count=count, status=job["status"])
 
 
+# One task's outcome as stored: (task_no, status, result json text, error, deliveries).
+ResultRow = tuple[int, str, str | None, str | None, int]
+
+
+def record_results(
+    conn: Conn, job_id: int, rows: Sequence[ResultRow]
+) -> tuple[int, int, Status | None]:
+    """Move `rows` in the ledger, add what moved to the counters, finalize if complete.
+
+    One transaction; `rows` must already be validated. Returns (moved done,
+    moved failed, the final status if this call finalized the job). This is
+    the whole counting path without the NATS reply checks (the bench drives
+    it directly).
+    """
+    params = {
+        "job_id": job_id,
+        "task_nos": [r[0] for r in rows],
+        "statuses": [r[1] for r in rows],
+        "results": [r[2] for r in rows],
+        "errors": [r[3] for r in rows],
+        "deliveries": [r[4] for r in rows],
+    }
+    finalized: Status | None = None
+    with conn.transaction():
+        row = conn.execute(Q.record_results, params).fetchone()
+        if row is None:
+            return 0, 0, None
+        accounted = row["done_count"] + row["failed_count"] + row["lost_count"]
+        if row["status"] in FINALIZABLE and accounted >= row["total_count"]:
+            moved = transition(conn, job_id, OUTCOME, FINALIZABLE, "all tasks accounted for")
+            if moved is not None:
+                finalized = moved.status
+    return row["moved_done"], row["moved_failed"], finalized
+
+
 def apply_results(batch: ResultBatch) -> Applied:
     """Record a batch in the ledger and counters; finalize the job if complete."""
     settings = get_settings()
@@ -102,27 +138,13 @@ def apply_results(batch: ResultBatch) -> Applied:
             return out
 
         stored = [_result_text(r, settings.max_result_bytes) for r in valid]
-        params = {
-            "job_id": batch.job_id,
-            "task_nos": [r.task for r in valid],
-            "statuses": [s[0] for s in stored],
-            "results": [s[1] for s in stored],
-            "errors": [s[2] for s in stored],
-            "deliveries": [r.deliveries for r in valid],
-        }
-        with conn.transaction():
-            row = conn.execute(Q.record_results, params).fetchone()
-            if row is not None:
-                out.moved_done, out.moved_failed = row["moved_done"], row["moved_failed"]
-                accounted = row["done_count"] + row["failed_count"] + row["lost_count"]
-                if row["status"] in FINALIZABLE and accounted >= row["total_count"]:
-                    moved = transition(
-                        conn, batch.job_id, OUTCOME, FINALIZABLE, "all tasks accounted for"
-                    )
-                    if moved is not None:
-                        out.finalized = moved.status
-            else:
-                _note_late(conn, batch.job_id, len(valid))
+        rows = [
+            (r.task, status, text, error, r.deliveries)
+            for r, (status, text, error) in zip(valid, stored, strict=True)
+        ]
+        out.moved_done, out.moved_failed, out.finalized = record_results(conn, batch.job_id, rows)
+        if out.moved_done + out.moved_failed == 0:
+            _note_late(conn, batch.job_id, len(valid))
         out.ack = [r.reply for r in valid]
     if out.finalized is not None:
         log.info("job finished", extra={"job_id": batch.job_id, "status": str(out.finalized)})

@@ -297,6 +297,12 @@ class Processor:
                 n = await self._take_tickets(1 if idle else self._chunk)
                 try:
                     msgs = await sub.fetch(n, timeout=FETCH_TIMEOUT_S)
+                except asyncio.CancelledError:
+                    # Dropped mid-fetch (its stream was deleted): tickets not
+                    # handed back here are gone for good, and once all are
+                    # gone every other feed stops fetching.
+                    self._give_tickets(n)
+                    raise
                 except (TimeoutError, nats.errors.TimeoutError):
                     msgs = []
                 except NotFoundError:

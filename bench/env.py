@@ -1,0 +1,113 @@
+"""Bench isolation: its own database, NATS namespace and Dramatiq Redis namespace.
+
+Import this module before anything from jobsys: it sets ``JOBSYS_*`` in the
+environment (child processes - the workers and processors a bench starts -
+inherit it) and resets jobsys's cached settings. `setup()` creates and
+migrates the database; `teardown()` deletes every stream and Redis key of the
+namespace and drops the database. The user's own database is never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from jobsys.settings import Settings, reset_settings
+
+RUN_ID = uuid.uuid4().hex[:8]
+NAMESPACE = f"b{RUN_ID}"
+_base = Settings()
+BENCH_DB = f"jobsys_bench_{RUN_ID}"
+ADMIN_URL = make_conninfo(_base.database_url, dbname="postgres")
+BENCH_URL = make_conninfo(_base.database_url, dbname=BENCH_DB)
+
+os.environ.update(
+    {
+        "JOBSYS_NAMESPACE": NAMESPACE,
+        "JOBSYS_DATABASE_URL": BENCH_URL,
+        "JOBSYS_REDIS_URL": _base.redis_url,
+        "JOBSYS_NATS_URL": _base.nats_url,
+        "JOBSYS_LOG_LEVEL": os.environ.get("JOBSYS_LOG_LEVEL", "WARNING"),
+    }
+)
+reset_settings()
+
+
+def admin() -> psycopg.Connection:
+    """An autocommit connection to the server's `postgres` database (CREATE/DROP)."""
+    return psycopg.connect(ADMIN_URL, autocommit=True)
+
+
+@contextlib.contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """A temporary empty database (its URL), dropped on exit."""
+    name = f"{prefix}_{RUN_ID}_{uuid.uuid4().hex[:4]}"
+    with admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_conninfo(_base.database_url, dbname=name)
+    finally:
+        with admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def setup() -> None:
+    """Create and migrate the bench database."""
+    with admin() as conn:
+        conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
+    from jobsys.migrate import migrate
+
+    migrate()
+
+
+def wipe_streams() -> int:
+    """Delete every NATS stream of the bench namespace; returns how many."""
+    from jobsys.queue import connect, jetstream
+
+    async def wipe() -> int:
+        nc = await connect()
+        js = jetstream(nc)
+        n = 0
+        for info in await js.streams_info():
+            name = info.config.name or ""
+            if name.startswith(f"{NAMESPACE}_"):
+                await js.delete_stream(name)
+                n += 1
+        await nc.close()
+        return n
+
+    return asyncio.run(wipe())
+
+
+def wipe_redis() -> None:
+    """Delete the bench namespace's Dramatiq keys."""
+    import redis
+
+    from jobsys.settings import get_settings
+
+    client = redis.Redis.from_url(get_settings().redis_url)
+    keys = list(client.scan_iter(f"{get_settings().dramatiq_namespace}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def teardown() -> None:
+    """Remove everything the bench created (streams, Redis keys, its database)."""
+    from jobsys.db import close_pool
+    from jobsys.queue import close_bridge
+
+    with contextlib.suppress(Exception):
+        wipe_streams()
+    with contextlib.suppress(Exception):
+        wipe_redis()
+    close_bridge()
+    close_pool()
+    with admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
