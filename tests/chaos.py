@@ -347,7 +347,11 @@ def run(seed: int, seconds: float, jobs: int, tasks: int, settle_timeout: float)
     finally:
         system.stop(timeout=20)
         servers.stop_all()
-        shutil.rmtree(root, ignore_errors=True)
+        if report.violations:
+            # Keep the evidence: worker/processor logs and server logs.
+            print(f"chaos: violations; logs kept in {root}", flush=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     return report
 
 
@@ -425,7 +429,8 @@ def _check(plans: list[JobPlan], views: dict[int, Any], report: Report) -> None:
                 (plan.job_id,),
             ).fetchall()
             tasks = conn.execute(
-                "SELECT task_no, status FROM job_tasks WHERE job_id = %s", (plan.job_id,)
+                "SELECT task_no, status, error, deliveries FROM job_tasks WHERE job_id = %s",
+                (plan.job_id,),
             ).fetchall()
             history = [r["to"] for r in conn.execute(
                 "SELECT detail->>'to' AS to FROM job_events WHERE job_id = %s "
@@ -447,6 +452,7 @@ def _check(plans: list[JobPlan], views: dict[int, Any], report: Report) -> None:
                 if t["status"] != want:
                     report.violations.append(
                         f"job {plan.job_id} task {t['task_no']}: {t['status']}, expected {want}"
+                        f" (deliveries {t['deliveries']}, error {t['error']!r})"
                     )
                     break
         finals_seen = [s for s in history if s in {"success", "failure", "revoked"}]
