@@ -6,6 +6,8 @@ import json
 import signal
 import time
 
+import pytest
+
 import jobsys
 from jobsys.runner import LocalSystem, wait_until_final
 from tests.helpers import assert_counters_match_ledger
@@ -22,27 +24,16 @@ def _wait_progress(job_id: int, at_least: int, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
-def test_a_processor_killed_mid_job_loses_nothing(system: LocalSystem) -> None:
+@pytest.mark.parametrize("kind", ["processor", "worker"])
+def test_a_process_killed_mid_job_loses_nothing(system: LocalSystem, kind: str) -> None:
     view = jobsys.submit("echo", iter(_sleepy(3000, 2)))
     _wait_progress(view.job_id, 500)
-    victim = system.processors[0]
+    procs = system.processors if kind == "processor" else system.workers
+    victim = procs[0]
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    system.processors.remove(victim)
-    system.start_processor()
-    final = wait_until_final(view.job_id, timeout=180)
-    assert (final.status, final.done, final.failed, final.lost) == ("success", 3000, 0, 0)
-    assert_counters_match_ledger(view.job_id)
-
-
-def test_a_worker_killed_mid_job_loses_nothing(system: LocalSystem) -> None:
-    view = jobsys.submit("echo", iter(_sleepy(3000, 2)))
-    _wait_progress(view.job_id, 500)
-    victim = system.workers[0]
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    system.workers.remove(victim)
-    system.start_worker()
+    procs.remove(victim)
+    (system.start_processor if kind == "processor" else system.start_worker)()
     final = wait_until_final(view.job_id, timeout=180)
     assert (final.status, final.done, final.failed, final.lost) == ("success", 3000, 0, 0)
     assert_counters_match_ledger(view.job_id)
