@@ -20,6 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from jobsys.models import JobView
 
@@ -49,7 +50,8 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
     for col in columns:
         t.add_column(col)
     for row in rows:
-        t.add_row(*("" if v is None else str(v) for v in row))
+        # Text, not str: rich would read "[...]" in a job name or error as markup.
+        t.add_row(*(Text("" if v is None else str(v)) for v in row))
     console.print(t)
 
 

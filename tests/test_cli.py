@@ -65,6 +65,10 @@ def test_watch_exits_one_when_the_job_fails(system: object, tmp_path: Path) -> N
         (("submit", "echo", "--items", "/no/such/file.jsonl"), "cannot read items file"),
         (("submit", "echo"), "give exactly one of --items FILE or --count N"),
         (("status", "0"), "Invalid value"),
+        (("status", "abc"), "Invalid value"),
+        (("submit", "echo", "--count", "3", "--failure-threshold", "-0.5"), "failure-threshold"),
+        (("submit", "echo", "--count", "3", "--name", "n" * 10_001), "name"),
+        (("submit", "echo", "--count", "3", "--max-deliver", "0"), "max-deliver"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_a_nonzero_exit(
@@ -83,6 +87,20 @@ def test_a_bad_items_line_is_reported_with_its_number(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert f"{items}:3: invalid JSON" in proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+def test_a_long_name_with_sql_and_control_characters_is_stored_and_shown_exactly() -> None:
+    shown = "x'); DROP TABLE jobs; -- %s $1 [red]é[/] [/bold]"
+    name = shown + " \\ \t" + "n" * 9_000
+    out = jobsys_cli("submit", "echo", "--count", "2", "--name", name, "--json", check=True)
+    job_id = json.loads(out.stdout)["job_id"]
+    status = json.loads(jobsys_cli("status", str(job_id), "--json", check=True).stdout)
+    assert status["name"] == name
+    # The table wraps long cells; the start of the name is shown literally.
+    text = jobsys_cli("status", str(job_id), check=True).stdout
+    assert shown in text.replace("│", "").replace("\n", "")
+    listed = jobsys_cli("list", "--limit", "500", check=True)
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr
 
 
 def test_an_unreachable_database_is_one_clear_line() -> None:

@@ -27,6 +27,11 @@ def _job_count() -> int:
         (b"", "items.jsonl: items file has no items"),
         (b'{"a": 1}\n{"a": "\xff"}\n', "items.jsonl:2: not valid UTF-8"),
         (b'{"a": NaN}\n', "items.jsonl:1: invalid JSON"),
+        (
+            b'{"a": 1}\n{"big": "' + b"x" * 2_000_000 + b'"}\n',
+            "items.jsonl:2: line is 2,000,011 bytes",
+        ),
+        (b"\n\n   \n", "items.jsonl: items file has no items"),
     ],
 )
 def test_a_bad_items_file_names_the_line_and_creates_no_job(
@@ -68,10 +73,12 @@ def test_payloads_are_stored_exactly_as_given(tmp_path: Path) -> None:
         ({"failure_threshold": 1.5}, "failure-threshold"),
         ({"failure_threshold": -0.1}, "failure-threshold"),
         ({"max_deliver": 0}, "max-deliver"),
+        ({"name": "a\x00b"}, "NUL characters"),
+        ({"name": "n" * 10_001}, "name: String should have at most 10000 characters"),
     ],
 )
 def test_submit_options_are_validated_before_anything_is_written(
-    kwargs: dict[str, float], message: str
+    kwargs: dict[str, object], message: str
 ) -> None:
     before = _job_count()
     with pytest.raises(InvalidInput, match=message):
