@@ -47,8 +47,43 @@ def _describe(exc: ValidationError) -> str:
     queue_name=RESULTS_QUEUE, max_retries=30, min_backoff=100, max_backoff=10_000,
     time_limit=300_000,
 )  # fmt: skip
-def process_results(job_id: Any, results: Any) -> None:
-    """Apply one result batch exactly once, then ack its NATS messages."""
+def process_results(job_id: Any, results: Any, notify: Any = None) -> None:
+    """Apply one result batch exactly once, ack its NATS messages, tell the sender.
+
+    `notify` is the sending processor's inbox subject for this batch: it
+    holds the batch's messages in progress until told (jobsys.processor).
+    Every normal return tells it, rejected batches included (holding those
+    would not make them valid); a raise does not, so the batch stays held.
+    """
+    subject = notify if _is_inbox(notify) else None
+    job, ack = _apply(job_id, results)
+    if ack or subject is not None:
+        bridge().run(lambda nc, js: _ack_and_confirm(nc, js, job, ack, subject))
+
+
+def _is_inbox(value: Any) -> bool:
+    # Only reply inboxes: a message must not make the worker publish anywhere.
+    return (
+        isinstance(value, str)
+        and value.startswith("_INBOX.")
+        and len(value) <= 200
+        and not any(c in value for c in " \t\r\n*>")
+    )
+
+
+async def _ack_and_confirm(
+    nc: Any, js: Any, job_id: int, ack: list[str], subject: str | None
+) -> None:
+    if ack:
+        stream = JobNames.of(get_settings().namespace, job_id).stream
+        await ack_current_replies(nc, js, stream, ack)
+    if subject is not None:
+        await nc.publish(subject, b"")
+        await nc.flush(timeout=10)
+
+
+def _apply(job_id: Any, results: Any) -> tuple[int, list[str]]:
+    """Record the batch; returns (job id, reply subjects to ack)."""
     try:
         batch = ResultBatch.model_validate({"job_id": job_id, "results": results})
     except ValidationError as exc:
@@ -60,15 +95,13 @@ def process_results(job_id: Any, results: Any) -> None:
                 conn, job_id if isinstance(job_id, int) else None, "results_rejected", "warning",
                 reason=_describe(exc),
             )  # fmt: skip
-        return
+        return -1, []
     applied = apply_results(batch)
     if applied.finalized is not None:
         # Before acking: if the ack below fails and this message is retried,
         # the job is already final and this branch would not run again.
         teardown_job.send(batch.job_id)
-    if applied.ack:
-        stream = JobNames.of(get_settings().namespace, batch.job_id).stream
-        bridge().run(lambda nc, js: ack_current_replies(nc, js, stream, applied.ack))
+    return batch.job_id, applied.ack
 
 
 @dramatiq.actor(queue_name=CONTROL_QUEUE, max_retries=50, min_backoff=500, max_backoff=30_000)

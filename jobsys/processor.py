@@ -8,6 +8,16 @@ pool. Results are batched per job and sent to the `process_results` actor
 with the reply subjects of their messages: the processor never acks a task
 itself; the actor acks after the results are committed.
 
+Results are held until recorded: a batch stays with the processor, its
+messages kept in progress in NATS, until the worker that recorded and acked
+it says so on the processor's own inbox subject. If the batch cannot be sent
+(Redis down) or no confirmation comes (Redis lost it), it is sent again. So a
+task whose pipeline ran is not delivered again just because recording its
+result is slow or stalled -- JetStream counts every delivery against
+max_deliver, and enough such waits would exhaust tasks that succeeded. A
+processor holding JOBSYS_MAX_HELD_RESULTS stops fetching (backpressure); a
+batch held JOBSYS_RESULT_HOLD_S is let go, so NATS redelivers it.
+
 Cancel: teardown deletes the job's stream. The processor hears the
 JetStream stream-deleted advisory at once (and a periodic listing catches
 anything missed), and every queued task checks its job is still served at
@@ -55,7 +65,7 @@ log = logging.getLogger(__name__)
 # An empty fetch holds its tickets this long at most, then the feed rests.
 FETCH_TIMEOUT_S = 0.5
 IDLE_BACKOFF_S = (0.1, 2.0)
-SEND_ATTEMPTS = 5
+SEND_ATTEMPTS = 3
 LISTING_EVERY_S = 2.0
 
 
@@ -79,6 +89,17 @@ class Feed:
 
 
 @dataclass
+class Held:
+    """A result batch sent (or to be sent) and not yet confirmed as recorded."""
+
+    job_id: int
+    items: list[dict[str, Any]]
+    since: float
+    sent_at: float | None = None
+    pinged_at: float = 0.0
+
+
+@dataclass
 class ProcessorStats:
     """Counters a processor keeps about itself (logged at exit, read by tests/bench)."""
 
@@ -88,6 +109,9 @@ class ProcessorStats:
     retried: int = 0
     skipped: int = 0
     batches_sent: int = 0
+    batches_confirmed: int = 0
+    batches_resent: int = 0
+    batches_released: int = 0
 
 
 class Processor:
@@ -116,6 +140,11 @@ class Processor:
         self._js: JetStreamContext | None = None
         self._max_tickets = max(concurrency * 2, 4)
         self._chunk = max(1, self._max_tickets // 2)
+        self._held: dict[int, Held] = {}
+        self._held_results = 0
+        self._serial = 0
+        self._notify_prefix = ""
+        self._send_failing = False
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -143,6 +172,8 @@ class Processor:
         await self._nc.subscribe(
             "$JS.EVENT.ADVISORY.CONSUMER.CREATED.*.*", cb=self._on_stream_advisory
         )
+        self._notify_prefix = self._nc.new_inbox()
+        await self._nc.subscribe(f"{self._notify_prefix}.*", cb=self._on_confirm)
         log.info(
             "processor started",
             extra={"concurrency": self.concurrency, "batch_size": self.batch_size},
@@ -150,6 +181,7 @@ class Processor:
         helpers = [
             asyncio.create_task(self._listing_loop()),
             asyncio.create_task(self._flush_loop()),
+            asyncio.create_task(self._hold_loop()),
         ]
         await self._stop_event.wait()
         await self._shutdown(helpers)
@@ -167,6 +199,11 @@ class Processor:
             task.cancel()
         for feed in list(self.feeds.values()):
             await self._flush(feed)
+        # Not waiting for confirmations: whatever is not recorded is simply
+        # delivered again after ack_wait. Batches never sent get a last try.
+        for serial, held in list(self._held.items()):
+            if held.sent_at is None:
+                await self._send(serial, held, attempts=SEND_ATTEMPTS)
         self._sender.shutdown(wait=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
         assert self._nc is not None
@@ -292,6 +329,11 @@ class Processor:
         idle = False
         try:
             while feed.active and not self._stopping.is_set():
+                if self._held_results >= self.settings.max_held_results:
+                    # Results are not being recorded: taking more work would
+                    # only let more tasks wait (see the module docstring).
+                    await asyncio.sleep(0.05)
+                    continue
                 # A feed whose last fetch came back empty probes with one
                 # ticket, so idle jobs do not sit on tickets busy ones need.
                 n = await self._take_tickets(1 if idle else self._chunk)
@@ -445,27 +487,91 @@ class Processor:
         if not feed.buffer:
             return
         items, feed.buffer = feed.buffer, []
+        self._serial += 1
+        held = Held(job_id=feed.job_id, items=items, since=time.monotonic())
+        self._held[self._serial] = held
+        self._held_results += len(items)
+        await self._send(self._serial, held, attempts=1)
+
+    async def _send(self, serial: int, held: Held, attempts: int) -> bool:
         loop = asyncio.get_running_loop()
-        for attempt in range(1, SEND_ATTEMPTS + 1):
+        notify = f"{self._notify_prefix}.{serial}"
+        for attempt in range(1, attempts + 1):
             try:
-                await loop.run_in_executor(self._sender, _send_results, feed.job_id, items)
-                self.stats.batches_sent += 1
-                return
-            except Exception as exc:
-                log.warning(
-                    "result batch not sent",
-                    extra={"job_id": feed.job_id, "attempt": attempt, "error": repr(exc)},
+                await loop.run_in_executor(
+                    self._sender, _send_results, held.job_id, held.items, notify
                 )
-                await asyncio.sleep(min(0.2 * 2**attempt, 5))
-        # Unsent results are not lost: their messages were never acked, so
-        # JetStream delivers them again after ack_wait.
-        log.error("result batch dropped", extra={"job_id": feed.job_id, "tasks": len(items)})
+            except Exception as exc:
+                # One warning per outage, not one per batch per retry.
+                (log.debug if self._send_failing else log.warning)(
+                    "result batches cannot be sent; holding them",
+                    extra={"job_id": held.job_id, "held": self._held_results, "error": repr(exc)},
+                )
+                self._send_failing = True
+                if attempt < attempts:
+                    await asyncio.sleep(min(0.2 * 2**attempt, 5))
+                continue
+            if self._send_failing:
+                self._send_failing = False
+                log.info("result batches sent again", extra={"held": self._held_results})
+            if held.sent_at is not None:
+                self.stats.batches_resent += 1
+            held.sent_at = time.monotonic()
+            self.stats.batches_sent += 1
+            return True
+        return False
+
+    def _release(self, serial: int) -> Held | None:
+        held = self._held.pop(serial, None)
+        if held is not None:
+            self._held_results -= len(held.items)
+        return held
+
+    async def _on_confirm(self, msg: Msg) -> None:
+        # <inbox>.<serial>: the worker recorded the batch and acked its messages.
+        with contextlib.suppress(ValueError):
+            if self._release(int(msg.subject.rsplit(".", 1)[1])) is not None:
+                self.stats.batches_confirmed += 1
+
+    async def _hold_loop(self) -> None:
+        """Keep held batches' messages in progress; re-send unsent or unconfirmed ones."""
+        ack_wait = self.settings.ack_wait_s
+        ping_every = ack_wait / 3
+        resend_after = min(max(2 * ack_wait, 1.0), 60.0)
+        assert self._nc is not None
+        while True:
+            await asyncio.sleep(max(ack_wait / 6, 0.05))
+            now = time.monotonic()
+            pinged = False
+            for serial, held in list(self._held.items()):
+                if now - held.since >= self.settings.result_hold_s:
+                    self._release(serial)
+                    self.stats.batches_released += 1
+                    log.warning(
+                        "result batch released unconfirmed; NATS will redeliver it",
+                        extra={"job_id": held.job_id, "tasks": len(held.items)},
+                    )
+                elif now - max(held.since, held.pinged_at) >= ping_every:
+                    held.pinged_at = now
+                    with contextlib.suppress(Exception):
+                        for item in held.items:
+                            await self._nc.publish(item["reply"], b"+WPI")
+                        pinged = True
+            if pinged:
+                with contextlib.suppress(Exception):
+                    await self._nc.flush(timeout=5)
+            # Pings first: a send may block on an unreachable Redis. After
+            # one failure the rest wait for the next round.
+            for serial, held in list(self._held.items()):
+                due = held.sent_at is None or now - held.sent_at >= resend_after
+                if due and serial in self._held and not await self._send(serial, held, 1):
+                    break
 
 
-def _send_results(job_id: int, items: list[dict[str, Any]]) -> None:
+def _send_results(job_id: int, items: list[dict[str, Any]], notify: str) -> None:
     from jobsys.actors import process_results
 
-    process_results.send(job_id, items)
+    process_results.send(job_id, items, notify)
 
 
 def main(concurrency: int = 4, batch_size: int | None = None) -> ProcessorStats:

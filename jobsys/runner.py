@@ -1,4 +1,4 @@
-"""Start a whole jobsys system (workers and processors) as real subprocesses.
+"""Start a whole jobsys system (workers, processors, scheduler) as real subprocesses.
 
 Used by `jobsys demo`, the tests, the benchmarks and the chaos suite, so each
 of them runs exactly the commands a Procfile runs.
@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -33,8 +34,13 @@ def processor_cmd(concurrency: int = 8, batch_size: int | None = None) -> list[s
     return cmd
 
 
+def scheduler_cmd() -> list[str]:
+    """The command of the reconcile scheduler."""
+    return [sys.executable, "-m", "cli", "scheduler"]
+
+
 class LocalSystem:
-    """Workers and processors as child processes, logs in `log_dir`."""
+    """Workers, processors and optionally a scheduler as child processes, logs in `log_dir`."""
 
     def __init__(
         self,
@@ -45,6 +51,7 @@ class LocalSystem:
         batch_size: int | None = None,
         log_dir: Path | None = None,
         env: dict[str, str] | None = None,
+        schedulers: int = 0,
     ) -> None:
         self.log_dir = log_dir or Path(".services") / "logs"
         self.env = {**os.environ, **(env or {})}
@@ -52,8 +59,10 @@ class LocalSystem:
         self.processor_cmd = processor_cmd(concurrency, batch_size)
         self.workers: list[subprocess.Popen[bytes]] = []
         self.processors: list[subprocess.Popen[bytes]] = []
+        self.schedulers: list[subprocess.Popen[bytes]] = []
         self._n_workers = workers
         self._n_processors = processors
+        self._n_schedulers = schedulers
         self._spawned = 0
 
     def _spawn(self, cmd: list[str], kind: str) -> subprocess.Popen[bytes]:
@@ -75,17 +84,33 @@ class LocalSystem:
         self.processors.append(proc)
         return proc
 
+    def start_scheduler(self) -> subprocess.Popen[bytes]:
+        """Start one more scheduler."""
+        proc = self._spawn(scheduler_cmd(), "scheduler")
+        self.schedulers.append(proc)
+        return proc
+
+    def groups(self) -> list[tuple[str, list[subprocess.Popen[bytes]], Callable[[], object]]]:
+        """(kind, running processes, start one more) for each kind of process."""
+        return [
+            ("worker", self.workers, self.start_worker),
+            ("processor", self.processors, self.start_processor),
+            ("scheduler", self.schedulers, self.start_scheduler),
+        ]
+
     def start(self) -> LocalSystem:
-        """Start the configured numbers of workers and processors."""
+        """Start the configured numbers of workers, processors and schedulers."""
         for _ in range(self._n_workers):
             self.start_worker()
         for _ in range(self._n_processors):
             self.start_processor()
+        for _ in range(self._n_schedulers):
+            self.start_scheduler()
         return self
 
     def check_alive(self) -> None:
         """Raise if a child exited on its own (its log says why)."""
-        for kind, procs in (("worker", self.workers), ("processor", self.processors)):
+        for kind, procs, _ in self.groups():
             for p in procs:
                 code = p.poll()
                 if code is not None:
@@ -95,7 +120,7 @@ class LocalSystem:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM everything (graceful), SIGKILL what is still running after `timeout`."""
-        procs = [p for p in self.workers + self.processors if p.poll() is None]
+        procs = [p for _, group, _ in self.groups() for p in group if p.poll() is None]
         for p in procs:
             p.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     result_flush_ms: int = Field(default=100, ge=1)
     job_refresh_s: float = Field(default=0.25, gt=0)
     max_result_bytes: int = Field(default=1_000_000, ge=1)
+    # Results sent but not yet recorded are held (kept in progress in NATS,
+    # re-sent if Redis lost them) this long at most, then NATS may redeliver.
+    result_hold_s: float = Field(default=300.0, gt=0)
+    # A processor holding this many unrecorded results stops fetching.
+    max_held_results: int = Field(default=10_000, ge=1)
 
     # Dramatiq's Redis broker: recover a killed worker's messages in seconds.
     heartbeat_timeout_ms: int = Field(default=10_000, ge=1_000)

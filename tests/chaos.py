@@ -3,7 +3,8 @@
 Run ``python -m tests.chaos --seconds 600 --seed 7`` (``make chaos``), or the
 short version inside ``make test`` (tests/test_chaos.py). It starts its OWN
 NATS, Redis and Postgres on free ports (so restarting them disturbs nobody),
-runs workers and processors as subprocesses, submits a mix of jobs, injects
+runs workers, processors and the reconcile scheduler as subprocesses (each
+restarted when it dies, as a Procfile runner would), submits a mix of jobs, injects
 faults at random moments from a printed seed, then checks:
 
 - every job reached a final state within a bound after the faults stopped;
@@ -148,6 +149,9 @@ class PrivateServers:
         self._kill(self.nats, signal.SIGTERM)
         self.start_nats()
 
+    def stop_redis(self) -> None:
+        self._kill(self.redis)
+
     def restart_redis(self) -> None:
         self._kill(self.redis)  # no persistence: every queued Dramatiq message is gone
         self.start_redis()
@@ -188,6 +192,10 @@ class Report:
     lost: int = 0
     duplicated: int = 0
     settle_s: float = 0.0
+    passes: int = 0
+    findings: Counter[str] = field(default_factory=Counter)
+    redelivered: int = 0
+    max_deliveries: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -200,6 +208,10 @@ class Report:
             "lost": self.lost,
             "duplicated": self.duplicated,
             "settle_s": round(self.settle_s, 1),
+            "scheduler_passes": self.passes,
+            "findings": dict(self.findings),
+            "tasks_run_again": self.redelivered,
+            "max_deliveries": self.max_deliveries,
             "violations": self.violations,
             "ok": not self.violations,
         }
@@ -274,6 +286,7 @@ def run(seed: int, seconds: float, jobs: int, tasks: int, settle_timeout: float)
             "JOBSYS_LOST_AFTER_S": "60",
             "JOBSYS_QUEUED_STALE_S": "10",
             "JOBSYS_CANCEL_GRACE_S": "10",
+            "JOBSYS_RECONCILE_EVERY_S": "10",
         }
     )
     from jobsys.settings import reset_settings
@@ -284,7 +297,7 @@ def run(seed: int, seconds: float, jobs: int, tasks: int, settle_timeout: float)
     from jobsys.runner import LocalSystem
 
     migrate()
-    system = LocalSystem(workers=2, threads=4, processors=2, concurrency=8,
+    system = LocalSystem(workers=2, threads=4, processors=2, concurrency=8, schedulers=1,
                          log_dir=root / "logs").start()  # fmt: skip
     plans: list[JobPlan] = []
     try:
@@ -292,23 +305,17 @@ def run(seed: int, seconds: float, jobs: int, tasks: int, settle_timeout: float)
         # A third of the jobs at once, the rest spread over the fault window,
         # so jobs are at every stage (bootstrap, running, finishing) when hit.
         submit_at = sorted(
-            0.0 if j < max(jobs // 3, 1) else rng.uniform(0, seconds * 0.8) for j in range(jobs)
+            0.0 if j < max(jobs // 3, 1) else rng.uniform(0, seconds * 0.9) for j in range(jobs)
         )
         report.jobs, report.tasks = jobs, jobs * tasks
         print(f"chaos: seed {seed}, {jobs} jobs x {tasks} tasks, {seconds:.0f}s of faults, "
               f"servers in {root}", flush=True)  # fmt: skip
 
         next_fault = time.monotonic() + rng.uniform(1, 4)
-        next_reconcile = time.monotonic() + 10
+        # During the faults the reconciler runs only as deployed: the
+        # scheduler subprocess enqueues a pass every 10 s and a worker runs it.
         while time.monotonic() - started < seconds:
             now = time.monotonic()
-            if now >= next_reconcile:
-                # Like cron during the faults: a pass may fail when a service is down.
-                try:
-                    _reconcile_once()
-                except Exception as exc:
-                    print(f"chaos: reconcile pass failed: {exc!r}", flush=True)
-                next_reconcile = now + 10
             while submit_at and now - started >= submit_at[0]:
                 submit_at.pop(0)
                 plans.append(
@@ -327,17 +334,15 @@ def run(seed: int, seconds: float, jobs: int, tasks: int, settle_timeout: float)
                 print(f"chaos: t={now - started:5.1f}s {fault}", flush=True)
                 next_fault = now + rng.uniform(1.5, 6)
             # Whatever died (killed above) is restarted, as a Procfile runner would.
-            for procs, start in (
-                (system.workers, system.start_worker),
-                (system.processors, system.start_processor),
-            ):
+            for _, procs, start in system.groups():
                 for p in list(procs):
                     if p.poll() is not None:
                         procs.remove(p)
                         start()
             time.sleep(0.1)
 
-        # Faults stop; everything runs; the reconciler sweeps until all is final.
+        # Faults stop; everything runs; the reconciler also sweeps from here
+        # as cron would, until all is final.
         settle_start = time.monotonic()
         final = _settle(plans, settle_timeout)
         report.settle_s = time.monotonic() - settle_start
@@ -460,6 +465,17 @@ def _check(plans: list[JobPlan], views: dict[int, Any], report: Report) -> None:
             report.violations.append(f"job {plan.job_id}: status history {history}")
         if bridge().run(lambda nc, js, p=plan: stream_exists(js, JobNames.of(ns, p.job_id))):
             report.violations.append(f"job {plan.job_id}: stream left after final")
+        report.redelivered += sum(1 for t in tasks if (t["deliveries"] or 0) > 1)
+        report.max_deliveries = max([report.max_deliveries, *(t["deliveries"] or 0 for t in tasks)])
+    with connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM reconcile_runs WHERE trigger = 'actor'"
+        ).fetchone()
+        report.passes = int(row["n"]) if row else 0
+        for r in conn.execute(
+            "SELECT kind, count(*) AS n FROM reconcile_findings GROUP BY kind"
+        ).fetchall():
+            report.findings[r["kind"]] = int(r["n"])
 
 
 def print_report(report: Report) -> None:
@@ -471,12 +487,15 @@ def print_report(report: Report) -> None:
     table.add_column("what")
     table.add_column("value")
     d = report.as_dict()
-    for key in ("seconds", "jobs", "tasks", "settle_s", "lost", "duplicated"):
+    for key in ("seconds", "jobs", "tasks", "settle_s", "lost", "duplicated",
+                "tasks_run_again", "max_deliveries", "scheduler_passes"):  # fmt: skip
         table.add_row(key, str(d[key]))
     for fault in FAULTS:
         table.add_row(f"fault: {fault}", str(report.faults.get(fault, 0)))
     for status, n in sorted(report.finals.items()):
         table.add_row(f"final: {status}", str(n))
+    for kind, n in sorted(report.findings.items()):
+        table.add_row(f"reconciler found: {kind}", str(n))
     table.add_row("invariants", "ALL HOLD" if d["ok"] else f"{len(report.violations)} violated")
     Console().print(table)
     for v in report.violations[:20]:

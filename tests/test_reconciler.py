@@ -232,7 +232,7 @@ def test_tasks_held_by_a_processor_or_not_consumed_at_all_wait_and_are_never_los
     assert [(f.kind, f.action) for f in found] == [("waiting", "none")]
     assert found[0].detail["reason"] in {
         "no processor is consuming",
-        "a processor holds 2 message(s); waiting for ack_wait",
+        "a processor holds 2 message(s): running, or results not yet recorded",
     }
     assert ledger(job_id)["pending"] == 4 and counters(job_id)["lost"] == 0
     assert status(job_id) == "started"
