@@ -498,7 +498,10 @@ class _Actor:
         if (nv.num_pending or 0) > 0 and not nv.num_waiting:
             reason = "no processor is consuming"
         elif (nv.num_ack_pending or 0) > 0:
-            reason = f"a processor holds {nv.num_ack_pending} message(s): running, or results not yet recorded"
+            reason = (
+                f"a processor holds {nv.num_ack_pending} message(s): "
+                "running, or results not yet recorded"
+            )
         else:
             reason = "waiting for processors"
         return "none", {"reason": reason}
