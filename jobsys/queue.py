@@ -301,6 +301,16 @@ def delivered_at_ns(reply: str) -> int | None:
     return int(ts) if ts.isdigit() else None
 
 
+def parse_server_time(value: datetime | str | None) -> datetime | None:
+    """A server timestamp as a UTC datetime (nats-py parses it; older versions gave RFC 3339
+    text, whose fraction has 0-9 digits)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    text = value.strip().removesuffix("Z").removesuffix("+00:00")
+    whole, _, fraction = text.partition(".")
+    return datetime.fromisoformat(f"{whole}.{(fraction + '000000')[:6]}+00:00")
+
+
 async def ack_current_replies(
     nc: NATS, js: JetStreamContext, stream: str, replies: Sequence[str]
 ) -> int:
@@ -316,9 +326,7 @@ async def ack_current_replies(
         info = await js.stream_info(stream)
     except NotFoundError:
         return 0  # deleted (teardown): nothing left to ack
-    created = info.created
-    if isinstance(created, str):
-        created = datetime.fromisoformat(created.replace("Z", "+00:00")[:26] + "+00:00")
+    created = parse_server_time(info.created)
     if created is None:
         current = list(replies)
     else:

@@ -651,6 +651,11 @@ def reconcile_pass(settings: Settings | None = None, trigger: str = "cli") -> Pa
         "actions": actions,
         "skipped_busy": report.skipped_busy,
     }
+    keep = {"keep_s": s.history_days * 86_400}
+    with connection() as conn:
+        pruned = conn.execute(Q.prune_job_minutes, keep).rowcount
+        pruned += conn.execute(Q.prune_quiet_runs, keep).rowcount
+    detail["pruned_history_rows"] = pruned
     with connection() as conn:
         conn.execute(
             Q.finish_reconcile_run,

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     lost_after_s: float = Field(default=120.0, gt=0)
     queued_stale_s: float = Field(default=60.0, gt=0)
     cancel_grace_s: float = Field(default=60.0, gt=0)
+    # Each pass prunes rate rollups and quiet pass records older than this.
+    history_days: float = Field(default=7.0, gt=0)
 
     db_pool_size: int = Field(default=8, ge=1)
     log_format: str = Field(default="text", pattern="^(text|json)$")

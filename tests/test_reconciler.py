@@ -588,3 +588,32 @@ def test_advisory_sequences_map_to_tasks_through_the_message_id() -> None:
     ]
     assert status(job_id) == "failure" and counters(job_id)["lost"] == 2
     assert_counters_match_ledger(job_id)
+
+
+def test_a_pass_prunes_history_older_than_the_window_and_keeps_the_rest() -> None:
+    with connection() as conn:
+        conn.execute(
+            "INSERT INTO job_minutes (job_id, minute, done) VALUES "
+            "(-1, now() - interval '8 days', 5), (-1, date_trunc('minute', now()), 5)"
+        )
+        old_quiet, old_found = (
+            conn.execute(
+                "INSERT INTO reconcile_runs (started_at, finished_at, findings) "
+                "VALUES (now() - interval '8 days', now() - interval '8 days', %s) RETURNING id",
+                (n,),
+            ).fetchone()["id"]
+            for n in (0, 1)
+        )
+    run_id = reconcile_pass(fast(history_days=7)).run_id
+    with connection() as conn:
+        minutes = conn.execute("SELECT count(*) AS n FROM job_minutes WHERE job_id = -1").fetchone()
+        runs = {
+            r["id"]
+            for r in conn.execute(
+                "SELECT id FROM reconcile_runs WHERE id = ANY(%s)",
+                ([old_quiet, old_found, run_id],),
+            ).fetchall()
+        }
+        conn.execute("DELETE FROM job_minutes WHERE job_id = -1")
+    assert minutes["n"] == 1
+    assert runs == {old_found, run_id}

@@ -147,3 +147,14 @@ FROM reconcile_findings f
 WHERE f.job_id = %(job_id)s
 ORDER BY f.id DESC
 LIMIT %(limit)s;
+
+-- name: prune_job_minutes
+-- Rate rollups older than the history window (dashboards read the last hour).
+DELETE FROM job_minutes WHERE minute < now() - make_interval(secs => %(keep_s)s);
+
+-- name: prune_quiet_runs
+-- Pass records that found nothing, older than the history window. Passes with
+-- findings are kept: they are the reconciler's word on a job.
+DELETE FROM reconcile_runs
+WHERE findings = 0 AND finished_at IS NOT NULL
+  AND started_at < now() - make_interval(secs => %(keep_s)s);
