@@ -13,6 +13,11 @@ faults at random moments from a printed seed, then checks:
   payload says (failed when asked to fail, done otherwise), none lost;
 - no final job changed status afterwards (status history in job_events);
 - no stream left for a final job after a reconcile pass.
+
+Faults: SIGKILL of a worker or a processor, NATS restart (JetStream data
+kept), FLUSHDB of Redis, Redis restart (no persistence), Postgres crash-restart,
+a Postgres outage of several ack_waits (`stall_postgres`), and duplicated
+result batches.
 """
 
 from __future__ import annotations
@@ -41,7 +46,12 @@ FAULTS = (
     "restart_redis",
     "restart_postgres",
     "duplicate_results",
+    "stall_postgres",
 )
+PG_FAULTS = {"restart_postgres", "stall_postgres"}
+# A Postgres outage this many ack_waits long: results cannot be recorded for
+# that long, so without holding them every waiting task would be redelivered.
+STALL_ACK_WAITS = 3
 
 
 def _free_port() -> int:
@@ -292,7 +302,7 @@ def run(seed: int, seconds: float, jobs: int, tasks: int, settle_timeout: float)
     from jobsys.settings import reset_settings
 
     reset_settings()
-    import jobsys
+    from jobsys.db import close_pool
     from jobsys.migrate import migrate
     from jobsys.runner import LocalSystem
 
@@ -312,24 +322,32 @@ def run(seed: int, seconds: float, jobs: int, tasks: int, settle_timeout: float)
               f"servers in {root}", flush=True)  # fmt: skip
 
         next_fault = time.monotonic() + rng.uniform(1, 4)
+        ack_wait = float(os.environ["JOBSYS_ACK_WAIT_S"])
+        pg_back_at: float | None = None
         # During the faults the reconciler runs only as deployed: the
         # scheduler subprocess enqueues a pass every 10 s and a worker runs it.
         while time.monotonic() - started < seconds:
             now = time.monotonic()
-            while submit_at and now - started >= submit_at[0]:
-                submit_at.pop(0)
-                plans.append(
-                    _with_retries(lambda t=now: _submit(rng, len(plans), tasks, t, seconds))
-                )
-            for plan in plans:
-                if plan.cancel_at is not None and not plan.cancelled and now >= plan.cancel_at:
-                    _with_retries(lambda p=plan: jobsys.cancel(p.job_id))
-                    plan.cancelled = True
+            if pg_back_at is not None and now >= pg_back_at:
+                servers.start_postgres()
+                close_pool()
+                pg_back_at = None
+            if pg_back_at is None:
+                # Like a user, the harness submits and cancels only while
+                # Postgres is up (waiting here would delay its return).
+                _submit_and_cancel(rng, plans, submit_at, now, started, tasks, seconds)
             if now >= next_fault:
                 # Every kind once first, in order; then at random.
                 injected = sum(report.faults.values())
                 fault = FAULTS[injected] if injected < len(FAULTS) else rng.choice(FAULTS)
-                _inject(fault, rng, system, servers)
+                if pg_back_at is not None and fault in PG_FAULTS:
+                    fault = rng.choice([f for f in FAULTS if f not in PG_FAULTS])
+                if fault == "stall_postgres":
+                    servers.stop_postgres("immediate")
+                    close_pool()
+                    pg_back_at = now + STALL_ACK_WAITS * ack_wait
+                else:
+                    _inject(fault, rng, system, servers)
                 report.faults[fault] += 1
                 print(f"chaos: t={now - started:5.1f}s {fault}", flush=True)
                 next_fault = now + rng.uniform(1.5, 6)
@@ -340,6 +358,11 @@ def run(seed: int, seconds: float, jobs: int, tasks: int, settle_timeout: float)
                         procs.remove(p)
                         start()
             time.sleep(0.1)
+        if pg_back_at is not None:
+            servers.start_postgres()
+            close_pool()
+        # Jobs due during the last stall are submitted now, so every planned job runs.
+        _submit_and_cancel(rng, plans, submit_at, float("inf"), started, tasks, seconds)
 
         # Faults stop; everything runs; the reconciler also sweeps from here
         # as cron would, until all is final.
@@ -358,6 +381,26 @@ def run(seed: int, seconds: float, jobs: int, tasks: int, settle_timeout: float)
         else:
             shutil.rmtree(root, ignore_errors=True)
     return report
+
+
+def _submit_and_cancel(
+    rng: random.Random,
+    plans: list[JobPlan],
+    submit_at: list[float],
+    now: float,
+    started: float,
+    tasks: int,
+    seconds: float,
+) -> None:
+    import jobsys
+
+    while submit_at and now - started >= submit_at[0]:
+        submit_at.pop(0)
+        plans.append(_with_retries(lambda: _submit(rng, len(plans), tasks, now, seconds)))
+    for plan in plans:
+        if plan.cancel_at is not None and not plan.cancelled and now >= plan.cancel_at:
+            _with_retries(lambda p=plan: jobsys.cancel(p.job_id))
+            plan.cancelled = True
 
 
 def _with_retries(fn: Any, attempts: int = 20) -> Any:

@@ -50,7 +50,7 @@ def test_short_chaos_run_keeps_every_invariant() -> None:
     faults = report["faults"]
     assert isinstance(faults, dict)
     kinds = ("kill_worker", "kill_processor", "restart_nats", "flush_redis", "restart_redis",
-             "restart_postgres", "duplicate_results")  # fmt: skip
+             "restart_postgres", "duplicate_results", "stall_postgres")  # fmt: skip
     assert all(faults.get(kind, 0) >= 1 for kind in kinds)
     assert report["lost"] == 0 and report["duplicated"] == 0
 
