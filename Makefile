@@ -46,7 +46,7 @@ bench-quick: migrate
 	$(BIN)/python -m bench.run --quick
 
 chaos: migrate
-	$(BIN)/python -m tests.chaos --seconds 600 --jobs 30 --tasks 8000
+	$(BIN)/python -m tests.chaos --seconds 600 --jobs 30 --tasks 8000 $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
