@@ -145,6 +145,8 @@ class Processor:
         self._serial = 0
         self._notify_prefix = ""
         self._send_failing = False
+        # Messages whose pipeline is running -> when last kept alive.
+        self._running: dict[int, tuple[Msg, float]] = {}
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -397,7 +399,13 @@ class Processor:
                 if not isinstance(payload, dict):
                     raise PermanentError("task payload is not a JSON object")
                 fut = loop.run_in_executor(self._executor, self._call, feed, payload)
-                result = await self._keep_alive(msg, fut)
+                # The hold loop keeps it in progress while it runs: one shared
+                # ticker instead of a timer per task.
+                self._running[id(msg)] = (msg, time.monotonic())
+                try:
+                    result = await fut
+                finally:
+                    del self._running[id(msg)]
                 if not isinstance(result, dict):
                     raise PermanentError(
                         f"pipeline returned {type(result).__name__}, not a JSON object"
@@ -429,16 +437,6 @@ class Processor:
             log.warning("task handling failed", extra={"job_id": feed.job_id, "error": repr(exc)})
         finally:
             self._give_tickets(1)
-
-    async def _keep_alive(self, msg: Msg, fut: asyncio.Future[dict[str, Any]]) -> Any:
-        """Await a running task, telling JetStream it is in progress so it is not redelivered."""
-        interval = max(self.settings.ack_wait_s / 3, 0.5)
-        while True:
-            try:
-                return await asyncio.wait_for(asyncio.shield(fut), interval)
-            except TimeoutError:
-                with contextlib.suppress(Exception):
-                    await msg.in_progress()
 
     def _add_result(
         self,
@@ -534,7 +532,8 @@ class Processor:
                 self.stats.batches_confirmed += 1
 
     async def _hold_loop(self) -> None:
-        """Keep held batches' messages in progress; re-send unsent or unconfirmed ones."""
+        """Keep running tasks' and held batches' messages in progress; re-send unsent or
+        unconfirmed batches."""
         ack_wait = self.settings.ack_wait_s
         ping_every = ack_wait / 3
         resend_after = min(max(2 * ack_wait, 1.0), 60.0)
@@ -543,6 +542,11 @@ class Processor:
             await asyncio.sleep(max(ack_wait / 6, 0.05))
             now = time.monotonic()
             pinged = False
+            for key, (msg, since) in list(self._running.items()):
+                if now - since >= ping_every and key in self._running:
+                    self._running[key] = (msg, now)
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
             for serial, held in list(self._held.items()):
                 if now - held.since >= self.settings.result_hold_s:
                     self._release(serial)

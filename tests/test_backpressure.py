@@ -101,3 +101,23 @@ def test_a_processor_killed_while_holding_results_loses_nothing(tmp_path: Path) 
         view = wait_until_final(job_id, timeout=120)
     assert view.status == "success" and view.done == 200 and view.lost == 0
     assert_counters_match_ledger(job_id)
+
+
+def test_a_task_running_longer_than_ack_wait_is_kept_in_progress_and_run_once(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    import jobsys
+    from jobsys.bootstrap import run_bootstrap
+
+    ack_wait = get_settings().ack_wait_s
+    items = (json.dumps({"n": i, "sleep_ms": int(ack_wait * 2500)}) for i in range(4))
+    job_id = jobsys.submit("echo", items, max_deliver=3).job_id
+    assert run_bootstrap(job_id) == "published"
+    with LocalSystem(workers=1, processors=1, concurrency=4, log_dir=tmp_path):
+        time.sleep(ack_wait * 2)
+        assert _redelivered(job_id) == 0
+        view = wait_until_final(job_id, timeout=120)
+    assert view.status == "success" and view.done == 4
+    assert _deliveries(job_id) == {1: 4}
