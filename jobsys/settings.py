@@ -54,8 +54,10 @@ class Settings(BaseSettings):
     # Results sent but not yet recorded are held (kept in progress in NATS,
     # re-sent if Redis lost them) this long at most, then NATS may redeliver.
     result_hold_s: float = Field(default=300.0, gt=0)
-    # A processor holding this many unrecorded results stops fetching.
-    max_held_results: int = Field(default=10_000, ge=1)
+    # A processor holding this many unrecorded results stops fetching. Steady
+    # state holds ~throughput x 0.2 s (a few hundred); more only means the
+    # recorder is slow or down, and a processor killed then loses its hold.
+    max_held_results: int = Field(default=2_000, ge=1)
 
     # Dramatiq's Redis broker: recover a killed worker's messages in seconds.
     heartbeat_timeout_ms: int = Field(default=10_000, ge=1_000)
