@@ -44,6 +44,13 @@ def _redelivered(job_id: int) -> int:
     return bridge().run(info)
 
 
+def _assert_all_done_on_first_delivery(job_id: int, total: int) -> None:
+    view = wait_until_final(job_id, timeout=120)
+    assert view.status == "success" and view.done == total and view.lost == 0
+    assert _deliveries(job_id) == {1: total}
+    assert_counters_match_ledger(job_id)
+
+
 def test_results_wait_for_a_worker_without_being_redelivered(tmp_path: Path) -> None:
     ack_wait, max_deliver = get_settings().ack_wait_s, 2
     job_id = make_started_job(300, max_deliver=max_deliver)
@@ -53,10 +60,7 @@ def test_results_wait_for_a_worker_without_being_redelivered(tmp_path: Path) -> 
         time.sleep(ack_wait * max_deliver * 2.5)
         assert _redelivered(job_id) == 0
         system.start_worker()
-        view = wait_until_final(job_id, timeout=120)
-    assert view.status == "success" and view.done == 300 and view.lost == 0
-    assert _deliveries(job_id) == {1: 300}
-    assert_counters_match_ledger(job_id)
+        _assert_all_done_on_first_delivery(job_id, 300)
 
 
 @pytest.fixture
@@ -81,10 +85,7 @@ def test_results_are_held_while_redis_is_down_and_sent_when_it_returns(
         time.sleep(ack_wait * max_deliver * 2.5)
         assert _redelivered(job_id) == 0
         private_redis.start_redis()
-        view = wait_until_final(job_id, timeout=120)
-    assert view.status == "success" and view.done == 300 and view.lost == 0
-    assert _deliveries(job_id) == {1: 300}
-    assert_counters_match_ledger(job_id)
+        _assert_all_done_on_first_delivery(job_id, 300)
 
 
 def test_a_processor_killed_while_holding_results_loses_nothing(tmp_path: Path) -> None:
@@ -118,6 +119,4 @@ def test_a_task_running_longer_than_ack_wait_is_kept_in_progress_and_run_once(
     with LocalSystem(workers=1, processors=1, concurrency=4, log_dir=tmp_path):
         time.sleep(ack_wait * 2)
         assert _redelivered(job_id) == 0
-        view = wait_until_final(job_id, timeout=120)
-    assert view.status == "success" and view.done == 4
-    assert _deliveries(job_id) == {1: 4}
+        _assert_all_done_on_first_delivery(job_id, 4)

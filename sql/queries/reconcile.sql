@@ -5,51 +5,11 @@
 -- Every active job with its counters, the ledger's own counts, how long
 -- nothing has happened, and how long the job has been canceling. One pass
 -- reads every active job with this one query.
-SELECT j.id, j.status, j.pipeline, j.max_deliver, j.total_count, j.published_count,
-       j.done_count, j.failed_count, j.lost_count, j.cancelled_count,
-       extract(epoch FROM now() - greatest(j.progress_at, coalesce(j.started_at, j.created_at)))
-           AS idle_s,
-       CASE WHEN j.status = 'canceling' THEN extract(epoch FROM now() - coalesce(
-           (SELECT max(e.at) FROM job_events e
-            WHERE e.job_id = j.id AND e.event = 'status' AND e.detail->>'to' = 'canceling'),
-           j.progress_at)) END AS canceling_s,
-       l.pending, l.done, l.failed, l.lost, l.cancelled, l.total
-FROM jobs j
-CROSS JOIN LATERAL (
-    SELECT count(*) FILTER (WHERE t.status = 'pending')   AS pending,
-           count(*) FILTER (WHERE t.status = 'done')      AS done,
-           count(*) FILTER (WHERE t.status = 'failed')    AS failed,
-           count(*) FILTER (WHERE t.status = 'lost')      AS lost,
-           count(*) FILTER (WHERE t.status = 'cancelled') AS cancelled,
-           count(*)                                       AS total
-    FROM job_tasks t WHERE t.job_id = j.id
-) l
-WHERE j.status IN ('queued', 'started', 'canceling')
-ORDER BY j.id;
+SELECT * FROM job_reconcile_state ORDER BY id;
 
 -- name: reconcile_job
--- The same as reconcile_jobs for one job (looked at again under its lock);
--- a separate query so its plan is always a primary-key lookup.
-SELECT j.id, j.status, j.pipeline, j.max_deliver, j.total_count, j.published_count,
-       j.done_count, j.failed_count, j.lost_count, j.cancelled_count,
-       extract(epoch FROM now() - greatest(j.progress_at, coalesce(j.started_at, j.created_at)))
-           AS idle_s,
-       CASE WHEN j.status = 'canceling' THEN extract(epoch FROM now() - coalesce(
-           (SELECT max(e.at) FROM job_events e
-            WHERE e.job_id = j.id AND e.event = 'status' AND e.detail->>'to' = 'canceling'),
-           j.progress_at)) END AS canceling_s,
-       l.pending, l.done, l.failed, l.lost, l.cancelled, l.total
-FROM jobs j
-CROSS JOIN LATERAL (
-    SELECT count(*) FILTER (WHERE t.status = 'pending')   AS pending,
-           count(*) FILTER (WHERE t.status = 'done')      AS done,
-           count(*) FILTER (WHERE t.status = 'failed')    AS failed,
-           count(*) FILTER (WHERE t.status = 'lost')      AS lost,
-           count(*) FILTER (WHERE t.status = 'cancelled') AS cancelled,
-           count(*)                                       AS total
-    FROM job_tasks t WHERE t.job_id = j.id
-) l
-WHERE j.id = %(job_id)s AND j.status IN ('queued', 'started', 'canceling');
+-- The same for one active job (looked at again under its lock).
+SELECT * FROM job_reconcile_state WHERE id = %(job_id)s;
 
 -- name: lock_job_row
 -- Take the job row's lock (first statement of a counter repair) and read its counters.
