@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install services services-stop migrate demo test test-fast lint fmt bench bench-quick chaos clean
+.PHONY: install services services-stop pgbouncer migrate demo test test-cluster test-fast lint fmt bench bench-quick chaos clean
 
 install: $(STAMP)
 
@@ -16,10 +16,14 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 services: install
-	$(BIN)/python -m jobsys.services up
+	$(BIN)/python -m devtools.services up
 
 services-stop: install
-	$(BIN)/python -m jobsys.services down
+	$(BIN)/python -m devtools.services down
+
+# The PgBouncer tests start their own pgbouncer (Debian package).
+pgbouncer: install
+	$(BIN)/python -m devtools.services install-pgbouncer
 
 migrate: services
 	$(BIN)/jobsys db migrate
@@ -27,13 +31,18 @@ migrate: services
 demo: migrate
 	$(BIN)/jobsys demo --count 10000
 
-test: services
+test: services pgbouncer
 	$(BIN)/python -m pytest -q
+
+# Only the multi-machine setups: a 3-node JetStream cluster losing its stream
+# leader, and jobsys through PgBouncer in transaction pooling (both also in `make test`).
+test-cluster: services pgbouncer
+	$(BIN)/python -m pytest -q tests/test_cluster.py tests/test_pgbouncer.py
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy jobsys cli
+	$(BIN)/mypy jobsys cli devtools
 
 fmt: install
 	$(BIN)/ruff format .
@@ -46,7 +55,7 @@ bench-quick: migrate
 	$(BIN)/python -m bench.run --quick
 
 chaos: migrate
-	$(BIN)/python -m tests.chaos --seconds 600 --jobs 30 --tasks 8000 $(if $(SEED),--seed $(SEED))
+	$(BIN)/python -m tests.chaos --seconds 600 --jobs 30 --tasks 8000 --min-each 3 $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -176,6 +176,8 @@ def _new_ledger_job(total: int) -> int:
                 "total": 0,
                 "failure_threshold": 0.0,
                 "max_deliver": 5,
+                "task_timeout_s": None,
+                "max_in_flight": None,
             },
         ).fetchone()
         assert job is not None
@@ -347,3 +349,108 @@ def run(quick: bool) -> list[dict]:
          "value": best("C", 500) / best("B"), "unit": "x", "target": "(C's target)"},
     ]  # fmt: skip
     return rows
+
+
+# -- a short configuration from the command line ------------------------------
+
+
+def _raw_items(job_id: int, batch: Batch) -> list[dict[str, Any]]:
+    """A batch as a processor sends it (plain dicts, real-looking reply subjects)."""
+    from jobsys.queue import JobNames
+    from jobsys.settings import get_settings
+
+    names = JobNames.of(get_settings().namespace, job_id)
+    ts = time.time_ns()
+    return [
+        {
+            "task": t,
+            "status": "done",
+            "result": json.loads(r),
+            "error": None,
+            "reply": f"$JS.ACK.{names.stream}.{names.consumer}.1.{t + 1}.{t + 1}.{ts}.0",
+            "deliveries": 1,
+        }
+        for t, r in batch
+    ]
+
+
+def _apply_cell(handlers: int, batches: list[Batch], total: int) -> dict:
+    """The worker's whole result path minus NATS acks: each batch validated from
+    plain dicts (as a Dramatiq message brings it), then `jobsys.ledger.apply_results`
+    (pooled connections, as the worker uses them)."""
+    from psycopg.rows import dict_row
+
+    from jobsys.ledger import apply_results
+    from jobsys.models import ResultBatch
+    from jobsys.queries import Q
+
+    job_id = _new_ledger_job(total)
+    with psycopg.connect(BENCH_URL, autocommit=True) as conn:
+        # Published as a first fill into a fresh stream would: task n at
+        # sequence n + 1, where the replies below point (jobsys.ledger checks).
+        conn.execute(
+            "UPDATE jobs SET status = 'started', published_count = total_count WHERE id = %s",
+            (job_id,),
+        )
+    raw = {id(b): _raw_items(job_id, b) for b in batches}
+
+    def apply(_conn: Any, batch: Batch, _idx: int) -> None:
+        apply_results(ResultBatch.model_validate({"job_id": job_id, "results": raw[id(batch)]}))
+
+    elapsed = _drive(BENCH_URL, handlers, batches, apply)
+    with psycopg.connect(BENCH_URL, autocommit=True, row_factory=dict_row) as conn:
+        row = conn.execute(Q.get_job, {"job_id": job_id}).fetchone()
+    assert row is not None
+    return {"elapsed": elapsed, "counted": row["done_count"], "status": row["status"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.counting`: strategy C (record) and the worker's apply path, briefly."""
+    import argparse
+    import statistics
+
+    from bench import env
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.counting",
+        description="Results/s of jobsys's counting path in a short configuration: "
+        "'record' = jobsys.ledger.record_results (strategy C of table 1), 'apply' = the "
+        "worker's path from plain result dicts (validation, storable checks, record).",
+    )
+    parser.add_argument("--paths", default="record,apply", help="comma-separated: record,apply")
+    parser.add_argument("--handlers", default="1,8", help="comma-separated handler counts")
+    parser.add_argument("--batch", type=int, default=100, help="results per batch")
+    parser.add_argument("--total", type=int, default=20_000, help="results per cell")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per cell (best is kept)")
+    args = parser.parse_args(argv)
+    paths = args.paths.split(",")
+    unknown = set(paths) - {"record", "apply"}
+    if unknown:
+        parser.error(f"unknown path(s): {', '.join(sorted(unknown))}")
+    env.setup()
+    try:
+        print(f"{'path':<8}{'handlers':>9}{'batch':>7}{'total':>8}{'best/s':>10}{'median/s':>10}")
+        for path in paths:
+            for handlers in (int(h) for h in args.handlers.split(",")):
+                rates = []
+                for _ in range(args.repeats):
+                    batches = _batches(args.total, args.batch)
+                    cell = (_ledger_cell if path == "record" else _apply_cell)(
+                        handlers, batches, args.total
+                    )
+                    if cell["counted"] != args.total:
+                        raise SystemExit(f"{path}: counted {cell['counted']} of {args.total}")
+                    rates.append(args.total / cell["elapsed"])
+                print(
+                    f"{path:<8}{handlers:>9}{args.batch:>7}{args.total:>8}"
+                    f"{max(rates):>10,.0f}{statistics.median(rates):>10,.0f}"
+                )
+    finally:
+        env.teardown()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -30,9 +30,13 @@ BENCH_URL = make_conninfo(_base.database_url, dbname=BENCH_DB)
 os.environ.update(
     {
         "JOBSYS_NAMESPACE": NAMESPACE,
+        "JOBSYS_SECRET": os.environ.get("JOBSYS_SECRET") or uuid.uuid4().hex,
         "JOBSYS_DATABASE_URL": BENCH_URL,
         "JOBSYS_REDIS_URL": _base.redis_url,
         "JOBSYS_NATS_URL": _base.nats_url,
+        # The benches' own pipelines (bench.cancel_latency) and the test
+        # suite's may run (jobsys.allow).
+        "JOBSYS_PIPELINE_MODULES": "bench,tests",
         "JOBSYS_LOG_LEVEL": os.environ.get("JOBSYS_LOG_LEVEL", "WARNING"),
     }
 )

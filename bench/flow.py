@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -53,11 +54,34 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def child_pids(pid: int) -> list[int]:
+    """Direct children of a process (a processor's execution processes and forkserver)."""
+    found = []
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = path.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(path.parent.name))
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and of its live descendants."""
+    total = cpu_seconds(pid)
+    for child in child_pids(pid):
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            total += tree_cpu_seconds(child)
+    return total
+
+
 def children_cpu(system: Any) -> dict[str, float]:
-    """CPU seconds of the system's first worker and processor."""
+    """CPU seconds of the system's first worker and processor (with its execution
+    processes: they are forked from its forkserver, so its grandchildren)."""
     return {
         "worker": cpu_seconds(system.workers[0].pid),
-        "processor": cpu_seconds(system.processors[0].pid),
+        "processor": tree_cpu_seconds(system.processors[0].pid),
     }
 
 
@@ -66,6 +90,9 @@ def pyspy() -> str | None:
     found = shutil.which("py-spy")
     if found:
         return found
+    beside = Path(sys.executable).parent / "py-spy"  # pip install py-spy into the venv
+    if beside.exists():
+        return str(beside)
     for d in PYSPY_DIRS:
         p = Path(d) / "py-spy"
         if p.exists():
@@ -106,11 +133,13 @@ def start_profiles(system: Any, tag: str) -> Profiles:
             "--format",
             "raw",
             "--rate",
-            "50",
+            "200",
             "--nonblocking",
             "--output",
             str(path),
         ]
+        # On-CPU samples only (threads holding the GIL): waiting is not work.
+        cmd.insert(2, "--gil")
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         prof.procs.append((kind, proc, path))
     return prof
@@ -142,6 +171,21 @@ def summarize_profile(path: Path, top: int = 12) -> dict[str, Any]:
     }
 
 
+def wait_until_quiet(system: Any, timeout: float = 30.0) -> None:
+    """Until the children have started (their CPU time stops growing), so the timed part
+    starts warm and their CPU figures hold only the job's work, however loaded the
+    machine is."""
+    time.sleep(1.0)
+    deadline = time.monotonic() + timeout
+    last = children_cpu(system)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = children_cpu(system)
+        if all(now[k] - last[k] < 0.02 for k in now):
+            return
+        last = now
+
+
 @contextlib.contextmanager
 def fresh_system(tag: str, concurrency: int = 8) -> Iterator[Any]:
     """One worker process and one processor, started now, stopped on exit."""
@@ -150,7 +194,7 @@ def fresh_system(tag: str, concurrency: int = 8) -> Iterator[Any]:
     system = LocalSystem(workers=1, processors=1, concurrency=concurrency, log_dir=LOG_DIR / tag)
     system.start()
     try:
-        time.sleep(1.5)  # imports and connections; the timed part starts warm
+        wait_until_quiet(system)  # imports, connections, execution processes
         system.check_alive()
         yield system
     finally:
@@ -245,8 +289,11 @@ def bare_transport(n: int, consume: bool = True) -> dict[str, float]:
 # -- jobsys runs ---------------------------------------------------------------
 
 
-def end_to_end(n: int, tag: str, profile: bool = False, concurrency: int = 8) -> dict[str, Any]:
-    """Submit an n-task echo job to a fresh system; time submit -> final; peak RSS, CPU."""
+def end_to_end(
+    n: int, tag: str, profile: bool = False, concurrency: int = 8, pipeline: str = "echo"
+) -> dict[str, Any]:
+    """Submit an n-task job (echo by default) to a fresh system; time submit -> final;
+    peak RSS, CPU (the processor's includes its execution processes)."""
     import jobsys
     from jobsys.items import counted_items
 
@@ -254,7 +301,7 @@ def end_to_end(n: int, tag: str, profile: bool = False, concurrency: int = 8) ->
         prof = start_profiles(system, tag) if profile else None
         cpu0 = children_cpu(system)
         start = time.perf_counter()
-        view = jobsys.submit("echo", counted_items(n), name=f"bench-{tag}")
+        view = jobsys.submit(pipeline, counted_items(n), name=f"bench-{tag}")
         submitted = time.perf_counter()
         final = _finish(view.job_id, timeout=max(600, n / 500))
         elapsed = time.perf_counter() - start

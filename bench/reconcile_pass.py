@@ -85,7 +85,7 @@ def _make_jobs(n: int) -> list[int]:
         async def one(job_id: int) -> None:
             names = JobNames.of(settings.namespace, job_id)
             async with gate:
-                await ensure_job_stream(js, names, "echo", 5, settings)
+                await ensure_job_stream(js, names, {"pipeline": "echo", "max_deliver": 5}, settings)
                 tasks = [(t, '{"n": 1}') for t in range(TASKS_PER_JOB)]
                 await publish_tasks(js, names, job_id, tasks)
 

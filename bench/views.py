@@ -236,6 +236,8 @@ def result_throughput(url: str, tasks: int) -> tuple[float, float]:
                             "results": ['{"ok": true}'] * len(nos),
                             "errors": [None] * len(nos),
                             "deliveries": [1] * len(nos),
+                            # Checked by the caller (no stream sequences recorded here).
+                            "seqs": [None] * len(nos),
                         },
                     )
                 conn.execute("SELECT pg_stat_force_next_flush()")

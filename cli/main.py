@@ -6,6 +6,7 @@ Every error is one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -29,20 +30,27 @@ from jobsys.errors import JobsysError
 from jobsys.items import counted_items, read_items
 from jobsys.logs import setup_logging
 from jobsys.models import JobView
+from jobsys.probes import one_line
 from jobsys.settings import get_settings
+from jobsys.signing import require_secret
 
 JOB_ID = click.IntRange(min=1)
-SERVICE_COMMANDS = {"worker", "process", "scheduler"}
+SERVICE_COMMANDS = {"worker", "process", "scheduler", "exporter"}
+
+# `--metrics-port` of the long-running commands; JOBSYS_METRICS_PORT is its default.
+METRICS_PORT = click.option(
+    "--metrics-port", type=click.IntRange(1, 65_535), default=None,
+    help="Serve Prometheus metrics on this port (default JOBSYS_METRICS_PORT; unset: off).",
+)  # fmt: skip
+
+
+# libpq's errors about a connection string (not about SQL).
+_CONNINFO_ERROR = re.compile(r"connection info string|connection option|URI|invalid \w+ value")
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"jobsys: {message}", err=True)
     sys.exit(code)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else exc.__class__.__name__
 
 
 class JobsysGroup(click.Group):
@@ -62,9 +70,14 @@ class JobsysGroup(click.Group):
         except psycopg.errors.UndefinedTable:
             _fail("the database schema is missing: run `jobsys db migrate`")
         except psycopg.OperationalError as exc:
-            _fail(f"Postgres not reachable ({_first_line(exc)}); run `make services`")
+            _fail(f"Postgres not reachable ({one_line(exc)}); run `make services`")
+        except psycopg.ProgrammingError as exc:
+            # libpq quotes a malformed URL back: one redacted line, not a traceback.
+            if not _CONNINFO_ERROR.search(str(exc)):
+                raise
+            _fail(f"invalid JOBSYS_DATABASE_URL ({one_line(exc)})")
         except redis.exceptions.ConnectionError as exc:
-            _fail(f"Redis not reachable ({_first_line(exc)}); run `make services`")
+            _fail(f"Redis not reachable ({one_line(exc)}); run `make services`")
         except KeyboardInterrupt:
             _fail("interrupted", 130)
 
@@ -83,7 +96,11 @@ def main() -> None:
     # Long-running services log every event; interactive commands only warnings,
     # unless JOBSYS_LOG_LEVEL asks for more.
     quiet = ctx.invoked_subcommand not in SERVICE_COMMANDS and "JOBSYS_LOG_LEVEL" not in os.environ
-    setup_logging(settings.log_format, "WARNING" if quiet else settings.log_level)
+    secrets = [s.get_secret_value() for s in (settings.secret, settings.secret_previous) if s]
+    setup_logging(settings.log_format, "WARNING" if quiet else settings.log_level, secrets)
+    if ctx.invoked_subcommand in SERVICE_COMMANDS:
+        # A service that cannot sign (or check) messages must not start.
+        require_secret(settings)
 
 
 # -- jobs -------------------------------------------------------------------
@@ -99,6 +116,14 @@ def main() -> None:
               help="Fraction of tasks that may fail before the job ends `failure`.")  # fmt: skip
 @click.option("--max-deliver", type=int, default=None,
               help="Deliveries per task (default JOBSYS_MAX_DELIVER).")  # fmt: skip
+@click.option("--task-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds a task may run before it is stopped and retried "
+                   "(default JOBSYS_TASK_TIMEOUT_S).")  # fmt: skip
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=None,
+              help="At most N of the job's tasks delivered and unacknowledged at once, "
+                   "across all processors (default JOBSYS_MAX_ACK_PENDING).")  # fmt: skip
+@click.option("--on-complete", default=None, metavar="TARGET",
+              help="When the job is final: module:actor or an http(s) URL, once.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 def submit(
     pipeline: str,
@@ -107,6 +132,9 @@ def submit(
     name: str,
     failure_threshold: float,
     max_deliver: int | None,
+    task_timeout: float | None,
+    max_in_flight: int | None,
+    on_complete: str | None,
     as_json: bool,
 ) -> None:
     """Create a job of PIPELINE over an items file or N generated tasks.
@@ -116,6 +144,7 @@ def submit(
       jobsys submit echo --count 10000
       jobsys submit sha256 --items files.jsonl --name nightly --failure-threshold 0.01
       jobsys submit mypkg.tasks:resize --items photos.jsonl --json
+      jobsys submit echo --count 100 --on-complete https://example.com/hooks/jobsys
     """
     if (items_path is None) == (count is None):
         raise click.UsageError("give exactly one of --items FILE or --count N")
@@ -124,6 +153,9 @@ def submit(
         "name": name,
         "failure_threshold": failure_threshold,
         "max_deliver": max_deliver,
+        "task_timeout_s": task_timeout,
+        "max_in_flight": max_in_flight,
+        "on_complete": on_complete,
     }
     big = items_path is not None or (count or 0) >= 50_000
     if as_json or not big or not sys.stderr.isatty():
@@ -171,10 +203,11 @@ def status(job_id: int, as_json: bool) -> None:
       jobsys status 42 --json
     """
     view = jobsys.get_job(job_id)
+    data = {**job_dict(view), **job_links(job_id)}
     if as_json:
-        echo_json(job_dict(view))
+        echo_json(data)
         return
-    rows = [[k, v] for k, v in job_dict(view).items()]
+    rows = [[k, v] for k, v in data.items()]
     table(f"job {job_id}", ["field", "value"], rows)
 
 
@@ -228,41 +261,63 @@ def watch(job_id: int, timeout: float | None) -> None:
 
 @main.command()
 @click.option("--concurrency", type=click.IntRange(1, 1024), default=8, show_default=True,
-              help="Pipeline threads.")  # fmt: skip
+              help="Pipeline slots: child processes (threads with --pool threads).")  # fmt: skip
 @click.option("--batch-size", type=click.IntRange(1, 10_000), default=None,
               help="Results per batch message (default JOBSYS_RESULT_BATCH_SIZE).")  # fmt: skip
-def process(concurrency: int, batch_size: int | None) -> None:
+@click.option("--pool", type=click.Choice(["processes", "threads"]), default="processes",
+              show_default=True,
+              help="processes: each pipeline call runs in an isolated child process; a crash "
+                   "or a time limit costs only its task. threads: pipelines run on threads of "
+                   "the processor (for I/O-bound code) and give up isolation: a crash kills the "
+                   "processor and every task it holds is delivered again, and a call past its "
+                   "time limit cannot be stopped (its task is handed back, the thread "
+                   "abandoned).")  # fmt: skip
+@METRICS_PORT
+def process(concurrency: int, batch_size: int | None, pool: str, metrics_port: int | None) -> None:
     """Run a processor: pull tasks from NATS, run pipelines, send results.
 
     Stops gracefully on SIGTERM: running tasks finish, the rest are handed back.
 
     \b
     Example:
-      jobsys process --concurrency 16
+      jobsys process --concurrency 16 --metrics-port 9101
+      jobsys process --pool threads --concurrency 64
     """
+    from jobsys.broker import setup_broker
+    from jobsys.metrics import serve
     from jobsys.processor import main as run_processor
 
-    run_processor(concurrency=concurrency, batch_size=batch_size)
+    # A processor only sends: its broker does no maintenance, so its Redis
+    # user needs nothing but enqueueing (docs/security.md).
+    setup_broker(maintenance=False)
+    serve(metrics_port or get_settings().metrics_port)
+    run_processor(
+        concurrency=concurrency,
+        batch_size=batch_size,
+        pool="threads" if pool == "threads" else "processes",
+    )
 
 
 @main.command()
 @click.option("--processes", type=click.IntRange(1, 256), default=1, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 256), default=8, show_default=True)
-def worker(processes: int, threads: int) -> None:
+@METRICS_PORT
+def worker(processes: int, threads: int, metrics_port: int | None) -> None:
     """Run Dramatiq workers for the jobsys actors (bootstrap, results, teardown).
 
     With --processes > 1 a supervisor restarts any child that dies.
 
     \b
     Example:
-      jobsys worker --processes 2 --threads 8
+      jobsys worker --processes 2 --threads 8 --metrics-port 9102
     """
     from jobsys.worker import run_worker, supervise
 
+    port = metrics_port or get_settings().metrics_port
     if processes == 1:
-        run_worker(threads)
+        run_worker(threads, port)
     else:
-        supervise(processes, threads)
+        supervise(processes, threads, port)
 
 
 # -- operations -------------------------------------------------------------
@@ -359,10 +414,21 @@ def demo(count: int, pipeline: str, concurrency: int) -> None:
         sys.exit(1)
 
 
+from cli.export import results, tasks  # noqa: E402
+from cli.exporter import exporter  # noqa: E402
 from cli.logs import logs  # noqa: E402
+from cli.prune import prune_cmd  # noqa: E402
 from cli.reconcile import inspect, reconcile, scheduler  # noqa: E402
+from cli.retry import job_links, retry_cmd  # noqa: E402
+from cli.top import top  # noqa: E402
 
+main.add_command(exporter)
+main.add_command(top)
 main.add_command(logs)
 main.add_command(reconcile)
 main.add_command(scheduler)
 main.add_command(inspect)
+main.add_command(results)
+main.add_command(tasks)
+main.add_command(retry_cmd)
+main.add_command(prune_cmd)

@@ -60,6 +60,7 @@ def job_rows(views: Sequence[JobView]) -> list[list[Any]]:
     return [
         [
             v.job_id,
+            v.parent_id or "",
             v.name[:40],
             v.pipeline,
             v.status,
@@ -74,8 +75,8 @@ def job_rows(views: Sequence[JobView]) -> list[list[Any]]:
     ]
 
 
-JOB_COLUMNS = ["id", "name", "pipeline", "status", "total", "done", "failed", "lost", "progress",
-               "created"]  # fmt: skip
+JOB_COLUMNS = ["id", "parent", "name", "pipeline", "status", "total", "done", "failed", "lost",
+               "progress", "created"]  # fmt: skip
 
 
 @contextmanager

@@ -92,9 +92,9 @@ def inspect(job_id: int, as_json: bool) -> None:
     if info["findings"]:
         table(
             "reconciler findings (latest first)",
-            ["at", "run", "finding", "action", "detail"],
+            ["last seen", "run", "finding", "action", "passes", "detail"],
             [[f["at"].isoformat(timespec="seconds"), f["run_id"], f["kind"], f["action"],
-              _short(f["detail"])] for f in info["findings"]],
+              f.get("seen", 1), _short(f["detail"])] for f in info["findings"]],
         )  # fmt: skip
     else:
         click.echo("no reconciler findings for this job")

@@ -1,25 +1,34 @@
-"""Dramatiq actors: bootstrap, result processing, teardown, reconcile.
+"""Dramatiq actors: bootstrap, result processing, teardown, reconcile, hooks.
 
-Dramatiq acks a message only after its actor returns and retries raised
-exceptions, so every actor here is idempotent: running one twice, or after a
-crash half-way, changes nothing the first run did not.
+Only worker processes load this module (it is a leaf of the import graph):
+everything else sends to these actors through `jobsys.messages`, by the names
+declared there. Dramatiq acks a message only after its actor returns and
+retries raised exceptions, so every actor here is idempotent: running one
+twice, or after a crash half-way, changes nothing the first run did not.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import dramatiq
 from pydantic import ValidationError
 
-from jobsys.broker import CONTROL_QUEUE, RESULTS_QUEUE, setup_broker
+from jobsys import messages, metrics
+from jobsys.bootstrap import run_bootstrap
+from jobsys.broker import setup_broker
 from jobsys.db import connection
 from jobsys.events import record_event
+from jobsys.hooks import deliver
 from jobsys.ledger import apply_results
-from jobsys.models import ResultBatch
+from jobsys.models import PG_BIGINT_MAX, ResultBatch, describe_error
+from jobsys.pauses import pause_point
 from jobsys.queue import JobNames, ack_current_replies, bridge
+from jobsys.reconciler import reconcile_pass
 from jobsys.settings import get_settings
+from jobsys.teardown import run_teardown
 
 setup_broker()
 
@@ -27,25 +36,17 @@ log = logging.getLogger(__name__)
 
 
 @dramatiq.actor(
-    queue_name=CONTROL_QUEUE, max_retries=50, min_backoff=500, max_backoff=30_000,
-    time_limit=6 * 3_600_000,
+    actor_name=messages.BOOTSTRAP_JOB, queue_name=messages.QUEUE_OF[messages.BOOTSTRAP_JOB],
+    max_retries=50, min_backoff=500, max_backoff=30_000, time_limit=6 * 3_600_000,
 )  # fmt: skip
 def bootstrap_job(job_id: int) -> None:
     """queued -> started, create the stream, publish every task (resumable)."""
-    from jobsys.bootstrap import run_bootstrap
-
     run_bootstrap(job_id)
 
 
-def _describe(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    return f"{exc.error_count()} error(s); first at {where or 'message'}: {first['msg']}"
-
-
 @dramatiq.actor(
-    queue_name=RESULTS_QUEUE, max_retries=30, min_backoff=100, max_backoff=10_000,
-    time_limit=300_000,
+    actor_name=messages.PROCESS_RESULTS, queue_name=messages.QUEUE_OF[messages.PROCESS_RESULTS],
+    max_retries=30, min_backoff=100, max_backoff=10_000, time_limit=300_000,
 )  # fmt: skip
 def process_results(job_id: Any, results: Any, notify: Any = None) -> None:
     """Apply one result batch exactly once, ack its NATS messages, tell the sender.
@@ -85,40 +86,67 @@ async def _ack_and_confirm(
 def _apply(job_id: Any, results: Any) -> tuple[int, list[str]]:
     """Record the batch; returns (job id, reply subjects to ack)."""
     try:
+        # Item by item: a malformed item is set aside with its reason (see
+        # ResultBatch); only a message that is not a batch at all raises.
         batch = ResultBatch.model_validate({"job_id": job_id, "results": results})
     except ValidationError as exc:
-        # A malformed batch is dropped with a recorded reason (not retried:
-        # it would fail the same way). Its NATS messages stay unacked and are
-        # delivered again, so a correct result can still arrive.
+        # Dropped with a recorded reason (not retried: it would fail the same
+        # way). Its NATS messages stay unacked and are delivered again, so a
+        # correct result can still arrive.
         with connection() as conn:
             record_event(
-                conn, job_id if isinstance(job_id, int) else None, "results_rejected", "warning",
-                reason=_describe(exc),
+                conn, _event_job_id(job_id), "results_rejected", "warning",
+                reason=describe_error(exc, whole="batch"),
             )  # fmt: skip
         return -1, []
+    started = time.perf_counter()
     applied = apply_results(batch)
+    metrics.record_batch(
+        time.perf_counter() - started,
+        applied.moved_done,
+        applied.moved_failed,
+        str(applied.finalized) if applied.finalized is not None else None,
+    )
     if applied.finalized is not None:
+        # The final commit is done; a crash test can stop us right here.
+        pause_point("after_final_commit")
         # Before acking: if the ack below fails and this message is retried,
         # the job is already final and this branch would not run again.
-        teardown_job.send(batch.job_id)
+        messages.send_teardown(batch.job_id)
     return batch.job_id, applied.ack
 
 
-@dramatiq.actor(queue_name=CONTROL_QUEUE, max_retries=50, min_backoff=500, max_backoff=30_000)
+def _event_job_id(value: Any) -> int | None:
+    # Only a value the job_id column can hold (not a bool, not out of range).
+    return value if type(value) is int and 1 <= value <= PG_BIGINT_MAX else None
+
+
+@dramatiq.actor(
+    actor_name=messages.TEARDOWN_JOB, queue_name=messages.QUEUE_OF[messages.TEARDOWN_JOB],
+    max_retries=50, min_backoff=500, max_backoff=30_000,
+)  # fmt: skip
 def teardown_job(job_id: int) -> None:
     """Delete a final or canceling job's stream; finish a cancel (revoked)."""
-    from jobsys.teardown import run_teardown
-
     run_teardown(job_id)
 
 
-@dramatiq.actor(queue_name=CONTROL_QUEUE, max_retries=0, time_limit=30 * 60_000)
+@dramatiq.actor(
+    actor_name=messages.DELIVER_HOOK, queue_name=messages.QUEUE_OF[messages.DELIVER_HOOK],
+    max_retries=20, min_backoff=1_000, max_backoff=60_000, time_limit=300_000,
+)  # fmt: skip
+def deliver_hook(job_id: int) -> None:
+    """One delivery attempt of a final job's completion hook, if due (jobsys.hooks)."""
+    deliver(job_id)
+
+
+@dramatiq.actor(
+    actor_name=messages.RECONCILE, queue_name=messages.QUEUE_OF[messages.RECONCILE],
+    max_retries=0, time_limit=30 * 60_000,
+)  # fmt: skip
 def reconcile() -> None:
     """One reconciler pass (enqueued by `jobsys scheduler`).
 
     Not retried: the scheduler sends the next pass anyway, and a pass that
     failed half-way left every job it did not reach as it was.
     """
-    from jobsys.reconciler import reconcile_pass
-
     reconcile_pass(trigger="actor")

@@ -4,42 +4,75 @@ Redis is only the transport: nothing in it is needed to know a job's state.
 `heartbeat_timeout` and `maintenance_chance` default low/high so the messages
 a killed worker held come back in seconds, not the minutes Dramatiq's
 defaults take (DESIGN.md, "Facts measured").
+
+"Maintenance" (giving a dead worker's messages back) runs inside Dramatiq's
+Lua script on a random share of broker commands, and lists keys (KEYS) to do
+it. Processes that only send -- processors -- run without it: consumers do it
+all the time anyway, and a processor's Redis user then needs nothing but
+enqueueing (deploy/redis/jobsys-acl.conf, docs/security.md).
 """
 
 from __future__ import annotations
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 
+from jobsys.credentials import redis_connection_kwargs
 from jobsys.settings import Settings, get_settings
 
 RESULTS_QUEUE = "results"
 CONTROL_QUEUE = "control"
+# Connection timeouts: a Redis that stops answering fails a send (retried by
+# the caller) instead of hanging it.
+SOCKET_TIMEOUT_S = 10
+SOCKET_CONNECT_TIMEOUT_S = 5
+HEALTH_CHECK_INTERVAL_S = 15
 
 
-def make_broker(settings: Settings | None = None) -> RedisBroker:
-    """A Redis broker in this deployment's namespace."""
+def make_broker(settings: Settings | None = None, maintenance: bool = True) -> RedisBroker:
+    """A Redis broker in this deployment's namespace (no maintenance: a sender only)."""
     settings = settings or get_settings()
+    # The pool is built here, not by RedisBroker(url=...): given a URL,
+    # Dramatiq builds it from the URL alone and drops every other connection
+    # option (timeouts, TLS files).
+    pool = redis.ConnectionPool.from_url(
+        settings.redis_url,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_S,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        **redis_connection_kwargs(settings),
+    )
     return RedisBroker(
-        url=settings.redis_url,
+        client=redis.Redis(connection_pool=pool),
         namespace=settings.dramatiq_namespace,
         heartbeat_timeout=settings.heartbeat_timeout_ms,
-        maintenance_chance=settings.maintenance_chance,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=15,
+        maintenance_chance=settings.maintenance_chance if maintenance else 0,
     )
 
 
-def setup_broker() -> dramatiq.Broker:
-    """Install the jobsys broker as Dramatiq's global broker (once per process)."""
+def setup_broker(maintenance: bool = True) -> dramatiq.Broker:
+    """Install the jobsys broker as Dramatiq's global broker (once per process).
+
+    The first call decides `maintenance`: `jobsys process` calls this with
+    False before anything sends."""
     current = dramatiq.get_broker() if _has_global_broker() else None
     if isinstance(current, RedisBroker) and getattr(current, "_jobsys", False):
         return current
-    broker = make_broker()
+    broker = make_broker(maintenance=maintenance)
     broker._jobsys = True  # type: ignore[attr-defined]
     dramatiq.set_broker(broker)
     return broker
+
+
+def reset_broker() -> None:
+    """Forget this process's jobsys broker (tests that point it at another Redis)."""
+    import dramatiq.broker as b
+
+    current = b.global_broker
+    if isinstance(current, RedisBroker) and getattr(current, "_jobsys", False):
+        current.client.close()
+        b.global_broker = None
 
 
 def _has_global_broker() -> bool:

@@ -33,6 +33,19 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.row_factory = dict_row
 
 
+def connect_kwargs() -> dict[str, Any]:
+    """Connection options every jobsys connection gets.
+
+    psycopg prepares a query server-side after a few executions
+    (`prepare_threshold`); behind a transaction-pooling proxy the next
+    execution may run on another server session, where that prepared
+    statement does not exist. JOBSYS_DB_PREPARED_STATEMENTS=false turns it off.
+    """
+    if get_settings().db_prepared_statements:
+        return {}
+    return {"prepare_threshold": None}
+
+
 def get_pool() -> ConnectionPool:
     """This process's connection pool, created on first use."""
     global _pool, _pool_pid
@@ -49,6 +62,7 @@ def get_pool() -> ConnectionPool:
                 check=ConnectionPool.check_connection,
                 open=True,
                 name="jobsys",
+                kwargs=connect_kwargs(),
                 # How long a caller waits for a connection: long enough to ride
                 # out a Postgres restart, short enough that a CLI user with a
                 # wrong URL gets the one-line error quickly.
@@ -76,7 +90,10 @@ def connection() -> Iterator[Conn]:
 
 
 def connect_direct(url: str | None = None, autocommit: bool = True) -> Conn:
-    """A connection outside the pool (migrations, advisory locks held for long)."""
+    """A connection outside the pool (migrations, locks held across transactions)."""
     return psycopg.connect(
-        url or get_settings().database_url, row_factory=dict_row, autocommit=autocommit
+        url or get_settings().database_url,
+        row_factory=dict_row,
+        autocommit=autocommit,
+        **connect_kwargs(),
     )

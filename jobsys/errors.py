@@ -25,3 +25,20 @@ class InvalidInput(JobsysError):
 
 class ServiceUnavailable(JobsysError):
     """Postgres, Redis or NATS could not be reached."""
+
+
+class JobNotFinal(JobsysError):
+    """The operation needs a final job (success, failure or revoked)."""
+
+    def __init__(self, job_id: int, status: str, what: str) -> None:
+        super().__init__(f"job {job_id} is {status}: only a final job can be {what}")
+        self.job_id = job_id
+
+
+class LedgerPruned(JobsysError):
+    """Retention deleted this job's per-task ledger; its counters remain."""
+
+    def __init__(self, job_id: int, when: object) -> None:
+        at = f" on {when:%Y-%m-%d}" if hasattr(when, "strftime") else ""
+        super().__init__(f"job {job_id}'s task ledger was pruned{at} (its counters remain)")
+        self.job_id = job_id

@@ -6,7 +6,7 @@ import json
 import logging
 from typing import Any
 
-from jobsys.db import Conn
+from jobsys.db import Conn, connection
 from jobsys.queries import Q
 
 log = logging.getLogger("jobsys.events")
@@ -47,8 +47,6 @@ def record_event(
 
 def read_events(job_id: int, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
     """A job's events with an id above `after`, oldest first (`jobsys logs`)."""
-    from jobsys.db import connection
-
     with connection() as conn:
         rows = conn.execute(
             Q.job_events, {"job_id": job_id, "after": after, "limit": limit}

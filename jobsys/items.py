@@ -1,30 +1,116 @@
-"""Items files: JSON Lines, one JSON object per task.
+"""Items: task payloads, one JSON object each, checked where they enter jobsys.
 
-Every line is checked (UTF-8, JSON, an object, not too long) and an error
-names the file and line. Items are yielded as the exact JSON text given, so
-payloads are stored byte for byte.
+Every item is checked before anything is written: valid UTF-8, JSON, an
+object, at most MAX_ITEM_BYTES, nested at most MAX_ITEM_DEPTH levels, and
+small enough for the NATS server's `max_payload` once it is a task message.
+An error names the item: ``file:line`` for an items file (JSON Lines),
+``item N`` for texts given to `jobsys.submit` directly. Items keep the exact
+JSON text given, so payloads are stored byte for byte.
+
+Items files are read with a bounded buffer: a line longer than the item
+limit is refused after at most MAX_ITEM_BYTES + 2 bytes of it were held, so
+submit's memory does not depend on how long a line is.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from jobsys.credentials import open_nats
 from jobsys.errors import InvalidInput
+from jobsys.probes import redact
+from jobsys.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 # A single task payload larger than this is almost certainly a mistake (a
 # whole file pasted into one line); it would also exceed sane message sizes.
 MAX_ITEM_BYTES = 1_000_000
+# Deepest nesting of objects/arrays in an item. Python's json stops at about
+# 1,000 levels *including the stack of whoever calls it*, and a payload
+# travels deeper than it was given (inside a result batch, a Dramatiq
+# message, a pipeline's own calls): 100 leaves all of them ample room and is
+# far beyond any real payload.
+MAX_ITEM_DEPTH = 100
+# Bytes of a task message that are not the item: the NATS headers the
+# publisher adds (`Nats-Msg-Id: <job>:<task>` is ~40 bytes on the wire) with
+# room for a few more, since the server's `max_payload` counts headers too.
+MESSAGE_HEADROOM = 512
+# How long submit waits to connect to NATS to learn its `max_payload`.
+MAX_PAYLOAD_TIMEOUT_S = 3.0
+
+# Room for the line's own "\r\n" on top of the biggest item a line may hold.
+_LINE_READ_LIMIT = MAX_ITEM_BYTES + 2
+# Chunk size for skipping the rest of an over-long line.
+_SKIP_CHUNK = 1 << 20
+# A JSON string (escapes included); brackets inside strings do not nest.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+class ItemText(str):
+    """An item's JSON text that passed the checks; `where` names it, `size` is its
+    length in UTF-8 bytes."""
+
+    where: str
+    size: int
+
+
+def _item_text(text: str, where: str, size: int) -> ItemText:
+    item = ItemText(text)
+    item.where = where
+    item.size = size
+    return item
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_item(raw: bytes, where: str) -> str:
-    """Validate one line; returns its JSON text. Raises InvalidInput naming `where`."""
+def _depth_over_limit(text: str) -> int | None:
+    """How deeply a JSON text nests if deeper than MAX_ITEM_DEPTH, else None.
+
+    Counted on the text, not by parsing it: a text too deep for the parser
+    is measured all the same.
+    """
+    # Cheap bound first (C speed): fewer brackets than the limit cannot nest deeper.
+    if text.count("{") + text.count("[") <= MAX_ITEM_DEPTH:
+        return None
+    bare = _JSON_STRING.sub("", text)
+    steps = (1 if b in "[{" else -1 for b in _BRACKETS.findall(bare))
+    depth = max(accumulate(steps, initial=0))
+    return depth if depth > MAX_ITEM_DEPTH else None
+
+
+def _check_json(text: str, where: str, size: int) -> ItemText:
+    depth = _depth_over_limit(text)
+    if depth is not None:
+        raise InvalidInput(
+            f"{where}: nested {depth:,} levels deep; at most {MAX_ITEM_DEPTH} levels are allowed"
+        )
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:  # not reachable below MAX_ITEM_DEPTH; never a traceback
+        raise InvalidInput(f"{where}: nested too deeply to parse") from None
+    except ValueError as exc:
+        raise InvalidInput(f"{where}: invalid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return _item_text(text, where, size)
+
+
+def parse_item(raw: bytes, where: str) -> ItemText:
+    """Check one line of an items file; returns its JSON text (stripped). Raises
+    InvalidInput naming `where`."""
     if len(raw) > MAX_ITEM_BYTES:
         raise InvalidInput(
             f"{where}: line is {len(raw):,} bytes, over the {MAX_ITEM_BYTES:,} limit"
@@ -33,24 +119,63 @@ def parse_item(raw: bytes, where: str) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"{where}: not valid UTF-8 (byte {exc.start})") from None
-    try:
-        value = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise InvalidInput(f"{where}: invalid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise InvalidInput(f"{where}: expected a JSON object, got {type(value).__name__}")
-    return text.strip()
+    stripped = text.strip()  # Unicode whitespace too
+    size = len(raw) if len(stripped) == len(text) else len(stripped.encode("utf-8"))
+    return _check_json(stripped, where, size)
 
 
-def read_items(path: Path) -> Iterator[str]:
-    """Yield each task's JSON text from a JSON Lines file; blank lines are skipped."""
+def check_item(text: object, where: str) -> ItemText:
+    """Check an item given as text (library callers); the same rules as a file line."""
+    if isinstance(text, ItemText):
+        return text
+    if isinstance(text, bytes | bytearray):
+        return parse_item(bytes(text), where)
+    if not isinstance(text, str):
+        raise InvalidInput(f"{where}: expected JSON text (str), got {type(text).__name__}")
+    if text.isascii():
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(
+                f"{where}: not valid UTF-8 (character {exc.start} is a lone surrogate)"
+            ) from None
+    if size > MAX_ITEM_BYTES:
+        raise InvalidInput(f"{where}: text is {size:,} bytes, over the {MAX_ITEM_BYTES:,} limit")
+    return _check_json(text, where, size)
+
+
+def _rest_of_line(handle: IO[bytes]) -> int:
+    """Read past the rest of the current line in bounded chunks; returns its length
+    (without the line ending)."""
+    skipped = 0
+    while chunk := handle.readline(_SKIP_CHUNK):
+        if chunk.endswith(b"\n"):
+            return skipped + len(chunk.rstrip(b"\r\n"))
+        skipped += len(chunk)
+    return skipped
+
+
+def read_items(path: Path) -> Iterator[ItemText]:
+    """Yield each task's JSON text from a JSON Lines file; blank lines are skipped.
+
+    Each line is read with a bounded buffer (see the module's docstring).
+    """
     try:
         handle = path.open("rb")
     except OSError as exc:
         raise InvalidInput(f"{path}: cannot read items file: {exc.strerror}") from None
     count = 0
+    line_no = 0
     with handle:
-        for line_no, raw in enumerate(handle, start=1):
+        while raw := handle.readline(_LINE_READ_LIMIT):
+            line_no += 1
+            if len(raw) == _LINE_READ_LIMIT and not raw.endswith(b"\n"):
+                size = len(raw) + _rest_of_line(handle)
+                raise InvalidInput(
+                    f"{path}:{line_no}: line is {size:,} bytes, over the {MAX_ITEM_BYTES:,} limit"
+                )
             stripped = raw.strip()
             if not stripped:
                 continue
@@ -60,9 +185,98 @@ def read_items(path: Path) -> Iterator[str]:
         raise InvalidInput(f"{path}: items file has no items")
 
 
-def counted_items(count: int) -> Iterator[str]:
+def counted_items(count: int) -> Iterator[ItemText]:
     """`--count N`: N tasks ``{"n": i}``."""
     if count < 0:
         raise InvalidInput(f"--count must be 0 or more, got {count}")
     for i in range(count):
-        yield f'{{"n": {i}}}'
+        text = f'{{"n": {i}}}'
+        yield _item_text(text, f"item {i + 1}", len(text))
+
+
+# -- the NATS server's limit ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ItemLimit:
+    """The biggest item a submit accepts, and why."""
+
+    max_bytes: int
+    # The server's max_payload, or None if NATS could not be asked.
+    max_payload: int | None = None
+    nats_url: str = ""
+
+    def check(self, item: ItemText) -> ItemText:
+        """`item` if it fits; else InvalidInput naming it and the server's limit."""
+        if item.size > self.max_bytes and self.max_payload is not None:
+            raise InvalidInput(
+                f"{item.where}: item is {item.size:,} bytes; the NATS server at "
+                f"{redact(self.nats_url)} takes messages of at most max_payload "
+                f"{self.max_payload:,} bytes, which leaves {self.max_bytes:,} for an item "
+                f"(the rest is for the message's headers)"
+            )
+        return item
+
+
+def server_max_payload(url: str) -> int:
+    """The `max_payload` the NATS server at `url` announces (one short connection).
+
+    Not the process's long-lived connection: that one retries a down server
+    for ever, and a submit must not stall on NATS. Run on a thread of its
+    own, so a caller inside an event loop can call it too.
+    """
+
+    async def quiet(exc: Exception) -> None:
+        """Connection errors are reported by the exception below, once."""
+
+    async def ask() -> int:
+        # nats-py drops a server from its pool only once max_reconnect_attempts
+        # (> 0) is used up, even on the first connect; the timeout bounds the rest.
+        connecting = open_nats(
+            url,
+            get_settings(),
+            name="jobsys-submit",
+            connect_timeout=MAX_PAYLOAD_TIMEOUT_S,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.1,
+            error_cb=quiet,
+        )
+        nc = await asyncio.wait_for(connecting, MAX_PAYLOAD_TIMEOUT_S)
+        try:
+            return int(nc.max_payload)
+        finally:
+            await nc.close()
+
+    with ThreadPoolExecutor(1, thread_name_prefix="jobsys-max-payload") as pool:
+        return pool.submit(asyncio.run, ask()).result()
+
+
+def submit_item_limit() -> ItemLimit:
+    """The item limit for a submit now: MAX_ITEM_BYTES, or less if the NATS server's
+    `max_payload` (less MESSAGE_HEADROOM) is smaller.
+
+    If NATS cannot be asked, the submit goes on with MAX_ITEM_BYTES and a
+    warning: the job is kept in Postgres (the source of truth) and runs when
+    NATS is back, and bootstrap fails any task whose message the server
+    refuses then, with the reason.
+    """
+    url = get_settings().nats_url
+    try:
+        max_payload = server_max_payload(url)
+    except Exception as exc:
+        log.warning(
+            "NATS not reachable: items are checked against the %s-byte item limit only, "
+            "not the server's max_payload",
+            f"{MAX_ITEM_BYTES:,}",
+            extra={"nats_url": redact(url), "error": type(exc).__name__},
+        )
+        return ItemLimit(MAX_ITEM_BYTES)
+    return ItemLimit(min(MAX_ITEM_BYTES, max_payload - MESSAGE_HEADROOM), max_payload, url)
+
+
+def checked_items(items: Iterable[object], limit: ItemLimit) -> Iterator[ItemText]:
+    """Every item of a submit, checked (again only if it did not come from this module)
+    and against the server's limit."""
+    for n, text in enumerate(items, start=1):
+        yield limit.check(check_item(text, f"item {n}"))

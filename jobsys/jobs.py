@@ -15,11 +15,16 @@ from pydantic import BaseModel, Field, ValidationError
 from jobsys.db import connection
 from jobsys.errors import InvalidInput, JobNotFound
 from jobsys.events import record_event
+from jobsys.hooks import check_target
+from jobsys.items import checked_items, submit_item_limit
+from jobsys.messages import send_bootstrap, send_teardown
 from jobsys.models import JobView
 from jobsys.pipelines import resolve
 from jobsys.queries import Q
 from jobsys.settings import get_settings
+from jobsys.signing import require_secret
 from jobsys.states import CANCELABLE, Status, transition
+from jobsys.teardown import run_teardown
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,8 @@ class SubmitOptions(BaseModel):
     name: str = Field(default="", max_length=10_000)
     failure_threshold: float = Field(default=0.0, ge=0.0, le=1.0)
     max_deliver: int = Field(ge=1, le=1_000)
+    task_timeout_s: float = Field(gt=0, le=7 * 86_400)
+    max_in_flight: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
 def _options(**kwargs: object) -> SubmitOptions:
@@ -52,22 +59,39 @@ def submit(
     name: str = "",
     failure_threshold: float = 0.0,
     max_deliver: int | None = None,
+    task_timeout_s: float | None = None,
+    max_in_flight: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    on_complete: str | None = None,
 ) -> JobView:
     """Create a job and its tasks in one transaction, then enqueue its bootstrap.
 
-    `items` yields each task's payload as JSON text (see `jobsys.items`). If
-    it raises part-way, the transaction rolls back and no job exists.
+    `items` yields each task's payload as JSON text; each is checked as it
+    enters (`jobsys.items`: JSON object, size, nesting, the NATS server's
+    max_payload). If one fails or `items` raises part-way, the transaction
+    rolls back and no job exists. `task_timeout_s` (default
+    JOBSYS_TASK_TIMEOUT_S) stops a task running longer; `max_in_flight` caps
+    the job's delivered, unacknowledged tasks across all processors (default
+    JOBSYS_MAX_ACK_PENDING).
+    `on_complete` is a completion hook target (`jobsys.hooks.check_target`).
     """
+    settings = get_settings()
     opts = _options(
         pipeline=pipeline,
         name=name,
         failure_threshold=failure_threshold,
-        max_deliver=get_settings().max_deliver if max_deliver is None else max_deliver,
+        max_deliver=settings.max_deliver if max_deliver is None else max_deliver,
+        task_timeout_s=settings.task_timeout_s if task_timeout_s is None else task_timeout_s,
+        max_in_flight=max_in_flight,
     )
     resolve(opts.pipeline)
+    # Checked before anything is written: a job whose bootstrap cannot be sent
+    # (unsigned) would wait for the reconciler for nothing.
+    require_secret()
+    hook = check_target(on_complete) if on_complete is not None else None
     if "\x00" in opts.name or "\x00" in opts.pipeline:
         raise InvalidInput("name: NUL characters cannot be stored in a job name")
+    limit = submit_item_limit()
     with connection() as conn, conn.transaction():
         job = conn.execute(
             Q.insert_job,
@@ -77,13 +101,17 @@ def submit(
                 "total": 0,
                 "failure_threshold": opts.failure_threshold,
                 "max_deliver": opts.max_deliver,
+                "task_timeout_s": opts.task_timeout_s,
+                "max_in_flight": opts.max_in_flight,
             },
         ).fetchone()
         assert job is not None
         job_id = job["id"]
+        if hook is not None:
+            conn.execute(Q.set_on_complete, {"job_id": job_id, "target": hook.target})
         count = 0
         with conn.cursor().copy(Q.copy_tasks) as copy:
-            for count, text in enumerate(items, start=1):
+            for count, text in enumerate(checked_items(items, limit), start=1):
                 copy.write_row((job_id, count - 1, text))
                 if on_progress is not None and count % _PROGRESS_EVERY == 0:
                     on_progress(count)
@@ -104,10 +132,8 @@ def enqueue_bootstrap(job_id: int) -> bool:
     The job is committed either way: a queued job whose message never
     arrives is re-enqueued by the reconciler.
     """
-    from jobsys.actors import bootstrap_job
-
     try:
-        bootstrap_job.send(job_id)
+        send_bootstrap(job_id)
     except Exception as exc:
         log.warning("bootstrap not enqueued", extra={"job_id": job_id, "error": repr(exc)})
         return False
@@ -163,15 +189,11 @@ def cancel(job_id: int) -> CancelResult:
 
 
 def _teardown(job_id: int) -> None:
-    from jobsys.teardown import run_teardown
-
     try:
         run_teardown(job_id, reason="cancel")
     except Exception as exc:
         log.warning("inline teardown failed", extra={"job_id": job_id, "error": repr(exc)})
-        from jobsys.actors import teardown_job
-
         try:
-            teardown_job.send(job_id)
+            send_teardown(job_id)
         except Exception:
             log.warning("teardown not enqueued", extra={"job_id": job_id})

@@ -3,6 +3,11 @@
 `JOBSYS_LOG_FORMAT=json` gives one JSON object per line; the default text
 format is ``time level logger event key=value ...``. Library code logs with
 ``log.info("event name", extra={"job_id": 7, ...})``.
+
+Every line is redacted before it is written: passwords and tokens in URLs
+(`jobsys.probes.redact`) and the values of the secrets handed to
+`setup_logging` (JOBSYS_SECRET) never reach a log, whatever a library or an
+exception put in the message.
 """
 
 from __future__ import annotations
@@ -10,8 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
+
+from jobsys.probes import redact
 
 # Attributes every LogRecord has; anything else came in through `extra`.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -21,7 +29,22 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
 
 
-class JsonFormatter(logging.Formatter):
+class _Redacting(logging.Formatter):
+    """Hides passwords in URLs and the given secret values in every formatted line."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = tuple(s for s in secrets if s)
+
+    def redacted(self, line: str) -> str:
+        """`line` without secrets."""
+        line = redact(line)
+        for secret in self.secrets:
+            line = line.replace(secret, "***")
+        return line
+
+
+class JsonFormatter(_Redacting):
     """One JSON object per line."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -34,10 +57,10 @@ class JsonFormatter(logging.Formatter):
         out.update(_fields(record))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return self.redacted(json.dumps(out, default=str))
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(_Redacting):
     """``time level logger event key=value ...`` on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -48,13 +71,15 @@ class TextFormatter(logging.Formatter):
             line = f"{line} {extras}"
         if record.exc_info:
             line = f"{line} exc={self.formatException(record.exc_info)!r}"
-        return line
+        return self.redacted(line)
 
 
-def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
-    """Install the jobsys formatter on the root logger (idempotent)."""
+def setup_logging(fmt: str = "text", level: str = "INFO", secrets: Iterable[str] = ()) -> None:
+    """Install the jobsys formatter on the root logger (idempotent); `secrets` are
+    values never to print."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    formatter = JsonFormatter(secrets) if fmt == "json" else TextFormatter(secrets)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1,8 +1,9 @@
 """Schema migrations: `sql/NNN_*.sql`, applied in order, once each.
 
 Each file runs in its own transaction together with its row in
-`schema_migrations`, under an advisory lock so two `jobsys db migrate` runs
-at once apply nothing twice.
+`schema_migrations`, under an advisory lock (`locks.exclusive`, which holds
+behind a transaction-pooling proxy too) so two `jobsys db migrate` runs at
+once apply nothing twice.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobsys.db import Conn, connect_direct
+from jobsys.locks import exclusive
 from jobsys.paths import sql_dir
 
 log = logging.getLogger(__name__)
@@ -63,19 +65,15 @@ def latest_version() -> int:
 def migrate(url: str | None = None) -> list[str]:
     """Apply every migration not yet recorded; returns the names applied."""
     applied: list[str] = []
-    with connect_direct(url, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATE_LOCK,))
-        try:
-            conn.execute(_CREATE_TABLE)
-            done = {row["version"] for row in conn.execute("SELECT version FROM schema_migrations")}
-            for mig in migrations():
-                if mig.version in done:
-                    continue
-                _apply(conn, mig)
-                applied.append(mig.name)
-                log.info("migration applied", extra={"migration": mig.name})
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATE_LOCK,))
+    with exclusive(_MIGRATE_LOCK, url), connect_direct(url, autocommit=True) as conn:
+        conn.execute(_CREATE_TABLE)
+        done = {row["version"] for row in conn.execute("SELECT version FROM schema_migrations")}
+        for mig in migrations():
+            if mig.version in done:
+                continue
+            _apply(conn, mig)
+            applied.append(mig.name)
+            log.info("migration applied", extra={"migration": mig.name})
     return applied
 
 

@@ -1,27 +1,66 @@
-"""Validated shapes of what crosses a process boundary: result messages and job views."""
+"""Validated shapes of what crosses a process boundary: result messages and job views.
+
+A result batch is checked item by item: an item whose shape is wrong (no
+reply, a task that is not a number, an unknown field, ...) is set aside with
+its reason and the others go on; nothing one item holds can reject the
+batch. A value that is merely hard to store (an over-long error, a NUL, a
+NaN result) is not a shape error: the error text is made storable here and
+the result is checked when recorded (`jobsys.storable`), so that only that
+task fails.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from jobsys.storable import storable_error
 
 # One task's result: a JSON object; None for a failed task.
 ResultValue = dict[str, Any] | None
 
+# Most results one batch may carry (processors send ~100); a bigger batch is
+# not something any version of the processor sends.
+MAX_BATCH_ITEMS = 10_000
+# Task numbers and delivery counts are Postgres integers.
+PG_INT_MAX = 2**31 - 1
+PG_BIGINT_MAX = 2**63 - 1
+# A rejected item's reason is cut to this many characters (it goes into an event).
+MAX_REASON_CHARS = 300
+
+
+def _storable_or_none(value: str | None) -> str | None:
+    return None if value is None else storable_error(value)
+
 
 class TaskResult(BaseModel):
-    """The outcome of one task, as a processor reports it."""
+    """The outcome of one task, as a processor reports it.
+
+    `error` is made storable on the way in (NUL escaped, cut to
+    `jobsys.storable.MAX_ERROR_CHARS`), never rejected for its content.
+    `result` may be any value here: whether it can be stored (a JSON object
+    of strict JSON, not too big) is decided when it is recorded, and if not,
+    that task fails with the reason.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    task: Annotated[int, Field(ge=0, strict=True)]
+    task: Annotated[int, Field(ge=0, le=PG_INT_MAX, strict=True)]
     status: Literal["done", "failed"]
-    result: ResultValue = None
-    error: Annotated[str, Field(max_length=10_000)] | None = None
+    result: Any = None
+    error: Annotated[str | None, AfterValidator(_storable_or_none)] = None
     reply: Annotated[str, Field(min_length=1, max_length=512)]
-    deliveries: Annotated[int, Field(ge=1, strict=True)] = 1
+    deliveries: Annotated[int, Field(ge=1, le=PG_INT_MAX, strict=True)] = 1
 
     @model_validator(mode="after")
     def _shape_matches_status(self) -> TaskResult:
@@ -32,22 +71,78 @@ class TaskResult(BaseModel):
         return self
 
 
+class RejectedItem(BaseModel):
+    """A batch item that is not a well-formed `TaskResult`: never counted, never acked."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    reply: str
+    reason: str
+
+
+_ITEMS: TypeAdapter[list[TaskResult]] = TypeAdapter(list[TaskResult])
+
+
+def describe_error(exc: ValidationError, whole: str = "item") -> str:
+    """One short, storable line for a validation error (its first problem); `whole`
+    names what failed when the problem is not in one field."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    text = f"{exc.error_count()} error(s); first at {where or whole}: {first['msg']}"
+    return storable_error(text)[:MAX_REASON_CHARS]
+
+
 class ResultBatch(BaseModel):
-    """Results of many tasks of one job: the unit `process_results` applies."""
+    """Results of many tasks of one job: the unit `process_results` applies.
+
+    Validating a batch never fails because of one item: the well-formed
+    items are in `results`, the others in `rejected` with their reasons. Only
+    a batch that is not a batch (no job id, `results` not a non-empty list of
+    at most MAX_BATCH_ITEMS) raises ValidationError. The same task may
+    appear more than once (a message re-published after the duplicate
+    window): `jobsys.ledger` counts it once and acks every reply.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    job_id: Annotated[int, Field(ge=1, strict=True)]
-    results: Annotated[list[TaskResult], Field(min_length=1, max_length=10_000)]
+    job_id: Annotated[int, Field(ge=1, le=PG_BIGINT_MAX, strict=True)]
+    results: Annotated[list[TaskResult], Field(max_length=MAX_BATCH_ITEMS)]
+    rejected: list[RejectedItem] = []
 
-    @model_validator(mode="after")
-    def _tasks_unique(self) -> ResultBatch:
-        seen: set[int] = set()
-        for r in self.results:
-            if r.task in seen:
-                raise ValueError(f"task {r.task} appears twice in one batch")
-            seen.add(r.task)
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _items_one_by_one(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        items = data.get("results")
+        if not isinstance(items, list) or len(items) > MAX_BATCH_ITEMS:
+            return data  # the field's own validation says what is wrong
+        if not items and not data.get("rejected"):
+            raise ValueError("a result batch holds at least one result")
+        bad: list[RejectedItem] = list(data.get("rejected") or [])
+        try:
+            # The usual batch is all well-formed: one call validates it.
+            return {**data, "results": _ITEMS.validate_python(items), "rejected": bad}
+        except ValidationError:
+            pass
+        good: list[TaskResult] = []
+        for index, item in enumerate(items):
+            if isinstance(item, TaskResult):
+                good.append(item)
+                continue
+            try:
+                good.append(TaskResult.model_validate(item))
+            except ValidationError as exc:
+                reply = item.get("reply") if isinstance(item, dict) else None
+                bad.append(
+                    RejectedItem(
+                        index=index,
+                        reply=reply if isinstance(reply, str) else "",
+                        reason=describe_error(exc),
+                    )
+                )
+        return {**data, "results": good, "rejected": bad}
 
 
 class JobView(BaseModel):
@@ -71,6 +166,16 @@ class JobView(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     progress_at: datetime
+    # Lineage (a retry's parent and the chain's first job), the completion
+    # hook target, and whether retention has pruned the job's ledger.
+    # Per-job processor limits (None: the processors' defaults apply).
+    task_timeout_s: float | None = None
+    max_in_flight: int | None = None
+    parent_id: int | None = None
+    root_id: int | None = None
+    on_complete: str | None = None
+    ledger_state: str = "kept"
+    ledger_pruned_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> JobView:
@@ -97,4 +202,11 @@ class JobView(BaseModel):
             started_at=row["started_at"],
             finished_at=row["finished_at"],
             progress_at=row["progress_at"],
+            task_timeout_s=row.get("task_timeout_s"),
+            max_in_flight=row.get("max_in_flight"),
+            parent_id=row.get("parent_id"),
+            root_id=row.get("root_id"),
+            on_complete=row.get("on_complete"),
+            ledger_state=row.get("ledger_state") or "kept",
+            ledger_pruned_at=row.get("ledger_pruned_at"),
         )

@@ -9,17 +9,18 @@ long-lived connection per process on a background event loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -32,9 +33,11 @@ from nats.js.api import (
     StreamConfig,
     StreamInfo,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
+from jobsys.credentials import AccessSettingError, open_nats, refused_for_good
 from jobsys.errors import ServiceUnavailable
+from jobsys.probes import one_line, redact
 from jobsys.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -43,7 +46,11 @@ T = TypeVar("T")
 
 # Re-running bootstrap within this window never duplicates a task message.
 DUPLICATE_WINDOW_S = 600.0
+# A publish waits at most this long for a permit of the async window, and then
+# for the acks of what it published.
 PUBLISH_TIMEOUT_S = 30.0
+# JetStream's error code: a stream of that name exists with another configuration.
+STREAM_NAME_IN_USE = 10058
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,7 @@ class AckSubject:
     stream: str
     consumer: str
     delivered: int
+    stream_seq: int  # where the message sits in the stream
 
 
 def parse_ack_subject(reply: str) -> AckSubject | None:
@@ -112,27 +120,36 @@ def parse_ack_subject(reply: str) -> AckSubject | None:
     if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
         return None
     if len(tokens) == 9:
-        stream, consumer, delivered = tokens[2], tokens[3], tokens[4]
+        stream, consumer, delivered, sseq = tokens[2], tokens[3], tokens[4], tokens[5]
     elif len(tokens) >= 11:
-        stream, consumer, delivered = tokens[4], tokens[5], tokens[6]
+        stream, consumer, delivered, sseq = tokens[4], tokens[5], tokens[6], tokens[7]
     else:
         return None
-    if not delivered.isdigit():
+    if not delivered.isdigit() or not sseq.isdigit():
         return None
-    return AckSubject(stream=stream, consumer=consumer, delivered=int(delivered))
+    return AckSubject(stream, consumer, int(delivered), int(sseq))
 
 
-async def connect(url: str | None = None, name: str = "jobsys") -> NATS:
-    """A connection that reconnects forever; raises ServiceUnavailable if none at first."""
-    url = url or get_settings().nats_url
+async def connect(
+    url: str | None = None, name: str = "jobsys", settings: Settings | None = None
+) -> NATS:
+    """A connection that reconnects forever, with the credentials and TLS of the settings
+    (jobsys.credentials). While no server answers at first it keeps trying; credentials
+    or TLS that a server refuses raise ServiceUnavailable at once (retrying cannot help)."""
+    settings = settings or get_settings()
+    url = url or settings.nats_url
 
     # Say once that NATS went away and once that it came back; the client's
     # errors while reconnecting (one per attempt) are debug noise.
     down = False
+    connecting = True
 
     async def on_error(exc: Exception) -> None:
+        if connecting and refused_for_good(exc):
+            # Raised out of nats-py's first-connect loop, which would retry for ever.
+            raise ServiceUnavailable(f"NATS at {redact(url)} refused us: {one_line(exc)}")
         level = logging.DEBUG if down else logging.WARNING
-        log.log(level, "nats error", extra={"error": repr(exc)})
+        log.log(level, "nats error", extra={"error": redact(repr(exc))})
 
     async def on_disconnect() -> None:
         nonlocal down
@@ -146,8 +163,9 @@ async def connect(url: str | None = None, name: str = "jobsys") -> NATS:
         log.info("nats reconnected")
 
     try:
-        return await nats.connect(
-            servers=[url],
+        nc = await open_nats(
+            url,
+            settings,
             name=name,
             connect_timeout=2,
             allow_reconnect=True,
@@ -157,10 +175,14 @@ async def connect(url: str | None = None, name: str = "jobsys") -> NATS:
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
         )
+    except (ServiceUnavailable, AccessSettingError):
+        raise
     except Exception as exc:
         raise ServiceUnavailable(
-            f"NATS not reachable at {url} ({exc.__class__.__name__}); run `make services`"
+            f"NATS not reachable at {redact(url)} ({exc.__class__.__name__}); run `make services`"
         ) from None
+    connecting = False
+    return nc
 
 
 def jetstream(nc: NATS, settings: Settings | None = None) -> JetStreamContext:
@@ -169,23 +191,40 @@ def jetstream(nc: NATS, settings: Settings | None = None) -> JetStreamContext:
     return nc.jetstream(timeout=10, publish_async_max_pending=settings.publish_window)
 
 
-def describe_stream(pipeline: str) -> str:
-    """A job stream's description: what processors need to know to serve it."""
-    return json.dumps({"pipeline": pipeline})
+def describe_stream(pipeline: str, task_timeout_s: float | None = None) -> str:
+    """A job stream's description: what processors need to know to serve it
+    (they never read Postgres): the pipeline and the job's task time limit."""
+    described: dict[str, Any] = {"pipeline": pipeline}
+    if task_timeout_s is not None:
+        described["task_timeout_s"] = task_timeout_s
+    return json.dumps(described)
+
+
+def _described(description: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(description or "")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def pipeline_of_stream(description: str | None) -> str | None:
     """The pipeline named in a job stream's description, or None."""
-    try:
-        value = json.loads(description or "")
-    except ValueError:
-        return None
-    pipeline = value.get("pipeline") if isinstance(value, dict) else None
+    pipeline = _described(description).get("pipeline")
     return pipeline if isinstance(pipeline, str) else None
 
 
+def task_timeout_of_stream(description: str | None) -> float | None:
+    """The task time limit in a job stream's description, or None (a stream made
+    before jobs had one: the processor's JOBSYS_TASK_TIMEOUT_S applies)."""
+    value = _described(description).get("task_timeout_s")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
+
+
 async def ensure_job_stream(
-    js: JetStreamContext, names: JobNames, pipeline: str, max_deliver: int, settings: Settings
+    js: JetStreamContext, names: JobNames, job: Mapping[str, Any], settings: Settings
 ) -> None:
     """Create the job's stream and durable pull consumer if missing (idempotent).
 
@@ -196,57 +235,122 @@ async def ensure_job_stream(
     the reconciler finds every exhausted task even if none ran when it was
     exhausted. Per job, not one wildcard stream per namespace: two streams'
     subjects may not overlap, and namespaces share a server.
+
+    `job` is the job's row (at least `pipeline` and `max_deliver`; its
+    `task_timeout_s` goes in the description, its `max_in_flight` becomes
+    the consumer's max_ack_pending: JetStream then never has more of the
+    job's tasks delivered and unacked, across all processors).
     """
-    await js.add_stream(
-        StreamConfig(
-            name=names.stream,
-            description=describe_stream(pipeline),
-            subjects=[names.subject, names.max_deliveries],
-            # Work-queue retention: an acked task message is removed, so the
-            # stream's message count is exactly what is still unacked.
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            discard=DiscardPolicy.OLD,
-            duplicate_window=DUPLICATE_WINDOW_S,
-        )
+    max_in_flight = job.get("max_in_flight") or settings.max_ack_pending
+    stream = StreamConfig(
+        name=names.stream,
+        description=describe_stream(job["pipeline"], job.get("task_timeout_s")),
+        subjects=[names.subject, names.max_deliveries],
+        # Work-queue retention: an acked task message is removed, so the
+        # stream's message count is exactly what is still unacked.
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        # On a JetStream cluster, R3 survives the loss of one node.
+        num_replicas=settings.stream_replicas,
     )
-    await js.add_consumer(
-        names.stream,
-        ConsumerConfig(
-            durable_name=names.consumer,
-            name=names.consumer,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=settings.ack_wait_s,
-            max_deliver=max_deliver,
-            max_ack_pending=settings.max_ack_pending,
-            filter_subject=names.subject,
-        ),
+    try:
+        await js.add_stream(stream)
+    except BadRequestError as exc:
+        if exc.err_code != STREAM_NAME_IN_USE:
+            raise
+        # The stream exists with another configuration (made by an older
+        # version, or with other settings): bring it to this one rather than
+        # failing every bootstrap and repair of the job for ever.
+        log.info("job stream updated to the current configuration",
+                 extra={"stream": names.stream})  # fmt: skip
+        await js.update_stream(stream)
+    consumer = ConsumerConfig(
+        durable_name=names.consumer,
+        name=names.consumer,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=settings.ack_wait_s,
+        max_deliver=job["max_deliver"],
+        max_ack_pending=max_in_flight,
+        filter_subject=names.subject,
     )
+    try:
+        await js.add_consumer(names.stream, consumer)
+    except BadRequestError:
+        # A consumer of that name with another configuration: it still
+        # delivers the job's tasks, so keep it (its deliveries so far count
+        # towards max_deliver) rather than fail; anything else is raised.
+        await js.consumer_info(names.stream, names.consumer)
+        log.warning("job consumer kept with its own configuration",
+                    extra={"stream": names.stream})  # fmt: skip
 
 
 async def publish_tasks(
     js: JetStreamContext, names: JobNames, job_id: int, tasks: Sequence[tuple[int, str]]
-) -> None:
-    """Publish task messages and wait until JetStream stored every one.
+) -> list[int]:
+    """Publish task messages, wait until JetStream stored every one, and return
+    each one's stream sequence (in the order of `tasks`).
+
+    A message JetStream drops as a duplicate (same Nats-Msg-Id within the
+    duplicate window) is not stored again; its PubAck names the sequence of
+    the message already there, which is where that task sits.
 
     Async publish keeps a window of acks in flight (the JetStream context's
     `publish_async_max_pending`), which is ~8x faster than awaiting each.
+    Each ack in flight holds one of the window's permits until it arrives. An
+    ack NATS loses (the server restarted with a window in flight) never
+    arrives: so waiting for a permit is bounded too, and whatever way this
+    ends, every publish of ours still in flight is cancelled, which gives its
+    permit back. Otherwise the connection's window stays taken for ever and
+    every later publish in this process waits (the chaos suite found it).
     """
-    futures = []
-    for task_no, payload in tasks:
-        fut = await js.publish_async(
-            names.subject,
-            payload.encode("utf-8"),
-            headers={"Nats-Msg-Id": msg_id(job_id, task_no)},
+    futures: list[asyncio.Future[Any]] = []
+    try:
+        for task_no, payload in tasks:
+            fut = await js.publish_async(
+                names.subject,
+                payload.encode("utf-8"),
+                wait_stall=PUBLISH_TIMEOUT_S,
+                headers={"Nats-Msg-Id": msg_id(job_id, task_no)},
+            )
+            futures.append(fut)
+        results = await asyncio.wait_for(
+            asyncio.gather(*futures, return_exceptions=True), PUBLISH_TIMEOUT_S
         )
-        futures.append(fut)
-    results = await asyncio.wait_for(
-        asyncio.gather(*futures, return_exceptions=True), PUBLISH_TIMEOUT_S
-    )
+    finally:
+        for fut in futures:
+            fut.cancel()  # a no-op for those answered
+    seqs: list[int] = []
     for res in results:
         if isinstance(res, BaseException):
             raise res
+        seqs.append(res.seq)
+    return seqs
+
+
+async def tasks_of_messages(
+    js: JetStreamContext, names: JobNames, seqs: Sequence[int]
+) -> dict[int, tuple[int, int] | None]:
+    """Which task each message of the job's stream is: ``{seq: (job_id, task_no)}``
+    from its Nats-Msg-Id, or None for a sequence that holds no task message
+    (none stored there, acked already, an advisory, no stream). One lookup per
+    sequence, all at once; the ledger asks only about results whose sequence
+    is not the one it recorded."""
+
+    async def one(seq: int) -> tuple[int, int] | None:
+        try:
+            msg = await js.get_msg(names.stream, seq)
+        except NotFoundError:
+            return None
+        if msg.subject != names.subject:
+            return None
+        return parse_msg_id((msg.headers or {}).get("Nats-Msg-Id"))
+
+    unique = sorted(set(seqs))
+    found = await asyncio.gather(*(one(seq) for seq in unique))
+    return dict(zip(unique, found, strict=True))
 
 
 async def delete_job_stream(js: JetStreamContext, names: JobNames) -> bool:
@@ -272,13 +376,34 @@ async def all_streams_info(js: JetStreamContext) -> list[StreamInfo]:
 
     The server answers a listing in pages (256 streams each); nats-py's
     `streams_info()` returns one page, so follow the offsets to the end.
+
+    On a JetStream cluster a page also names the streams whose leader did not
+    answer in time (`missing`: a stream being created or electing a leader);
+    nats-py drops that list, and a stream absent from a listing would look
+    deleted. Each missing stream is asked for directly instead: found, it is
+    listed; not found, it is not; any other error is raised (the caller
+    learns nothing, rather than something false).
     """
     found: list[StreamInfo] = []
+    offset = 0
     while True:
-        page = await js.streams_info(offset=len(found))
-        if not page:
+        # The raw API answer: nats-py keeps no public way to read `missing`.
+        page = await js._api_request(
+            f"{js._prefix}.STREAM.LIST",
+            json.dumps({"offset": offset}).encode(),
+            timeout=js._timeout,
+        )
+        streams = page.get("streams") or []
+        missing = page.get("missing") or []
+        found.extend(StreamInfo.from_response(info) for info in streams)
+        if missing:
+            log.info("stream listing: streams did not answer", extra={"missing": len(missing)})
+        for name in missing:
+            with contextlib.suppress(NotFoundError):
+                found.append(await js.stream_info(name))
+        offset += len(streams) + len(missing)
+        if (not streams and not missing) or offset >= int(page.get("total") or 0):
             return found
-        found.extend(page)
 
 
 async def list_job_streams(js: JetStreamContext, namespace: str) -> dict[str, int]:
@@ -374,13 +499,28 @@ class NatsBridge:
         return self._nc, self._js
 
     def run(self, fn: Callable[[NATS, JetStreamContext], Awaitable[T]], timeout: float = 60.0) -> T:
-        """Run ``fn(nc, js)`` on the bridge's loop and return its result."""
+        """Run ``fn(nc, js)`` on the bridge's loop and return its result.
+
+        Past `timeout` the call is cancelled on the loop (and TimeoutError
+        raised): work its caller gave up on does not go on in the background.
+        """
+        future = self.submit(fn)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    def submit(self, fn: Callable[[NATS, JetStreamContext], Awaitable[T]]) -> Future[T]:
+        """Start ``fn(nc, js)`` on the bridge's loop; the future holds its result
+        (the caller goes on meanwhile: a fill writes one chunk to Postgres while
+        the next is published). A caller that stops waiting cancels it."""
 
         async def call() -> T:
             nc, js = await self._conn()
             return await fn(nc, js)
 
-        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout)
+        return asyncio.run_coroutine_threadsafe(call(), self._loop)
 
     def close(self) -> None:
         """Drain the connection and stop the loop."""

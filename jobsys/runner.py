@@ -26,11 +26,15 @@ def worker_cmd(threads: int = 8) -> list[str]:
     return [sys.executable, "-m", "cli", "worker", "--processes", "1", "--threads", str(threads)]
 
 
-def processor_cmd(concurrency: int = 8, batch_size: int | None = None) -> list[str]:
+def processor_cmd(
+    concurrency: int = 8, batch_size: int | None = None, pool: str | None = None
+) -> list[str]:
     """The command of one processor."""
     cmd = [sys.executable, "-m", "cli", "process", "--concurrency", str(concurrency)]
     if batch_size:
         cmd += ["--batch-size", str(batch_size)]
+    if pool:
+        cmd += ["--pool", pool]
     return cmd
 
 
@@ -52,11 +56,12 @@ class LocalSystem:
         log_dir: Path | None = None,
         env: dict[str, str] | None = None,
         schedulers: int = 0,
+        pool: str | None = None,
     ) -> None:
         self.log_dir = log_dir or Path(".services") / "logs"
         self.env = {**os.environ, **(env or {})}
         self.worker_cmd = worker_cmd(threads)
-        self.processor_cmd = processor_cmd(concurrency, batch_size)
+        self.processor_cmd = processor_cmd(concurrency, batch_size, pool)
         self.workers: list[subprocess.Popen[bytes]] = []
         self.processors: list[subprocess.Popen[bytes]] = []
         self.schedulers: list[subprocess.Popen[bytes]] = []

@@ -14,6 +14,7 @@ import logging
 import signal
 import threading
 
+from jobsys.messages import send_reconcile
 from jobsys.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -31,13 +32,11 @@ def run_scheduler(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    from jobsys.actors import reconcile
-
     log.info("scheduler started", extra={"every_s": s.reconcile_every_s})
     sent = ticks = 0
     while not stop.is_set():
         try:
-            reconcile.send()
+            send_reconcile()
             sent += 1
         except Exception as exc:
             log.warning("reconcile not enqueued", extra={"error": repr(exc)})

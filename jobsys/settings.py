@@ -12,7 +12,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # `make services` writes the URLs of project-local fallback servers here, so
@@ -20,6 +20,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 LOCAL_ENV_FILE = Path(".services") / "jobsys.env"
 
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+# An absolute dotted module name (``a``, ``a.b``).
+MODULE_NAME_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
 class Settings(BaseSettings):
@@ -39,6 +41,22 @@ class Settings(BaseSettings):
         description="Prefix of NATS streams/consumers and of the Dramatiq Redis namespace.",
     )
 
+    # Credentials and TLS (docs/security.md). A user and password, or a NATS
+    # token, go in the URLs (printed only redacted); these settings name
+    # files, so no secret sits in an environment listing or on a command line.
+    # NATS: a decentralised-auth `.creds` file, or a file holding an nkey seed.
+    nats_creds: Path | None = None
+    nats_nkey: Path | None = None
+    # The CA that signed the NATS server's certificate (tls:// URLs; default:
+    # the system's CAs), and a client certificate for servers that verify one.
+    nats_tls_ca: Path | None = None
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
+    # The same for Redis (rediss:// URLs).
+    redis_tls_ca: Path | None = None
+    redis_tls_cert: Path | None = None
+    redis_tls_key: Path | None = None
+
     # NATS consumer behaviour.
     ack_wait_s: float = Field(default=30.0, gt=0)
     max_deliver: int = Field(default=5, ge=1)
@@ -47,17 +65,27 @@ class Settings(BaseSettings):
     publish_window: int = Field(default=1_000, ge=1)
 
     # Processor behaviour.
-    result_batch_size: int = Field(default=100, ge=1)
+    # Results per Dramatiq message: the worker's cost per message (decode, one
+    # transaction, one stream lookup) is spread over this many tasks; a batch
+    # goes out when full or after result_flush_ms, whichever comes first.
+    result_batch_size: int = Field(default=250, ge=1)
     result_flush_ms: int = Field(default=100, ge=1)
     job_refresh_s: float = Field(default=0.25, gt=0)
     max_result_bytes: int = Field(default=1_000_000, ge=1)
-    # Results sent but not yet recorded are held (kept in progress in NATS,
-    # re-sent if Redis lost them) this long at most, then NATS may redeliver.
-    result_hold_s: float = Field(default=300.0, gt=0)
+    # Results sent but not yet recorded are held (kept in progress in NATS)
+    # until a worker confirms them, however long that takes. One unconfirmed
+    # this long is sent again (Redis may have lost it), then after twice as
+    # long, and so on up to result_resend_max_s between sends.
+    result_resend_s: float = Field(default=30.0, gt=0)
+    result_resend_max_s: float = Field(default=600.0, gt=0)
     # A processor holding this many unrecorded results stops fetching. Steady
     # state holds ~throughput x 0.2 s (a few hundred); more only means the
     # recorder is slow or down, and a processor killed then loses its hold.
     max_held_results: int = Field(default=2_000, ge=1)
+    # A task (or batch call) running longer is stopped and counts as a
+    # transient failure. Jobs store their own (`jobsys submit --task-timeout`);
+    # this is the default for a submit that gives none.
+    task_timeout_s: float = Field(default=600.0, gt=0)
 
     # Dramatiq's Redis broker: recover a killed worker's messages in seconds.
     heartbeat_timeout_ms: int = Field(default=10_000, ge=1_000)
@@ -68,10 +96,47 @@ class Settings(BaseSettings):
     lost_after_s: float = Field(default=120.0, gt=0)
     queued_stale_s: float = Field(default=60.0, gt=0)
     cancel_grace_s: float = Field(default=60.0, gt=0)
-    # Each pass prunes rate rollups and quiet pass records older than this.
+    # Each pass prunes rate rollups, findings last seen and pass records older than this.
     history_days: float = Field(default=7.0, gt=0)
 
+    # Module prefixes whose ``module:function`` may be a pipeline (or a
+    # completion hook's ``module:actor``), comma-separated: ``mypkg`` allows
+    # ``mypkg`` and ``mypkg.jobs``, not ``mypkgevil`` (jobsys.allow). Empty:
+    # only built-ins and entry-point pipelines of installed packages.
+    pipeline_modules: str = ""
+
+    # Shared secret that signs every message between processes (jobsys.signing);
+    # the previous one is still accepted while a rotation rolls out.
+    secret: SecretStr | None = None
+    secret_previous: SecretStr | None = None
+
+    # Completion hooks (jobsys/hooks.py). One attempt = one claim; a failed
+    # attempt waits backoff_s x 2^(attempt-1), at most backoff_max_s; after
+    # max_attempts the hook is given up (defaults: ~42 minutes of trying).
+    hook_max_attempts: int = Field(default=10, ge=1, le=100)
+    hook_backoff_s: float = Field(default=5.0, gt=0)
+    hook_backoff_max_s: float = Field(default=1_800.0, gt=0)
+    hook_timeout_s: float = Field(default=10.0, gt=0)
+    # A sender that claimed a delivery and did not mark it within this long
+    # died (or stalled): the delivery may be claimed again. Must be well over
+    # hook_timeout_s, or a slow but live sender is doubled.
+    hook_lease_s: float = Field(default=120.0, gt=0)
+    # A pending delivery this overdue lost its message (Redis flushed, a
+    # worker killed before sending it): the reconciler sends it again.
+    hook_resend_after_s: float = Field(default=60.0, ge=0)
+
+    # Retention (jobsys/retention.py): ledger rows and events of jobs final
+    # for longer than this are deleted by the reconciler; the job rows stay.
+    retain_days: float = Field(default=30.0, ge=0)
+
     db_pool_size: int = Field(default=8, ge=1)
+    # Off behind a transaction-pooling proxy (PgBouncer pool_mode=transaction
+    # before 1.21, or without max_prepared_statements): `jobsys doctor` tells.
+    db_prepared_statements: bool = True
+    # Replicas of each job stream (1, 3 or 5 on a JetStream cluster).
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    # Where `jobsys worker` / `jobsys process` serve Prometheus metrics (None: off).
+    metrics_port: int | None = Field(default=None, ge=1, le=65_535)
     log_format: str = Field(default="text", pattern="^(text|json)$")
     log_level: str = "INFO"
 
@@ -81,6 +146,15 @@ class Settings(BaseSettings):
         # Stream names may not contain '.', '*', '>' or whitespace.
         if not _NAMESPACE_RE.match(value):
             raise ValueError("must be 1-40 characters of letters, digits, '_' or '-'")
+        return value
+
+    @field_validator("pipeline_modules")
+    @classmethod
+    def _modules_are_module_names(cls, value: str) -> str:
+        # An empty or odd prefix must not quietly allow more than meant.
+        for prefix in (p.strip() for p in value.split(",")):
+            if prefix and not MODULE_NAME_RE.match(prefix):
+                raise ValueError(f"{prefix!r} is not a module name (give e.g. mypkg,other.jobs)")
         return value
 
     @property

@@ -34,6 +34,11 @@ os.environ.update(
         "JOBSYS_NAK_DELAY_S": "0.2",
         "JOBSYS_RESULT_FLUSH_MS": "50",
         "JOBSYS_HEARTBEAT_TIMEOUT_MS": "5000",
+        # The suite's own pipelines and hook targets (tests.pipelines,
+        # tests.hook_targets) are allowed to run (jobsys.allow).
+        "JOBSYS_PIPELINE_MODULES": "tests",
+        # Every message is signed (jobsys.signing); one secret for the run.
+        "JOBSYS_SECRET": os.environ.get("JOBSYS_SECRET") or uuid.uuid4().hex,
     }
 )
 reset_settings()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from jobsys.actors import process_results
 from jobsys.db import connection
@@ -16,6 +16,9 @@ from jobsys.errors import InvalidInput
 from jobsys.items import parse_item
 from jobsys.ledger import apply_results
 from jobsys.models import ResultBatch
+from jobsys.queue import JobNames, bridge
+from jobsys.settings import get_settings
+from jobsys.storable import MAX_ERROR_CHARS
 from tests.helpers import assert_counters_match_ledger, counters, make_started_job, pull_results
 
 json_values = st.recursive(
@@ -63,16 +66,19 @@ _GOOD = {"task": 0, "status": "done", "result": {}, "reply": "$JS.ACK.s.c.1.1.1.
     )
 )
 @settings(max_examples=300)
-def test_result_items_validate_or_raise_validation_error_never_anything_else(
+def test_a_result_item_is_either_well_formed_or_set_aside_with_a_reason_never_raises(
     item: dict[str, Any],
 ) -> None:
-    try:
-        batch = ResultBatch.model_validate({"job_id": 1, "results": [item]})
-    except ValidationError:
+    batch = ResultBatch.model_validate({"job_id": 1, "results": [item]})
+    assert len(batch.results) + len(batch.rejected) == 1
+    if batch.rejected:
+        assert batch.rejected[0].reason
         return
     r = batch.results[0]
     assert r.task >= 0 and r.status in {"done", "failed"} and r.reply
     assert (r.status == "failed") == (r.error is not None)
+    if r.error is not None:
+        assert "\x00" not in r.error and len(r.error) <= MAX_ERROR_CHARS
 
 
 def _rejections(job_id: int | None) -> list[dict[str, Any]]:
@@ -85,6 +91,15 @@ def _rejections(job_id: int | None) -> list[dict[str, Any]]:
     return [r["detail"] for r in rows]
 
 
+def _stream_messages(job_id: int) -> int:
+    names = JobNames.of(get_settings().namespace, job_id)
+
+    async def count(nc: Any, js: Any) -> int:
+        return int((await js.stream_info(names.stream)).state.messages)
+
+    return bridge().run(count)
+
+
 @pytest.mark.parametrize(
     ("mutate", "reason"),
     [
@@ -93,20 +108,39 @@ def _rejections(job_id: int | None) -> list[dict[str, Any]]:
         (lambda i: {**i, "status": "maybe"}, "status"),
         (lambda i: {**i, "surprise": 1}, "surprise"),
         (lambda i: {**i, "status": "failed", "error": None, "result": None}, "error"),
+        (lambda i: "not an object", "item"),
+        (lambda i: {**i, "reply": "$JS.ACK.s\x00.c.1.1.1.1.0"}, "reply belongs to stream"),
     ],
 )
-def test_a_malformed_result_batch_is_rejected_with_a_reason_and_counts_nothing(
+def test_a_malformed_result_item_is_rejected_alone_with_a_reason_and_the_rest_count(
     mutate: Any, reason: str
 ) -> None:
+    # Round 3 changed the premise: a malformed item used to reject its whole
+    # batch; now it is rejected alone (not counted, not acked) and the rest count.
     job_id = make_started_job(3)
     items = pull_results(job_id, 3)
     bad = [mutate(items[0]), *items[1:]]
     before = len(_rejections(job_id))
     process_results.fn(job_id, bad)  # returns normally: no crash, no retry
     found = _rejections(job_id)
-    assert len(found) == before + 1 and reason in found[-1]["reason"]
-    assert counters(job_id)["done"] == 0
+    assert len(found) == before + 1 and found[-1]["count"] == 1
+    assert reason in json.dumps(found[-1]["reasons"])
+    assert counters(job_id)["done"] == 2
     assert_counters_match_ledger(job_id)
+    # Acks are async on the server: the two good messages go, the bad one stays.
+    deadline = time.monotonic() + 10
+    while _stream_messages(job_id) != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _stream_messages(job_id) == 1
+
+
+def test_a_result_batch_that_is_not_a_list_is_rejected_with_a_reason() -> None:
+    job_id = make_started_job(1)
+    before = len(_rejections(job_id))
+    process_results.fn(job_id, {"task": 0})
+    found = _rejections(job_id)
+    assert len(found) == before + 1 and "results" in found[-1]["reason"]
+    assert counters(job_id)["done"] == 0
 
 
 def test_a_result_for_an_unknown_job_is_an_event_not_a_crash() -> None:

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 import jobsys
-import jobsys.bootstrap
+import jobsys.streams
 from jobsys.actors import process_results
 from jobsys.bootstrap import run_bootstrap
 from jobsys.broker import CONTROL_QUEUE
@@ -271,7 +271,7 @@ def test_a_cancel_landing_while_bootstrap_publishes_ends_revoked_with_no_stream_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Small chunks: more points between chunks where the status is re-checked.
-    monkeypatch.setattr(jobsys.bootstrap, "PUBLISH_CHUNK", 250)
+    monkeypatch.setattr(jobsys.streams, "PUBLISH_CHUNK", 250)
     seen: dict[str, int] = {}
     for _ in range(BOOTSTRAP_ITERATIONS):
         # Half the cancels land in the first milliseconds (around stream
@@ -285,10 +285,10 @@ def test_a_cancel_landing_while_bootstrap_publishes_ends_revoked_with_no_stream_
 def test_a_bootstrap_creating_its_stream_after_teardown_deleted_it_deletes_it_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The narrowest window, forced: bootstrap has checked the job is queued,
+    # The narrowest window, forced: bootstrap has started the job,
     # then the whole cancel (teardown included) runs before the stream is
     # created. The real NATS call is only delayed, not replaced.
-    real_ensure = jobsys.bootstrap.ensure_job_stream
+    real_ensure = jobsys.streams.ensure_job_stream
     entered, cancelled = threading.Event(), threading.Event()
 
     async def ensure_after_cancel(*args: Any) -> None:
@@ -296,7 +296,7 @@ def test_a_bootstrap_creating_its_stream_after_teardown_deleted_it_deletes_it_ag
         await asyncio.get_running_loop().run_in_executor(None, cancelled.wait, 30)
         await real_ensure(*args)
 
-    monkeypatch.setattr(jobsys.bootstrap, "ensure_job_stream", ensure_after_cancel)
+    monkeypatch.setattr(jobsys.streams, "ensure_job_stream", ensure_after_cancel)
     for _ in range(20):
         entered.clear()
         cancelled.clear()

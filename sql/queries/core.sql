@@ -8,6 +8,10 @@
 -- the returned row is the answer to "did I win?". %(to)s = 'outcome' means
 -- "success or failure by the failure threshold" and then the job must also be
 -- complete. Every move is logged in job_events in the same statement.
+-- A move to a final status of a job with a completion hook (on_complete)
+-- also writes the hook's delivery into the outbox (job_hooks), in this same
+-- statement: every path to a final status (finalize, reconciler, revoke)
+-- records it, and only the one winning move can (job_hooks' primary key).
 WITH moved AS (
     UPDATE jobs SET
         status = CASE
@@ -21,19 +25,31 @@ WITH moved AS (
     WHERE id = %(job_id)s
       AND status = ANY(%(from)s::text[])
       AND (%(to)s <> 'outcome' OR done_count + failed_count + lost_count >= total_count)
-    RETURNING id, status, total_count, done_count, failed_count, lost_count, cancelled_count
+    RETURNING id, status, total_count, done_count, failed_count, lost_count, cancelled_count,
+              on_complete
 ), logged AS (
     INSERT INTO job_events (job_id, level, event, detail)
     SELECT id, 'info', 'status',
            jsonb_build_object('to', status, 'from', %(from)s::text[], 'reason', %(reason)s::text)
     FROM moved
+), hooked AS (
+    INSERT INTO job_hooks (job_id, target)
+    SELECT id, on_complete FROM moved
+    WHERE on_complete IS NOT NULL AND status IN ('success', 'failure', 'revoked')
+    ON CONFLICT (job_id) DO NOTHING
+    RETURNING job_id, target
+), hook_logged AS (
+    INSERT INTO job_events (job_id, level, event, detail)
+    SELECT job_id, 'info', 'hook_due', jsonb_build_object('target', target) FROM hooked
 )
 SELECT id, status, total_count, done_count, failed_count, lost_count, cancelled_count FROM moved;
 
 -- name: insert_job
 -- A new job row, queued.
-INSERT INTO jobs (name, pipeline, total_count, failure_threshold, max_deliver)
-VALUES (%(name)s, %(pipeline)s, %(total)s, %(failure_threshold)s, %(max_deliver)s)
+INSERT INTO jobs (name, pipeline, total_count, failure_threshold, max_deliver,
+                  task_timeout_s, max_in_flight)
+VALUES (%(name)s, %(pipeline)s, %(total)s, %(failure_threshold)s, %(max_deliver)s,
+        %(task_timeout_s)s, %(max_in_flight)s)
 RETURNING id, created_at;
 
 -- name: set_job_total
@@ -48,14 +64,17 @@ COPY job_tasks (job_id, task_no, payload) FROM STDIN;
 -- One job with its counters.
 SELECT id, name, pipeline, status, total_count, published_count, done_count, failed_count,
        lost_count, cancelled_count, failure_threshold, max_deliver,
-       created_at, started_at, finished_at, progress_at
+       task_timeout_s, max_in_flight,
+       created_at, started_at, finished_at, progress_at,
+       parent_id, root_id, on_complete, ledger_state, ledger_pruned_at
 FROM jobs WHERE id = %(job_id)s;
 
 -- name: list_jobs
 -- Recent jobs, optionally of one status.
 SELECT id, name, pipeline, status, total_count, published_count, done_count, failed_count,
-       lost_count, cancelled_count, failure_threshold, max_deliver,
-       created_at, started_at, finished_at, progress_at
+       lost_count, cancelled_count, failure_threshold, max_deliver, task_timeout_s, max_in_flight,
+       created_at, started_at, finished_at, progress_at,
+       parent_id, root_id, on_complete, ledger_state, ledger_pruned_at
 FROM jobs
 WHERE %(status)s::text IS NULL OR status = %(status)s::text
 ORDER BY id DESC
@@ -68,13 +87,6 @@ SELECT id, pipeline, max_deliver FROM jobs WHERE status = 'started' ORDER BY id;
 -- name: job_statuses
 -- Statuses of the given jobs (processors drop work of jobs no longer started).
 SELECT id, status FROM jobs WHERE id = ANY(%(job_ids)s::bigint[]);
-
--- name: tasks_to_publish
--- The next chunk of a job's tasks in task order, from a task number on.
-SELECT task_no, payload::text FROM job_tasks
-WHERE job_id = %(job_id)s AND task_no >= %(from_task)s
-ORDER BY task_no
-LIMIT %(limit)s;
 
 -- name: advance_published
 -- Bootstrap's resume point only moves forward, and only while the job is
@@ -91,37 +103,59 @@ RETURNING status;
 -- name: record_results
 -- Apply one result batch: move tasks pending -> done|failed (only those that
 -- really move), add exactly those counts to the job's counters, in one
--- statement. Tasks are locked in task order so overlapping batches cannot
--- deadlock. Returns the job's counters after the change, or no row when the
--- batch moved nothing (a replay, a late result, an unknown job).
+-- statement. The batch's tasks are locked in task order so overlapping
+-- batches cannot deadlock.
+-- Binding (sql/010_result_binding.sql): an item counts here only if its
+-- reply's stream sequence (%(seqs)s) is where the task's message sits:
+-- stream_seq, or task_no + 1 when NULL, for a task published_count has passed.
+-- A NULL sequence means the caller checked the item (or it answers no
+-- message: a task failed before publishing). A task with any other item is
+-- not moved here at all: those items come back (unbound_tasks /
+-- unbound_seqs) for the caller to check against the stream, and the task is
+-- counted in a second call.
+-- Always one row: the job's counters after the change (NULL when nothing
+-- moved: a replay, a late result, an unknown job) and the unbound items.
 WITH input AS (
     SELECT * FROM unnest(%(task_nos)s::int[], %(statuses)s::text[], %(results)s::text[],
-                         %(errors)s::text[], %(deliveries)s::int[])
-        AS i(task_no, status, result, error, deliveries)
+                         %(errors)s::text[], %(deliveries)s::int[], %(seqs)s::bigint[])
+        AS i(task_no, status, result, error, deliveries, seq)
 ), locked AS (
-    SELECT t.task_no FROM job_tasks t
-    WHERE t.job_id = %(job_id)s AND t.task_no = ANY(%(task_nos)s::int[]) AND t.status = 'pending'
+    SELECT t.task_no, t.status, coalesce(t.stream_seq, t.task_no + 1) AS place
+    FROM job_tasks t
+    WHERE t.job_id = %(job_id)s AND t.task_no = ANY(%(task_nos)s::int[])
     ORDER BY t.task_no
     FOR UPDATE
+), unbound AS (
+    SELECT i.task_no, i.seq FROM input i JOIN locked l USING (task_no)
+    WHERE i.seq IS NOT NULL
+      AND (l.place <> i.seq
+           OR i.task_no >= (SELECT published_count FROM jobs WHERE id = %(job_id)s))
 ), moved AS (
     UPDATE job_tasks t
     SET status = i.status, result = i.result::json, error = i.error,
         deliveries = greatest(t.deliveries, i.deliveries), finished_at = now()
     FROM input i JOIN locked l USING (task_no)
     WHERE t.job_id = %(job_id)s AND t.task_no = i.task_no AND t.status = 'pending'
+      AND l.status = 'pending' AND (i.seq IS NULL OR l.place = i.seq)
+      AND i.task_no NOT IN (SELECT task_no FROM unbound)
     RETURNING t.status
 ), counts AS (
     SELECT count(*) FILTER (WHERE status = 'done') AS done,
            count(*) FILTER (WHERE status = 'failed') AS failed
     FROM moved
+), bumped AS (
+    UPDATE jobs j
+    SET done_count = j.done_count + c.done, failed_count = j.failed_count + c.failed,
+        progress_at = now()
+    FROM counts c
+    WHERE j.id = %(job_id)s AND c.done + c.failed > 0
+    RETURNING c.done AS moved_done, c.failed AS moved_failed, j.status, j.total_count,
+              j.done_count, j.failed_count, j.lost_count
 )
-UPDATE jobs j
-SET done_count = j.done_count + c.done, failed_count = j.failed_count + c.failed,
-    progress_at = now()
-FROM counts c
-WHERE j.id = %(job_id)s AND c.done + c.failed > 0
-RETURNING c.done AS moved_done, c.failed AS moved_failed, j.status, j.total_count,
-          j.done_count, j.failed_count, j.lost_count;
+SELECT b.moved_done, b.moved_failed, b.status, b.total_count, b.done_count, b.failed_count,
+       b.lost_count, u.tasks AS unbound_tasks, u.seqs AS unbound_seqs
+FROM (SELECT array_agg(task_no) AS tasks, array_agg(seq) AS seqs FROM unbound) u
+LEFT JOIN bumped b ON true;
 
 -- name: cancel_pending_tasks
 -- Teardown of a canceling job: every task still pending becomes cancelled and

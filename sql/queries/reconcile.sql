@@ -1,4 +1,4 @@
--- The reconciler's queries (jobsys/reconciler.py), by name.
+-- The reconciler's queries (jobsys/reconciler/), by name.
 -- Plain SQL over the counters and the ledger; no job is ever loaded and saved back.
 
 -- name: reconcile_jobs
@@ -47,8 +47,14 @@ RETURNING j.status, j.total_count, j.done_count, j.failed_count, j.lost_count,
 -- lost_count. Tasks are locked in task order, then the job row, the same
 -- order as record_results, so this and a result batch never deadlock; the
 -- status = 'pending' guard means a task a late result already moved is not
--- moved (nor counted) again, and vice versa.
-WITH locked AS (
+-- moved (nor counted) again, and vice versa. %(deliveries)s (NULL, or one
+-- per task number) is how many times NATS delivered each task (from its
+-- MAX_DELIVERIES advisory): the ledger keeps the larger of it and what it had.
+WITH given AS (
+    SELECT g.task_no, max(g.deliveries) AS deliveries
+    FROM unnest(%(task_nos)s::int[], %(deliveries)s::int[]) AS g(task_no, deliveries)
+    GROUP BY g.task_no
+), locked AS (
     SELECT task_no FROM job_tasks
     WHERE job_id = %(job_id)s AND status = 'pending'
       AND (%(task_nos)s::int[] IS NULL OR task_no = ANY(%(task_nos)s::int[]))
@@ -58,8 +64,9 @@ WITH locked AS (
     ORDER BY task_no
     FOR UPDATE
 ), moved AS (
-    UPDATE job_tasks t SET status = 'lost', error = %(reason)s, finished_at = now()
-    FROM locked l
+    UPDATE job_tasks t SET status = 'lost', error = %(reason)s, finished_at = now(),
+        deliveries = greatest(t.deliveries, coalesce(g.deliveries, 0))
+    FROM locked l LEFT JOIN given g ON g.task_no = l.task_no
     WHERE t.job_id = %(job_id)s AND t.task_no = l.task_no AND t.status = 'pending'
     RETURNING t.task_no
 ), counts AS (
@@ -75,23 +82,35 @@ RETURNING c.n AS moved, j.status, j.total_count, j.done_count, j.failed_count, j
 -- bootstrap), so the next pass waits another idle period before doing it again.
 UPDATE jobs SET progress_at = now() WHERE id = %(job_id)s AND status = ANY(%(from)s::text[]);
 
--- name: pending_tasks_to_republish
--- Pending tasks among those bootstrap already published, in task order, from a task number on.
-SELECT t.task_no, t.payload::text
-FROM job_tasks t JOIN jobs j ON j.id = t.job_id
-WHERE t.job_id = %(job_id)s AND t.status = 'pending'
-  AND t.task_no >= %(from_task)s AND t.task_no < j.published_count
-ORDER BY t.task_no
-LIMIT %(limit)s;
-
 -- name: insert_reconcile_run
 -- Start recording one reconciler pass.
 INSERT INTO reconcile_runs (trigger) VALUES (%(trigger)s) RETURNING id, started_at;
 
--- name: insert_reconcile_finding
--- One finding of a pass: what was wrong with a job, what the pass saw and did.
-INSERT INTO reconcile_findings (run_id, job_id, kind, action, detail)
-VALUES (%(run_id)s, %(job_id)s, %(kind)s, %(action)s, %(detail)s::jsonb);
+-- name: record_reconcile_finding
+-- One finding of a pass. If the job's latest finding of this kind has the
+-- same action and reason, it is counted on that row (seen + 1, last seen
+-- now, this pass, the detail seen now) instead of adding a row: a job that
+-- waits for hours is one row, not one per pass. A job is reconciled under
+-- its lock, so no two passes record findings of one job at once.
+WITH latest AS (
+    SELECT id, action, reason FROM reconcile_findings
+    WHERE job_id = %(job_id)s AND kind = %(kind)s
+    ORDER BY id DESC
+    LIMIT 1
+), counted AS (
+    UPDATE reconcile_findings f
+    SET seen = f.seen + 1, at = now(), run_id = %(run_id)s, detail = %(detail)s::jsonb
+    FROM latest l
+    WHERE f.id = l.id AND l.action = %(action)s
+      AND l.reason IS NOT DISTINCT FROM %(reason)s::text
+    RETURNING f.id, f.seen
+), added AS (
+    INSERT INTO reconcile_findings (run_id, job_id, kind, action, reason, detail)
+    SELECT %(run_id)s, %(job_id)s, %(kind)s, %(action)s, %(reason)s::text, %(detail)s::jsonb
+    WHERE NOT EXISTS (SELECT 1 FROM counted)
+    RETURNING id, seen
+)
+SELECT id, seen FROM counted UNION ALL SELECT id, seen FROM added;
 
 -- name: finish_reconcile_run
 -- Close a pass's record with what it checked and found.
@@ -101,20 +120,44 @@ SET finished_at = now(), jobs_checked = %(jobs_checked)s, findings = %(findings)
 WHERE id = %(run_id)s;
 
 -- name: job_findings
--- The reconciler's latest findings about one job, newest first.
-SELECT f.id, f.run_id, f.at, f.kind, f.action, f.detail
+-- The reconciler's latest findings about one job, last seen first.
+SELECT f.id, f.run_id, f.at, f.first_at, f.seen, f.kind, f.action, f.detail
 FROM reconcile_findings f
 WHERE f.job_id = %(job_id)s
-ORDER BY f.id DESC
+ORDER BY f.at DESC, f.id DESC
 LIMIT %(limit)s;
 
 -- name: prune_job_minutes
--- Rate rollups older than the history window (dashboards read the last hour).
-DELETE FROM job_minutes WHERE minute < now() - make_interval(secs => %(keep_s)s);
+-- Rate rollups older than the history window (dashboards read the last
+-- hour), oldest first, at most %(limit)s per pass.
+DELETE FROM job_minutes
+WHERE (job_id, minute) IN (
+    SELECT job_id, minute FROM job_minutes
+    WHERE minute < now() - make_interval(secs => %(keep_s)s)
+    ORDER BY minute
+    LIMIT %(limit)s
+);
 
--- name: prune_quiet_runs
--- Pass records that found nothing, older than the history window. Passes with
--- findings are kept: they are the reconciler's word on a job.
+-- name: prune_findings
+-- Findings last seen before the history window, oldest first, at most
+-- %(limit)s per pass (a long backlog is worked off over several passes).
+-- A finding seen again and again stays: its `at` is its last sighting.
+DELETE FROM reconcile_findings
+WHERE id IN (
+    SELECT id FROM reconcile_findings
+    WHERE at < now() - make_interval(secs => %(keep_s)s)
+    ORDER BY at
+    LIMIT %(limit)s
+);
+
+-- name: prune_runs
+-- Pass records older than the history window, at most %(limit)s per pass.
+-- Findings a later pass saw again point at that pass, so only findings
+-- already past the window go with them (ON DELETE CASCADE).
 DELETE FROM reconcile_runs
-WHERE findings = 0 AND finished_at IS NOT NULL
-  AND started_at < now() - make_interval(secs => %(keep_s)s);
+WHERE id IN (
+    SELECT id FROM reconcile_runs
+    WHERE started_at < now() - make_interval(secs => %(keep_s)s)
+    ORDER BY id
+    LIMIT %(limit)s
+);

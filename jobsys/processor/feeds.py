@@ -1,0 +1,364 @@
+"""Feeds: which job streams this processor serves, and fetching their tasks.
+
+A stream exists only while its job is started, and its description says
+what a processor needs to serve it (pipeline, task time limit): processors
+never read Postgres. The description is not trusted: anyone who can create
+a stream can write one, so a stream whose pipeline this processor does not
+allow (jobsys.allow) is not served, whatever it says; that is logged once
+per stream. New streams are heard of at once through JetStream's
+advisories (stream and consumer created/deleted); a periodic listing catches
+anything missed (e.g. while NATS restarted). A deleted stream (job finished
+or cancelled) stops its feed at once, and its queued tasks never start.
+
+Each feed pulls its job's tasks, as many as execution wants ahead for that
+job, after taking fair tickets (jobsys.processor.tickets), and not at all
+while the outbox is full (backpressure). Pull requests are sent by hand on
+a subscription with a callback (nats-py's `fetch` waits on each message
+with a timer of its own): each message goes to execution as it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from jobsys.allow import NotAllowed
+from jobsys.pipelines import resolve_spec
+from jobsys.processor.execute import Execution, JobRun, Task
+from jobsys.processor.keepalive import KeepAlive
+from jobsys.processor.outbox import Outbox
+from jobsys.processor.tickets import Tickets
+from jobsys.queue import (
+    JobNames,
+    all_streams_info,
+    job_id_of_stream,
+    parse_msg_id,
+    pipeline_of_stream,
+    task_timeout_of_stream,
+)
+from jobsys.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# A pull request expires after this long (an empty one holds its tickets
+# that long at most, then the feed rests); the server then says so (408),
+# and after PULL_SLACK_S more the feed stops waiting for that answer.
+FETCH_TIMEOUT_S = 0.5
+PULL_SLACK_S = 1.0
+STATUS_HEADER = "Status"
+IDLE_BACKOFF_S = (0.1, 2.0)
+LISTING_EVERY_S = 2.0
+BACKPRESSURE_POLL_S = 0.05
+
+
+@dataclass(eq=False)
+class _Pull:
+    """One pull request: `n` messages asked for (a ticket each), `got` so far."""
+
+    n: int
+    got: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(eq=False)
+class Feed:
+    """One job's stream as this processor serves it."""
+
+    run: JobRun
+    names: JobNames
+    ack_wait_s: float
+    task: asyncio.Task[None] | None = None
+    pull: _Pull | None = None
+
+
+class Feeds:
+    """The feeds of this processor: discovery, fetching, dropping."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        nc: NATS,
+        js: JetStreamContext,
+        execution: Execution,
+        tickets: Tickets,
+        keepalive: KeepAlive,
+        outbox: Outbox,
+        stopping: Callable[[], bool],
+        spawn: Callable[[Coroutine[Any, Any, Any], str], object],
+    ) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.js = js
+        self.execution = execution
+        self.tickets = tickets
+        self.keepalive = keepalive
+        self.outbox = outbox
+        self.stopping = stopping
+        self.spawn = spawn
+        self.feeds: dict[int, Feed] = {}
+        # Streams not served, with the pipeline they name: said once, not
+        # looked at again until the stream is gone (a new one is judged anew).
+        self.refused: dict[int, str] = {}
+        # Streams whose pipeline could not be loaded here, said once (retried).
+        self.unavailable: dict[int, str] = {}
+        self.foreign = 0
+        self.backpressure_waits = 0
+
+    # -- which jobs to serve -------------------------------------------------
+
+    async def on_advisory(self, msg: Msg) -> None:
+        """$JS.EVENT.ADVISORY.STREAM.<CREATED|DELETED|UPDATED>.<stream> and
+        $JS.EVENT.ADVISORY.CONSUMER.CREATED.<stream>.<consumer>."""
+        parts = msg.subject.split(".")
+        if len(parts) < 6:
+            return
+        action, stream = parts[4], parts[5]
+        job_id = job_id_of_stream(self.settings.namespace, stream)
+        if job_id is None:
+            return
+        if action == "DELETED":
+            self.refused.pop(job_id, None)
+            self.unavailable.pop(job_id, None)
+            self.drop(job_id, "stream deleted")
+        elif action == "CREATED":
+            await self.add(job_id)
+
+    async def listing_loop(self) -> None:
+        """Backstop for missed advisories (a side task of the processor)."""
+        while True:
+            try:
+                seen = set()
+                for info in await all_streams_info(self.js):
+                    job_id = job_id_of_stream(self.settings.namespace, info.config.name or "")
+                    if job_id is None:
+                        continue
+                    seen.add(job_id)
+                    if job_id not in self.feeds:
+                        await self.add(job_id, info.config.description)
+                for job_id in list(self.feeds):
+                    if job_id not in seen:
+                        self.drop(job_id, "stream gone")
+                for judged in (self.refused, self.unavailable):
+                    for job_id in [j for j in judged if j not in seen]:
+                        del judged[job_id]
+            except Exception as exc:
+                log.warning("stream listing failed", extra={"error": repr(exc)})
+            await asyncio.sleep(LISTING_EVERY_S)
+
+    async def add(self, job_id: int, description: str | None = None) -> None:
+        """Serve the job if its stream and consumer are there and its pipeline is
+        allowed and available here."""
+        if job_id in self.feeds or job_id in self.refused or self.stopping():
+            return
+        names = JobNames.of(self.settings.namespace, job_id)
+        try:
+            if description is None:
+                description = (await self.js.stream_info(names.stream)).config.description
+        except NotFoundError:
+            return  # gone already
+        except Exception as exc:
+            log.warning("cannot serve job", extra={"job_id": job_id, "error": repr(exc)})
+            return
+        if job_id in self.feeds or job_id in self.refused or self.stopping():
+            return
+        pipeline_name = pipeline_of_stream(description)
+        if pipeline_name is None:
+            log.warning("job stream names no pipeline", extra={"job_id": job_id})
+            return
+        try:
+            spec = resolve_spec(pipeline_name)
+        except NotAllowed as exc:
+            # Judged before the consumer is even looked at; said once, never retried.
+            self.refused[job_id] = pipeline_name
+            log.error(
+                "pipeline not allowed: stream not served",
+                extra={"job_id": job_id, "pipeline": pipeline_name, "error": str(exc)},
+            )
+            return
+        except Exception as exc:
+            # Not importable here (yet): tried again at each listing, said once.
+            if self.unavailable.get(job_id) != pipeline_name:
+                self.unavailable[job_id] = pipeline_name
+                log.error(
+                    "pipeline unavailable on this processor",
+                    extra={"job_id": job_id, "pipeline": pipeline_name, "error": str(exc)},
+                )
+            return
+        self.unavailable.pop(job_id, None)
+        try:
+            consumer = await self.js.consumer_info(names.stream, names.consumer)
+        except NotFoundError:
+            return  # bootstrap has not created the consumer yet; the listing retries
+        except Exception as exc:
+            log.warning("cannot serve job", extra={"job_id": job_id, "error": repr(exc)})
+            return
+        if job_id in self.feeds or self.stopping():
+            return
+        run = JobRun(
+            job_id=job_id,
+            pipeline=pipeline_name,
+            spec=spec,
+            timeout_s=task_timeout_of_stream(description) or self.settings.task_timeout_s,
+            max_deliver=consumer.config.max_deliver or self.settings.max_deliver,
+        )
+        feed = Feed(run, names, float(consumer.config.ack_wait or self.settings.ack_wait_s))
+        if spec.batch_size:
+            self.tickets.grow(2 * spec.batch_size)
+        self.feeds[job_id] = feed
+        self.outbox.job_served(job_id)
+        feed.task = asyncio.create_task(self._fetch_loop(feed), name=f"feed {job_id}")
+        feed.task.add_done_callback(functools.partial(self._feed_ended, feed))
+        log.info(
+            "serving job",
+            extra={"job_id": job_id, "pipeline": pipeline_name, "timeout_s": run.timeout_s},
+        )
+
+    def drop(self, job_id: int, why: str) -> None:
+        """Stop serving the job: no more fetches, its queued tasks never start."""
+        feed = self.feeds.pop(job_id, None)
+        if feed is None:
+            return
+        feed.run.active = False
+        if feed.task is not None:
+            feed.task.cancel()
+        self.execution.forget(job_id)
+        # Results already computed still go out: the job may be canceling
+        # (its work may be recorded) or a late batch is simply not counted.
+        self.outbox.job_gone(job_id)
+        log.info("stopped serving job", extra={"job_id": job_id, "reason": why})
+
+    def stop_all(self) -> None:
+        """Shutdown: stop every fetch (queued tasks are handed back by execution)."""
+        for feed in self.feeds.values():
+            if feed.task is not None:
+                feed.task.cancel()
+
+    def _feed_ended(self, feed: Feed, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self.stopping():
+            return
+        exc = task.exception()
+        if exc is not None:
+            # Loudly, and served again: the listing re-adds it within seconds.
+            log.error(
+                "feed died; serving its job again",
+                extra={"job_id": feed.run.job_id, "error": repr(exc)},
+                exc_info=exc,
+            )
+        if self.feeds.get(feed.run.job_id) is feed:
+            self.drop(feed.run.job_id, "feed ended")
+
+    # -- fetching ------------------------------------------------------------
+
+    async def _fetch_loop(self, feed: Feed) -> None:
+        """Pull requests, one at a time; their messages are handled as they arrive
+        (`_on_msg`), so execution starts on the first while the rest come in."""
+        run = feed.run
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, cb=functools.partial(self._on_msg, feed))
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{feed.names.stream}.{feed.names.consumer}"
+        rest = IDLE_BACKOFF_S[0]
+        idle = False
+        try:
+            while run.active and not self.stopping():
+                if self.outbox.full:
+                    # Results are not being recorded: taking more work would
+                    # only let more tasks wait (see jobsys.processor.outbox).
+                    self.backpressure_waits += 1
+                    await asyncio.sleep(BACKPRESSURE_POLL_S)
+                    continue
+                await self.execution.wait_for_room(run)
+                if not run.active:
+                    break
+                want = max(1, self.execution.ahead(run) - self.execution.queued(run.job_id))
+                # A feed whose last pull came back empty probes with one
+                # ticket, so idle jobs do not sit on tickets busy ones need.
+                n = await self.tickets.take(1 if idle else want)
+                pull = feed.pull = _Pull(n)
+                request = {"batch": n, "expires": int(FETCH_TIMEOUT_S * 1e9)}
+                try:
+                    await self.nc.publish(next_subject, json.dumps(request).encode(), reply=inbox)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(pull.done.wait(), FETCH_TIMEOUT_S + PULL_SLACK_S)
+                except asyncio.CancelledError:
+                    # Dropped mid-pull: tickets not handed back here are gone
+                    # for good, and once all are gone no feed can fetch.
+                    self._end_pull(feed, pull)
+                    raise
+                except Exception as exc:
+                    self._end_pull(feed, pull)
+                    log.info("pull failed", extra={"job_id": run.job_id, "error": repr(exc)})
+                    await asyncio.sleep(rest)
+                    rest = min(rest * 2, IDLE_BACKOFF_S[1])
+                    continue
+                self._end_pull(feed, pull)
+                idle = pull.got == 0
+                if idle:
+                    await asyncio.sleep(rest)
+                    rest = min(rest * 2, IDLE_BACKOFF_S[1])
+                else:
+                    rest = IDLE_BACKOFF_S[0]
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _end_pull(self, feed: Feed, pull: _Pull) -> None:
+        """The request is answered, expired or abandoned: unused tickets go back."""
+        if feed.pull is pull:
+            feed.pull = None
+        self.tickets.give(pull.n - pull.got)
+        pull.got = pull.n  # late messages of it now take tickets of their own
+
+    async def _on_msg(self, feed: Feed, msg: Msg) -> None:
+        status = msg.headers.get(STATUS_HEADER) if msg.headers else None
+        pull = feed.pull
+        if status is not None:
+            # 408 expired, 404 nothing there, 409 consumer deleted or a limit:
+            # the request is over either way.
+            if pull is not None:
+                pull.done.set()
+            return
+        if pull is not None and pull.got < pull.n:
+            pull.got += 1
+            if pull.got >= pull.n:
+                pull.done.set()
+        else:
+            self.tickets.force(1)  # answers a request we stopped waiting for
+        if not feed.run.active:
+            self.tickets.give(1)  # dropped: it never starts (its stream is gone)
+            return
+        task = self._task(feed, msg)
+        if task is not None:
+            self.execution.submit_one(task)
+
+    def _task(self, feed: Feed, msg: Msg) -> Task | None:
+        ids = parse_msg_id((msg.headers or {}).get("Nats-Msg-Id"))
+        if ids is None or ids[0] != feed.run.job_id:
+            # Not a task message of this job: nothing can ever process it.
+            self.foreign += 1
+            log.warning("foreign message terminated", extra={"job_id": feed.run.job_id})
+            self.spawn(msg.term(), "terminate a foreign message")
+            self.tickets.give(1)
+            return None
+        deliveries = delivered_of(msg.reply) or msg.metadata.num_delivered or 1
+        self.keepalive.hold(msg.reply, feed.ack_wait_s)
+        return Task(run=feed.run, task_no=ids[1], msg=msg, deliveries=max(deliveries, 1))
+
+
+def delivered_of(reply: str) -> int | None:
+    """The delivery count in a JetStream ack subject (see `queue.parse_ack_subject`,
+    which says more, at a cost paid here for every task)."""
+    tokens = reply.split(".")
+    n = len(tokens)
+    value = tokens[4] if n == 9 else tokens[6] if n >= 11 else ""
+    return int(value) if value.isdigit() else None

@@ -1,0 +1,256 @@
+"""The result outbox: batch, send, hold until recorded, re-send, backpressure.
+
+Outcomes of one job are gathered into batches (up to the batch size, or
+whatever is there after JOBSYS_RESULT_FLUSH_MS) and sent to the
+`process_results` actor with this processor's confirmation subject. The
+processor never acks a task itself: the worker acks after it committed the
+batch, then confirms on that subject.
+
+A batch is *held* until confirmed, for as long as the processor lives: its
+messages are kept in progress in NATS (jobsys.processor.keepalive), so a
+task whose pipeline succeeded is never delivered again -- nor exhausted and
+declared lost -- because recording it is slow or stalled (workers stopped,
+Postgres down, a backlog). There is no timer that lets a batch go. A batch
+not confirmed after JOBSYS_RESULT_RESEND_S is sent again (Redis may have
+lost it; a duplicate is recorded as nothing), then after twice as long, and
+so on up to JOBSYS_RESULT_RESEND_MAX_S between sends; a batch that cannot
+be sent at all (Redis down) is retried every few seconds.
+
+Backpressure: while this processor holds JOBSYS_MAX_HELD_RESULTS results,
+its feeds fetch nothing more, so unfetched tasks wait in NATS, uncharged.
+
+A batch of a job no longer served (its stream was deleted: finished or
+cancelled) is sent once more and let go: the worker records it as late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from pydantic import TypeAdapter
+
+from jobsys import metrics
+from jobsys.messages import send_results
+from jobsys.models import TaskResult
+from jobsys.processor.keepalive import KeepAlive
+from jobsys.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# A batch that could not be sent (Redis down) is tried again after this
+# long, doubling up to SEND_RETRY_MAX_S.
+SEND_RETRY_S = 0.2
+SEND_RETRY_MAX_S = 5.0
+
+
+@dataclass
+class Held:
+    """A result batch sent (or to be sent) and not yet confirmed as recorded."""
+
+    job_id: int
+    results: list[TaskResult]
+    replies: list[str]
+    next_at: float = 0.0
+    sends: int = 0
+    failures: int = 0
+    orphan: bool = False
+
+
+@dataclass
+class OutboxStats:
+    """What the outbox did (logged at exit)."""
+
+    batches_sent: int = 0
+    batches_confirmed: int = 0
+    batches_resent: int = 0
+    send_failures: int = 0
+
+
+@dataclass
+class _Buffer:
+    since: float
+    results: list[TaskResult] = field(default_factory=list)
+    replies: list[str] = field(default_factory=list)
+
+
+class Outbox:
+    """Result batches of this processor, from outcome to confirmed (see the module doc)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        keepalive: KeepAlive,
+        batch_size: int,
+        notify_subject: Callable[[int], str],
+    ) -> None:
+        self.settings = settings
+        self.keepalive = keepalive
+        self.batch_size = batch_size
+        self.notify_subject = notify_subject
+        self.stats = OutboxStats()
+        self.held: dict[int, Held] = {}
+        # Results buffered or held: what backpressure counts.
+        self.results = 0
+        self._buffers: dict[int, _Buffer] = {}
+        self._orphans: set[int] = set()
+        self._serial = 0
+        self._due = asyncio.Event()
+        self._failing = False
+        # Sends to Redis run off the event loop, one at a time.
+        self._sender = ThreadPoolExecutor(1, thread_name_prefix="jobsys-send")
+
+    @property
+    def full(self) -> bool:
+        """Whether feeds must stop fetching (backpressure)."""
+        return self.results >= self.settings.max_held_results
+
+    def add(self, job_id: int, result: TaskResult) -> None:
+        """One task's outcome; its message stays held until the batch is confirmed."""
+        buf = self._buffers.get(job_id)
+        if buf is None:
+            buf = self._buffers[job_id] = _Buffer(time.monotonic())
+        buf.results.append(result)
+        buf.replies.append(result.reply)
+        self.results += 1
+        metrics.RESULTS_HELD.set(self.results)
+        if len(buf.results) >= self.batch_size or job_id in self._orphans:
+            self._seal(job_id)
+
+    def _seal(self, job_id: int) -> None:
+        buf = self._buffers.pop(job_id, None)
+        if buf is None or not buf.results:
+            return
+        self._serial += 1
+        self.held[self._serial] = Held(
+            job_id, buf.results, buf.replies, orphan=job_id in self._orphans
+        )
+        self._due.set()
+
+    def job_gone(self, job_id: int) -> None:
+        """The job's stream is gone: send what is left of it once, then let it go."""
+        self._orphans.add(job_id)
+        for held in self.held.values():
+            if held.job_id == job_id:
+                held.orphan = True
+                if held.sends:
+                    held.next_at = 0.0  # let go at the next round
+        self._seal(job_id)
+        self._due.set()
+
+    def job_served(self, job_id: int) -> None:
+        """The job's stream is (again) served: its results are held as usual."""
+        self._orphans.discard(job_id)
+
+    def confirm(self, serial: int) -> None:
+        """The worker recorded batch `serial` and acked its messages."""
+        if self._release(serial):
+            self.stats.batches_confirmed += 1
+            metrics.RESULT_BATCHES_CONFIRMED.inc()
+
+    def _release(self, serial: int) -> bool:
+        held = self.held.pop(serial, None)
+        if held is None:
+            return False
+        self.results -= len(held.results)
+        metrics.RESULTS_HELD.set(self.results)
+        self.keepalive.release_all(held.replies)
+        return True
+
+    async def run(self) -> None:
+        """Seal batches on time, send what is due (a side task of the processor)."""
+        period = self.settings.result_flush_ms / 1000
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due.wait(), timeout=period / 2)
+            self._due.clear()
+            now = time.monotonic()
+            for job_id, buf in list(self._buffers.items()):
+                if now - buf.since >= period:
+                    self._seal(job_id)
+            await self.send_due(time.monotonic())
+
+    async def send_due(self, now: float, attempts: int = 1) -> None:
+        """Send every held batch whose time has come; stop at the first failure."""
+        for serial in [s for s, h in self.held.items() if h.next_at <= now]:
+            held = self.held.get(serial)
+            if held is None:
+                continue
+            if held.orphan and held.sends:
+                self._release(serial)
+                continue
+            if not await self._send(serial, held, attempts):
+                return  # Redis is down: the rest waits for the next round
+
+    async def _send(self, serial: int, held: Held, attempts: int) -> bool:
+        loop = asyncio.get_running_loop()
+        for attempt in range(1, attempts + 1):
+            try:
+                await loop.run_in_executor(
+                    self._sender,
+                    _send_batch,
+                    held.job_id,
+                    held.results,
+                    self.notify_subject(serial),
+                )
+            except Exception as exc:
+                self.stats.send_failures += 1
+                held.failures += 1
+                held.next_at = time.monotonic() + min(
+                    SEND_RETRY_S * 2**held.failures, SEND_RETRY_MAX_S
+                )
+                # One warning per outage, not one per batch per retry.
+                (log.debug if self._failing else log.warning)(
+                    "result batches cannot be sent; holding them",
+                    extra={"job_id": held.job_id, "held": self.results, "error": repr(exc)},
+                )
+                self._failing = True
+                if attempt < attempts:
+                    await asyncio.sleep(min(SEND_RETRY_S * 2**attempt, SEND_RETRY_MAX_S))
+                continue
+            if self._failing:
+                self._failing = False
+                log.info("result batches sent again", extra={"held": self.results})
+            if held.sends:
+                self.stats.batches_resent += 1
+                metrics.RESULT_BATCHES_RESENT.inc()
+            else:
+                metrics.RESULT_BATCHES_SENT.inc()
+            held.sends += 1
+            held.failures = 0
+            held.next_at = time.monotonic() + min(
+                self.settings.result_resend_s * 2 ** (held.sends - 1),
+                self.settings.result_resend_max_s,
+            )
+            if held.orphan:
+                held.next_at = 0.0
+            self.stats.batches_sent += 1
+            return True
+        return False
+
+    async def close(self) -> None:
+        """Shutdown: seal every buffer and give unsent batches a last try (3 attempts).
+
+        Not waiting for confirmations: whatever is not recorded is delivered
+        again after ack_wait, once this processor's keep-alive has stopped.
+        """
+        for job_id in list(self._buffers):
+            self._seal(job_id)
+        for serial, held in list(self.held.items()):
+            if not held.sends:
+                await self._send(serial, held, attempts=3)
+        self._sender.shutdown(wait=True)
+
+
+_ITEMS = TypeAdapter(list[TaskResult])
+
+
+def _send_batch(job_id: int, results: list[TaskResult], notify: str) -> None:
+    """Runs on the sender thread: the models as JSON-ready dicts (one call for the
+    whole batch), then to Redis."""
+    send_results(job_id, _ITEMS.dump_python(results), notify)

@@ -1,0 +1,353 @@
+"""The processor (`jobsys process`): NATS tasks in, Dramatiq result batches out.
+
+It composes five parts, one file each:
+
+- feeds (jobsys.processor.feeds): which job streams to serve, fetching;
+- tickets (jobsys.processor.tickets): fair sharing of fetches among jobs;
+- execution (jobsys.processor.execute, with children / threads): running
+  pipelines in isolated child processes (default) or threads, and what a
+  failure, a crash or a time limit costs;
+- the outbox (jobsys.processor.outbox): result batches held until recorded;
+- keep-alive (jobsys.processor.keepalive): every message held stays in
+  progress in NATS.
+
+Its side tasks (stream listing, dispatch, time-limit watchdog, outbox,
+keep-alive ticker) are watched: one that dies stops the processor with a
+non-zero exit (the Procfile runner restarts it), after logging why. A feed
+that dies is logged and served again. Every task created is referenced.
+
+SIGTERM/SIGINT: stop fetching, hand back (nak) the tasks not started, let
+running calls finish (up to ack_wait), send the results, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from jobsys import metrics
+from jobsys.models import TaskResult
+from jobsys.processor.children import ChildSlot
+from jobsys.processor.execute import (
+    DONE,
+    DROPPED,
+    HANDBACK,
+    TIMED_OUT,
+    Execution,
+    Slot,
+    Task,
+    retry_decision,
+)
+from jobsys.processor.feeds import Feeds
+from jobsys.processor.keepalive import NO_DEADLINE, KeepAlive
+from jobsys.processor.outbox import Outbox
+from jobsys.processor.threads import ThreadSlot
+from jobsys.processor.tickets import Tickets
+from jobsys.queue import connect, jetstream
+from jobsys.settings import Settings, get_settings
+from jobsys.storable import storable_error
+
+log = logging.getLogger(__name__)
+
+Pool = Literal["processes", "threads"]
+# Tasks one processor holds fetched and not yet run, across its jobs.
+TICKETS = 1_000
+# The metrics' outcome label of a task that did not succeed, by what is done with it.
+OUTCOME_OF = {"fail": "failed", "retry": "retry"}
+
+
+@dataclass
+class ProcessorStats:
+    """Counters a processor keeps about itself (logged at exit, read by tests/bench)."""
+
+    ran: int = 0
+    ok: int = 0
+    failed: int = 0
+    retried: int = 0
+    skipped: int = 0
+    deaths: int = 0
+    splits: int = 0
+    batches_sent: int = 0
+    batches_confirmed: int = 0
+    batches_resent: int = 0
+    backpressure_waits: int = 0
+
+
+def result_item(task: Task, kind: str, value: Any) -> TaskResult:
+    """The shared result model for a task's final outcome (DONE with its result, or
+    a failure with its reason)."""
+    if kind == DONE:
+        return TaskResult(
+            task=task.task_no,
+            status="done",
+            result=value,
+            reply=task.msg.reply,
+            deliveries=task.deliveries,
+        )
+    return TaskResult(
+        task=task.task_no,
+        status="failed",
+        error=storable_error(value),
+        reply=task.msg.reply,
+        deliveries=task.deliveries,
+    )
+
+
+class Processor:
+    """Pulls task messages of all started jobs, runs pipelines, sends result batches."""
+
+    def __init__(
+        self,
+        concurrency: int = 4,
+        batch_size: int | None = None,
+        settings: Settings | None = None,
+        pool: Pool = "processes",
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.concurrency = concurrency
+        self.batch_size = batch_size or self.settings.result_batch_size
+        self.pool = pool
+        self.stats = ProcessorStats()
+        self._ran_children: dict[tuple[str, str], Any] = {}
+        self._duration_children: dict[str, Any] = {}
+        # Set when a side task died: the processor stops and exits non-zero.
+        self.fatal: str | None = None
+        self._stopping = threading.Event()
+        self._stop_event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._side: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._nc: NATS | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the processor to stop gracefully (thread-safe)."""
+        self._stopping.set()
+        loop_event = self._stop_event
+        if loop_event is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(loop_event.set)
+
+    def stopping(self) -> bool:
+        """Whether a stop was asked for."""
+        return self._stopping.is_set()
+
+    async def run(self) -> ProcessorStats:
+        """Serve until `stop()` (or SIGTERM/SIGINT when installed by `main`)."""
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        if self._stopping.is_set():
+            self._stop_event.set()
+        if "JOBSYS_RESULT_HOLD_S" in os.environ:
+            log.warning(
+                "JOBSYS_RESULT_HOLD_S is no longer used: results are held until recorded "
+                "(see JOBSYS_RESULT_RESEND_S)"
+            )
+        nc = self._nc = await connect(self.settings.nats_url, name="jobsys-processor")
+        js = jetstream(nc, self.settings)
+        self.keepalive = KeepAlive(nc)
+        notify_prefix = nc.new_inbox()
+        self.outbox = Outbox(
+            self.settings, self.keepalive, self.batch_size, lambda s: f"{notify_prefix}.{s}"
+        )
+        self.execution = Execution(
+            self._settle,
+            self.settings.max_result_bytes,
+            lambda coro, name: self.spawn(coro, name, fatal=True),
+            self._started,
+        )
+        slot_kind = ChildSlot if self.pool == "processes" else ThreadSlot
+        slots: list[Slot] = [slot_kind(self.execution, i) for i in range(self.concurrency)]
+        self.execution.slots = slots
+        self.tickets = Tickets(max(TICKETS, self.concurrency * 2))
+        self.feeds = Feeds(
+            self.settings,
+            nc,
+            js,
+            self.execution,
+            self.tickets,
+            self.keepalive,
+            self.outbox,
+            self.stopping,
+            self.spawn,
+        )
+        await asyncio.gather(*(slot.start() for slot in slots))
+        # Wildcards match whole tokens only; other namespaces' streams are
+        # filtered out by name in the callback.
+        await nc.subscribe("$JS.EVENT.ADVISORY.STREAM.*.*", cb=self.feeds.on_advisory)
+        # Bootstrap creates the consumer just after the stream: that is when
+        # a new job can be served.
+        await nc.subscribe("$JS.EVENT.ADVISORY.CONSUMER.CREATED.*.*", cb=self.feeds.on_advisory)
+        await nc.subscribe(f"{notify_prefix}.*", cb=self._on_confirm)
+        self._watch("stream listing", self.feeds.listing_loop())
+        self._watch("dispatch", self.execution.dispatch_loop())
+        self._watch("time limits", self.execution.watchdog_loop())
+        self._watch("outbox", self.outbox.run())
+        self._watch("keep-alive", self.keepalive.run())
+        log.info(
+            "processor started",
+            extra={
+                "concurrency": self.concurrency,
+                "pool": self.pool,
+                "batch_size": self.batch_size,
+            },
+        )
+        await self._stop_event.wait()
+        await self._shutdown()
+        return self.stats
+
+    def _watch(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._side[name] = task
+        task.add_done_callback(lambda t: self._side_ended(name, t))
+
+    def _side_ended(self, name: str, task: asyncio.Task[None]) -> None:
+        if self._stopping.is_set() and task.cancelled():
+            return
+        exc = None if task.cancelled() else task.exception()
+        log.error(
+            "processor side task died; stopping (exit code 1)",
+            extra={"task": name, "error": repr(exc) if exc else "ended"},
+            exc_info=exc,
+        )
+        self.fatal = name
+        self.stop()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str, fatal: bool = False) -> None:
+        """Run a short-lived task; keep a reference; log its failure (stop if `fatal`)."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._spawned_ended(name, t, fatal))
+
+    def _spawned_ended(self, name: str, task: asyncio.Task[Any], fatal: bool) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        if fatal and not self._stopping.is_set():
+            self._side_ended(name, task)
+        else:
+            log.warning("processor task failed", extra={"task": name, "error": repr(exc)})
+
+    async def _shutdown(self) -> None:
+        self._stopping.set()
+        self.feeds.stop_all()
+        # Tasks not started go back to NATS now; running calls finish.
+        self.execution.drain()
+        grace = self.settings.ack_wait_s
+        await asyncio.gather(
+            *(slot.close(grace) for slot in self.execution.slots), return_exceptions=True
+        )
+        for task in self._side.values():
+            task.cancel()
+        await asyncio.gather(*self._side.values(), return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.outbox.close()
+        self.stats.deaths = self.execution.deaths
+        self.stats.splits = self.execution.splits
+        ob = self.outbox.stats
+        self.stats.batches_sent = ob.batches_sent
+        self.stats.batches_confirmed = ob.batches_confirmed
+        self.stats.batches_resent = ob.batches_resent
+        self.stats.backpressure_waits = self.feeds.backpressure_waits
+        assert self._nc is not None
+        # flush + close, not drain: drain waits up to 30 s on subscriptions
+        # we no longer care about; the naks above must reach the server.
+        with contextlib.suppress(Exception):
+            await self._nc.flush(timeout=5)
+        with contextlib.suppress(Exception):
+            await self._nc.close()
+        log.info("processor stopped", extra={**vars(self.stats), "fatal": self.fatal})
+
+    # -- outcomes ------------------------------------------------------------
+
+    def _started(self, task: Task, deadline: float) -> None:
+        # Past its time limit a task is no longer kept alive (backstop for a
+        # slot that cannot be stopped).
+        task.started = time.monotonic()
+        self.keepalive.until(task.msg.reply, deadline)
+
+    def _ran(self, pipeline: str, outcome: str) -> Any:
+        # Labelled metric children, looked up once: `labels()` on every task
+        # cost the processor ~5% of its CPU.
+        key = (pipeline, outcome)
+        child = self._ran_children.get(key)
+        if child is None:
+            child = self._ran_children[key] = metrics.TASKS_RUN.labels(pipeline, outcome)
+        return child
+
+    def _duration(self, pipeline: str) -> Any:
+        child = self._duration_children.get(pipeline)
+        if child is None:
+            child = self._duration_children[pipeline] = metrics.TASK_DURATION.labels(pipeline)
+        return child
+
+    def _settle(self, task: Task, kind: str, value: Any) -> None:
+        """A task's outcome here: a result to record, a retry, or nothing ran."""
+        self.tickets.give(1)
+        reply = task.msg.reply
+        if kind == DROPPED:
+            self.stats.skipped += 1
+            self.keepalive.release(reply)
+            return
+        if kind == HANDBACK:
+            self.stats.skipped += 1
+            self.keepalive.release(reply)
+            self.spawn(task.msg.nak(), "hand a task back")
+            return
+        self.stats.ran += 1
+        pipeline = task.run.pipeline
+        if task.started:
+            self._duration(pipeline).observe(time.monotonic() - task.started)
+        if kind != DONE:
+            decision, value = retry_decision(task, kind, value)
+            outcome = "timeout" if TIMED_OUT in str(value) else OUTCOME_OF[decision]
+            self._ran(pipeline, outcome).inc()
+            if decision == "retry":
+                self.stats.retried += 1
+                self.keepalive.release(reply)
+                self.spawn(task.msg.nak(delay=self.settings.nak_delay_s), "nak a task")
+                return
+        item = result_item(task, kind, value)
+        if kind == DONE:
+            self._ran(pipeline, "done").inc()
+            self.stats.ok += 1
+        else:
+            self.stats.failed += 1
+        # Held until recorded, however long: no deadline any more.
+        self.keepalive.until(reply, NO_DEADLINE)
+        self.outbox.add(task.run.job_id, item)
+
+    async def _on_confirm(self, msg: Msg) -> None:
+        # <inbox>.<serial>: the worker recorded the batch and acked its messages.
+        with contextlib.suppress(ValueError):
+            self.outbox.confirm(int(msg.subject.rsplit(".", 1)[1]))
+
+
+def main(
+    concurrency: int = 4, batch_size: int | None = None, pool: Pool = "processes"
+) -> ProcessorStats:
+    """Run a processor in this process until SIGTERM or SIGINT; exit 1 if a side task died."""
+    processor = Processor(concurrency=concurrency, batch_size=batch_size, pool=pool)
+
+    async def serve() -> ProcessorStats:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, processor.stop)
+        return await processor.run()
+
+    stats = asyncio.run(serve())
+    if processor.fatal is not None:
+        raise SystemExit(1)
+    return stats

@@ -1,0 +1,176 @@
+"""Handlers of `tasks_exhausted`, `idle_lost` and `waiting`: when pending tasks are
+lost, and when they are only waiting.
+
+A task is marked `lost` only when NATS will never deliver it again: its
+message exhausted `max_deliver` (the MAX_DELIVERIES advisory names it), or
+the job has been idle for `lost_after_s` with nothing left in NATS to offer
+or hold, in the stream its tasks were published to. Marking lost and the
+results racing it are settled by the ledger's `status = 'pending'` guard:
+each task is counted once, by whichever commits first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from jobsys.db import Conn, connection
+from jobsys.locks import job_lock
+from jobsys.queries import Q
+from jobsys.queue import JobNames, bridge, parse_msg_id
+from jobsys.reconciler.diagnose import diagnose
+from jobsys.reconciler.findings import Outcome
+from jobsys.reconciler.kinds import Action, Kind
+from jobsys.reconciler.observe import NATS_TIMEOUT_S, look_at_job, read_job
+from jobsys.reconciler.state import Seen, Thresholds
+from jobsys.states import FINALIZABLE, OUTCOME, Status, transition
+from jobsys.streams import BOOTSTRAP_LOCK
+from jobsys.teardown import request_teardown
+
+log = logging.getLogger(__name__)
+
+# Advisories handled per job per pass (the rest wait for the next pass).
+MAX_ADVISORIES_PER_PASS = 5_000
+
+
+def mark_lost(
+    conn: Conn,
+    job_id: int,
+    task_nos: list[int] | None,
+    reason: str,
+    deliveries: list[int] | None = None,
+) -> int:
+    """Move pending tasks (the given ones, or all) to lost and count them; in the
+    caller's transaction. Returns how many really moved: a task a result already
+    moved is neither moved nor counted again. `deliveries` (one per task of
+    `task_nos`) is how many times NATS delivered each; the ledger records it."""
+    params = {"job_id": job_id, "task_nos": task_nos, "reason": reason, "deliveries": deliveries}
+    row = conn.execute(Q.mark_tasks_lost, params).fetchone()
+    return int(row["moved"]) if row else 0
+
+
+def lose_tasks(
+    job_id: int, task_nos: list[int] | None, reason: str, deliveries: list[int] | None = None
+) -> tuple[int, Status | None]:
+    """Mark tasks lost and try to finalize, in one transaction; the winner requests teardown."""
+    final: Status | None = None
+    with connection() as conn, conn.transaction():
+        moved = mark_lost(conn, job_id, task_nos, reason, deliveries)
+        won = transition(conn, job_id, OUTCOME, FINALIZABLE, f"reconcile: {reason}")
+        if won is not None:
+            final = won.status
+    if final is not None:
+        request_teardown(job_id)
+    return moved, final
+
+
+@dataclass
+class Exhausted:
+    """What a job's MAX_DELIVERIES advisories say."""
+
+    task_nos: list[int] = field(default_factory=list)
+    # How many times NATS delivered each of `task_nos` (the advisory's count).
+    deliveries: list[int] = field(default_factory=list)
+    # Stream sequences to delete once counted: the advisories and the exhausted task messages.
+    done_with: list[int] = field(default_factory=list)
+
+
+async def read_exhausted(
+    js: JetStreamContext, job_id: int, names: JobNames, limit: int = MAX_ADVISORIES_PER_PASS
+) -> Exhausted:
+    """Tasks whose message exhausted max_deliver, from the advisories in the job's stream.
+
+    An advisory whose task message is gone (acked late, so its result was
+    committed) names no task.
+    """
+    out = Exhausted()
+    task_nos, done_with = out.task_nos, out.done_with
+    seq = 1
+    while len(task_nos) < limit:
+        try:
+            adv = await js.get_msg(names.stream, seq, subject=names.max_deliveries, next=True)
+        except NotFoundError:
+            break
+        assert adv.seq is not None
+        seq = adv.seq + 1
+        done_with.append(adv.seq)
+        try:
+            advisory = json.loads(adv.data or b"{}")
+            stream_seq = int(advisory["stream_seq"])
+            delivered = int(advisory.get("deliveries") or 0)
+            task_msg = await js.get_msg(names.stream, stream_seq)
+        except (NotFoundError, KeyError, ValueError, TypeError, AttributeError):
+            continue
+        ids = parse_msg_id((task_msg.headers or {}).get("Nats-Msg-Id"))
+        if ids is not None and ids[0] == job_id:
+            task_nos.append(ids[1])
+            out.deliveries.append(delivered)
+            done_with.append(stream_seq)
+    return out
+
+
+async def _delete_msgs(js: JetStreamContext, stream: str, seqs: list[int]) -> None:
+    for seq in seqs:
+        try:
+            await js.delete_msg(stream, seq)
+        except Exception:
+            # Left for the next pass, which finds them already counted.
+            log.debug("message not deleted", extra={"stream": stream, "seq": seq})
+
+
+def tasks_exhausted(seen: Seen) -> Outcome:
+    """MAX_DELIVERIES advisories: the tasks they name are lost; finalize if complete."""
+    names, job_id = seen.names, seen.job_id
+    exhausted = bridge().run(
+        lambda nc, js: read_exhausted(js, job_id, names), timeout=NATS_TIMEOUT_S
+    )
+    task_nos, seqs = exhausted.task_nos, exhausted.done_with
+    moved, final = 0, None
+    if task_nos:
+        moved, final = lose_tasks(
+            job_id, task_nos, "delivered max_deliver times", exhausted.deliveries
+        )
+    # Only after the commit: if we die before, the next pass reads them again.
+    if seqs:
+        bridge().run(lambda nc, js: _delete_msgs(js, names.stream, seqs), timeout=NATS_TIMEOUT_S)
+    action = Action.MARKED_LOST if moved else Action.NONE
+    return Outcome(action, {"advised": len(task_nos), "moved": moved}, finalized=final)
+
+
+def idle_lost(seen: Seen) -> Outcome:
+    """Idle past lost_after_s and NATS has nothing to deliver: every pending task is lost.
+
+    Under the job's bootstrap lock, and only if a fresh look still says so: a
+    bootstrap or stream repair (re)publishing the job's tasks right now, or
+    one that finished since the pass looked, means they are not lost.
+    """
+    with job_lock(BOOTSTRAP_LOCK, seen.job_id) as held:
+        if not held:
+            return Outcome(Action.NONE, {"reason": "a bootstrap or stream repair is running"})
+        job = read_job(seen.job_id)
+        nats = look_at_job(seen.settings.namespace, seen.job_id) if job is not None else None
+        if job is None or Kind.IDLE_LOST not in diagnose(job, nats, Thresholds.of(seen.settings)):
+            return Outcome(Action.NONE, {"reason": "no longer idle with nothing to deliver"})
+        moved, final = lose_tasks(seen.job_id, None, "idle with nothing left for NATS to deliver")
+    return Outcome(Action.MARKED_LOST if moved else Action.NONE, {"moved": moved}, finalized=final)
+
+
+def waiting(seen: Seen) -> Outcome:
+    """Idle, but NATS still offers or holds messages: nothing is lost; say why it waits.
+
+    The reason names no number (the detail has it): a job waiting for hours
+    while the count moves stays one finding, counted (findings.py).
+    """
+    nats = seen.nats
+    held = (nats.num_ack_pending or 0) if nats is not None else 0
+    if nats is not None and (nats.num_pending or 0) > 0 and not nats.num_waiting:
+        reason = "no processor is consuming"
+    elif held > 0:
+        reason = "processors hold messages: running, or results not yet recorded"
+    else:
+        reason = "waiting for processors"
+    return Outcome(Action.NONE, {"reason": reason, "held": held})

@@ -1,0 +1,55 @@
+"""Handlers of `stream_missing`, `stream_replaced` and `consumer_missing`: the job's
+stream made whole by the one fill bootstrap uses (`jobsys.streams`).
+
+Under the job's bootstrap lock, so a fill here and a bootstrap never run at
+once; when a bootstrap holds it, the next pass looks again (that bootstrap
+makes the stream whole itself). The fill re-creates what is missing,
+republishes every pending task the stream present does not hold, finishes a
+stalled bootstrap's publishing on the way, and stops (deleting what it made)
+if the job leaves `started` meanwhile.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobsys.locks import job_lock
+from jobsys.reconciler.findings import Outcome
+from jobsys.reconciler.kinds import Action
+from jobsys.reconciler.state import Seen
+from jobsys.streams import BOOTSTRAP_LOCK, FillOutcome, fill_job_stream
+
+
+def _fill(seen: Seen, action: Action) -> Outcome:
+    with job_lock(BOOTSTRAP_LOCK, seen.job_id) as held:
+        if not held:
+            return Outcome(
+                Action.NONE, {"reason": "a bootstrap is running; the next pass looks again"}
+            )
+        fill = fill_job_stream(seen.job_id, seen.settings)
+    if fill.outcome == FillOutcome.STOPPED:
+        return Outcome(
+            Action.NONE,
+            {"reason": "job left started while its stream was re-created"},
+            finalized=fill.finalized,
+        )
+    detail: dict[str, Any] = {"republished": fill.republished, "published": fill.published}
+    if fill.too_large:
+        detail["too_large"] = fill.too_large
+    return Outcome(action, detail)
+
+
+def stream_missing(seen: Seen) -> Outcome:
+    """A started job without its stream: re-create it, republish every pending task."""
+    return _fill(seen, Action.RECREATED)
+
+
+def stream_replaced(seen: Seen) -> Outcome:
+    """A stream its tasks were not published to (re-created empty by someone):
+    republish every pending task into it."""
+    return _fill(seen, Action.RECREATED)
+
+
+def consumer_missing(seen: Seen) -> Outcome:
+    """A stream without its consumer: re-create the consumer (the messages are still there)."""
+    return _fill(seen, Action.RECREATED_CONSUMER)

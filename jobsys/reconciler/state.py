@@ -1,0 +1,162 @@
+"""What a pass sees of one job: the database's side (`JobState`), NATS's side
+(`NatsView`), and the thresholds it judges them by (`Thresholds`).
+
+Plain values, built from a `job_reconcile_state` row and NATS stream and
+consumer info; `diagnose` reads nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from nats.js.api import ConsumerInfo, StreamInfo
+
+from jobsys.queue import JobNames, parse_server_time
+from jobsys.settings import Settings
+from jobsys.states import Status
+
+COUNTERS = ("done", "failed", "lost", "cancelled")
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Done, failed, lost and cancelled tasks, as counted by one side."""
+
+    done: int = 0
+    failed: int = 0
+    lost: int = 0
+    cancelled: int = 0
+
+
+@dataclass(frozen=True)
+class JobState:
+    """The database's side of one active job (a `job_reconcile_state` row)."""
+
+    id: int
+    status: Status
+    total: int
+    published: int
+    counters: Counts  # the job row's counter columns
+    ledger: Counts  # job_tasks's own counts
+    pending: int  # job_tasks still pending
+    idle_s: float  # since the job last made progress
+    canceling_s: float | None = None  # since the job moved to canceling
+    stream_created: datetime | None = None  # the stream incarnation its tasks went to
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> JobState:
+        """From a `job_reconcile_state` row."""
+        return cls(
+            id=row["id"],
+            status=Status(row["status"]),
+            total=row["total_count"],
+            published=row["published_count"],
+            counters=Counts(*(row[f"{k}_count"] for k in COUNTERS)),
+            ledger=Counts(*(row[k] for k in COUNTERS)),
+            pending=row["pending"],
+            idle_s=float(row["idle_s"]),
+            canceling_s=float(row["canceling_s"]) if row["canceling_s"] is not None else None,
+            stream_created=row.get("stream_created"),
+        )
+
+    def saw(self, nats: NatsView | None) -> dict[str, Any]:
+        """What a finding records as seen: DB counters, ledger counts, NATS state."""
+        return {
+            "status": str(self.status),
+            "counters": {**asdict(self.counters), "total": self.total,
+                         "published": self.published},
+            "ledger": {"pending": self.pending, **asdict(self.ledger),
+                       "total": self.pending + sum(asdict(self.ledger).values())},
+            "idle_s": round(self.idle_s, 3),
+            "nats": nats.as_dict() if nats is not None else None,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NatsView:
+    """NATS's view of one job: its stream and consumer state (None = unknown)."""
+
+    stream: bool = False
+    consumer: bool = False
+    messages: int | None = None
+    num_pending: int | None = None
+    num_ack_pending: int | None = None
+    num_redelivered: int | None = None
+    num_waiting: int | None = None
+    # MAX_DELIVERIES advisories captured in the job's stream; None when not
+    # counted (the bulk look counts them only for jobs that may have some).
+    advisories: int | None = None
+    # The stream's creation time: which incarnation of it this is.
+    created: datetime | None = None
+
+    @classmethod
+    def of(
+        cls, stream: StreamInfo | None, consumer: ConsumerInfo | None, advisories: int | None
+    ) -> NatsView:
+        """Build from stream and consumer info (either may be missing)."""
+        fields: dict[str, Any] = {"stream": stream is not None, "consumer": consumer is not None,
+                                  "advisories": advisories}  # fmt: skip
+        if stream is not None:
+            fields["messages"] = stream.state.messages
+            fields["created"] = parse_server_time(stream.created)
+        if consumer is not None:
+            fields["num_pending"] = consumer.num_pending or 0
+            fields["num_ack_pending"] = consumer.num_ack_pending or 0
+            fields["num_redelivered"] = consumer.num_redelivered or 0
+            fields["num_waiting"] = consumer.num_waiting or 0
+        return cls(**fields)
+
+    @property
+    def maybe_exhausted(self) -> bool:
+        """The stream holds more than NATS may still deliver: exhausted tasks or advisories."""
+        if self.advisories is not None:
+            return self.advisories > 0
+        if self.messages is None or self.num_pending is None or self.num_ack_pending is None:
+            return False
+        return self.messages > self.num_pending + self.num_ack_pending
+
+    @property
+    def nothing_to_deliver(self) -> bool:
+        """NATS neither offers nor holds any of the job's messages."""
+        return self.num_pending == 0 and self.num_ack_pending == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (what findings record and `jobsys inspect` shows)."""
+        out = asdict(self)
+        out["created"] = self.created.isoformat() if self.created is not None else None
+        return out
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """How long is too long, for each idle rule (from Settings)."""
+
+    lost_after_s: float
+    queued_stale_s: float
+    cancel_grace_s: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> Thresholds:
+        """The thresholds a deployment configured."""
+        return cls(settings.lost_after_s, settings.queued_stale_s, settings.cancel_grace_s)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a handler gets: one job as seen under its lock, and the settings."""
+
+    job: JobState
+    nats: NatsView | None
+    settings: Settings
+
+    @property
+    def job_id(self) -> int:
+        """The job's id."""
+        return self.job.id
+
+    @property
+    def names(self) -> JobNames:
+        """The job's NATS names."""
+        return JobNames.of(self.settings.namespace, self.job.id)

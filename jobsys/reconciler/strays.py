@@ -1,0 +1,49 @@
+"""Duty `stray_streams`: delete the streams of final jobs and of jobs the database
+does not know (a teardown lost with its message, a database restored from an
+older backup).
+
+Each under the job's reconcile lock; a stream its teardown (or another pass)
+deleted since the listing is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from jobsys.db import connection
+from jobsys.locks import job_lock
+from jobsys.queries import Q
+from jobsys.queue import JobNames, bridge, delete_job_stream
+from jobsys.reconciler.duties import RECONCILE_LOCK, PassContext
+from jobsys.reconciler.findings import Finding, record_finding
+from jobsys.reconciler.kinds import Action, Kind
+from jobsys.states import FINAL
+
+
+def delete_stray_streams(ctx: PassContext) -> Mapping[str, Any]:
+    """Delete every stray job stream seen at the start of the pass; returns how many."""
+    if not ctx.job_streams:
+        return {"deleted": 0}
+    with connection() as conn:
+        rows = conn.execute(Q.job_statuses, {"job_ids": sorted(set(ctx.job_streams.values()))})
+        statuses = {r["id"]: r["status"] for r in rows.fetchall()}
+    deleted = 0
+    for stream, job_id in sorted(ctx.job_streams.items()):
+        status = statuses.get(job_id)
+        if status is not None and status not in FINAL:
+            continue
+        with job_lock(RECONCILE_LOCK, job_id, ctx.lock_conn) as held:
+            if not held:
+                continue
+            names = JobNames.of(ctx.settings.namespace, job_id)
+            if not bridge().run(lambda nc, js, n=names: delete_job_stream(js, n)):  # type: ignore[misc]
+                continue  # its teardown (or another pass) deleted it since the listing
+            finding = Finding(
+                job_id, Kind.STRAY_STREAM, Action.DELETED,
+                {"stream": stream, "job_status": status or "unknown"},
+            )  # fmt: skip
+            record_finding(ctx.run_id, finding)
+            ctx.findings.append(finding)
+            deleted += 1
+    return {"deleted": deleted}

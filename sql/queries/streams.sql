@@ -1,0 +1,67 @@
+-- Filling a job's stream (jobsys/streams.py), by name: what bootstrap and the
+-- reconciler's stream repairs read and write.
+
+-- name: job_stream_state
+-- What filling a job's stream needs: its status, pipeline and consumer
+-- settings, how far publishing got, and which stream incarnation that was.
+SELECT id, status, pipeline, max_deliver, task_timeout_s, max_in_flight, total_count,
+       published_count, stream_created
+FROM jobs WHERE id = %(job_id)s;
+
+-- name: pending_tasks_between
+-- The next chunk of a job's pending tasks in task order, from a task number
+-- up to (not including) another, with where each sits in the stream as
+-- recorded (the fill writes only the places its PubAcks contradict). Only
+-- pending tasks: a finished task is never published again. Reads through the
+-- primary key's (job_id, task_no).
+SELECT task_no, payload::text, stream_seq FROM job_tasks
+WHERE job_id = %(job_id)s AND status = 'pending'
+  AND task_no >= %(from_task)s AND task_no < %(below)s
+ORDER BY task_no
+LIMIT %(limit)s;
+
+-- name: record_stream_incarnation
+-- The stream now holds every pending task below published_count: record its
+-- creation time. Only while the job is started (a cancel wins); the job made
+-- progress (so the idle rules start counting again from here).
+UPDATE jobs SET stream_created = %(created)s, progress_at = now()
+WHERE id = %(job_id)s AND status = 'started'
+RETURNING status;
+
+-- name: record_stream_seqs
+-- Where tasks of a chunk just published sit in the job's stream (the sequence
+-- its PubAck named; 0: not published, too large): a result counts in one
+-- statement when its reply names it (record_results). The fill sends only the
+-- tasks whose recorded place (NULL standing for task_no + 1,
+-- sql/010_result_binding.sql) the PubAcks contradict: a first fill into a
+-- fresh stream writes nothing. Written whatever the task's status (a result
+-- may already have moved it).
+-- Rows are locked in task order, as every writer of job_tasks locks them, so
+-- this and a result batch never deadlock.
+WITH given AS (
+    SELECT * FROM unnest(%(task_nos)s::int[], %(seqs)s::bigint[]) AS g(task_no, seq)
+), locked AS (
+    SELECT t.task_no, g.seq FROM job_tasks t JOIN given g ON g.task_no = t.task_no
+    WHERE t.job_id = %(job_id)s AND coalesce(t.stream_seq, t.task_no + 1) <> g.seq
+    ORDER BY t.task_no
+    FOR UPDATE OF t
+)
+UPDATE job_tasks t SET stream_seq = l.seq
+FROM locked l
+WHERE t.job_id = %(job_id)s AND t.task_no = l.task_no;
+
+-- name: forget_stream_seqs
+-- The job's stream was re-created: no task below published_count has a
+-- message in it until republished, so none has a known place (0). Before the
+-- republishing, so that no reply can count or ack by a place in the stream
+-- that is gone. Rows locked in task order (see record_stream_seqs).
+WITH locked AS (
+    SELECT task_no FROM job_tasks
+    WHERE job_id = %(job_id)s AND task_no < %(published)s
+      AND stream_seq IS DISTINCT FROM 0
+    ORDER BY task_no
+    FOR UPDATE
+)
+UPDATE job_tasks t SET stream_seq = 0
+FROM locked l
+WHERE t.job_id = %(job_id)s AND t.task_no = l.task_no;

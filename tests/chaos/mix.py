@@ -1,0 +1,165 @@
+"""The job mix: what each chaos job's tasks ask the `echo` pipeline to do, and what
+each task must end as.
+
+Every job is `echo` (a built-in pipeline: no ``module:function`` needed) and
+holds, besides plain tasks (`sleep_ms` 0-5 ms), tasks that fail
+permanently, tasks that fail transiently half the time, and at least one
+task of each hard-to-store kind (`odd`: a NaN or Infinity result, a NUL in
+the error text, an error far over the storable length). Jobs take turns
+through four profiles:
+
+| profile | max_deliver | task time limit | special tasks |
+|---|---|---|---|
+| plain | 20 | default | -- |
+| poison | 3 | default | one task per crash kind: SIGKILL, `os._exit(3)`, a segfault |
+| hung | 3 | 2 s | two tasks that never return |
+| small | 2 | default | -- (a small max_deliver: a recorder outage bites) |
+
+A task's kind (`plain`, `fail`, `transient`, an `odd` kind, a crash kind,
+`hang`) says how it must end (`judge`). The job mix draws from its own
+random stream, so a seed gives the same jobs however the faults fall.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jobsys
+from jobsys.pipelines import CRASH_KINDS, LONG_ERROR_CHARS, ODD_KINDS
+from jobsys.storable import MAX_ERROR_CHARS
+
+PLAIN_MAX_DELIVER = 20
+# Jobs with at most this max_deliver are the ones a recorder outage could exhaust.
+SMALL_MAX_DELIVER = 3
+HUNG_TIMEOUT_S = 2.0
+# profile -> (max_deliver, task_timeout_s or None for the default)
+PROFILES: dict[str, tuple[int, float | None]] = {
+    "plain": (PLAIN_MAX_DELIVER, None),
+    "poison": (3, None),
+    "hung": (3, HUNG_TIMEOUT_S),
+    "small": (2, None),
+}
+PROFILE_ORDER = tuple(PROFILES)
+HUNG_PER_JOB = 2
+# Kinds a task can ask for that the chaos report counts as faults of the mix.
+MIX_KINDS = (*ODD_KINDS, *CRASH_KINDS, "hang")
+# Kinds that run their pipeline to a result (done, or a permanent failure) on
+# the first delivery; the others may use up deliveries by themselves.
+RETURNS_AT_ONCE = {"plain", "fail", *ODD_KINDS}
+# A share of the jobs is cancelled at a random moment; never the first of each
+# profile, so every kind of task has its outcome checked in every run.
+CANCEL_P = 0.2
+
+FAIL_TEXT = "payload asked to fail"
+DEATH = {
+    "kill": "execution process killed by signal 9 (SIGKILL)",
+    "exit": "execution process exited with code 3",
+    "segfault": "execution process killed by signal 11 (SIGSEGV)",
+}
+CUT_MARK = f"[cut: {LONG_ERROR_CHARS:,} characters in all]"
+
+
+@dataclass
+class JobPlan:
+    """A submitted job and what its tasks were asked to do."""
+
+    job_id: int
+    total: int
+    profile: str
+    max_deliver: int
+    task_timeout_s: float | None
+    special: dict[int, str]  # task_no -> kind, for every task that is not plain
+    submitted_at: float  # wall clock (compared with Postgres timestamps)
+    cancel_at: float | None  # monotonic
+    cancelled: bool = False
+    kinds: dict[str, int] = field(default_factory=dict)
+
+    def kind_of(self, task_no: int) -> str:
+        """What task `task_no` was asked to do."""
+        return self.special.get(task_no, "plain")
+
+
+def _payloads(rng: random.Random, n: int, profile: str) -> tuple[list[str], dict[int, str]]:
+    """The items of one job and the kind of each task that is not plain."""
+    special: dict[int, str] = {}
+    wanted = [kind for kind in ODD_KINDS for _ in range(rng.choice([1, 2]))]
+    if profile == "poison":
+        wanted += list(CRASH_KINDS)
+    if profile == "hung":
+        wanted += ["hang"] * HUNG_PER_JOB
+    for task_no, asked in zip(rng.sample(range(n), min(n, len(wanted))), wanted, strict=False):
+        special[task_no] = asked
+    fail_p = rng.choice([0.0, 0.02, 0.1])
+    lines = []
+    for i in range(n):
+        item: dict[str, Any] = {"n": i, "sleep_ms": rng.choice([0, 1, 2, 5])}
+        kind = special.get(i)
+        if kind in ODD_KINDS:
+            item["odd"] = kind
+        elif kind in CRASH_KINDS:
+            item["crash"] = kind
+        elif kind == "hang":
+            item["hang"] = True
+        elif rng.random() < fail_p:
+            item["fail"] = True
+            special[i] = "fail"
+        elif rng.random() < 0.05:
+            item["transient_p"] = 0.5
+            special[i] = "transient"
+        lines.append(json.dumps(item))
+    return lines, special
+
+
+def submit_job(rng: random.Random, j: int, tasks: int, now: float, seconds: float) -> JobPlan:
+    """Submit the `j`-th job of the run (profile by turn) and return its plan."""
+    profile = PROFILE_ORDER[j % len(PROFILE_ORDER)]
+    max_deliver, timeout = PROFILES[profile]
+    lines, special = _payloads(rng, tasks, profile)
+    view = jobsys.submit(
+        "echo",
+        iter(lines),
+        name=f"chaos {j} {profile}",
+        failure_threshold=0.5,
+        max_deliver=max_deliver,
+        task_timeout_s=timeout,
+    )
+    cancellable = j >= len(PROFILE_ORDER)
+    cancel_at = (
+        now + rng.uniform(0.5, seconds * 0.3) if cancellable and rng.random() < CANCEL_P else None
+    )
+    kinds: dict[str, int] = {}
+    for kind in special.values():
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return JobPlan(
+        view.job_id, tasks, profile, max_deliver, timeout, special, time.time(), cancel_at,
+        kinds=kinds,
+    )  # fmt: skip
+
+
+def judge(plan: JobPlan, kind: str, status: str, error: str | None, deliveries: int) -> bool:
+    """Whether a task of `kind` ended as its payload asked (a `lost` end is judged apart)."""
+    md = plan.max_deliver
+    err = error or ""
+    gave_up = status == "failed" and err.startswith("gave up after") and deliveries >= md
+    if kind == "plain":
+        return status == "done"
+    if kind == "fail":
+        return status == "failed" and err == FAIL_TEXT
+    if kind == "transient":
+        # Half its runs fail: it may, rarely, fail all max_deliver of them.
+        return status == "done" or (gave_up and "transient failure" in err)
+    if kind in ("nan", "inf"):
+        return status == "failed" and "not storable as JSON" in err and "NaN or Infinity" in err
+    if kind == "nul":
+        return status == "failed" and err == "bad\\x00byte"
+    if kind == "long_error":
+        return status == "failed" and len(err) == MAX_ERROR_CHARS and err.endswith(CUT_MARK)
+    if kind in DEATH:
+        return gave_up and err.endswith(DEATH[kind])
+    if kind == "hang":
+        return gave_up and err.endswith(f"timed out after {plan.task_timeout_s:g} s")
+    raise ValueError(f"unknown task kind {kind!r}")

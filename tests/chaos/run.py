@@ -1,0 +1,194 @@
+"""One chaos run: private servers, a running system, jobs submitted, faults, then the checks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+import jobsys
+from jobsys.logs import setup_logging
+from jobsys.migrate import migrate
+from jobsys.models import JobView
+from jobsys.reconciler import reconcile_pass
+from jobsys.runner import LocalSystem
+from jobsys.settings import reset_settings
+from jobsys.states import FINAL
+from tests.chaos.check import check
+from tests.chaos.faults import Faults
+from tests.chaos.mix import JobPlan, submit_job
+from tests.chaos.report import Report, print_report
+from tests.chaos.servers import PrivateServers
+
+T = TypeVar("T")
+
+# Short timings, so redelivery, recovery and the reconciler's rules all happen
+# within a run. ack_wait 5 s: outages are counted in ack_waits (tests.chaos.faults).
+HARNESS_ENV = {
+    "JOBSYS_ACK_WAIT_S": "5",
+    "JOBSYS_NAK_DELAY_S": "0.2",
+    "JOBSYS_HEARTBEAT_TIMEOUT_MS": "5000",
+    "JOBSYS_MAINTENANCE_CHANCE": "100000",
+    "JOBSYS_LOST_AFTER_S": "60",
+    "JOBSYS_QUEUED_STALE_S": "10",
+    "JOBSYS_CANCEL_GRACE_S": "10",
+    "JOBSYS_RECONCILE_EVERY_S": "10",
+    # A batch Redis lost is sent again after 30 s, then twice as long each
+    # time: capped at 2 minutes here (10 by default), so that after the last
+    # fault every held result is re-sent well within the settle timeout.
+    "JOBSYS_RESULT_RESEND_MAX_S": "120",
+}
+# After the faults, the harness runs a reconcile pass this often (as cron would)
+# until every job is final.
+SETTLE_RECONCILE_EVERY_S = 5.0
+
+
+def run(
+    seed: int, seconds: float, jobs: int, tasks: int, settle_timeout: float, keep: bool = False
+) -> Report:
+    """One chaos run; returns the report (also printed by `main`)."""
+    root = Path(tempfile.mkdtemp(prefix="jobsys-chaos-"))
+    servers = PrivateServers(root)
+    report = Report(seed=seed, seconds=seconds, jobs=jobs, tasks=jobs * tasks)
+    servers.start_all()
+    os.environ.update(servers.env)
+    os.environ.update(
+        {**HARNESS_ENV, "JOBSYS_NAMESPACE": f"chaos{seed}", "JOBSYS_SECRET": uuid.uuid4().hex}
+    )
+    reset_settings()
+    migrate()
+    system = LocalSystem(workers=2, threads=4, processors=2, concurrency=8, schedulers=1,
+                         log_dir=root / "logs").start()  # fmt: skip
+    # Two random streams: the job mix is the same for a seed however the faults fall.
+    mix_rng = random.Random(f"{seed}:jobs")
+    plans: list[JobPlan] = []
+    started = time.monotonic()
+    ack_wait = float(HARNESS_ENV["JOBSYS_ACK_WAIT_S"])
+    faults = Faults(random.Random(f"{seed}:faults"), system, servers, plans, started, ack_wait,
+                    ends=started + seconds)  # fmt: skip
+    try:
+        # A third of the jobs at once, the rest spread over the fault window,
+        # so jobs are at every stage (bootstrap, running, finishing) when hit.
+        submit_at = sorted(
+            0.0 if j < max(jobs // 3, 1) else mix_rng.uniform(0, seconds * 0.9) for j in range(jobs)
+        )
+        print(f"chaos: seed {seed}, {jobs} jobs x {tasks} tasks, {seconds:.0f}s of faults, "
+              f"servers in {root}", flush=True)  # fmt: skip
+        # During the faults the reconciler runs as deployed: the scheduler
+        # subprocess enqueues a pass every 10 s and a worker runs it (and the
+        # harness runs passes itself while the workers are stopped).
+        while time.monotonic() - started < seconds:
+            now = time.monotonic()
+            if faults.pg_up:
+                # Like a user, the harness submits and cancels only while
+                # Postgres is up (waiting here would delay its return).
+                _submit_and_cancel(mix_rng, plans, submit_at, now, started, tasks, seconds)
+            faults.tick(now)
+            time.sleep(0.1)
+        faults.end()
+        # Jobs due during the last stall are submitted now, so every planned job runs.
+        _submit_and_cancel(mix_rng, plans, submit_at, float("inf"), started, tasks, seconds)
+
+        # Faults stop; everything runs; the reconciler also sweeps from here
+        # as cron would, until all is final.
+        settle_start = time.monotonic()
+        final = _settle(plans, faults, settle_timeout)
+        report.settle_s = time.monotonic() - settle_start
+        reconcile_pass(trigger="chaos")
+        time.sleep(2)
+        check(plans, final, faults, report)
+    finally:
+        faults.end()
+        system.stop(timeout=20)
+        servers.stop_all()
+        if report.violations or keep:
+            # Keep the evidence: logs, and the data of NATS and Postgres.
+            print(f"chaos: logs and server data kept in {root}", flush=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    return report
+
+
+def _submit_and_cancel(
+    rng: random.Random,
+    plans: list[JobPlan],
+    submit_at: list[float],
+    now: float,
+    started: float,
+    tasks: int,
+    seconds: float,
+) -> None:
+    while submit_at and now - started >= submit_at[0]:
+        submit_at.pop(0)
+        plans.append(_with_retries(lambda: submit_job(rng, len(plans), tasks, now, seconds)))
+    for plan in plans:
+        if plan.cancel_at is not None and not plan.cancelled and now >= plan.cancel_at:
+            _with_retries(partial(jobsys.cancel, plan.job_id))
+            plan.cancelled = True
+
+
+def _with_retries(fn: Callable[[], T], attempts: int = 20) -> T:
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception:
+            if i == attempts - 1:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def _settle(plans: list[JobPlan], faults: Faults, timeout: float) -> dict[int, JobView]:
+    deadline = time.monotonic() + timeout
+    views: dict[int, JobView] = {}
+    next_reconcile = 0.0
+    while time.monotonic() < deadline:
+        # The system keeps its Procfile runner: whatever dies is restarted.
+        faults.restart_the_dead()
+        views = {p.job_id: _with_retries(partial(jobsys.get_job, p.job_id)) for p in plans}
+        if all(v.status in FINAL for v in views.values()):
+            return views
+        if time.monotonic() >= next_reconcile:
+            _with_retries(lambda: reconcile_pass(trigger="chaos"))
+            next_reconcile = time.monotonic() + SETTLE_RECONCILE_EVERY_S
+        time.sleep(0.5)
+    return views
+
+
+def main() -> None:
+    """`python -m tests.chaos`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.chaos", description="jobsys chaos run: faults, then invariants"
+    )
+    parser.add_argument("--seconds", type=float, default=600)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--jobs", type=int, default=12)
+    parser.add_argument("--tasks", type=int, default=3000)
+    parser.add_argument("--settle-timeout", type=float, default=240)
+    parser.add_argument(
+        "--min-each", type=int, default=1,
+        help="fail the run unless every fault kind and every kind of special task "
+        "was injected at least this many times (make chaos: 3)",
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep logs and server data")
+    args = parser.parse_args()
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1_000_000)
+    setup_logging("text", "WARNING")
+    report = run(seed, args.seconds, args.jobs, args.tasks, args.settle_timeout, args.keep)
+    report.require_each(args.min_each)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    else:
+        print_report(report)
+    sys.exit(0 if report.ok else 1)

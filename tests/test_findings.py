@@ -1,0 +1,106 @@
+"""The reconciler's history stays bounded: a finding repeated pass after pass is
+one row with a count, and history older than the window is pruned; against
+real Postgres and NATS (no worker runs here)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jobsys
+from jobsys.db import connection
+from jobsys.reconciler import reconcile_pass
+from jobsys.settings import Settings, get_settings
+from tests.helpers import make_started_job, pull_results
+
+
+def fast(**overrides: Any) -> Settings:
+    """This run's settings with the reconciler's thresholds made small."""
+    small: dict[str, Any] = {"lost_after_s": 0.2, "queued_stale_s": 0.2, "cancel_grace_s": 0.2}
+    return get_settings().model_copy(update={**small, **overrides})
+
+
+def findings_of(job_id: int) -> list[dict[str, Any]]:
+    with connection() as conn:
+        rows = conn.execute(
+            "SELECT * FROM reconcile_findings WHERE job_id = %s ORDER BY id", (job_id,)
+        ).fetchall()
+    return [dict(r) for r in rows]
+
+
+def test_a_job_waiting_pass_after_pass_has_one_finding_row_with_a_count() -> None:
+    job_id = make_started_job(2)  # no processor consumes: every pass says it waits
+    time.sleep(0.3)
+
+    for _ in range(5):
+        reconcile_pass(fast())
+
+    rows = findings_of(job_id)
+    assert len(rows) == 1, [(r["kind"], r["action"]) for r in rows]
+    (row,) = rows
+    assert (row["kind"], row["action"], row["seen"]) == ("waiting", "none", 5)
+    assert row["reason"] == "no processor is consuming"
+    assert row["first_at"] < row["at"]
+
+    # Another reason is another row; the same one again counts on the newest row.
+    held = pull_results(job_id, 2)
+    assert len(held) == 2
+    reconcile_pass(fast())
+    reconcile_pass(fast())
+    rows = findings_of(job_id)
+    assert [(r["reason"], r["seen"]) for r in rows] == [
+        ("no processor is consuming", 5),
+        ("processors hold messages: running, or results not yet recorded", 2),
+    ]
+
+    # The dashboards show the latest finding (by when it was last seen) and its count.
+    with connection() as conn, conn.transaction():
+        conn.execute("SET LOCAL jobsys.stuck_after = '0.1 s'")
+        stuck = conn.execute(
+            "SELECT finding, finding_action, finding_seen FROM stuck_jobs WHERE id = %s",
+            (job_id,),
+        ).fetchone()
+        recent = conn.execute(
+            "SELECT kind, seen FROM reconcile_findings_recent WHERE job_id = %s ORDER BY id",
+            (job_id,),
+        ).fetchall()
+    assert stuck is not None and dict(stuck) == {
+        "finding": "waiting", "finding_action": "none", "finding_seen": 2,
+    }  # fmt: skip
+    assert [(r["kind"], r["seen"]) for r in recent] == [("waiting", 5), ("waiting", 2)]
+    jobsys.cancel(job_id)
+
+
+def test_a_pass_prunes_findings_and_passes_last_seen_before_the_window() -> None:
+    with connection() as conn, conn.transaction():
+        old_run, recent_run = (
+            conn.execute(
+                "INSERT INTO reconcile_runs (started_at, finished_at, findings) "
+                "VALUES (now() - %s::interval, now() - %s::interval, 1) RETURNING id",
+                (age, age),
+            ).fetchone()["id"]
+            for age in ("8 days", "1 hour")
+        )
+        old, still_seen = (
+            conn.execute(
+                "INSERT INTO reconcile_findings (run_id, job_id, kind, action, first_at, at) "
+                "VALUES (%s, -1, 'waiting', 'none', now() - interval '8 days', "
+                "now() - %s::interval) RETURNING id",
+                (run, last_seen),
+            ).fetchone()["id"]
+            for run, last_seen in ((old_run, "8 days"), (recent_run, "1 hour"))
+        )
+
+    run_id = reconcile_pass(fast(history_days=7)).run_id
+
+    with connection() as conn:
+        runs = {r["id"] for r in conn.execute(
+            "SELECT id FROM reconcile_runs WHERE id = ANY(%s)", ([old_run, recent_run, run_id],)
+        ).fetchall()}  # fmt: skip
+        findings = {r["id"] for r in conn.execute(
+            "SELECT id FROM reconcile_findings WHERE id = ANY(%s)", ([old, still_seen],)
+        ).fetchall()}  # fmt: skip
+        conn.execute("DELETE FROM reconcile_findings WHERE job_id = -1")
+    # A finding first seen long ago but seen within the window is kept.
+    assert findings == {still_seen}
+    assert runs == {recent_run, run_id}
