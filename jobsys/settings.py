@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     lost_after_s: float = Field(default=120.0, gt=0)
     queued_stale_s: float = Field(default=60.0, gt=0)
     cancel_grace_s: float = Field(default=60.0, gt=0)
+    # A final job's stream is its teardown's to delete for this long; after
+    # that the reconciler deletes it as a stray (a teardown lost with Redis).
+    stray_grace_s: float = Field(default=30.0, ge=0)
     # Each pass prunes rate rollups, findings last seen and pass records older than this.
     history_days: float = Field(default=7.0, gt=0)
 

@@ -58,7 +58,9 @@ from tests.helpers import (
 
 def fast(**overrides: Any) -> Settings:
     """This run's settings with the reconciler's thresholds made small."""
-    small: dict[str, Any] = {"lost_after_s": 0.2, "queued_stale_s": 0.2, "cancel_grace_s": 0.2}
+    small: dict[str, Any] = {
+        "lost_after_s": 0.2, "queued_stale_s": 0.2, "cancel_grace_s": 0.2, "stray_grace_s": 0.0
+    }  # fmt: skip
     return get_settings().model_copy(update={**small, **overrides})
 
 
@@ -414,6 +416,18 @@ def test_streams_of_final_or_unknown_jobs_are_deleted_and_others_kept() -> None:
     assert stream_exists(active)
     assert bridge().run(lambda nc, js: js.delete_stream(other))  # it was left alone
     jobsys.cancel(active)
+
+
+def test_a_just_finished_jobs_stream_is_left_to_its_teardown_within_the_grace() -> None:
+    finished = make_started_job(2)
+    apply(finished, pull_results(finished, 2))  # success; its teardown is "on the way"
+
+    assert of_job(reconcile_pass(fast(stray_grace_s=3600)), finished) == []
+    assert stream_exists(finished)
+    assert [(f.kind, f.action) for f in of_job(reconcile_pass(fast()), finished)] == [
+        ("stray_stream", "deleted")
+    ]
+    assert not stream_exists(finished)
 
 
 # -- concurrency ------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 does not know (a teardown lost with its message, a database restored from an
 older backup).
 
+A job final for less than `stray_grace_s` keeps its stream: its own teardown is
+on the way, and a pass that raced it would report every healthy job as a stray.
 Each under the job's reconcile lock; a stream its teardown (or another pass)
 deleted since the listing is skipped.
 """
@@ -26,12 +28,15 @@ def delete_stray_streams(ctx: PassContext) -> Mapping[str, Any]:
     if not ctx.job_streams:
         return {"deleted": 0}
     with connection() as conn:
-        rows = conn.execute(Q.job_statuses, {"job_ids": sorted(set(ctx.job_streams.values()))})
-        statuses = {r["id"]: r["status"] for r in rows.fetchall()}
+        job_ids = sorted(set(ctx.job_streams.values()))
+        rows = conn.execute(Q.stray_stream_jobs, {"job_ids": job_ids}).fetchall()
+    jobs = {r["id"]: r for r in rows}
+    grace = ctx.settings.stray_grace_s
     deleted = 0
     for stream, job_id in sorted(ctx.job_streams.items()):
-        status = statuses.get(job_id)
-        if status is not None and status not in FINAL:
+        job = jobs.get(job_id)
+        status = job["status"] if job is not None else None
+        if job is not None and (status not in FINAL or (job["final_for_s"] or 0.0) < grace):
             continue
         with job_lock(RECONCILE_LOCK, job_id, ctx.lock_conn) as held:
             if not held:

@@ -65,3 +65,10 @@ WITH locked AS (
 UPDATE job_tasks t SET stream_seq = 0
 FROM locked l
 WHERE t.job_id = %(job_id)s AND t.task_no = l.task_no;
+
+-- name: stray_stream_jobs
+-- The jobs behind streams a reconcile pass listed: their status and how long
+-- they have been final (NULL while not final), so a pass leaves a just-finished
+-- job's stream to that job's own teardown.
+SELECT id, status, extract(epoch FROM now() - finished_at)::float8 AS final_for_s
+FROM jobs WHERE id = ANY(%(job_ids)s::bigint[]);

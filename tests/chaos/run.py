@@ -42,6 +42,7 @@ HARNESS_ENV = {
     "JOBSYS_LOST_AFTER_S": "60",
     "JOBSYS_QUEUED_STALE_S": "10",
     "JOBSYS_CANCEL_GRACE_S": "10",
+    "JOBSYS_STRAY_GRACE_S": "5",
     "JOBSYS_RECONCILE_EVERY_S": "10",
     # A batch Redis lost is sent again after 30 s, then twice as long each
     # time: capped at 2 minutes here (10 by default), so that after the last
@@ -104,6 +105,8 @@ def run(
         settle_start = time.monotonic()
         final = _settle(plans, faults, settle_timeout)
         report.settle_s = time.monotonic() - settle_start
+        # Past the grace a final job's teardown has, a pass deletes what it left.
+        time.sleep(float(HARNESS_ENV["JOBSYS_STRAY_GRACE_S"]))
         reconcile_pass(trigger="chaos")
         time.sleep(2)
         check(plans, final, faults, report)
