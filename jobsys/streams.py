@@ -16,7 +16,12 @@ What the stream holds is known without reading it back:
   incarnation recorded, so a fill that dies half-way repeats the
   republishing, it never skips it.
 - Tasks from ``published_count`` on are published in task order, and
-  ``published_count`` advances after each chunk is stored.
+  ``published_count`` advances after each chunk is stored. When a chunk goes
+  in order into a fresh, empty stream (every task pending and contiguous, none
+  too large), ``placed_count`` is raised past it *before* it is published:
+  its results, which often come back before its PubAcks, are then counted in
+  one statement instead of being checked against the stream one request each
+  (sql/011_placed_count.sql). Each fill starts by forgetting such guesses.
 - Each published task's place in the stream (the sequence its PubAck names;
   for a deduplicated publish, the original message's) is compared with the
   place recorded, ``job_tasks.stream_seq`` (NULL standing for task_no + 1,
@@ -122,6 +127,7 @@ class Incarnation:
 
     created: datetime | None  # NATS's creation time: which stream this is
     new: bool  # this fill created it (it was missing)
+    empty: bool  # no message was ever stored in it (its last sequence is 0)
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,11 @@ def _quietly_wait(chunk: _Chunk | None) -> None:
             chunk.future.result(CHUNK_TIMEOUT_S)
         except Exception:
             chunk.future.cancel()  # no publishing left running behind us
+
+
+async def _max_payload(nc: NATS, js: JetStreamContext) -> int:
+    """The largest message the connected server takes."""
+    return int(nc.max_payload)
 
 
 def task_message_size(job_id: int, task_no: int, payload: bytes) -> int:
@@ -185,6 +196,9 @@ class _Filler:
         self.total: int = job["total_count"]
         self.too_large = 0
         self.finalized: Status | None = None
+        # The next task number a chunk placed in order must start with; None:
+        # this fill does not guess places (see _place_in_order).
+        self.next_in_order: int | None = None
 
     def run(self) -> Fill:
         try:
@@ -202,6 +216,7 @@ class _Filler:
 
         recorded: datetime | None = self.job["stream_created"]
         published: int = self.job["published_count"]
+        self._reset_placed()
         # A stream the published tasks are not in: one this fill just created
         # (it was missing), or another incarnation than the recorded one.
         # (Nothing recorded and a stream already there: a job bootstrapped
@@ -220,6 +235,8 @@ class _Filler:
                      extra={"job_id": self.job_id, "republished": republished})  # fmt: skip
         if inc.created is not None and inc.created != recorded and not self._record(inc.created):
             return self._stop("job left started before its stream was recorded")
+        # In order into an empty stream: task n lands at sequence n + 1.
+        self.next_in_order = 0 if published == 0 and inc.empty and not recreated else None
         fresh, went_on = self._publish(published, self.total, advance=True)
         if not went_on:
             return self._stop("job left started while its tasks were published")
@@ -232,7 +249,9 @@ class _Filler:
         existed = await stream_exists(js, self.names)
         await ensure_job_stream(js, self.names, self.job, self.settings)
         info = await js.stream_info(self.names.stream)
-        return Incarnation(created=parse_server_time(info.created), new=not existed)
+        return Incarnation(
+            created=parse_server_time(info.created), new=not existed, empty=info.state.last_seq == 0
+        )
 
     def _publish(self, from_task: int, below: int, *, advance: bool) -> tuple[int, bool]:
         """Publish the pending tasks in [from_task, below); (published, job still started).
@@ -259,6 +278,9 @@ class _Filler:
             nxt: _Chunk | None = None
             if rows:
                 chunk = [(r["task_no"], r["payload"]) for r in rows]
+                if advance and not self._place_in_order(chunk):
+                    _quietly_wait(inflight)
+                    return sent, False
                 nxt = _Chunk(
                     end=chunk[-1][0] + 1,
                     placed={r["task_no"]: placed_at(r["task_no"], r["stream_seq"]) for r in rows},
@@ -301,8 +323,10 @@ class _Filler:
                 log.info("fill stopped: stream gone after cancel", extra=extra)
                 return 0, False
             raise
-        if too_large and not self._fail_too_large(too_large):
-            return len(published), False
+        if too_large:
+            self.next_in_order = None  # later tasks sit one place earlier each
+            if not self._fail_too_large(too_large):
+                return len(published), False
         # Only the places the PubAcks contradict are written (a first fill into a
         # fresh stream: none). A task too large has no message: no place (0).
         moved = [
@@ -310,6 +334,8 @@ class _Filler:
             for task_no, seq in [*published, *((t[0], 0) for t in too_large)]
             if chunk.placed.get(task_no) != seq
         ]
+        if moved:
+            self.next_in_order = None  # the stream is not as guessed: stop guessing
         return len(published), self._bind(moved, chunk.end if advance else None)
 
     async def _publish_chunk(
@@ -362,6 +388,33 @@ class _Filler:
             request_teardown(self.job_id)
             return False
         return True
+
+    def _place_in_order(self, chunk: Sequence[tuple[int, str]]) -> bool:
+        """Before a chunk is published: if it goes in order into a fresh stream,
+        say where its tasks will sit (placed_count); False if the job is no
+        longer started. A chunk that does not (a task skipped, one too large for
+        the server's limit as known now) ends the guessing for this fill."""
+        first = self.next_in_order
+        if first is None:
+            return True
+        limit = bridge().run(_max_payload)
+        contiguous = chunk[0][0] == first and chunk[-1][0] == first + len(chunk) - 1
+        if not contiguous or any(
+            task_message_size(self.job_id, t, p.encode("utf-8")) > limit for t, p in chunk
+        ):
+            self.next_in_order = None
+            return True
+        self.next_in_order = first + len(chunk)
+        with connection() as conn:
+            row = conn.execute(
+                Q.advance_placed, {"job_id": self.job_id, "placed": self.next_in_order}
+            ).fetchone()
+        return row is not None
+
+    def _reset_placed(self) -> None:
+        """Forget the places a fill before this one guessed (it may have died)."""
+        with connection() as conn:
+            conn.execute(Q.reset_placed, {"job_id": self.job_id})
 
     def _record(self, created: datetime) -> bool:
         """Record the stream incarnation the published tasks are in; False if the

@@ -8,10 +8,12 @@ for no task and acked for no message; the real results still count.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from nats.js.errors import NotFoundError
 
 import jobsys
@@ -239,8 +241,9 @@ def test_one_message_reported_twice_counts_once_and_both_replies_are_acked() -> 
 
 
 def test_a_reply_naming_where_an_unpublished_task_would_sit_counts_nothing() -> None:
-    # Tasks 2 and 3 not published yet (their chunk is in flight): their place
-    # in a fresh stream is predictable (task_no + 1), but nothing is there.
+    # Tasks 2 and 3 not published, and not placed by the fill either (their
+    # chunk is not yet read): their place in a fresh stream is predictable
+    # (task_no + 1), but nothing is there.
     job_id = make_started_job(4)
     names = JobNames.of(get_settings().namespace, job_id)
 
@@ -250,7 +253,9 @@ def test_a_reply_naming_where_an_unpublished_task_would_sit_counts_nothing() -> 
 
     bridge().run(unpublish)
     with connection() as conn:
-        conn.execute("UPDATE jobs SET published_count = 2 WHERE id = %s", (job_id,))
+        conn.execute(
+            "UPDATE jobs SET published_count = 2, placed_count = 2 WHERE id = %s", (job_id,)
+        )
     real = pull_results(job_id, 2)
     made_up = [
         {**real[0], "task": t, "result": {"forged": True},
@@ -262,3 +267,39 @@ def test_a_reply_naming_where_an_unpublished_task_would_sit_counts_nothing() -> 
     assert counters(job_id)["done"] == 0
     assert _rejected_events(job_id)[0]["tasks"] == [2, 3]
     jobsys.cancel(job_id)  # its tasks 0 and 1 are still to be delivered
+
+
+def _placed(job_id: int) -> tuple[int, int]:
+    with connection() as conn:
+        row = conn.execute(
+            "SELECT published_count, placed_count FROM jobs WHERE id = %s", (job_id,)
+        ).fetchone()
+    return row["published_count"], row["placed_count"]
+
+
+def test_results_that_beat_their_chunks_pubacks_count_in_one_statement(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A first fill into a fresh stream places each chunk before publishing it;
+    # results that come back before the chunk's PubAcks are compared (here:
+    # published_count not yet moved) are counted without a stream lookup.
+    job_id = make_started_job(20)
+    assert _placed(job_id) == (20, 20)
+    with connection() as conn:
+        conn.execute("UPDATE jobs SET published_count = 0 WHERE id = %s", (job_id,))
+    with caplog.at_level(logging.INFO, logger="jobsys.ledger"):
+        process_results.fn(job_id, pull_results(job_id, 20))
+    assert [r.message for r in caplog.records if "checked against" in r.message] == []
+    assert (jobsys.get_job(job_id).status, counters(job_id)["done"]) == ("success", 20)
+    assert_counters_match_ledger(job_id)
+
+
+def test_a_fill_forgets_the_places_a_fill_before_it_guessed() -> None:
+    # A fill that died with a chunk placed but not published: the next fill does
+    # not trust that guess (the stream it finds may hold something else).
+    job_id = make_started_job(4)
+    with connection() as conn:
+        conn.execute("UPDATE jobs SET placed_count = 99 WHERE id = %s", (job_id,))
+    assert run_bootstrap(job_id) == "published"
+    assert _placed(job_id) == (4, 4)
+    jobsys.cancel(job_id)

@@ -107,7 +107,8 @@ RETURNING status;
 -- batches cannot deadlock.
 -- Binding (sql/010_result_binding.sql): an item counts here only if its
 -- reply's stream sequence (%(seqs)s) is where the task's message sits:
--- stream_seq, or task_no + 1 when NULL, for a task published_count has passed.
+-- stream_seq, or task_no + 1 when NULL, for a task published_count (or the
+-- fill's placed_count, sql/011_placed_count.sql) has passed.
 -- A NULL sequence means the caller checked the item (or it answers no
 -- message: a task failed before publishing). A task with any other item is
 -- not moved here at all: those items come back (unbound_tasks /
@@ -129,7 +130,8 @@ WITH input AS (
     SELECT i.task_no, i.seq FROM input i JOIN locked l USING (task_no)
     WHERE i.seq IS NOT NULL
       AND (l.place <> i.seq
-           OR i.task_no >= (SELECT published_count FROM jobs WHERE id = %(job_id)s))
+           OR i.task_no >= (SELECT greatest(published_count, placed_count)
+                            FROM jobs WHERE id = %(job_id)s))
 ), moved AS (
     UPDATE job_tasks t
     SET status = i.status, result = i.result::json, error = i.error,

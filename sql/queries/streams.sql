@@ -20,6 +20,19 @@ WHERE job_id = %(job_id)s AND status = 'pending'
 ORDER BY task_no
 LIMIT %(limit)s;
 
+-- name: reset_placed
+-- A fill starts: a place guessed by a fill before it (one that died with a
+-- chunk in flight) is not trusted any more (sql/011_placed_count.sql).
+UPDATE jobs SET placed_count = published_count
+WHERE id = %(job_id)s AND placed_count > published_count;
+
+-- name: advance_placed
+-- The next chunk goes in order into a fresh stream: its tasks sit at
+-- task_no + 1 from now on. Only forward, only while the job is started.
+UPDATE jobs SET placed_count = greatest(placed_count, %(placed)s)
+WHERE id = %(job_id)s AND status = 'started'
+RETURNING status;
+
 -- name: record_stream_incarnation
 -- The stream now holds every pending task below published_count: record its
 -- creation time. Only while the job is started (a cancel wins); the job made
