@@ -32,6 +32,7 @@ from __future__ import annotations
 import random
 import signal
 import subprocess
+import threading
 import time
 import traceback
 import uuid
@@ -82,6 +83,8 @@ STALL_ACK_WAITS = 3
 STOP_ACK_WAITS = 5
 # The harness's own reconcile passes while no worker runs the scheduler's.
 OUTAGE_RECONCILE_EVERY_S = 5.0
+# At the end of the faults, the last outage pass is waited for this long.
+OUTAGE_PASS_JOIN_S = 60.0
 # How often the results waiting in Redis are counted during a worker outage.
 SAMPLE_EVERY_S = 1.0
 # A stream is deleted only under a job with at least this many tasks left.
@@ -150,6 +153,7 @@ class Faults:
     next_armed: float = 0.0
     peak_waiting: int = 0
     next_sample: float = 0.0
+    outage_pass: threading.Thread | None = None
 
     def __post_init__(self) -> None:
         self.next_fault = self.started + self.rng.uniform(1, 4)
@@ -158,6 +162,11 @@ class Faults:
     def pg_up(self) -> bool:
         """Whether Postgres is up (not in a stall)."""
         return self.pg_back_at is None
+
+    @property
+    def workers_up(self) -> bool:
+        """Whether the workers run (not stopped by `stop_workers`)."""
+        return self.workers_back_at is None
 
     # -- the loop's two calls ---------------------------------------------------
 
@@ -189,6 +198,8 @@ class Faults:
             self._postgres_back()
         if self.workers_back_at is not None:
             self._workers_back()
+        if self.outage_pass is not None:
+            self.outage_pass.join(OUTAGE_PASS_JOIN_S)
 
     def inject_next(self, now: float) -> bool:
         """Inject one fault: the first kind not yet injected that bites, else one at random."""
@@ -284,13 +295,18 @@ class Faults:
         }
 
     def _during_outage(self) -> None:
-        """A reconcile pass as cron would run it."""
-        figures = self.figures.setdefault("stop_workers", Counter())
-        if not self.pg_up:
+        """A reconcile pass as cron would run it: on a thread of its own, since it
+        may wait for a row a frozen worker holds, and the loop must go on to
+        resume the workers."""
+        if not self.pg_up or (self.outage_pass is not None and self.outage_pass.is_alive()):
             return
+        self.outage_pass = threading.Thread(target=self._outage_pass, daemon=True)
+        self.outage_pass.start()
+
+    def _outage_pass(self) -> None:
         try:
             reconcile_pass(trigger="chaos")
-            figures["harness_passes"] += 1
+            self.figures.setdefault("stop_workers", Counter())["harness_passes"] += 1
         except Exception as exc:
             print(f"chaos: reconcile pass during the outage failed: {exc!r}", flush=True)
 

@@ -92,8 +92,12 @@ def run(
             now = time.monotonic()
             if faults.pg_up:
                 # Like a user, the harness submits and cancels only while
-                # Postgres is up (waiting here would delay its return).
-                _submit_and_cancel(mix_rng, plans, submit_at, now, started, tasks, seconds)
+                # Postgres is up (waiting here would delay its return), and
+                # cancels only while the workers run: a worker frozen inside
+                # a result transaction holds its job's row, a cancel would
+                # wait for it, and the harness that must resume it with it.
+                _submit_and_cancel(mix_rng, plans, submit_at, now, started, tasks, seconds,
+                                   cancels=faults.workers_up)  # fmt: skip
             faults.tick(now)
             time.sleep(0.1)
         faults.end()
@@ -130,10 +134,13 @@ def _submit_and_cancel(
     started: float,
     tasks: int,
     seconds: float,
+    cancels: bool = True,
 ) -> None:
     while submit_at and now - started >= submit_at[0]:
         submit_at.pop(0)
         plans.append(_with_retries(lambda: submit_job(rng, len(plans), tasks, now, seconds)))
+    if not cancels:
+        return
     for plan in plans:
         if plan.cancel_at is not None and not plan.cancelled and now >= plan.cancel_at:
             _with_retries(partial(jobsys.cancel, plan.job_id))
