@@ -52,7 +52,7 @@ def make_finished_job(n: int, name: str) -> int:
         row = conn.execute(
             Q.insert_job,
             {"name": name, "pipeline": "echo", "total": 0, "failure_threshold": 0.0,
-             "max_deliver": 1},
+             "max_deliver": 1, "task_timeout_s": None, "max_in_flight": None},
         ).fetchone()  # fmt: skip
         assert row is not None
         job_id: int = row["id"]

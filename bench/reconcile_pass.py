@@ -67,7 +67,8 @@ def _make_jobs(n: int) -> list[int]:
             row = conn.execute(
                 Q.insert_job,
                 {"name": "bench", "pipeline": "echo", "total": TASKS_PER_JOB,
-                 "failure_threshold": 0.0, "max_deliver": 5},
+                 "failure_threshold": 0.0, "max_deliver": 5, "task_timeout_s": None,
+                 "max_in_flight": None},
             ).fetchone()  # fmt: skip
             assert row is not None
             ids.append(row["id"])

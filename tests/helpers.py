@@ -13,7 +13,7 @@ from jobsys.db import connection
 from jobsys.items import counted_items
 from jobsys.queries import Q
 from jobsys.queue import JobNames, bridge, parse_msg_id
-from jobsys.settings import get_settings
+from jobsys.settings import Settings, get_settings
 
 
 def make_started_job(count: int, **kwargs: Any) -> int:
@@ -109,3 +109,11 @@ def stream_exists(job_id: int) -> bool:
         return True
 
     return bridge().run(check)
+
+
+def fast(**overrides: Any) -> Settings:
+    """This run's settings with the reconciler's thresholds made small."""
+    small: dict[str, Any] = {
+        "lost_after_s": 0.2, "queued_stale_s": 0.2, "cancel_grace_s": 0.2, "stray_grace_s": 0.0
+    }  # fmt: skip
+    return get_settings().model_copy(update={**small, **overrides})

@@ -10,14 +10,7 @@ from typing import Any
 import jobsys
 from jobsys.db import connection
 from jobsys.reconciler import reconcile_pass
-from jobsys.settings import Settings, get_settings
-from tests.helpers import make_started_job, pull_results
-
-
-def fast(**overrides: Any) -> Settings:
-    """This run's settings with the reconciler's thresholds made small."""
-    small: dict[str, Any] = {"lost_after_s": 0.2, "queued_stale_s": 0.2, "cancel_grace_s": 0.2}
-    return get_settings().model_copy(update={**small, **overrides})
+from tests.helpers import fast, make_started_job, pull_results
 
 
 def findings_of(job_id: int) -> list[dict[str, Any]]:

@@ -47,6 +47,7 @@ from jobsys.states import Status, transition
 from tests.helpers import (
     assert_counters_match_ledger,
     counters,
+    fast,
     ledger,
     make_started_job,
     pull_results,
@@ -54,14 +55,6 @@ from tests.helpers import (
 )
 
 # -- helpers ----------------------------------------------------------------------
-
-
-def fast(**overrides: Any) -> Settings:
-    """This run's settings with the reconciler's thresholds made small."""
-    small: dict[str, Any] = {
-        "lost_after_s": 0.2, "queued_stale_s": 0.2, "cancel_grace_s": 0.2, "stray_grace_s": 0.0
-    }  # fmt: skip
-    return get_settings().model_copy(update={**small, **overrides})
 
 
 def of_job(report: PassReport, job_id: int) -> list[Finding]:

@@ -32,11 +32,12 @@ from jobsys.messages import send_bootstrap
 from jobsys.queue import JobNames, bridge, close_bridge, parse_msg_id
 from jobsys.reconciler import inspect_job, reconcile_pass
 from jobsys.runner import LocalSystem
-from jobsys.settings import Settings, get_settings, reset_settings
+from jobsys.settings import get_settings, reset_settings
 from jobsys.teardown import run_teardown
 from tests.helpers import (
     assert_counters_match_ledger,
     counters,
+    fast,
     ledger,
     make_started_job,
     pull_results,
@@ -45,12 +46,6 @@ from tests.helpers import (
 
 SMALL_MAX_PAYLOAD = 64 * 1024
 RACE_ITERATIONS = 10
-
-
-def fast(**overrides: Any) -> Settings:
-    """This run's settings with the reconciler's thresholds made small."""
-    small: dict[str, Any] = {"lost_after_s": 0.2, "queued_stale_s": 0.2, "cancel_grace_s": 0.2}
-    return get_settings().model_copy(update={**small, **overrides})
 
 
 def tasks_in_stream(job_id: int) -> list[int]:
