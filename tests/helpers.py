@@ -117,3 +117,23 @@ def fast(**overrides: Any) -> Settings:
         "lost_after_s": 0.2, "queued_stale_s": 0.2, "cancel_grace_s": 0.2, "stray_grace_s": 0.0
     }  # fmt: skip
     return get_settings().model_copy(update={**small, **overrides})
+
+
+def messages_in_stream(job_id: int) -> list[tuple[int, int]]:
+    """Every task message the job's stream holds, in stream order: (task, sequence)."""
+    names = JobNames.of(get_settings().namespace, job_id)
+
+    async def read(nc: Any, js: Any) -> list[tuple[int, int]]:
+        found: list[tuple[int, int]] = []
+        seq = 1
+        while True:
+            try:
+                msg = await js.get_msg(names.stream, seq, subject=names.subject, next=True)
+            except NotFoundError:
+                return found
+            seq = msg.seq + 1
+            ids = parse_msg_id((msg.headers or {}).get("Nats-Msg-Id"))
+            assert ids is not None and ids[0] == job_id
+            found.append((ids[1], msg.seq))
+
+    return bridge().run(read)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nats.js.errors import NotFoundError
 
 import jobsys
 from jobsys.actors import process_results
@@ -23,10 +22,16 @@ from jobsys.db import connection
 from jobsys.ledger import apply_results
 from jobsys.messages import send_results
 from jobsys.models import ResultBatch
-from jobsys.queue import JobNames, bridge, parse_msg_id
+from jobsys.queue import JobNames, bridge
 from jobsys.runner import LocalSystem, wait_until_final
 from jobsys.settings import get_settings
-from tests.helpers import assert_counters_match_ledger, counters, make_started_job, pull_results
+from tests.helpers import (
+    assert_counters_match_ledger,
+    counters,
+    make_started_job,
+    messages_in_stream,
+    pull_results,
+)
 
 
 def _tasks(job_id: int) -> dict[int, dict[str, Any]]:
@@ -161,22 +166,7 @@ def _recorded_seqs(job_id: int) -> dict[int, int]:
 
 def _seqs_in_stream(job_id: int) -> dict[int, int]:
     """Where each task message of the job's stream sits: {task: sequence}."""
-    names = JobNames.of(get_settings().namespace, job_id)
-
-    async def read(nc: Any, js: Any) -> dict[int, int]:
-        found: dict[int, int] = {}
-        seq = 1
-        while True:
-            try:
-                msg = await js.get_msg(names.stream, seq, subject=names.subject, next=True)
-            except NotFoundError:
-                return found
-            seq = msg.seq + 1
-            ids = parse_msg_id((msg.headers or {}).get("Nats-Msg-Id"))
-            assert ids is not None
-            found[ids[1]] = msg.seq
-
-    return bridge().run(read)
+    return dict(messages_in_stream(job_id))
 
 
 def test_each_task_records_where_its_message_sits_and_a_refill_keeps_it_true() -> None:

@@ -29,7 +29,7 @@ from jobsys.actors import process_results
 from jobsys.bootstrap import run_bootstrap
 from jobsys.db import connection
 from jobsys.messages import send_bootstrap
-from jobsys.queue import JobNames, bridge, close_bridge, parse_msg_id
+from jobsys.queue import JobNames, bridge, close_bridge
 from jobsys.reconciler import inspect_job, reconcile_pass
 from jobsys.runner import LocalSystem
 from jobsys.settings import get_settings, reset_settings
@@ -40,6 +40,7 @@ from tests.helpers import (
     fast,
     ledger,
     make_started_job,
+    messages_in_stream,
     pull_results,
     stream_exists,
 )
@@ -50,22 +51,7 @@ RACE_ITERATIONS = 10
 
 def tasks_in_stream(job_id: int) -> list[int]:
     """The task number of every task message the job's stream holds, in stream order."""
-    names = JobNames.of(get_settings().namespace, job_id)
-
-    async def read(nc: Any, js: Any) -> list[int]:
-        found: list[int] = []
-        seq = 1
-        while True:
-            try:
-                msg = await js.get_msg(names.stream, seq, subject=names.subject, next=True)
-            except Exception:
-                return found
-            seq = msg.seq + 1
-            ids = parse_msg_id((msg.headers or {}).get("Nats-Msg-Id"))
-            assert ids is not None and ids[0] == job_id
-            found.append(ids[1])
-
-    return bridge().run(read)
+    return [task for task, _ in messages_in_stream(job_id)]
 
 
 def delete_stream(job_id: int) -> None:
