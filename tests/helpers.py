@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import redis
 from nats.js.errors import NotFoundError
 
 import jobsys
@@ -137,3 +138,27 @@ def messages_in_stream(job_id: int) -> list[tuple[int, int]]:
             found.append((ids[1], msg.seq))
 
     return bridge().run(read)
+
+
+def leave_only(job_id: int) -> None:
+    """Before a test starts real processes for one job: delete the job streams and
+    the unconsumed Dramatiq messages earlier tests of this run left in the
+    namespace, so those processes serve this job alone (not thousands of
+    leftover tasks and a backlog of bootstraps and teardowns)."""
+    settings = get_settings()
+    mine = JobNames.of(settings.namespace, job_id).stream
+
+    async def wipe(nc: Any, js: Any) -> None:
+        for info in await js.streams_info():
+            name = info.config.name or ""
+            if name.startswith(f"{settings.namespace}_") and name != mine:
+                await js.delete_stream(name)
+
+    bridge().run(wipe)
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        keys = list(client.scan_iter(f"{settings.dramatiq_namespace}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

@@ -19,6 +19,7 @@ from jobsys.runner import LocalSystem, wait_until_final
 from tests.helpers import (
     assert_counters_match_ledger,
     counters,
+    leave_only,
     make_started_job,
     pull_results,
     status_events,
@@ -123,6 +124,7 @@ def test_results_committed_but_never_acked_are_redelivered_and_counted_once(
     )
     assert proc.returncode == -9, proc.stderr
     assert counters(job_id)["done"] == 150
+    leave_only(job_id)
     # Only now do real processes start (so none competes for the first
     # delivery): all 300 unacked messages come back after ack_wait, the
     # processor runs them again and the 150 committed ones are not counted twice.
