@@ -7,7 +7,8 @@ For every job:
 - every `failed` task has a reason (a non-empty error);
 - a task ends `lost` only if NATS delivered it max_deliver times (the ledger
   records the MAX_DELIVERIES advisory's count), and only if processors died
-  during its job often enough to cut every one of those deliveries: a task
+  (or NATS restarted, losing a delivery in flight) during its job often
+  enough to cut every one of those deliveries: a task
   whose pipeline returns at once (plain, fail, odd values) needs max_deliver
   deaths, one that uses up deliveries by itself (transient, poison, hung)
   needs one. Otherwise its pipeline returned a result and it was lost anyway.
@@ -43,8 +44,10 @@ def check(plans: list[JobPlan], views: dict[int, JobView], faults: Faults, repor
     """Check every invariant; fill `report` (violations and figures)."""
     report.faults.update(faults.counts)
     report.fault_figures = {k: dict(v) for k, v in faults.figures.items()}
-    deaths = [d.at for d in faults.deaths if d.kind == "processor"]
-    report.processor_deaths = len(deaths)
+    processor_deaths = [d.at for d in faults.deaths if d.kind == "processor"]
+    report.processor_deaths = len(processor_deaths)
+    # What can cut a delivery: a processor's death, and a NATS restart.
+    deaths = processor_deaths + faults.nats_restarts
     report.exits_on_their_own.update(d.kind for d in faults.deaths if not d.ours)
     report.small_max_deliver_jobs = sum(1 for p in plans if p.max_deliver <= SMALL_MAX_DELIVER)
     ns = get_settings().namespace
@@ -142,7 +145,7 @@ def _check_job(plan: JobPlan, view: JobView, deaths: list[float], report: Report
                 )
                 found.append(
                     f"{where}: lost after {deliveries} deliveries with {died} processor "
-                    f"death(s) during its job: {why} ({error!r})"
+                    f"death(s) or NATS restart(s) during its job: {why} ({error!r})"
                 )
             else:
                 report.lost_after_processor_deaths += 1

@@ -143,6 +143,10 @@ class Faults:
     # Figures per kind (summed over its injections), for the report.
     figures: dict[str, Counter[str]] = field(default_factory=dict)
     deaths: list[Death] = field(default_factory=list)
+    # When NATS was restarted: a delivery in flight then (a task message on its
+    # way to a processor, a nak) is lost with the connection, and JetStream
+    # still counts it, like a delivery a processor's death cut.
+    nats_restarts: list[float] = field(default_factory=list)
     pg_back_at: float | None = None
     workers_back_at: float | None = None
     stopped: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -326,6 +330,7 @@ class Faults:
     # -- servers ----------------------------------------------------------------
 
     def restart_nats(self) -> dict[str, Any]:
+        self.nats_restarts.append(time.time())
         self.servers.restart_nats()
         return {}
 
