@@ -39,7 +39,7 @@ class Report:
     violations: list[str] = field(default_factory=list)
     finals: Counter[str] = field(default_factory=Counter)
     lost: int = 0
-    # Lost tasks whose every delivery a processor's death can explain.
+    # Lost tasks whose every delivery a processor's death or a NATS restart can explain.
     lost_after_processor_deaths: int = 0
     duplicated: int = 0
     settle_s: float = 0.0
