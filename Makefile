@@ -42,7 +42,7 @@ test-cluster: services pgbouncer
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy jobsys cli devtools
+	$(BIN)/mypy jobsys devtools
 
 fmt: install
 	$(BIN)/ruff format .

@@ -53,7 +53,7 @@ def timed_echo(payload: dict[str, Any]) -> dict[str, Any]:
     One ``os.write`` of a short line to an O_APPEND file is atomic, so the
     threads of both processors can share the file.
     """
-    from jobsys.pipelines import echo
+    from jobsys.pipelines.builtins import echo
 
     global _log_fd
     if _log_fd is None:
@@ -93,8 +93,8 @@ def measure(
 ) -> dict[str, Any]:
     """One run: submit, wait until `cancel_after_done` results, cancel, measure."""
     import jobsys
-    from jobsys.db import connection
-    from jobsys.runner import LocalSystem
+    from jobsys.ops.runner import LocalSystem
+    from jobsys.pg.db import connection
 
     work = Path(tempfile.mkdtemp(prefix="jobsys-cancel-"))
     timelog = work / "tasks.log"
@@ -248,13 +248,14 @@ def _isolated() -> Iterator[None]:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{db}"')
     try:
-        from jobsys.migrate import migrate
+        from jobsys.pg.migrate import migrate
 
         migrate()
         yield
     finally:
-        from jobsys.db import close_pool
-        from jobsys.queue import close_bridge, connect, jetstream
+        from jobsys.nats.bridge import close_bridge
+        from jobsys.nats.connect import connect, jetstream
+        from jobsys.pg.db import close_pool
 
         settings = get_settings()
 

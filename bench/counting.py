@@ -7,7 +7,7 @@ threads (each its own Postgres connection) to one fresh job per cell:
   write the whole blob back, no lock (the per-task results are inserted too,
   as the seed's handler saved them);
 - B: the same under ``SELECT ... FOR UPDATE``;
-- C: jobsys's ledger + counter columns via the real `jobsys.ledger.record_results`;
+- C: jobsys's ledger + counter columns via the real `jobsys.recording.counting.record_results`;
 - D (alternative, bench only): C's ledger move, but the counts go to one of
   16 shard rows (summed on read) instead of the hot job row.
 
@@ -164,8 +164,8 @@ def _seed_cell(url: str, locked: bool, handlers: int, batches: list[Batch], tota
 
 def _new_ledger_job(total: int) -> int:
     """A queued jobsys job with `total` pending tasks (no bootstrap message is sent)."""
-    from jobsys.db import connection
-    from jobsys.queries import Q
+    from jobsys.pg.db import connection
+    from jobsys.pg.queries import Q
 
     with connection() as conn, conn.transaction():
         job = conn.execute(
@@ -191,8 +191,8 @@ def _new_ledger_job(total: int) -> int:
 def _ledger_cell(handlers: int, batches: list[Batch], total: int) -> dict:
     from psycopg.rows import dict_row
 
-    from jobsys.ledger import record_results
-    from jobsys.queries import Q
+    from jobsys.pg.queries import Q
+    from jobsys.recording.counting import record_results
 
     job_id = _new_ledger_job(total)
 
@@ -356,7 +356,7 @@ def run(quick: bool) -> list[dict]:
 
 def _raw_items(job_id: int, batch: Batch) -> list[dict[str, Any]]:
     """A batch as a processor sends it (plain dicts, real-looking reply subjects)."""
-    from jobsys.queue import JobNames
+    from jobsys.nats.subjects import JobNames
     from jobsys.settings import get_settings
 
     names = JobNames.of(get_settings().namespace, job_id)
@@ -376,18 +376,18 @@ def _raw_items(job_id: int, batch: Batch) -> list[dict[str, Any]]:
 
 def _apply_cell(handlers: int, batches: list[Batch], total: int) -> dict:
     """The worker's whole result path minus NATS acks: each batch validated from
-    plain dicts (as a Dramatiq message brings it), then `jobsys.ledger.apply_results`
+    plain dicts (as a Dramatiq message brings it), then `jobsys.recording.apply.apply_results`
     (pooled connections, as the worker uses them)."""
     from psycopg.rows import dict_row
 
-    from jobsys.ledger import apply_results
     from jobsys.models import ResultBatch
-    from jobsys.queries import Q
+    from jobsys.pg.queries import Q
+    from jobsys.recording.apply import apply_results
 
     job_id = _new_ledger_job(total)
     with psycopg.connect(BENCH_URL, autocommit=True) as conn:
         # Published as a first fill into a fresh stream would: task n at
-        # sequence n + 1, where the replies below point (jobsys.ledger checks).
+        # sequence n + 1, where the replies below point (jobsys.recording checks).
         conn.execute(
             "UPDATE jobs SET status = 'started', published_count = total_count WHERE id = %s",
             (job_id,),
@@ -414,8 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.counting",
         description="Results/s of jobsys's counting path in a short configuration: "
-        "'record' = jobsys.ledger.record_results (strategy C of table 1), 'apply' = the "
-        "worker's path from plain result dicts (validation, storable checks, record).",
+        "'record' = jobsys.recording.counting.record_results (strategy C of table 1), "
+        "'apply' = the worker's path from plain result dicts (validation, storable checks, "
+        "record).",
     )
     parser.add_argument("--paths", default="record,apply", help="comma-separated: record,apply")
     parser.add_argument("--handlers", default="1,8", help="comma-separated handler counts")

@@ -35,7 +35,7 @@ os.environ.update(
         "JOBSYS_REDIS_URL": _base.redis_url,
         "JOBSYS_NATS_URL": _base.nats_url,
         # The benches' own pipelines (bench.cancel_latency) and the test
-        # suite's may run (jobsys.allow).
+        # suite's may run (jobsys.pipelines.allow).
         "JOBSYS_PIPELINE_MODULES": "bench,tests",
         "JOBSYS_LOG_LEVEL": os.environ.get("JOBSYS_LOG_LEVEL", "WARNING"),
     }
@@ -65,14 +65,14 @@ def setup() -> None:
     """Create and migrate the bench database."""
     with admin() as conn:
         conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
-    from jobsys.migrate import migrate
+    from jobsys.pg.migrate import migrate
 
     migrate()
 
 
 def wipe_streams() -> int:
     """Delete every NATS stream of the bench namespace; returns how many."""
-    from jobsys.queue import connect, jetstream
+    from jobsys.nats.connect import connect, jetstream
 
     async def wipe() -> int:
         nc = await connect()
@@ -104,8 +104,8 @@ def wipe_redis() -> None:
 
 def teardown() -> None:
     """Remove everything the bench created (streams, Redis keys, its database)."""
-    from jobsys.db import close_pool
-    from jobsys.queue import close_bridge
+    from jobsys.nats.bridge import close_bridge
+    from jobsys.pg.db import close_pool
 
     with contextlib.suppress(Exception):
         wipe_streams()

@@ -44,9 +44,10 @@ WHERE id = %(job_id)s AND status = 'queued'
 
 def make_finished_job(n: int, name: str) -> int:
     """A success job of `n` done tasks, written directly (seconds, not minutes)."""
-    from jobsys.db import connection
-    from jobsys.queries import Q
-    from jobsys.states import FINALIZABLE, OUTCOME, transition
+    from jobsys.lifecycle.states import BY_THRESHOLD as OUTCOME
+    from jobsys.lifecycle.states import FINALIZABLE, transition
+    from jobsys.pg.db import connection
+    from jobsys.pg.queries import Q
 
     with connection() as conn, conn.transaction():
         row = conn.execute(
@@ -65,7 +66,7 @@ def make_finished_job(n: int, name: str) -> int:
 
 def export_once(job_id: int, out: Path) -> dict[str, Any]:
     """Run `jobsys results` in a subprocess; its wall time and peak RSS."""
-    cmd = [sys.executable, "-m", "cli", "results", str(job_id), "--status", "all",
+    cmd = [sys.executable, "-m", "jobsys.cli", "results", str(job_id), "--status", "all",
            "--with-payload", "--output", str(out)]  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -189,7 +189,7 @@ def wait_until_quiet(system: Any, timeout: float = 30.0) -> None:
 @contextlib.contextmanager
 def fresh_system(tag: str, concurrency: int = 8) -> Iterator[Any]:
     """One worker process and one processor, started now, stopped on exit."""
-    from jobsys.runner import LocalSystem
+    from jobsys.ops.runner import LocalSystem
 
     system = LocalSystem(workers=1, processors=1, concurrency=concurrency, log_dir=LOG_DIR / tag)
     system.start()
@@ -202,7 +202,7 @@ def fresh_system(tag: str, concurrency: int = 8) -> Iterator[Any]:
 
 
 def _finish(job_id: int, timeout: float) -> Any:
-    from jobsys.runner import wait_until_final
+    from jobsys.api.read import wait_until_final
 
     return wait_until_final(job_id, timeout=timeout, poll_s=0.05)
 
@@ -215,7 +215,7 @@ async def _bare_async(n: int, payload: bytes, consume: bool) -> dict[str, float]
     a pull consumer fetches and acks them. Rates of publish and of the whole."""
     from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
-    from jobsys.queue import connect, jetstream
+    from jobsys.nats.connect import connect, jetstream
 
     stream = f"{NAMESPACE}_bare_{int(time.time() * 1000)}"
     subject = f"{NAMESPACE}.bare.{stream}"
@@ -295,7 +295,7 @@ def end_to_end(
     """Submit an n-task job (echo by default) to a fresh system; time submit -> final;
     peak RSS, CPU (the processor's includes its execution processes)."""
     import jobsys
-    from jobsys.items import counted_items
+    from jobsys.api.items import counted_items
 
     with fresh_system(tag, concurrency) as system:
         prof = start_profiles(system, tag) if profile else None
@@ -339,11 +339,11 @@ def bootstrap_and_run(
     both children's peak RSS covers everything they did with the job.
     """
     import jobsys
-    from jobsys.db import connection
+    from jobsys.api.items import counted_items
     from jobsys.errors import JobsysError
-    from jobsys.items import counted_items
-    from jobsys.runner import LocalSystem
-    from jobsys.states import FINAL
+    from jobsys.lifecycle.states import FINAL
+    from jobsys.ops.runner import LocalSystem
+    from jobsys.pg.db import connection
 
     start = time.perf_counter()
     view = jobsys.submit("echo", counted_items(n), name=f"bench-{tag}")
@@ -404,8 +404,8 @@ def bootstrap_and_run(
 def many_jobs(jobs: int, size: int) -> dict[str, Any]:
     """`jobs` concurrent `size`-task jobs on one fresh system."""
     import jobsys
-    from jobsys.db import connection
-    from jobsys.items import counted_items
+    from jobsys.api.items import counted_items
+    from jobsys.pg.db import connection
 
     with fresh_system("many") as system:
         t0 = time.time()

@@ -44,7 +44,7 @@ _AGE = "UPDATE jobs SET finished_at = now() - interval '100 days' WHERE id = %(j
 
 def _old_finished_job(n: int) -> int:
     from bench.export import make_finished_job
-    from jobsys.db import connection
+    from jobsys.pg.db import connection
 
     job_id = make_finished_job(n, f"bench-prune-{n}")
     with connection() as conn:
@@ -56,8 +56,8 @@ def _run_job(n: int, tag: str, prune_id: int | None, window_s: float | None) -> 
     """One running job; with `prune_id`, prune that job once this one is START_AT done."""
     import jobsys
     from bench.flow import fresh_system
-    from jobsys.items import counted_items
-    from jobsys.retention import prune_job
+    from jobsys.api.items import counted_items
+    from jobsys.lifecycle.retention import prune_job
 
     samples: list[tuple[float, int]] = []
     pruned: dict[str, Any] = {}

@@ -44,8 +44,8 @@ def _setup_env() -> tuple[dict[str, str | None], str, str]:
 
 
 def _reset() -> None:
-    from jobsys.db import close_pool
-    from jobsys.queue import close_bridge
+    from jobsys.nats.bridge import close_bridge
+    from jobsys.pg.db import close_pool
     from jobsys.settings import reset_settings
 
     close_bridge()
@@ -54,11 +54,14 @@ def _reset() -> None:
 
 
 def _make_jobs(n: int) -> list[int]:
-    from jobsys.db import connection
-    from jobsys.queries import Q
-    from jobsys.queue import JobNames, bridge, ensure_job_stream, publish_tasks
+    from jobsys.lifecycle.states import Status, transition
+    from jobsys.nats.admin import ensure_job_stream
+    from jobsys.nats.bridge import bridge
+    from jobsys.nats.publish import publish_tasks
+    from jobsys.nats.subjects import JobNames
+    from jobsys.pg.db import connection
+    from jobsys.pg.queries import Q
     from jobsys.settings import get_settings
-    from jobsys.states import Status, transition
 
     settings = get_settings()
     ids: list[int] = []
@@ -97,13 +100,13 @@ def _make_jobs(n: int) -> list[int]:
 
 
 def _teardown(saved: dict[str, str | None], admin: str, db_name: str) -> None:
-    from jobsys.queue import bridge
+    from jobsys.nats.bridge import bridge
     from jobsys.settings import get_settings
 
     prefix = f"{get_settings().namespace}_"
 
     async def wipe(nc: Any, js: Any) -> None:
-        from jobsys.queue import all_streams_info
+        from jobsys.nats.admin import all_streams_info
 
         for info in await all_streams_info(js):
             if (info.config.name or "").startswith(prefix):
@@ -128,8 +131,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
     n = 200 if quick else 1_000
     saved, admin, db_name = _setup_env()
     try:
-        from jobsys.db import connection
-        from jobsys.migrate import migrate
+        from jobsys.pg.db import connection
+        from jobsys.pg.migrate import migrate
         from jobsys.reconciler import reconcile_pass
 
         migrate()

@@ -227,8 +227,8 @@ def profile_counting(quick: bool) -> dict[str, Any]:
     import psycopg
 
     from bench import counting
-    from jobsys.db import connection
-    from jobsys.queries import Q
+    from jobsys.pg.db import connection
+    from jobsys.pg.queries import Q
 
     out: dict[str, Any] = {}
     job_id = counting._new_ledger_job(200)
@@ -296,8 +296,8 @@ def profile_bootstrap(n: int) -> dict[str, Any]:
     """py-spy over this process while run_bootstrap publishes an n-task job."""
     import jobsys
     from bench import flow
-    from jobsys.bootstrap import run_bootstrap
-    from jobsys.items import counted_items
+    from jobsys.api.items import counted_items
+    from jobsys.bootstrap.start import run_bootstrap
 
     exe = flow.pyspy()
     if exe is None:

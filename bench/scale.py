@@ -68,8 +68,8 @@ def settings_env(**values: str) -> Iterator[None]:
 
 
 def _reset_clients() -> None:
-    from jobsys.db import close_pool
-    from jobsys.queue import close_bridge
+    from jobsys.nats.bridge import close_bridge
+    from jobsys.pg.db import close_pool
 
     close_pool()
     close_bridge()
@@ -82,8 +82,8 @@ def bench_top() -> None:
     """The one query of a `jobsys top` refresh at 1,000 active jobs (and 9,000 finished)."""
     import psycopg
 
-    from jobsys.migrate import migrate
-    from jobsys.queries import Q
+    from jobsys.pg.migrate import migrate
+    from jobsys.pg.queries import Q
 
     with scratch_database("top") as url:
         migrate(url)
@@ -147,7 +147,8 @@ def bench_top() -> None:
 def run_job(tasks: int, env_vars: dict[str, str], processors: int = 1) -> dict[str, Any]:
     """One echo job on a fresh worker + processors; submit-to-final seconds."""
     import jobsys
-    from jobsys.runner import LocalSystem, wait_until_final
+    from jobsys.api.read import wait_until_final
+    from jobsys.ops.runner import LocalSystem
 
     logs = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     with LocalSystem(workers=1, processors=processors, concurrency=8, log_dir=logs, env=env_vars):
@@ -185,7 +186,7 @@ def count_rate(url: str) -> float:
     import psycopg
     from psycopg.rows import dict_row
 
-    from jobsys.ledger import record_results
+    from jobsys.recording.counting import record_results
 
     n_jobs = COUNT_CLIENTS
     tasks = COUNT_BATCHES * COUNT_BATCH // n_jobs
@@ -237,7 +238,7 @@ def bench_pgbouncer(tasks: int) -> None:
         for name, env_vars in (("direct", direct), ("pgbouncer", through)) * 2:
             with settings_env(**env_vars):
                 emit("job_db_path", path=name, tasks=tasks, **run_job(tasks, env_vars))
-        from jobsys.migrate import migrate
+        from jobsys.pg.migrate import migrate
 
         with scratch_database("pgbcount") as url:
             migrate(url)

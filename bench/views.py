@@ -30,8 +30,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from jobsys.migrate import migrate
-from jobsys.queries import Q
+from jobsys.pg.migrate import migrate
+from jobsys.pg.queries import Q
 from jobsys.settings import get_settings
 
 BENCH = "views"

@@ -302,7 +302,7 @@ def up(mode: str, names: tuple[str, ...]) -> None:
         update_env_file(env_file(), env_set, set())
         click.echo(f"project-local URLs written to {env_file()}")
     if settings.secret is None:
-        # Messages between processes are signed (jobsys.signing): a local
+        # Messages between processes are signed (jobsys.dramatiq.signing): a local
         # setup gets a random secret that every later command reads.
         update_env_file(env_file(), {"JOBSYS_SECRET": secrets.token_hex(32)}, set())
         click.echo(f"message-signing secret generated in {env_file()}")

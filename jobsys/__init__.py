@@ -4,6 +4,12 @@ Postgres is the sole source of truth; NATS JetStream carries one message per
 task to processors; Dramatiq (on Redis) carries results back in batches.
 """
 
+from jobsys.api.cancel import CancelResult, cancel
+from jobsys.api.export import results
+from jobsys.api.read import get_job, list_jobs
+from jobsys.api.retry import retry
+from jobsys.api.submit import submit
+from jobsys.api.tasks import group_errors, list_tasks
 from jobsys.errors import (
     InvalidInput,
     JobNotFinal,
@@ -12,11 +18,7 @@ from jobsys.errors import (
     LedgerPruned,
     PermanentError,
 )
-from jobsys.export import results
-from jobsys.jobs import CancelResult, cancel, get_job, list_jobs, submit
-from jobsys.retention import prune
-from jobsys.retry import retry
-from jobsys.tasklist import group_errors, list_tasks
+from jobsys.lifecycle.retention import prune
 
 __all__ = [
     "CancelResult",

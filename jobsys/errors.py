@@ -11,6 +11,10 @@ class PermanentError(Exception):
     """Raised by a pipeline: this task cannot succeed; count it `failed`, do not retry."""
 
 
+class TransientError(Exception):
+    """Raised by a pipeline: this attempt failed but another may succeed (delivered again)."""
+
+
 class JobNotFound(JobsysError):
     """No job has this id."""
 

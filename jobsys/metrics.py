@@ -13,7 +13,7 @@ Who serves what:
   the worker's reconcile actor). With `--processes P` the supervisor serves
   the sum over its children (prometheus_client's multiprocess mode);
 - `jobsys exporter --port N`: gauges read from Postgres on every scrape
-  (`PostgresCollector`): jobs by status, and the tasks of each active job.
+  (jobsys.ops.exporter): jobs by status, and the tasks of each active job.
 
 `JOBSYS_METRICS_PORT` is the default of both `--metrics-port` options.
 """
@@ -21,15 +21,9 @@ Who serves what:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.registry import Collector
-
-from jobsys.monitor import active_jobs, jobs_by_status
-from jobsys.probes import one_line
 
 log = logging.getLogger(__name__)
 
@@ -111,43 +105,6 @@ def record_batch(seconds: float, moved_done: int, moved_failed: int, finalized: 
         FINALIZATIONS.labels(finalized).inc()
 
 
-# -- `jobsys exporter` ------------------------------------------------------------------
-
-
-class PostgresCollector(Collector):
-    """Gauges read from Postgres at each scrape (two cheap queries)."""
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        up = GaugeMetricFamily(
-            "jobsys_exporter_database_up", "1 if the last read of Postgres worked."
-        )
-        try:
-            statuses = jobs_by_status()
-            snapshot = active_jobs()
-        except Exception as exc:
-            log.warning("exporter: cannot read Postgres", extra={"error": one_line(exc)})
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        yield up
-        jobs = GaugeMetricFamily("jobsys_jobs", "Jobs by status.", labels=["status"])
-        for status in ("queued", "started", "canceling", "success", "failure", "revoked"):
-            jobs.add_metric([status], statuses.get(status, 0))
-        yield jobs
-        tasks = GaugeMetricFamily(
-            "jobsys_active_job_tasks",
-            "Tasks of each active job by state (one series per active job and state).",
-            labels=["job_id", "pipeline", "state"],
-        )
-        for job in snapshot.jobs:
-            labels = [str(job.job_id), job.pipeline]
-            for state, value in (("pending", job.pending), ("done", job.done),
-                                 ("failed", job.failed), ("lost", job.lost)):  # fmt: skip
-                tasks.add_metric([*labels, state], value)
-        yield tasks
-
-
 # -- serving --------------------------------------------------------------------------
 
 
@@ -166,11 +123,3 @@ def serve(port: int | None, addr: str = "0.0.0.0", children_dir: str | None = No
         MultiProcessCollector(registry, path=children_dir)
         start_http_server(port, addr, registry=registry)
     log.info("metrics served", extra={"port": port})
-
-
-def serve_exporter(port: int, addr: str = "0.0.0.0") -> None:
-    """Serve the Postgres gauges (and nothing else) on `port` in a background thread."""
-    registry = CollectorRegistry()
-    registry.register(PostgresCollector())
-    start_http_server(port, addr, registry=registry)
-    log.info("exporter serving", extra={"port": port})

@@ -101,7 +101,7 @@ class ResultBatch(BaseModel):
     a batch that is not a batch (no job id, `results` not a non-empty list of
     at most MAX_BATCH_ITEMS) raises ValidationError. The same task may
     appear more than once (a message re-published after the duplicate
-    window): `jobsys.ledger` counts it once and acks every reply.
+    window): `jobsys.recording` counts it once and acks every reply.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

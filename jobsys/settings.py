@@ -70,7 +70,6 @@ class Settings(BaseSettings):
     # goes out when full or after result_flush_ms, whichever comes first.
     result_batch_size: int = Field(default=250, ge=1)
     result_flush_ms: int = Field(default=100, ge=1)
-    job_refresh_s: float = Field(default=0.25, gt=0)
     max_result_bytes: int = Field(default=1_000_000, ge=1)
     # Results sent but not yet recorded are held (kept in progress in NATS)
     # until a worker confirms them, however long that takes. One unconfirmed
@@ -104,11 +103,15 @@ class Settings(BaseSettings):
 
     # Module prefixes whose ``module:function`` may be a pipeline (or a
     # completion hook's ``module:actor``), comma-separated: ``mypkg`` allows
-    # ``mypkg`` and ``mypkg.jobs``, not ``mypkgevil`` (jobsys.allow). Empty:
+    # ``mypkg`` and ``mypkg.jobs``, not ``mypkgevil`` (jobsys.pipelines.allow). Empty:
     # only built-ins and entry-point pipelines of installed packages.
     pipeline_modules: str = ""
+    # The fault-injecting pipelines `fault-echo` and `fault-echo-batch`
+    # (jobsys.testing.faults: crash, hang, odd values on request) may run.
+    # For tests and failure drills only.
+    fault_pipelines: bool = False
 
-    # Shared secret that signs every message between processes (jobsys.signing);
+    # Shared secret that signs every message between processes (jobsys.dramatiq.signing);
     # the previous one is still accepted while a rotation rolls out.
     secret: SecretStr | None = None
     secret_previous: SecretStr | None = None

@@ -35,9 +35,11 @@ os.environ.update(
         "JOBSYS_RESULT_FLUSH_MS": "50",
         "JOBSYS_HEARTBEAT_TIMEOUT_MS": "5000",
         # The suite's own pipelines and hook targets (tests.pipelines,
-        # tests.hook_targets) are allowed to run (jobsys.allow).
+        # tests.hook_targets) are allowed to run (jobsys.pipelines.allow).
         "JOBSYS_PIPELINE_MODULES": "tests",
-        # Every message is signed (jobsys.signing); one secret for the run.
+        # The crash, hang and odd-value tests run `fault-echo` (jobsys.testing.faults).
+        "JOBSYS_FAULT_PIPELINES": "true",
+        # Every message is signed (jobsys.dramatiq.signing); one secret for the run.
         "JOBSYS_SECRET": os.environ.get("JOBSYS_SECRET") or uuid.uuid4().hex,
     }
 )
@@ -53,12 +55,12 @@ def database() -> Iterator[str]:
     """A fresh database with the schema applied, dropped after the run."""
     with _admin() as conn:
         conn.execute(f'CREATE DATABASE "{TEST_DB}"')
-    from jobsys.migrate import migrate
+    from jobsys.pg.migrate import migrate
 
     migrate()
     yield TEST_DB
-    from jobsys.db import close_pool
-    from jobsys.queue import close_bridge
+    from jobsys.nats.bridge import close_bridge
+    from jobsys.pg.db import close_pool
 
     close_bridge()
     close_pool()
@@ -70,7 +72,7 @@ def database() -> Iterator[str]:
 def nats_cleanup() -> Iterator[None]:
     """Delete every stream of this run's namespace at the end."""
     yield
-    from jobsys.queue import connect, jetstream
+    from jobsys.nats.connect import connect, jetstream
 
     async def wipe() -> None:
         nc = await connect()
@@ -102,7 +104,7 @@ def redis_cleanup() -> Iterator[None]:
 @pytest.fixture
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """One real worker process and one real processor, stopped after the test."""
-    from jobsys.runner import LocalSystem
+    from jobsys.ops.runner import LocalSystem
 
     log_dir = tmp_path_factory.mktemp("logs")
     sys_ = LocalSystem(workers=1, processors=1, concurrency=8, log_dir=log_dir)

@@ -9,11 +9,12 @@ import redis
 from nats.js.errors import NotFoundError
 
 import jobsys
-from jobsys.bootstrap import run_bootstrap
-from jobsys.db import connection
-from jobsys.items import counted_items
-from jobsys.queries import Q
-from jobsys.queue import JobNames, bridge, parse_msg_id
+from jobsys.api.items import counted_items
+from jobsys.bootstrap.start import run_bootstrap
+from jobsys.nats.bridge import bridge
+from jobsys.nats.subjects import JobNames, parse_msg_id
+from jobsys.pg.db import connection
+from jobsys.pg.queries import Q
 from jobsys.settings import Settings, get_settings
 
 

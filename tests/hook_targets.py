@@ -6,7 +6,7 @@ from typing import Any
 
 import dramatiq
 
-from jobsys.broker import setup_broker
+from jobsys.dramatiq.broker import setup_broker
 
 setup_broker()
 

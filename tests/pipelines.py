@@ -7,7 +7,8 @@ import signal
 from typing import Any
 
 from jobsys.errors import PermanentError
-from jobsys.pipelines import odd_result, pipeline
+from jobsys.pipelines.registry import pipeline
+from jobsys.testing.faults import odd_result
 
 # Where `load` appends one line per call: "<pid>\n" (set by the test).
 SETUP_LOG_ENV = "JOBSYS_TEST_SETUP_LOG"

@@ -22,13 +22,15 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 import jobsys
-from jobsys.db import connection
+from jobsys.api.read import wait_until_final
+from jobsys.api.retry import retry
 from jobsys.errors import InvalidInput
-from jobsys.hooks import check_target
+from jobsys.hooks.target import check_target
+from jobsys.nats.bridge import bridge
+from jobsys.nats.subjects import JobNames, msg_id
+from jobsys.ops.runner import LocalSystem
+from jobsys.pg.db import connection
 from jobsys.processor.feeds import LISTING_EVERY_S
-from jobsys.queue import JobNames, bridge, msg_id
-from jobsys.retry import retry
-from jobsys.runner import LocalSystem, wait_until_final
 from jobsys.settings import get_settings, reset_settings
 from tests.test_cli import jobsys_cli
 
@@ -197,7 +199,7 @@ def test_a_hook_actor_outside_the_allowed_modules_is_refused_unimported(
     assert not marker.exists(), "the target's module was imported before it was allowed"
     before = _job_count()
     proc = subprocess.run(
-        [sys.executable, "-m", "cli", "submit", "echo", "--count", "1",
+        [sys.executable, "-m", "jobsys.cli", "submit", "echo", "--count", "1",
          "--on-complete", f"{module}:on_done"],
         capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": str(tmp_path)},

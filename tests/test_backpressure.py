@@ -17,15 +17,17 @@ from typing import Any
 
 import pytest
 
-from jobsys.queue import JobNames, bridge
-from jobsys.runner import LocalSystem, wait_until_final
+from jobsys.api.read import wait_until_final
+from jobsys.nats.bridge import bridge
+from jobsys.nats.subjects import JobNames
+from jobsys.ops.runner import LocalSystem
 from jobsys.settings import get_settings
 from tests.chaos import PrivateServers
 from tests.helpers import assert_counters_match_ledger, make_started_job
 
 
 def _deliveries(job_id: int) -> dict[int, int]:
-    from jobsys.db import connection
+    from jobsys.pg.db import connection
 
     with connection() as conn:
         rows = conn.execute(
@@ -110,7 +112,7 @@ def test_a_task_running_longer_than_ack_wait_is_kept_in_progress_and_run_once(
     import json
 
     import jobsys
-    from jobsys.bootstrap import run_bootstrap
+    from jobsys.bootstrap.start import run_bootstrap
 
     ack_wait = get_settings().ack_wait_s
     items = (json.dumps({"n": i, "sleep_ms": int(ack_wait * 2500)}) for i in range(4))

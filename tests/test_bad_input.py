@@ -10,15 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobsys.actors import process_results
-from jobsys.db import connection
+from jobsys.api.items import parse_item
 from jobsys.errors import InvalidInput
-from jobsys.items import parse_item
-from jobsys.ledger import apply_results
 from jobsys.models import ResultBatch
-from jobsys.queue import JobNames, bridge
+from jobsys.nats.bridge import bridge
+from jobsys.nats.subjects import JobNames
+from jobsys.pg.db import connection
+from jobsys.recording.apply import apply_results
 from jobsys.settings import get_settings
 from jobsys.storable import MAX_ERROR_CHARS
+from jobsys.worker.actors import process_results
 from tests.helpers import assert_counters_match_ledger, counters, make_started_job, pull_results
 
 json_values = st.recursive(

@@ -16,15 +16,17 @@ from typing import Any
 import pytest
 
 import jobsys
-from jobsys.actors import process_results
-from jobsys.bootstrap import run_bootstrap
-from jobsys.db import connection
-from jobsys.ledger import apply_results
-from jobsys.messages import send_results
+from jobsys.api.read import wait_until_final
+from jobsys.bootstrap.start import run_bootstrap
+from jobsys.dramatiq.messages import send_results
 from jobsys.models import ResultBatch
-from jobsys.queue import JobNames, bridge
-from jobsys.runner import LocalSystem, wait_until_final
+from jobsys.nats.bridge import bridge
+from jobsys.nats.subjects import JobNames
+from jobsys.ops.runner import LocalSystem
+from jobsys.pg.db import connection
+from jobsys.recording.apply import apply_results
 from jobsys.settings import get_settings
+from jobsys.worker.actors import process_results
 from tests.helpers import (
     assert_counters_match_ledger,
     counters,
@@ -277,7 +279,7 @@ def test_results_that_beat_their_chunks_pubacks_count_in_one_statement(
     assert _placed(job_id) == (20, 20)
     with connection() as conn:
         conn.execute("UPDATE jobs SET published_count = 0 WHERE id = %s", (job_id,))
-    with caplog.at_level(logging.INFO, logger="jobsys.ledger"):
+    with caplog.at_level(logging.INFO, logger="jobsys.recording.binding"):
         process_results.fn(job_id, pull_results(job_id, 20))
     assert [r.message for r in caplog.records if "checked against" in r.message] == []
     assert (jobsys.get_job(job_id).status, counters(job_id)["done"]) == ("success", 20)

@@ -11,13 +11,14 @@ import pytest
 from click.testing import CliRunner
 
 import jobsys
-from cli.main import main as cli
-from jobsys.actors import process_results
-from jobsys.bootstrap import run_bootstrap
-from jobsys.db import connect_direct, connection
-from jobsys.items import counted_items
-from jobsys.runner import LocalSystem, wait_until_final
-from jobsys.teardown import run_teardown
+from jobsys.api.items import counted_items
+from jobsys.api.read import wait_until_final
+from jobsys.bootstrap.start import run_bootstrap
+from jobsys.cli.main import main as cli
+from jobsys.lifecycle.teardown import run_teardown
+from jobsys.ops.runner import LocalSystem
+from jobsys.pg.db import connect_direct, connection
+from jobsys.worker.actors import process_results
 from tests.helpers import (
     assert_counters_match_ledger,
     counters,
@@ -138,7 +139,7 @@ def test_cancel_of_an_unknown_job_raises_job_not_found() -> None:
 def test_a_canceling_job_left_by_a_failed_teardown_is_finished_by_the_next_cancel() -> None:
     job_id = make_started_job(10)
     # A cancel whose teardown never ran (e.g. NATS was down): status only.
-    from jobsys.states import CANCELABLE, Status, transition
+    from jobsys.lifecycle.states import CANCELABLE, Status, transition
 
     with connection() as conn:
         assert transition(conn, job_id, Status.CANCELING, CANCELABLE, "test") is not None

@@ -12,9 +12,9 @@ import pytest
 
 
 def jobsys_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run `python -m cli ARGS` in a real subprocess with this run's settings."""
+    """Run `python -m jobsys.cli ARGS` in a real subprocess with this run's settings."""
     proc = subprocess.run(
-        [sys.executable, "-m", "cli", *args],
+        [sys.executable, "-m", "jobsys.cli", *args],
         capture_output=True,
         text=True,
         env=os.environ.copy(),
@@ -107,7 +107,11 @@ def test_an_unreachable_database_is_one_clear_line() -> None:
     env = os.environ.copy()
     env["JOBSYS_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/none?connect_timeout=2"
     proc = subprocess.run(
-        [sys.executable, "-m", "cli", "list"], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-m", "jobsys.cli", "list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert "Postgres not reachable" in proc.stderr and "make services" in proc.stderr

@@ -27,14 +27,18 @@ from nats.js.api import StreamConfig
 
 import jobsys
 from devtools.cluster import NatsCluster
-from jobsys import doctor
-from jobsys.db import connection
-from jobsys.queries import Q
-from jobsys.queue import JobNames, all_streams_info, bridge, close_bridge, connect
+from jobsys.api.read import wait_until_final
+from jobsys.lifecycle.states import FINAL
+from jobsys.nats.admin import all_streams_info
+from jobsys.nats.bridge import bridge, close_bridge
+from jobsys.nats.connect import connect
+from jobsys.nats.subjects import JobNames
+from jobsys.ops import doctor
+from jobsys.ops.runner import LocalSystem
+from jobsys.pg.db import connection
+from jobsys.pg.queries import Q
 from jobsys.reconciler import reconcile_pass
-from jobsys.runner import LocalSystem, wait_until_final
 from jobsys.settings import get_settings, reset_settings
-from jobsys.states import FINAL
 
 # The shared single-server NATS of the test run.
 SINGLE_NATS = get_settings().nats_url

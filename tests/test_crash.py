@@ -9,7 +9,8 @@ import time
 import pytest
 
 import jobsys
-from jobsys.runner import LocalSystem, wait_until_final
+from jobsys.api.read import wait_until_final
+from jobsys.ops.runner import LocalSystem
 from tests.helpers import assert_counters_match_ledger
 
 

@@ -23,10 +23,10 @@ import pytest
 from psycopg.rows import dict_row
 
 import jobsys
-from jobsys.db import connection
-from jobsys.items import counted_items
-from jobsys.ledger import apply_results
+from jobsys.api.items import counted_items
 from jobsys.models import ResultBatch
+from jobsys.pg.db import connection
+from jobsys.recording.apply import apply_results
 from jobsys.settings import get_settings
 from tests.helpers import assert_counters_match_ledger, make_started_job, pull_results
 
@@ -283,7 +283,7 @@ def test_failures_throughput_and_reconcile_scripts_show_the_known_numbers(known:
 
 def jobsys_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "jobsys.cli", *args], capture_output=True, text=True, timeout=120
     )
 
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
+from jobsys.lifecycle.states import Status
 from jobsys.reconciler import JobState, Kind, NatsView, Thresholds, diagnose
 from jobsys.reconciler.handlers import HANDLERS
 from jobsys.reconciler.state import Counts
-from jobsys.states import Status
 
 LIMITS = Thresholds(lost_after_s=120, queued_stale_s=60, cancel_grace_s=60)
 CREATED = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

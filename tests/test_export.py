@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 import jobsys
-from jobsys.bootstrap import run_bootstrap
-from jobsys.db import connection
-from jobsys.ledger import record_results
+from jobsys.bootstrap.start import run_bootstrap
+from jobsys.pg.db import connection
 from jobsys.reconciler import mark_lost
+from jobsys.recording.counting import record_results
 from tests.helpers import assert_counters_match_ledger, counters
 from tests.test_cli import jobsys_cli
 
@@ -220,7 +220,7 @@ def test_results_of_a_running_job_equal_its_counters_in_one_snapshot() -> None:
 def test_every_new_command_has_help_with_an_example(command: str) -> None:
     from click.testing import CliRunner
 
-    from cli.main import main
+    from jobsys.cli.main import main
 
     out = CliRunner().invoke(main, [command, "--help"])
     assert out.exit_code == 0
@@ -234,7 +234,7 @@ def test_results_show_a_progress_bar_on_a_terminal(
     master, slave = pty.openpty()
     out = tmp_path / "out.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "results", str(every_status.job_id), "--status", "all",
+        [sys.executable, "-m", "jobsys.cli", "results", str(every_status.job_id), "--status", "all",
          "--output", str(out)],
         stdin=slave, stdout=slave, stderr=slave, env=os.environ.copy(),
     )  # fmt: skip

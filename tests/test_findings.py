@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import jobsys
-from jobsys.db import connection
+from jobsys.pg.db import connection
 from jobsys.reconciler import reconcile_pass
 from tests.helpers import fast, make_started_job, pull_results
 

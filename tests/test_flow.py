@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import jobsys
-from jobsys.items import counted_items, read_items
-from jobsys.runner import wait_until_final
+from jobsys.api.items import counted_items, read_items
+from jobsys.api.read import wait_until_final
 from tests.helpers import assert_counters_match_ledger, status_events, stream_exists
 
 

@@ -14,14 +14,16 @@ import dramatiq
 import pytest
 
 import jobsys
-from jobsys import hooks
-from jobsys.actors import process_results
-from jobsys.db import connection
-from jobsys.items import counted_items
+from jobsys.api.items import counted_items
+from jobsys.api.read import hook_state, wait_until_final
+from jobsys.hooks.deliver import deliver
+from jobsys.hooks.resend import resend_due
+from jobsys.lifecycle.states import ACTIVE, Status, transition
+from jobsys.ops.runner import LocalSystem
+from jobsys.pg.db import connection
 from jobsys.reconciler import lose_tasks
-from jobsys.runner import LocalSystem, wait_until_final
 from jobsys.settings import get_settings
-from jobsys.states import ACTIVE, Status, transition
+from jobsys.worker.actors import process_results
 from tests.helpers import make_started_job, pull_results
 from tests.hookserver import HookServer
 from tests.test_cli import jobsys_cli
@@ -37,7 +39,7 @@ def _events(job_id: int, prefix: str = "hook_") -> list[str]:
 
 
 def _hook_row(job_id: int) -> dict[str, Any] | None:
-    return hooks.hook_state(job_id)
+    return hook_state(job_id)
 
 
 def _finish_in_process(job_id: int, n: int) -> None:
@@ -78,18 +80,18 @@ def test_a_hook_is_never_delivered_for_a_job_that_is_not_final() -> None:
         job_id = make_started_job(3, on_complete=server.url)
         assert jobsys.get_job(job_id).on_complete == server.url
         assert _hook_row(job_id) is None  # nothing in the outbox while started
-        assert hooks.deliver(job_id) == "not_due"
+        assert deliver(job_id) == "not_due"
         fast = get_settings().model_copy(update={"hook_resend_after_s": 0.0})
-        assert job_id not in hooks.resend_due(fast).resent
+        assert job_id not in resend_due(fast).resent
         assert server.received == []
         # Revoked is final too: the cancel's revoke writes the outbox row.
         assert jobsys.cancel(job_id).status == "revoked"
         assert _hook_row(job_id)["state"] == "pending"  # type: ignore[index]
-        assert hooks.deliver(job_id) == "delivered"
+        assert deliver(job_id) == "delivered"
         (got,) = server.received
         assert got.body["status"] == "revoked" and got.body["cancelled"] == 3
         assert got.headers["Idempotency-Key"] == f"job-{job_id}"
-        assert hooks.deliver(job_id) == "not_due"
+        assert deliver(job_id) == "not_due"
     assert _events(job_id) == ["hook_due", "hook_delivered"]
 
 
@@ -117,8 +119,8 @@ def test_an_actor_target_gets_one_message_with_the_final_job() -> None:
 
     job_id = make_started_job(4, on_complete="tests.hook_targets:record_completion")
     _finish_in_process(job_id, 4)
-    assert hooks.deliver(job_id) == "delivered"
-    assert hooks.deliver(job_id) == "not_due"  # enqueued once
+    assert deliver(job_id) == "delivered"
+    assert deliver(job_id) == "not_due"  # enqueued once
     broker = dramatiq.get_broker()
     worker = dramatiq.Worker(broker, queues={hook_targets.HOOK_QUEUE}, worker_threads=1)
     worker.start()
@@ -144,7 +146,7 @@ def test_a_hook_target_that_fails_twice_then_succeeds_is_delivered_once(tmp_path
             system.check_alive()
             # Nothing is due any more: a reconciler pass sends nothing.
             fast = get_settings().model_copy(update={"hook_resend_after_s": 0.0})
-            assert view.job_id not in hooks.resend_due(fast).resent
+            assert view.job_id not in resend_due(fast).resent
             time.sleep(1.0)
         assert [r.answered for r in server.received] == [500, 500, 200]
     assert {r.headers["Idempotency-Key"] for r in server.received} == {f"job-{view.job_id}"}
@@ -191,14 +193,14 @@ def test_a_hook_whose_worker_is_killed_before_sending_is_still_delivered_once(
         system.start_worker()
         time.sleep(1.1)  # past the dead sender's 1 s lease
         fast = get_settings().model_copy(update={"hook_resend_after_s": 0.0})
-        assert hooks.resend_due(fast).resent == [view.job_id]
+        assert resend_due(fast).resent == [view.job_id]
         (got,) = server.wait_accepted(1)
         assert got.body["job_id"] == view.job_id and got.body["status"] == "success"
         if pause_at == "after_final_commit":
             # The killed worker's result batch comes back to the new worker: it
             # counts nothing (a late batch) and sends nothing more.
             _wait(lambda: _events(view.job_id, "late_results") != [], 60, "the redelivery")
-        assert hooks.resend_due(fast).resent == []
+        assert resend_due(fast).resent == []
         time.sleep(1.0)
         system.check_alive()
     assert len(server.received) == 1

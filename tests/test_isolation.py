@@ -20,10 +20,12 @@ from click.testing import CliRunner
 from nats.js.errors import NotFoundError
 
 import jobsys
-from cli.main import main as cli_main
-from jobsys.db import connection
-from jobsys.queue import JobNames, bridge
-from jobsys.runner import LocalSystem, wait_until_final
+from jobsys.api.read import wait_until_final
+from jobsys.cli.main import main as cli_main
+from jobsys.nats.bridge import bridge
+from jobsys.nats.subjects import JobNames
+from jobsys.ops.runner import LocalSystem
+from jobsys.pg.db import connection
 from jobsys.settings import get_settings
 from tests.helpers import assert_counters_match_ledger
 from tests.pipelines import SETUP_LOG_ENV
@@ -56,7 +58,7 @@ def test_poison_tasks_cost_only_themselves_and_end_failed_naming_the_death(
     system: LocalSystem,
 ) -> None:
     items = (json.dumps({"n": i, "crash": POISON.get(i, False)}) for i in range(200))
-    view = jobsys.submit("echo", items, max_deliver=3, failure_threshold=0.1)
+    view = jobsys.submit("fault-echo", items, max_deliver=3, failure_threshold=0.1)
     final = wait_until_final(view.job_id, timeout=120)
     system.check_alive()  # the processor itself never died
     assert (final.status, final.done, final.failed, final.lost) == ("success", 197, 3, 0)
@@ -78,7 +80,7 @@ def test_a_hung_task_is_stopped_at_its_time_limit_and_ends_failed(
 ) -> None:
     ack_wait, max_deliver, timeout = get_settings().ack_wait_s, 2, 1.0
     items = (json.dumps({"n": i, "hang": i == 3}) for i in range(20))
-    view = jobsys.submit("echo", items, max_deliver=max_deliver, task_timeout_s=timeout)
+    view = jobsys.submit("fault-echo", items, max_deliver=max_deliver, task_timeout_s=timeout)
     with LocalSystem(workers=1, processors=1, concurrency=2, log_dir=tmp_path, pool=pool) as s:
         # A bound, not a measurement: every task ends within about
         # max_deliver x (timeout + ack_wait), plus the nak delay and slack.
@@ -92,7 +94,7 @@ def test_a_hung_task_is_stopped_at_its_time_limit_and_ends_failed(
 def test_a_batch_is_split_until_its_bad_items_are_found(system: LocalSystem) -> None:
     bad = {5: {"crash": "kill"}, 17: {"fail": True}, 30: {"transient": True}}
     items = (json.dumps({"n": i, **bad.get(i, {})}) for i in range(64))
-    view = jobsys.submit("echo-batch", items, max_deliver=2, failure_threshold=0.1)
+    view = jobsys.submit("fault-echo-batch", items, max_deliver=2, failure_threshold=0.1)
     final = wait_until_final(view.job_id, timeout=120)
     system.check_alive()
     assert (final.done, final.failed, final.lost) == (61, 3, 0)

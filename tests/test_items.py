@@ -14,15 +14,15 @@ import pytest
 
 import jobsys
 from devtools.process import wait_until_up
-from jobsys.db import connection
-from jobsys.errors import InvalidInput
-from jobsys.items import (
+from jobsys.api.items import (
     MAX_ITEM_BYTES,
     MAX_ITEM_DEPTH,
     MESSAGE_HEADROOM,
     counted_items,
     read_items,
 )
+from jobsys.errors import InvalidInput
+from jobsys.pg.db import connection
 
 
 def _job_count() -> int:
@@ -169,7 +169,7 @@ def test_a_huge_line_without_a_newline_is_refused_in_bounded_memory(tmp_path: Pa
 
 def _jobsys_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
+        [sys.executable, "-m", "jobsys.cli", *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},

@@ -33,15 +33,19 @@ from psycopg.conninfo import make_conninfo
 import jobsys
 from devtools.certs import have_openssl, make_pki
 from devtools.secure import PROCESSOR, WORKER, SecureNats, SecureRedis
-from jobsys import doctor
-from jobsys.broker import CONTROL_QUEUE, RESULTS_QUEUE, make_broker, reset_broker
+from jobsys.api.items import counted_items
+from jobsys.api.read import wait_until_final
 from jobsys.credentials import AccessSettingError, _transport_is_tls, nats_connect_options
-from jobsys.db import connect_direct
+from jobsys.dramatiq.broker import CONTROL_QUEUE, RESULTS_QUEUE, make_broker, reset_broker
 from jobsys.errors import ServiceUnavailable
-from jobsys.items import counted_items
-from jobsys.queue import JobNames, bridge, close_bridge, connect, describe_stream
+from jobsys.nats.admin import describe_stream
+from jobsys.nats.bridge import bridge, close_bridge
+from jobsys.nats.connect import connect
+from jobsys.nats.subjects import JobNames
+from jobsys.ops import doctor
+from jobsys.ops.runner import LocalSystem
+from jobsys.pg.db import connect_direct
 from jobsys.reconciler.observe import look_at_job
-from jobsys.runner import LocalSystem, wait_until_final
 from jobsys.settings import Settings, get_settings, reset_settings
 from tests.helpers import assert_counters_match_ledger, ledger
 
@@ -265,7 +269,7 @@ def test_the_processor_redis_user_can_send_results_and_nothing_else(
 def test_credentials_a_server_refuses_fail_the_first_connection_at_once(
     servers: tuple[SecureNats, SecureRedis],
 ) -> None:
-    """Before: jobsys.queue.connect retried a refused password for ever, silently."""
+    """Before: jobsys.nats.connect.connect retried a refused password for ever, silently."""
     nats_server, _ = servers
     wrong = nats_server.url(WORKER).replace(nats_server.passwords[WORKER], "wrong")
     settings = Settings(nats_url=wrong)

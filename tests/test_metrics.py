@@ -18,10 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import jobsys
 from devtools.process import free_port
-from jobsys.db import connection
-from jobsys.messages import send_reconcile
-from jobsys.queries import Q
-from jobsys.runner import LocalSystem, wait_until_final
+from jobsys.api.read import wait_until_final
+from jobsys.dramatiq.messages import send_reconcile
+from jobsys.ops.runner import LocalSystem
+from jobsys.pg.db import connection
+from jobsys.pg.queries import Q
 
 TASKS = 3_000
 FAIL_EVERY = 20  # 150 tasks fail
@@ -68,7 +69,7 @@ def wait_for(port: int, timeout: float = 30) -> Samples:
 @pytest.fixture
 def exporter_port() -> Iterator[int]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "exporter", "--port", str(port)])
+    proc = subprocess.Popen([sys.executable, "-m", "jobsys.cli", "exporter", "--port", str(port)])
     try:
         wait_for(port)
         yield port

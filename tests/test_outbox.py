@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from jobsys.api.read import wait_until_final
+from jobsys.ops.runner import LocalSystem
 from jobsys.reconciler import reconcile_pass
-from jobsys.runner import LocalSystem, wait_until_final
 from jobsys.settings import get_settings, reset_settings
 from tests.helpers import assert_counters_match_ledger, make_started_job
 

@@ -21,16 +21,17 @@ import pytest
 
 import jobsys
 from devtools.pgbouncer import PgBouncer
-from jobsys import doctor
-from jobsys.db import close_pool, connection
-from jobsys.locks import is_locked, job_lock
-from jobsys.migrate import migrate
+from jobsys.api.read import wait_until_final
+from jobsys.lifecycle.states import FINAL
+from jobsys.ops import doctor
+from jobsys.ops.runner import LocalSystem
+from jobsys.pg.db import close_pool, connection
+from jobsys.pg.locks import is_locked, job_lock
+from jobsys.pg.migrate import migrate
+from jobsys.pg.queries import Q
 from jobsys.probes import host_port
-from jobsys.queries import Q
 from jobsys.reconciler import reconcile_pass
-from jobsys.runner import LocalSystem, wait_until_final
 from jobsys.settings import get_settings, reset_settings
-from jobsys.states import FINAL
 
 TASKS = 3_000
 

@@ -8,8 +8,8 @@ finished no feed could fetch any more and the remaining jobs stalled for ever.
 from __future__ import annotations
 
 import jobsys
-from jobsys.items import counted_items
-from jobsys.runner import wait_until_final
+from jobsys.api.items import counted_items
+from jobsys.api.read import wait_until_final
 
 
 def test_many_small_jobs_all_finish_while_others_finish(system: object) -> None:

@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 from nats.js.api import StreamConfig
 
-from jobsys import queue
-from jobsys.queue import JobNames, NatsBridge, publish_tasks
+from jobsys.nats import publish
+from jobsys.nats.bridge import NatsBridge
+from jobsys.nats.publish import publish_tasks
+from jobsys.nats.subjects import JobNames
 from jobsys.settings import get_settings, reset_settings
 from tests.chaos import PrivateServers
 
@@ -31,7 +33,7 @@ def private_nats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pr
     # A small window, so the first publishes fill it (the default is 1,000);
     # a short ack wait, so a publish whose acks are lost gives up quickly.
     monkeypatch.setenv("JOBSYS_PUBLISH_WINDOW", str(WINDOW))
-    monkeypatch.setattr(queue, "PUBLISH_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(publish, "PUBLISH_TIMEOUT_S", 2.0)
     reset_settings()
     servers = PrivateServers(tmp_path / "servers")
     servers.start_nats()

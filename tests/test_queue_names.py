@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from jobsys.queue import delivered_at_ns, parse_msg_id, parse_server_time
+from jobsys.nats.admin import parse_server_time
+from jobsys.nats.subjects import parse_ack_subject, parse_msg_id
 
 
 @pytest.mark.parametrize(
@@ -36,8 +37,14 @@ def test_message_ids(value: str | None, want: tuple[int, int] | None) -> None:
     assert parse_msg_id(value) == want
 
 
+def _at(reply: str) -> int | None:
+    ack = parse_ack_subject(reply)
+    assert ack is not None
+    return ack.delivered_at_ns
+
+
 def test_delivered_at_comes_from_the_ack_subject() -> None:
     v1 = "$JS.ACK.stream.consumer.1.5.7.1700000000123456789.3"
     v2 = "$JS.ACK.domain.hash.stream.consumer.1.5.7.1700000000123456789.3.token"
-    assert delivered_at_ns(v1) == delivered_at_ns(v2) == 1700000000123456789
-    assert delivered_at_ns("_INBOX.abc") is None
+    assert _at(v1) == _at(v2) == 1700000000123456789
+    assert parse_ack_subject("_INBOX.abc") is None

@@ -18,14 +18,14 @@ import pytest
 import redis
 
 import jobsys
-import jobsys.streams
-from jobsys.actors import process_results
-from jobsys.bootstrap import run_bootstrap
-from jobsys.broker import CONTROL_QUEUE
-from jobsys.db import connection
-from jobsys.items import counted_items
+import jobsys.bootstrap.fill
+from jobsys.api.items import counted_items
+from jobsys.bootstrap.start import run_bootstrap
+from jobsys.dramatiq.broker import CONTROL_QUEUE
+from jobsys.lifecycle.teardown import run_teardown
+from jobsys.pg.db import connection
 from jobsys.settings import get_settings
-from jobsys.teardown import run_teardown
+from jobsys.worker.actors import process_results
 from tests.helpers import (
     assert_counters_match_ledger,
     counters,
@@ -271,7 +271,7 @@ def test_a_cancel_landing_while_bootstrap_publishes_ends_revoked_with_no_stream_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Small chunks: more points between chunks where the status is re-checked.
-    monkeypatch.setattr(jobsys.streams, "PUBLISH_CHUNK", 250)
+    monkeypatch.setattr(jobsys.bootstrap.fill, "PUBLISH_CHUNK", 250)
     seen: dict[str, int] = {}
     for _ in range(BOOTSTRAP_ITERATIONS):
         # Half the cancels land in the first milliseconds (around stream
@@ -288,7 +288,7 @@ def test_a_bootstrap_creating_its_stream_after_teardown_deleted_it_deletes_it_ag
     # The narrowest window, forced: bootstrap has started the job,
     # then the whole cancel (teardown included) runs before the stream is
     # created. The real NATS call is only delayed, not replaced.
-    real_ensure = jobsys.streams.ensure_job_stream
+    real_ensure = jobsys.bootstrap.fill.ensure_job_stream
     entered, cancelled = threading.Event(), threading.Event()
 
     async def ensure_after_cancel(*args: Any) -> None:
@@ -296,7 +296,7 @@ def test_a_bootstrap_creating_its_stream_after_teardown_deleted_it_deletes_it_ag
         await asyncio.get_running_loop().run_in_executor(None, cancelled.wait, 30)
         await real_ensure(*args)
 
-    monkeypatch.setattr(jobsys.streams, "ensure_job_stream", ensure_after_cancel)
+    monkeypatch.setattr(jobsys.bootstrap.fill, "ensure_job_stream", ensure_after_cancel)
     for _ in range(20):
         entered.clear()
         cancelled.clear()

@@ -18,7 +18,7 @@ import pytest
 from psycopg.rows import dict_row
 
 import jobsys
-from jobsys.items import counted_items
+from jobsys.api.items import counted_items
 from jobsys.settings import get_settings
 
 LEAK = """

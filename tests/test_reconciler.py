@@ -27,12 +27,16 @@ from click.testing import CliRunner
 from nats.js.api import StreamConfig
 
 import jobsys
-from jobsys.db import connect_direct, connection
-from jobsys.items import counted_items
-from jobsys.ledger import apply_results
+from jobsys.api.items import counted_items
+from jobsys.api.read import wait_until_final
+from jobsys.lifecycle.states import Status, transition
 from jobsys.models import ResultBatch
-from jobsys.queries import Q
-from jobsys.queue import JobNames, bridge, ensure_job_stream, parse_msg_id
+from jobsys.nats.admin import ensure_job_stream
+from jobsys.nats.bridge import bridge
+from jobsys.nats.subjects import JobNames, parse_msg_id
+from jobsys.ops.runner import LocalSystem
+from jobsys.pg.db import connect_direct, connection
+from jobsys.pg.queries import Q
 from jobsys.reconciler import (
     Finding,
     PassReport,
@@ -41,9 +45,8 @@ from jobsys.reconciler import (
     mark_lost,
     reconcile_pass,
 )
-from jobsys.runner import LocalSystem, wait_until_final
+from jobsys.recording.apply import apply_results
 from jobsys.settings import Settings, get_settings
-from jobsys.states import Status, transition
 from tests.helpers import (
     assert_counters_match_ledger,
     counters,
@@ -544,7 +547,7 @@ def test_reconciles_racing_late_results_count_every_task_exactly_once() -> None:
 
 
 def test_the_scheduler_enqueues_passes_that_a_worker_runs(local_system: LocalSystem) -> None:
-    from jobsys.scheduler import run_scheduler
+    from jobsys.worker.scheduler import run_scheduler
 
     with local_system:
         assert run_scheduler(fast(reconcile_every_s=0.05), max_ticks=2) == 2
@@ -562,7 +565,7 @@ def test_the_scheduler_enqueues_passes_that_a_worker_runs(local_system: LocalSys
 
 
 def test_cli_reconcile_json_and_inspect_show_counters_ledger_nats_and_findings() -> None:
-    from cli.main import main
+    from jobsys.cli.main import main
 
     job_id = make_started_job(3)
     with connection() as conn:

@@ -19,9 +19,9 @@ import pytest
 
 from devtools.servers import SERVICES
 from devtools.services import override_note, update_env_file
-from jobsys.broker import SOCKET_TIMEOUT_S, make_broker
+from jobsys.api.items import ItemLimit, _item_text, submit_item_limit
+from jobsys.dramatiq.broker import SOCKET_TIMEOUT_S, make_broker
 from jobsys.errors import InvalidInput
-from jobsys.items import ItemLimit, _item_text, submit_item_limit
 from jobsys.logs import JsonFormatter, TextFormatter
 from jobsys.probes import one_line, redact
 from jobsys.settings import Settings, reset_settings
@@ -69,12 +69,12 @@ def test_a_submit_item_limit_never_shows_the_nats_password(
     monkeypatch.setenv("JOBSYS_NATS_URL", url)
     reset_settings()
     try:
-        with caplog.at_level(logging.WARNING, logger="jobsys.items"):
+        with caplog.at_level(logging.WARNING, logger="jobsys.api.items"):
             submit_item_limit()
     finally:
         monkeypatch.undo()
         reset_settings()
-    warnings = [r for r in caplog.records if r.name == "jobsys.items"]
+    warnings = [r for r in caplog.records if r.name == "jobsys.api.items"]
     assert warnings
     assert all(SECRET not in str(vars(r)) for r in warnings)
 
@@ -103,7 +103,7 @@ def test_log_lines_hide_url_passwords_and_the_signing_secret(
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
+        [sys.executable, "-m", "jobsys.cli", *args],
         capture_output=True, text=True, timeout=120, env={**os.environ, **env},
     )  # fmt: skip
 

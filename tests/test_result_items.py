@@ -19,17 +19,21 @@ from typing import Any
 import pytest
 
 import jobsys
-from jobsys.actors import process_results
-from jobsys.bootstrap import run_bootstrap
-from jobsys.db import connection
+from jobsys.api.read import wait_until_final
+from jobsys.bootstrap.start import run_bootstrap
 from jobsys.errors import PermanentError
-from jobsys.ledger import apply_results
 from jobsys.models import ResultBatch
-from jobsys.pipelines import LONG_ERROR_CHARS, echo, echo_batch
-from jobsys.queue import JobNames, bridge
-from jobsys.runner import LocalSystem, wait_until_final
+from jobsys.nats.bridge import bridge
+from jobsys.nats.subjects import JobNames
+from jobsys.ops.runner import LocalSystem
+from jobsys.pg.db import connection
+from jobsys.recording.apply import apply_results
 from jobsys.settings import get_settings
 from jobsys.storable import MAX_ERROR_CHARS
+from jobsys.testing.faults import LONG_ERROR_CHARS
+from jobsys.testing.faults import fault_echo as echo
+from jobsys.testing.faults import fault_echo_batch as echo_batch
+from jobsys.worker.actors import process_results
 from tests.helpers import (
     assert_counters_match_ledger,
     counters,

@@ -11,11 +11,12 @@ import threading
 from pathlib import Path
 
 import jobsys
-from jobsys.actors import process_results
-from jobsys.db import connection
-from jobsys.ledger import apply_results
+from jobsys.api.read import wait_until_final
 from jobsys.models import ResultBatch
-from jobsys.runner import LocalSystem, wait_until_final
+from jobsys.ops.runner import LocalSystem
+from jobsys.pg.db import connection
+from jobsys.recording.apply import apply_results
+from jobsys.worker.actors import process_results
 from tests.helpers import (
     assert_counters_match_ledger,
     counters,

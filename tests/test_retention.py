@@ -9,11 +9,11 @@ import threading
 from typing import Any
 
 import jobsys
-from jobsys.db import connection
-from jobsys.ledger import apply_results
+from jobsys.lifecycle.retention import prune_job
 from jobsys.models import ResultBatch
+from jobsys.pg.db import connection
 from jobsys.reconciler import reconcile_pass
-from jobsys.retention import prune_job
+from jobsys.recording.apply import apply_results
 from tests.helpers import assert_counters_match_ledger, counters, ledger, make_started_job
 from tests.helpers import pull_results as pull
 from tests.test_cli import jobsys_cli

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import jobsys
-from jobsys.actors import process_results
-from jobsys.bootstrap import run_bootstrap
+from jobsys.bootstrap.start import run_bootstrap
+from jobsys.worker.actors import process_results
 from tests.helpers import assert_counters_match_ledger, make_started_job, pull_results
 from tests.test_cli import jobsys_cli
 
@@ -98,7 +98,7 @@ def test_a_retry_chain_of_two_generations_and_results_latest() -> None:
     parents = {j["job_id"]: j["parent_id"] for j in listed}
     assert parents[gen1] == root and parents[gen2] == gen1 and parents[root] is None
     wide = {**os.environ, "COLUMNS": "200"}
-    table = subprocess.run([sys.executable, "-m", "cli", "list", "--limit", "3"], env=wide,
+    table = subprocess.run([sys.executable, "-m", "jobsys.cli", "list", "--limit", "3"], env=wide,
                            capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert "parent" in table
     (row,) = [line for line in table.splitlines() if line.startswith(f"│ {gen2} ")]

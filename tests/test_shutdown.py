@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 import jobsys
-from jobsys.runner import LocalSystem, wait_until_final
+from jobsys.api.read import wait_until_final
+from jobsys.ops.runner import LocalSystem
 from tests.helpers import assert_counters_match_ledger, ledger
 
 TASKS = 80

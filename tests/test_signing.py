@@ -19,14 +19,15 @@ import dramatiq
 import pytest
 
 import jobsys
-from jobsys.broker import RESULTS_QUEUE, setup_broker
-from jobsys.db import connection
-from jobsys.doctor import check_secret
-from jobsys.messages import PROCESS_RESULTS, send_results
-from jobsys.queue import JobNames
-from jobsys.runner import LocalSystem, wait_until_final
+from jobsys.api.read import wait_until_final
+from jobsys.dramatiq.broker import RESULTS_QUEUE, setup_broker
+from jobsys.dramatiq.messages import PROCESS_RESULTS, send_results
+from jobsys.dramatiq.signing import SIGNATURE_OPTION, signature
+from jobsys.nats.subjects import JobNames
+from jobsys.ops.doctor import check_secret
+from jobsys.ops.runner import LocalSystem
+from jobsys.pg.db import connection
 from jobsys.settings import Settings, get_settings
-from jobsys.signing import SIGNATURE_OPTION, signature
 from tests.helpers import counters, make_started_job, pull_results
 
 
@@ -140,7 +141,7 @@ def test_a_service_without_the_secret_refuses_to_start_with_one_line(command: li
     env = {k: v for k, v in os.environ.items() if k != "JOBSYS_SECRET"}
     env["JOBSYS_ENV_FILE"] = "/nonexistent"  # no .services/jobsys.env secret either
     proc = subprocess.run(
-        [sys.executable, "-m", "cli", *command], capture_output=True, text=True, env=env,
+        [sys.executable, "-m", "jobsys.cli", *command], capture_output=True, text=True, env=env,
         timeout=60,
     )  # fmt: skip
     assert proc.returncode == 1

@@ -23,17 +23,18 @@ from typing import Any
 import pytest
 
 import jobsys
-import jobsys.queue
-import jobsys.streams
-from jobsys.actors import process_results
-from jobsys.bootstrap import run_bootstrap
-from jobsys.db import connection
-from jobsys.messages import send_bootstrap
-from jobsys.queue import JobNames, bridge, close_bridge
+import jobsys.bootstrap.fill
+import jobsys.nats.admin
+from jobsys.bootstrap.start import run_bootstrap
+from jobsys.dramatiq.messages import send_bootstrap
+from jobsys.lifecycle.teardown import run_teardown
+from jobsys.nats.bridge import bridge, close_bridge
+from jobsys.nats.subjects import JobNames
+from jobsys.ops.runner import LocalSystem
+from jobsys.pg.db import connection
 from jobsys.reconciler import inspect_job, reconcile_pass
-from jobsys.runner import LocalSystem
 from jobsys.settings import get_settings, reset_settings
-from jobsys.teardown import run_teardown
+from jobsys.worker.actors import process_results
 from tests.helpers import (
     assert_counters_match_ledger,
     counters,
@@ -102,7 +103,7 @@ def test_a_bootstrap_resumed_after_the_duplicate_window_publishes_no_finished_ta
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A short duplicate window on a real stream, so "after the window" is a second away.
-    monkeypatch.setattr(jobsys.queue, "DUPLICATE_WINDOW_S", 0.5)
+    monkeypatch.setattr(jobsys.nats.admin, "DUPLICATE_WINDOW_S", 0.5)
     job_id = make_started_job(20)
     process_results.fn(job_id, [i for i in pull_results(job_id, 20) if i["task"] < 10])
     # As a bootstrap killed after publishing tasks 5.. but before recording that leaves it.
@@ -125,7 +126,7 @@ def test_the_reconciler_repairs_a_stream_re_created_empty_behind_its_back() -> N
     delete_stream(job_id)
     names = JobNames.of(get_settings().namespace, job_id)
     job = {"pipeline": "echo", "max_deliver": 5}
-    bridge().run(lambda nc, js: jobsys.queue.ensure_job_stream(js, names, job, get_settings()))
+    bridge().run(lambda nc, js: jobsys.nats.admin.ensure_job_stream(js, names, job, get_settings()))
     time.sleep(0.3)
 
     found = [f for f in reconcile_pass(fast()).findings if f.job_id == job_id]
@@ -174,7 +175,7 @@ def test_a_cancel_landing_while_a_lost_stream_is_refilled_wins_and_leaves_no_str
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Small chunks: more points between chunks where the status is re-checked.
-    monkeypatch.setattr(jobsys.streams, "PUBLISH_CHUNK", 200)
+    monkeypatch.setattr(jobsys.bootstrap.fill, "PUBLISH_CHUNK", 200)
     outcomes: dict[str, int] = {}
     for i in range(RACE_ITERATIONS):
         job_id = make_started_job(2_000)

@@ -12,18 +12,21 @@ import sys
 import time
 
 import jobsys
-from jobsys.db import connection
-from jobsys.ledger import record_results
-from jobsys.monitor import active_jobs
-from jobsys.queries import Q
-from jobsys.states import Status, transition
+from jobsys.lifecycle.states import Status, transition
+from jobsys.ops.monitor import active_jobs
+from jobsys.pg.db import connection
+from jobsys.pg.queries import Q
+from jobsys.recording.counting import record_results
 
 TOTAL = 1_000
 
 
 def run_top(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cli", "top", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "jobsys.cli", "top", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -72,7 +75,7 @@ def test_top_live_redraws_in_place_and_q_quits() -> None:
     them (no flicker), and the q key ends it with exit 0, terminal restored."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: jobsys top in the pseudo-terminal
-        os.execv(sys.executable, [sys.executable, "-m", "cli", "top", "--interval", "0.3"])
+        os.execv(sys.executable, [sys.executable, "-m", "jobsys.cli", "top", "--interval", "0.3"])
     out = b""
 
     def read_for(seconds: float) -> None:

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from jobsys.errors import PermanentError
-from jobsys.pipelines import PipelineSpec, resolve_spec
+from jobsys.pipelines.registry import PipelineSpec
+from jobsys.pipelines.resolve import resolve_spec
 from jobsys.storable import encode_result, storable_error
 
 # Outcome kinds of one task.

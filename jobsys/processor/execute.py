@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from nats.aio.msg import Msg
 
-from jobsys.pipelines import PipelineSpec
+from jobsys.pipelines.registry import PipelineSpec
 from jobsys.processor.calls import DONE, END, FAILED, RAISED, RETRY
 
 # Outcomes of tasks that did not run, besides calls.DONE / FAILED / RETRY:

@@ -4,7 +4,7 @@ A stream exists only while its job is started, and its description says
 what a processor needs to serve it (pipeline, task time limit): processors
 never read Postgres. The description is not trusted: anyone who can create
 a stream can write one, so a stream whose pipeline this processor does not
-allow (jobsys.allow) is not served, whatever it says; that is logged once
+allow (jobsys.pipelines.allow) is not served, whatever it says; that is logged once
 per stream. New streams are heard of at once through JetStream's
 advisories (stream and consumer created/deleted); a periodic listing catches
 anything missed (e.g. while NATS restarted). A deleted stream (job finished
@@ -33,20 +33,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jobsys.allow import NotAllowed
-from jobsys.pipelines import resolve_spec
+from jobsys.nats.admin import all_streams_info, pipeline_of_stream, task_timeout_of_stream
+from jobsys.nats.subjects import JobNames, job_id_of_stream, parse_msg_id
+from jobsys.pipelines.allow import NotAllowed
+from jobsys.pipelines.resolve import resolve_spec
 from jobsys.processor.execute import Execution, JobRun, Task
 from jobsys.processor.keepalive import KeepAlive
 from jobsys.processor.outbox import Outbox
 from jobsys.processor.tickets import Tickets
-from jobsys.queue import (
-    JobNames,
-    all_streams_info,
-    job_id_of_stream,
-    parse_msg_id,
-    pipeline_of_stream,
-    task_timeout_of_stream,
-)
 from jobsys.settings import Settings
 
 log = logging.getLogger(__name__)

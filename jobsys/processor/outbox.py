@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pydantic import TypeAdapter
 
 from jobsys import metrics
-from jobsys.messages import send_results
+from jobsys.dramatiq.messages import send_results
 from jobsys.models import TaskResult
 from jobsys.processor.keepalive import KeepAlive
 from jobsys.settings import Settings

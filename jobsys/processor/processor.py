@@ -38,6 +38,7 @@ from nats.aio.msg import Msg
 
 from jobsys import metrics
 from jobsys.models import TaskResult
+from jobsys.nats.connect import connect, jetstream
 from jobsys.processor.children import ChildSlot
 from jobsys.processor.execute import (
     DONE,
@@ -54,7 +55,6 @@ from jobsys.processor.keepalive import NO_DEADLINE, KeepAlive
 from jobsys.processor.outbox import Outbox
 from jobsys.processor.threads import ThreadSlot
 from jobsys.processor.tickets import Tickets
-from jobsys.queue import connect, jetstream
 from jobsys.settings import Settings, get_settings
 from jobsys.storable import storable_error
 

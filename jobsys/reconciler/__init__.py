@@ -11,7 +11,7 @@ One file per duty, in the way River keeps its maintenance services:
 | `handlers` | `HANDLERS`: one handler per kind, each returning an `Outcome` |
 | `counters` | `counters_drift` (and `repair_counters`) |
 | `lost` | `tasks_exhausted`, `idle_lost`, `waiting` (and `mark_lost`, `read_exhausted`) |
-| `restream` | `stream_missing`, `stream_replaced`, `consumer_missing` (`jobsys.streams`) |
+| `restream` | `stream_missing`, `stream_replaced`, `consumer_missing` (`jobsys.bootstrap.fill`) |
 | `rebootstrap` | `queued_stale`, `bootstrap_stalled` |
 | `cancel` | `cancel_overdue` |
 | `findings` | `Outcome`, `Finding`, `PassReport`; findings recorded, repeats counted |

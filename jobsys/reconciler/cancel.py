@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from jobsys.lifecycle.revoke import revoke
+from jobsys.lifecycle.states import Status
+from jobsys.lifecycle.teardown import run_teardown
 from jobsys.reconciler.findings import Outcome
 from jobsys.reconciler.kinds import Action
 from jobsys.reconciler.state import Seen
-from jobsys.states import Status
-from jobsys.teardown import run_teardown
 
 
 def cancel_overdue(seen: Seen) -> Outcome:
     """Canceling past the grace period: revoked (pending tasks cancelled), stream deleted."""
-    status = run_teardown(seen.job_id, reason="reconcile: canceling past the grace period")
+    reason = "reconcile: canceling past the grace period"
+    run_teardown(seen.job_id, reason=reason)
+    status = revoke(seen.job_id, reason)
     action = Action.REVOKED if status == Status.REVOKED else Action.NONE
-    return Outcome(action, {"status": str(status)})
+    return Outcome(action, {"status": str(status or seen.job.status)})

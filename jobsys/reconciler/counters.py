@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from jobsys.db import connection
-from jobsys.queries import Q
+from jobsys.lifecycle.finalize import finishing
+from jobsys.lifecycle.states import Status
+from jobsys.pg.db import connection
+from jobsys.pg.queries import Q
 from jobsys.reconciler.findings import Outcome
 from jobsys.reconciler.kinds import Action
 from jobsys.reconciler.state import COUNTERS, Seen
-from jobsys.states import FINALIZABLE, OUTCOME, Status, transition
-from jobsys.teardown import request_teardown
 
 
 def repair_counters(job_id: int) -> tuple[dict[str, int] | None, Status | None]:
@@ -25,21 +25,14 @@ def repair_counters(job_id: int) -> tuple[dict[str, int] | None, Status | None]:
     "UPDATE ... FROM (count)" would not be safe: its count snapshot predates
     the row lock it may wait for, so it could overwrite a batch's increment.
     """
-    final: Status | None = None
-    with connection() as conn, conn.transaction():
+    with connection() as conn, finishing(conn) as fin:
         before = conn.execute(Q.lock_job_row, {"job_id": job_id}).fetchone()
         if before is None:
             return None, None
         row = conn.execute(Q.repair_counters, {"job_id": job_id}).fetchone()
         if row is None:
             return None, None
-        moved = transition(
-            conn, job_id, OUTCOME, FINALIZABLE, "reconcile: counters repaired from the ledger"
-        )
-        if moved is not None:
-            final = moved.status
-    if final is not None:
-        request_teardown(job_id)
+        final = fin.finish(job_id, "reconcile: counters repaired from the ledger")
     return {k: before[f"{k}_count"] for k in COUNTERS}, final
 
 

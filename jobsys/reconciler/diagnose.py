@@ -7,9 +7,9 @@ table of them). The order of the result is the order findings are acted on.
 
 from __future__ import annotations
 
+from jobsys.lifecycle.states import Status
 from jobsys.reconciler.kinds import Kind
 from jobsys.reconciler.state import JobState, NatsView, Thresholds
-from jobsys.states import Status
 
 
 def diagnose(job: JobState, nats: NatsView | None, limits: Thresholds) -> list[Kind]:

@@ -18,12 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobsys.db import Conn
+from jobsys.pg.db import Conn
 from jobsys.reconciler.findings import Finding
 from jobsys.settings import Settings
-
-# The per-job lock the reconciler acts under (one pass per job at a time).
-RECONCILE_LOCK = "reconcile"
 
 
 @dataclass

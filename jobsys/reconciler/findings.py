@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobsys import metrics
-from jobsys.db import connection
-from jobsys.queries import Q
+from jobsys.lifecycle.states import Status
+from jobsys.pg.db import connection
+from jobsys.pg.queries import Q
 from jobsys.reconciler.kinds import Action, Kind
-from jobsys.states import Status
 
 log = logging.getLogger(__name__)
 

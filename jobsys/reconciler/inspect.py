@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobsys.db import connection
 from jobsys.errors import JobNotFound
-from jobsys.queries import Q
-from jobsys.queue import JobNames, bridge
+from jobsys.nats.bridge import bridge
+from jobsys.nats.subjects import JobNames
+from jobsys.pg.db import connection
+from jobsys.pg.queries import Q
 from jobsys.reconciler.observe import observe_job
 from jobsys.reconciler.state import COUNTERS
 from jobsys.settings import Settings, get_settings

@@ -18,18 +18,18 @@ from dataclasses import dataclass, field
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jobsys.db import Conn, connection
-from jobsys.locks import job_lock
-from jobsys.queries import Q
-from jobsys.queue import JobNames, bridge, parse_msg_id
+from jobsys.lifecycle.finalize import finishing
+from jobsys.lifecycle.states import Status
+from jobsys.nats.bridge import bridge
+from jobsys.nats.subjects import JobNames, parse_msg_id
+from jobsys.pg.db import Conn, connection
+from jobsys.pg.locks import Lock, job_lock
+from jobsys.pg.queries import Q
 from jobsys.reconciler.diagnose import diagnose
 from jobsys.reconciler.findings import Outcome
 from jobsys.reconciler.kinds import Action, Kind
 from jobsys.reconciler.observe import NATS_TIMEOUT_S, look_at_job, read_job
 from jobsys.reconciler.state import Seen, Thresholds
-from jobsys.states import FINALIZABLE, OUTCOME, Status, transition
-from jobsys.streams import BOOTSTRAP_LOCK
-from jobsys.teardown import request_teardown
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +56,11 @@ def mark_lost(
 def lose_tasks(
     job_id: int, task_nos: list[int] | None, reason: str, deliveries: list[int] | None = None
 ) -> tuple[int, Status | None]:
-    """Mark tasks lost and try to finalize, in one transaction; the winner requests teardown."""
-    final: Status | None = None
-    with connection() as conn, conn.transaction():
+    """Mark tasks lost and finish the job if that accounts for its last task, in one
+    transaction."""
+    with connection() as conn, finishing(conn) as fin:
         moved = mark_lost(conn, job_id, task_nos, reason, deliveries)
-        won = transition(conn, job_id, OUTCOME, FINALIZABLE, f"reconcile: {reason}")
-        if won is not None:
-            final = won.status
-    if final is not None:
-        request_teardown(job_id)
+        final = fin.finish(job_id, f"reconcile: {reason}")
     return moved, final
 
 
@@ -148,7 +144,7 @@ def idle_lost(seen: Seen) -> Outcome:
     bootstrap or stream repair (re)publishing the job's tasks right now, or
     one that finished since the pass looked, means they are not lost.
     """
-    with job_lock(BOOTSTRAP_LOCK, seen.job_id) as held:
+    with job_lock(Lock.BOOTSTRAP, seen.job_id) as held:
         if not held:
             return Outcome(Action.NONE, {"reason": "a bootstrap or stream repair is running"})
         job = read_job(seen.job_id)

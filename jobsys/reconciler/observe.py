@@ -16,9 +16,11 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo, StreamInfo
 from nats.js.errors import NotFoundError
 
-from jobsys.db import connection
-from jobsys.queries import Q
-from jobsys.queue import JobNames, all_streams_info, bridge, job_id_of_stream
+from jobsys.nats.admin import all_streams_info
+from jobsys.nats.bridge import bridge
+from jobsys.nats.subjects import JobNames, job_id_of_stream
+from jobsys.pg.db import connection
+from jobsys.pg.queries import Q
 from jobsys.reconciler.state import JobState, NatsView
 
 # NATS info requests in flight at once while a pass looks at every job.

@@ -21,12 +21,14 @@ import logging
 from collections import Counter
 from typing import Any
 
-from jobsys.db import connect_direct, connection
-from jobsys.hooks import resend_due
-from jobsys.locks import job_lock
-from jobsys.queries import Q
+from jobsys.hooks.resend import resend_due
+from jobsys.lifecycle.retention import prune_due
+from jobsys.lifecycle.states import Status
+from jobsys.pg.db import connect_direct, connection
+from jobsys.pg.locks import Lock, job_lock
+from jobsys.pg.queries import Q
 from jobsys.reconciler.diagnose import diagnose
-from jobsys.reconciler.duties import RECONCILE_LOCK, Duty, PassContext
+from jobsys.reconciler.duties import Duty, PassContext
 from jobsys.reconciler.findings import Finding, Outcome, PassReport, record_finding
 from jobsys.reconciler.handlers import HANDLERS
 from jobsys.reconciler.kinds import DB_ONLY, Action, Kind
@@ -34,9 +36,7 @@ from jobsys.reconciler.observe import look_at_all, look_at_job, read_active_jobs
 from jobsys.reconciler.prune import prune_history
 from jobsys.reconciler.state import NatsView, Seen, Thresholds
 from jobsys.reconciler.strays import delete_stray_streams
-from jobsys.retention import prune_due
 from jobsys.settings import Settings, get_settings
-from jobsys.states import Status
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def reconcile_pass(settings: Settings | None = None, trigger: str = "cli") -> Pa
             if not kinds:
                 continue
             db_only = nats if nats is not None and DB_ONLY.issuperset(kinds) else None
-            with job_lock(RECONCILE_LOCK, job.id, lock_conn) as held:
+            with job_lock(Lock.RECONCILE, job.id, lock_conn) as held:
                 if not held:
                     report.skipped_busy += 1
                     log.info("job busy in another reconcile pass", extra={"job_id": job.id})

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jobsys.db import connection
-from jobsys.queries import Q
+from jobsys.pg.db import connection
+from jobsys.pg.queries import Q
 from jobsys.reconciler.duties import PassContext
 
 # Rows of each history table deleted per pass at most.

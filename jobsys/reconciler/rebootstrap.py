@@ -4,29 +4,28 @@ A queued job idle for `queued_stale_s` lost its bootstrap message (Redis
 flushed, say); a started job whose `published_count` is still below its
 total stopped publishing (its bootstrap was killed). Either way the
 bootstrap is enqueued again, once per idle period, unless one is running;
-it resumes (`jobsys.streams`).
+it resumes (`jobsys.bootstrap.fill`).
 """
 
 from __future__ import annotations
 
 import logging
 
-from jobsys.db import connection
-from jobsys.locks import is_locked
-from jobsys.messages import send_bootstrap
-from jobsys.queries import Q
+from jobsys.dramatiq.messages import send_bootstrap
+from jobsys.lifecycle.states import Status
+from jobsys.pg.db import connection
+from jobsys.pg.locks import Lock, is_locked
+from jobsys.pg.queries import Q
 from jobsys.reconciler.findings import Outcome
 from jobsys.reconciler.kinds import Action
 from jobsys.reconciler.state import Seen
-from jobsys.states import Status
-from jobsys.streams import BOOTSTRAP_LOCK
 
 log = logging.getLogger(__name__)
 
 
 def _reenqueue(seen: Seen, from_: Status) -> Outcome:
     job_id = seen.job_id
-    if is_locked(BOOTSTRAP_LOCK, job_id):
+    if is_locked(Lock.BOOTSTRAP, job_id):
         return Outcome(Action.NONE, {"reason": "a bootstrap is running"})
     try:
         send_bootstrap(job_id)

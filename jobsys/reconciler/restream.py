@@ -1,5 +1,5 @@
 """Handlers of `stream_missing`, `stream_replaced` and `consumer_missing`: the job's
-stream made whole by the one fill bootstrap uses (`jobsys.streams`).
+stream made whole by the one fill bootstrap uses (`jobsys.bootstrap.fill`).
 
 Under the job's bootstrap lock, so a fill here and a bootstrap never run at
 once; when a bootstrap holds it, the next pass looks again (that bootstrap
@@ -13,21 +13,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobsys.locks import job_lock
+from jobsys.bootstrap.fill import FillEnd, fill_job_stream
+from jobsys.pg.locks import Lock, job_lock
 from jobsys.reconciler.findings import Outcome
 from jobsys.reconciler.kinds import Action
 from jobsys.reconciler.state import Seen
-from jobsys.streams import BOOTSTRAP_LOCK, FillOutcome, fill_job_stream
 
 
 def _fill(seen: Seen, action: Action) -> Outcome:
-    with job_lock(BOOTSTRAP_LOCK, seen.job_id) as held:
+    with job_lock(Lock.BOOTSTRAP, seen.job_id) as held:
         if not held:
             return Outcome(
                 Action.NONE, {"reason": "a bootstrap is running; the next pass looks again"}
             )
         fill = fill_job_stream(seen.job_id, seen.settings)
-    if fill.outcome == FillOutcome.STOPPED:
+    if fill.end == FillEnd.STOPPED:
         return Outcome(
             Action.NONE,
             {"reason": "job left started while its stream was re-created"},

@@ -13,9 +13,10 @@ from typing import Any
 
 from nats.js.api import ConsumerInfo, StreamInfo
 
-from jobsys.queue import JobNames, parse_server_time
+from jobsys.lifecycle.states import Status
+from jobsys.nats.admin import parse_server_time
+from jobsys.nats.subjects import JobNames
 from jobsys.settings import Settings
-from jobsys.states import Status
 
 COUNTERS = ("done", "failed", "lost", "cancelled")
 

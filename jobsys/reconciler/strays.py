@@ -13,14 +13,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jobsys.db import connection
-from jobsys.locks import job_lock
-from jobsys.queries import Q
-from jobsys.queue import JobNames, bridge, delete_job_stream
-from jobsys.reconciler.duties import RECONCILE_LOCK, PassContext
+from jobsys.lifecycle.states import FINAL
+from jobsys.nats.admin import delete_job_stream
+from jobsys.nats.bridge import bridge
+from jobsys.nats.subjects import JobNames
+from jobsys.pg.db import connection
+from jobsys.pg.locks import Lock, job_lock
+from jobsys.pg.queries import Q
+from jobsys.reconciler.duties import PassContext
 from jobsys.reconciler.findings import Finding, record_finding
 from jobsys.reconciler.kinds import Action, Kind
-from jobsys.states import FINAL
 
 
 def delete_stray_streams(ctx: PassContext) -> Mapping[str, Any]:
@@ -38,7 +40,7 @@ def delete_stray_streams(ctx: PassContext) -> Mapping[str, Any]:
         status = job["status"] if job is not None else None
         if job is not None and (status not in FINAL or (job["final_for_s"] or 0.0) < grace):
             continue
-        with job_lock(RECONCILE_LOCK, job_id, ctx.lock_conn) as held:
+        with job_lock(Lock.RECONCILE, job_id, ctx.lock_conn) as held:
             if not held:
                 continue
             names = JobNames.of(ctx.settings.namespace, job_id)

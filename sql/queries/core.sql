@@ -5,7 +5,7 @@
 
 -- name: transition_status
 -- The one guarded status write. Only a row whose status is in %(from)s moves;
--- the returned row is the answer to "did I win?". %(to)s = 'outcome' means
+-- the returned row is the answer to "did I win?". %(to)s = 'by_threshold' means
 -- "success or failure by the failure threshold" and then the job must also be
 -- complete. Every move is logged in job_events in the same statement.
 -- A move to a final status of a job with a completion hook (on_complete)
@@ -15,16 +15,16 @@
 WITH moved AS (
     UPDATE jobs SET
         status = CASE
-            WHEN %(to)s = 'outcome' THEN
+            WHEN %(to)s = 'by_threshold' THEN
                 CASE WHEN failed_count + lost_count > failure_threshold * total_count
                      THEN 'failure' ELSE 'success' END
             ELSE %(to)s END,
         started_at = CASE WHEN %(to)s = 'started' THEN coalesce(started_at, now()) ELSE started_at END,
-        finished_at = CASE WHEN %(to)s IN ('outcome', 'success', 'failure', 'revoked')
+        finished_at = CASE WHEN %(to)s IN ('by_threshold', 'success', 'failure', 'revoked')
                            THEN now() ELSE finished_at END
     WHERE id = %(job_id)s
       AND status = ANY(%(from)s::text[])
-      AND (%(to)s <> 'outcome' OR done_count + failed_count + lost_count >= total_count)
+      AND (%(to)s <> 'by_threshold' OR done_count + failed_count + lost_count >= total_count)
     RETURNING id, status, total_count, done_count, failed_count, lost_count, cancelled_count,
               on_complete
 ), logged AS (
@@ -42,7 +42,9 @@ WITH moved AS (
     INSERT INTO job_events (job_id, level, event, detail)
     SELECT job_id, 'info', 'hook_due', jsonb_build_object('target', target) FROM hooked
 )
-SELECT id, status, total_count, done_count, failed_count, lost_count, cancelled_count FROM moved;
+SELECT id, status, total_count, done_count, failed_count, lost_count, cancelled_count,
+       on_complete IS NOT NULL AND status IN ('success', 'failure', 'revoked') AS has_hook
+FROM moved;
 
 -- name: insert_job
 -- A new job row, queued.

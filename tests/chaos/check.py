@@ -25,11 +25,13 @@ from collections import Counter
 from functools import partial
 from typing import Any
 
-from jobsys.db import connection
+from jobsys.lifecycle.states import FINAL
 from jobsys.models import JobView
-from jobsys.queue import JobNames, bridge, stream_exists
+from jobsys.nats.admin import stream_exists
+from jobsys.nats.bridge import bridge
+from jobsys.nats.subjects import JobNames
+from jobsys.pg.db import connection
 from jobsys.settings import get_settings
-from jobsys.states import FINAL
 from tests.chaos.faults import Faults
 from tests.chaos.mix import MIX_KINDS, RETURNS_AT_ONCE, SMALL_MAX_DELIVER, JobPlan, judge
 from tests.chaos.report import Report

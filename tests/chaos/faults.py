@@ -43,14 +43,16 @@ from typing import Any
 import dramatiq
 import redis
 
-from jobsys.broker import RESULTS_QUEUE, setup_broker
-from jobsys.db import close_pool, connection
-from jobsys.messages import send_bootstrap
-from jobsys.queue import JobNames, bridge, delete_job_stream
+from jobsys.dramatiq.broker import RESULTS_QUEUE, setup_broker
+from jobsys.dramatiq.messages import send_bootstrap
+from jobsys.dramatiq.signing import SIGNATURE_OPTION, require_secret, signature
+from jobsys.nats.admin import delete_job_stream
+from jobsys.nats.bridge import bridge
+from jobsys.nats.subjects import JobNames
+from jobsys.ops.runner import LocalSystem
+from jobsys.pg.db import close_pool, connection
 from jobsys.reconciler import reconcile_pass
-from jobsys.runner import LocalSystem
 from jobsys.settings import get_settings
-from jobsys.signing import SIGNATURE_OPTION, require_secret, signature
 from tests.chaos.mix import SMALL_MAX_DELIVER, JobPlan
 from tests.chaos.servers import PrivateServers
 

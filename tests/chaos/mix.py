@@ -1,7 +1,8 @@
-"""The job mix: what each chaos job's tasks ask the `echo` pipeline to do, and what
-each task must end as.
+"""The job mix: what each chaos job's tasks ask the `fault-echo` pipeline to do, and
+what each task must end as.
 
-Every job is `echo` (a built-in pipeline: no ``module:function`` needed) and
+Every job is `fault-echo` (jobsys.testing.faults; the run sets
+JOBSYS_FAULT_PIPELINES) and
 holds, besides plain tasks (`sleep_ms` 0-5 ms), tasks that fail
 permanently, tasks that fail transiently half the time, and at least one
 task of each hard-to-store kind (`odd`: a NaN or Infinity result, a NUL in
@@ -29,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jobsys
-from jobsys.pipelines import CRASH_KINDS, LONG_ERROR_CHARS, ODD_KINDS
 from jobsys.storable import MAX_ERROR_CHARS
+from jobsys.testing.faults import CRASH_KINDS, LONG_ERROR_CHARS, ODD_KINDS
 
 PLAIN_MAX_DELIVER = 20
 # Jobs with at most this max_deliver are the ones a recorder outage could exhaust.
@@ -120,7 +121,7 @@ def submit_job(rng: random.Random, j: int, tasks: int, now: float, seconds: floa
     max_deliver, timeout = PROFILES[profile]
     lines, special = _payloads(rng, tasks, profile)
     view = jobsys.submit(
-        "echo",
+        "fault-echo",
         iter(lines),
         name=f"chaos {j} {profile}",
         failure_threshold=0.5,

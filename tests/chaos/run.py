@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import jobsys
+from jobsys.lifecycle.states import FINAL
 from jobsys.logs import setup_logging
-from jobsys.migrate import migrate
 from jobsys.models import JobView
+from jobsys.ops.runner import LocalSystem
+from jobsys.pg.migrate import migrate
 from jobsys.reconciler import reconcile_pass
-from jobsys.runner import LocalSystem
 from jobsys.settings import reset_settings
-from jobsys.states import FINAL
 from tests.chaos.check import check
 from tests.chaos.faults import Faults
 from tests.chaos.mix import JobPlan, submit_job
@@ -36,6 +36,8 @@ T = TypeVar("T")
 # within a run. ack_wait 5 s: outages are counted in ack_waits (tests.chaos.faults).
 HARNESS_ENV = {
     "JOBSYS_ACK_WAIT_S": "5",
+    # The job mix runs `fault-echo` (jobsys.testing.faults).
+    "JOBSYS_FAULT_PIPELINES": "true",
     "JOBSYS_NAK_DELAY_S": "0.2",
     "JOBSYS_HEARTBEAT_TIMEOUT_MS": "5000",
     "JOBSYS_MAINTENANCE_CHANCE": "100000",

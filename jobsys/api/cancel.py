@@ -1,0 +1,63 @@
+"""Cancelling a job: canceling, its stream deleted (its work stops), then revoked.
+
+A final job is left exactly as it is. If the stream cannot be deleted here
+(NATS down), the teardown actor is asked to finish the cancel, and the
+reconciler forces it after the cancel grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from jobsys.api.read import get_job
+from jobsys.dramatiq.messages import send_teardown
+from jobsys.lifecycle.revoke import revoke
+from jobsys.lifecycle.states import CANCELABLE, Status, transition
+from jobsys.lifecycle.teardown import run_teardown
+from jobsys.pg.db import connection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """What `cancel` did."""
+
+    job_id: int
+    status: str
+    changed: bool
+
+
+def cancel(job_id: int) -> CancelResult:
+    """queued|started -> canceling, then teardown (stream deleted, tasks cancelled, revoked).
+
+    A final job is left exactly as it is (`changed=False`). If teardown cannot
+    run here (NATS down), it is enqueued, and the reconciler forces it after
+    the cancel grace period.
+    """
+    with connection() as conn:
+        moved = transition(conn, job_id, Status.CANCELING, CANCELABLE, "cancel requested")
+    if moved is None:
+        job = get_job(job_id)
+        if job.status == Status.CANCELING:
+            # An earlier cancel whose teardown failed (or is running now):
+            # teardown is idempotent, so finishing it here is harmless.
+            _teardown(job_id)
+            job = get_job(job_id)
+        return CancelResult(job_id, job.status, False)
+    _teardown(job_id)
+    return CancelResult(job_id, get_job(job_id).status, True)
+
+
+def _teardown(job_id: int) -> None:
+    """Delete the stream, then revoke; on failure, leave both to the teardown actor."""
+    try:
+        run_teardown(job_id, reason="cancel")
+        revoke(job_id, "cancel")
+    except Exception as exc:
+        log.warning("inline teardown failed", extra={"job_id": job_id, "error": repr(exc)})
+        try:
+            send_teardown(job_id)
+        except Exception:
+            log.warning("teardown not enqueued", extra={"job_id": job_id})

@@ -1,0 +1,56 @@
+"""Reading jobs: one job, recent jobs, a job's hook delivery, waiting for a job to end."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from jobsys.errors import InvalidInput, JobNotFound, JobsysError
+from jobsys.lifecycle.states import FINAL, Status
+from jobsys.models import JobView
+from jobsys.pg.db import connection
+from jobsys.pg.queries import Q
+
+
+def get_job(job_id: int) -> JobView:
+    """The job's status and counters; raises JobNotFound."""
+    with connection() as conn:
+        row = conn.execute(Q.get_job, {"job_id": job_id}).fetchone()
+    if row is None:
+        raise JobNotFound(job_id)
+    return JobView.from_row(row)
+
+
+def list_jobs(status: str | None = None, limit: int = 50) -> list[JobView]:
+    """Recent jobs, newest first, optionally of one status."""
+    if status is not None and status not in {s.value for s in Status}:
+        raise InvalidInput(f"unknown status {status!r}")
+    with connection() as conn:
+        rows = conn.execute(Q.list_jobs, {"status": status, "limit": limit}).fetchall()
+    return [JobView.from_row(r) for r in rows]
+
+
+def hook_state(job_id: int) -> dict[str, Any] | None:
+    """A job's hook delivery as `jobsys status` shows it; None when it has none yet."""
+    with connection() as conn:
+        row = conn.execute(Q.get_hook, {"job_id": job_id}).fetchone()
+    return dict(row) if row is not None else None
+
+
+def wait_until_final(
+    job_id: int,
+    timeout: float = 600.0,
+    poll_s: float = 0.25,
+    on_update: object = None,
+) -> JobView:
+    """Poll until the job is final; `on_update(view)` is called on every poll."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view = get_job(job_id)
+        if callable(on_update):
+            on_update(view)
+        if view.status in FINAL:
+            return view
+        if time.monotonic() > deadline:
+            raise JobsysError(f"job {job_id} not final after {timeout:.0f}s (status {view.status})")
+        time.sleep(poll_s)

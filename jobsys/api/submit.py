@@ -1,0 +1,135 @@
+"""Submitting a job: its row and ledger in one transaction, then its bootstrap enqueued."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from pydantic import BaseModel, Field, ValidationError
+
+from jobsys.api.items import checked_items, submit_item_limit
+from jobsys.api.read import get_job
+from jobsys.dramatiq.messages import send_bootstrap
+from jobsys.dramatiq.signing import require_secret
+from jobsys.errors import InvalidInput
+from jobsys.hooks.target import check_target
+from jobsys.models import JobView
+from jobsys.pg.db import connection
+from jobsys.pg.events import record_event
+from jobsys.pg.queries import Q
+from jobsys.pipelines.resolve import resolve
+from jobsys.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+# How often (in tasks) a large submit reports progress.
+_PROGRESS_EVERY = 10_000
+
+
+class SubmitOptions(BaseModel):
+    """What a submit may set besides its items; validated before anything is written."""
+
+    pipeline: str = Field(min_length=1, max_length=500)
+    name: str = Field(default="", max_length=10_000)
+    failure_threshold: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_deliver: int = Field(ge=1, le=1_000)
+    task_timeout_s: float = Field(gt=0, le=7 * 86_400)
+    max_in_flight: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
+def _options(**kwargs: object) -> SubmitOptions:
+    try:
+        return SubmitOptions.model_validate(kwargs)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"{field.replace('_', '-')}: {first['msg']}") from None
+
+
+def submit(
+    pipeline: str,
+    items: Iterable[str],
+    *,
+    name: str = "",
+    failure_threshold: float = 0.0,
+    max_deliver: int | None = None,
+    task_timeout_s: float | None = None,
+    max_in_flight: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    on_complete: str | None = None,
+) -> JobView:
+    """Create a job and its tasks in one transaction, then enqueue its bootstrap.
+
+    `items` yields each task's payload as JSON text; each is checked as it
+    enters (`jobsys.api.items`: JSON object, size, nesting, the NATS server's
+    max_payload). If one fails or `items` raises part-way, the transaction
+    rolls back and no job exists. `task_timeout_s` (default
+    JOBSYS_TASK_TIMEOUT_S) stops a task running longer; `max_in_flight` caps
+    the job's delivered, unacknowledged tasks across all processors (default
+    JOBSYS_MAX_ACK_PENDING).
+    `on_complete` is a completion hook target (`jobsys.hooks.target.check_target`).
+    """
+    settings = get_settings()
+    opts = _options(
+        pipeline=pipeline,
+        name=name,
+        failure_threshold=failure_threshold,
+        max_deliver=settings.max_deliver if max_deliver is None else max_deliver,
+        task_timeout_s=settings.task_timeout_s if task_timeout_s is None else task_timeout_s,
+        max_in_flight=max_in_flight,
+    )
+    resolve(opts.pipeline)
+    # Checked before anything is written: a job whose bootstrap cannot be sent
+    # (unsigned) would wait for the reconciler for nothing.
+    require_secret()
+    hook = check_target(on_complete) if on_complete is not None else None
+    if "\x00" in opts.name or "\x00" in opts.pipeline:
+        raise InvalidInput("name: NUL characters cannot be stored in a job name")
+    limit = submit_item_limit()
+    with connection() as conn, conn.transaction():
+        job = conn.execute(
+            Q.insert_job,
+            {
+                "name": opts.name,
+                "pipeline": opts.pipeline,
+                "total": 0,
+                "failure_threshold": opts.failure_threshold,
+                "max_deliver": opts.max_deliver,
+                "task_timeout_s": opts.task_timeout_s,
+                "max_in_flight": opts.max_in_flight,
+            },
+        ).fetchone()
+        assert job is not None
+        job_id = job["id"]
+        if hook is not None:
+            conn.execute(Q.set_on_complete, {"job_id": job_id, "target": hook.target})
+        count = 0
+        with conn.cursor().copy(Q.copy_tasks) as copy:
+            for count, text in enumerate(checked_items(items, limit), start=1):
+                copy.write_row((job_id, count - 1, text))
+                if on_progress is not None and count % _PROGRESS_EVERY == 0:
+                    on_progress(count)
+        conn.execute(Q.set_job_total, {"job_id": job_id, "total": count})
+        record_event(
+            conn, job_id, "job_submitted",
+            pipeline=opts.pipeline, total=count, failure_threshold=opts.failure_threshold,
+        )  # fmt: skip
+    if on_progress is not None:
+        on_progress(count)
+    enqueue_bootstrap(job_id)
+    return get_job(job_id)
+
+
+def enqueue_bootstrap(job_id: int) -> bool:
+    """Send the bootstrap message; False (logged) if Redis is unreachable.
+
+    The job is committed either way: a queued job whose message never
+    arrives is re-enqueued by the reconciler.
+    """
+    try:
+        send_bootstrap(job_id)
+    except Exception as exc:
+        log.warning("bootstrap not enqueued", extra={"job_id": job_id, "error": repr(exc)})
+        return False
+    return True

@@ -1,0 +1,125 @@
+"""Listing a job's failed (or lost, cancelled...) tasks with their errors: `jobsys tasks`.
+
+How many there are comes from the job's counter columns (no count over the
+ledger); the listing reads the ledger in task order up to a limit, and the
+grouping by error text reads the job's ledger once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from jobsys.api.export import TASK_STATUSES, expected_counts
+from jobsys.errors import InvalidInput, JobNotFound, LedgerPruned
+from jobsys.models import JobView
+from jobsys.pg.db import connection
+from jobsys.pg.queries import Q
+
+MAX_LIMIT = 100_000
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """One task as `jobsys tasks` shows it."""
+
+    task: int
+    status: str
+    error: str | None
+    deliveries: int
+    finished_at: datetime | None
+    origin_task: int | None
+
+
+@dataclass(frozen=True)
+class ErrorGroup:
+    """Tasks sharing one error text."""
+
+    error: str
+    tasks: int
+    example_task: int
+    statuses: list[str]
+
+
+@dataclass(frozen=True)
+class TaskListing:
+    """The answer of `list_tasks` / `group_errors`."""
+
+    job_id: int
+    statuses: tuple[str, ...]
+    count: int  # tasks of these statuses in the job (its counters)
+    tasks: list[TaskRow] | None = None
+    errors: list[ErrorGroup] | None = None
+    distinct_errors: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The `--json` shape."""
+        out: dict[str, Any] = {
+            "job_id": self.job_id,
+            "statuses": list(self.statuses),
+            "count": self.count,
+        }
+        if self.tasks is not None:
+            out["tasks"] = [asdict(t) for t in self.tasks]
+        if self.errors is not None:
+            out["distinct_errors"] = self.distinct_errors
+            out["errors"] = [asdict(g) for g in self.errors]
+        return out
+
+
+def _job(conn: Any, job_id: int) -> JobView:
+    row = conn.execute(Q.get_job, {"job_id": job_id}).fetchone()
+    if row is None:
+        raise JobNotFound(job_id)
+    job = JobView.from_row(row)
+    if job.ledger_state != "kept":
+        raise LedgerPruned(job_id, job.ledger_pruned_at)
+    return job
+
+
+def _check(statuses: Sequence[str], limit: int) -> tuple[str, ...]:
+    wanted = tuple(dict.fromkeys(statuses))
+    bad = [s for s in wanted if s not in TASK_STATUSES]
+    if not wanted or bad:
+        raise InvalidInput(f"status: {', '.join(bad) or 'nothing'} is not a task status")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit: must be 1 to {MAX_LIMIT:,}")
+    return wanted
+
+
+def list_tasks(job_id: int, statuses: Sequence[str] = ("failed",), limit: int = 50) -> TaskListing:
+    """Up to `limit` of the job's tasks of `statuses`, in task order, with their errors."""
+    wanted = _check(statuses, limit)
+    with connection() as conn:
+        job = _job(conn, job_id)
+        rows = conn.execute(
+            Q.list_tasks, {"job_id": job_id, "statuses": list(wanted), "limit": limit}
+        ).fetchall()
+    counters = expected_counts(job)
+    tasks = [
+        TaskRow(r["task_no"], r["status"], r["error"], r["deliveries"], r["finished_at"],
+                r["origin_task"])
+        for r in rows
+    ]  # fmt: skip
+    return TaskListing(job_id, wanted, sum(counters[s] for s in wanted), tasks=tasks)
+
+
+def group_errors(
+    job_id: int, statuses: Sequence[str] = ("failed",), limit: int = 50
+) -> TaskListing:
+    """The job's tasks of `statuses` grouped by error text, most frequent first."""
+    wanted = _check(statuses, limit)
+    with connection() as conn:
+        job = _job(conn, job_id)
+        rows = conn.execute(
+            Q.group_task_errors, {"job_id": job_id, "statuses": list(wanted), "limit": limit}
+        ).fetchall()
+    counters = expected_counts(job)
+    groups = [ErrorGroup(r["error"], r["tasks"], r["example_task"], list(r["statuses"]))
+              for r in rows]  # fmt: skip
+    return TaskListing(
+        job_id, wanted, sum(counters[s] for s in wanted), errors=groups,
+        distinct_errors=rows[0]["groups"] if rows else 0,
+    )  # fmt: skip

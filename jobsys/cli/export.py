@@ -1,0 +1,217 @@
+"""`jobsys results` and `jobsys tasks`: a job's outcomes out of the ledger."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from jobsys.api.export import EXPORT_STATUSES, Export, open_export, parse_statuses
+from jobsys.api.tasks import group_errors, list_tasks
+from jobsys.cli.output import echo_json, progress_bar, table
+
+JOB_ID = click.IntRange(min=1)
+# Rows between progress bar updates.
+PROGRESS_EVERY = 5_000
+# Longest error text shown in a table cell (`--json` has it whole).
+TABLE_ERROR_CHARS = 300
+
+
+def _one_line(text: str) -> str:
+    # Stored JSON text is written as is. A raw CR/LF in JSON text can only be
+    # whitespace between tokens (PG rejects it inside strings), so replacing
+    # it keeps the same JSON on one line.
+    if "\n" in text or "\r" in text:
+        return text.replace("\r", " ").replace("\n", " ")
+    return text
+
+
+def _jsonl(row: dict[str, Any], columns: list[str]) -> str:
+    parts = []
+    for col in columns:
+        value = row[col]
+        if value is None:
+            text = "null"
+        elif col in ("result", "payload"):
+            text = _one_line(value)
+        elif col == "finished_at":
+            text = f'"{value.isoformat()}"'
+        else:
+            text = json.dumps(value, ensure_ascii=False)
+        parts.append(f'"{col}": {text}')
+    return "{" + ", ".join(parts) + "}\n"
+
+
+def _csv_cell(col: str, value: Any) -> Any:
+    if value is None:
+        return ""
+    if col == "finished_at":
+        return value.isoformat()
+    return value
+
+
+@contextlib.contextmanager
+def _open_output(path: Path | None, fmt: str) -> Iterator[IO[str]]:
+    """stdout, or a temporary file next to `path` renamed onto it only when complete."""
+    newline = "" if fmt == "csv" else None
+    if path is None:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    directory = path.resolve().parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
+    try:
+        with open(fd, "w", encoding="utf-8", newline=newline) as out:
+            yield out
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write(export: Export, out: IO[str], fmt: str, on_row: Any) -> int:
+    columns = export.columns
+    written = 0
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        for row in export:
+            writer.writerow([_csv_cell(c, row[c]) for c in columns])
+            written += 1
+            if written % PROGRESS_EVERY == 0:
+                on_row(written)
+    else:
+        for row in export:
+            out.write(_jsonl(row, columns))
+            written += 1
+            if written % PROGRESS_EVERY == 0:
+                on_row(written)
+    return written
+
+
+def _summary(export: Export, written: int, where: str) -> tuple[str, bool]:
+    counts = export.counts
+    expected = export.expected
+    if expected is None:
+        shown = ", ".join(f"{s} {n:,}" for s, n in sorted(counts.items()))
+        chain = len(export.descendants)
+        return (
+            f"job {export.job.job_id} and {chain} retr{'y' if chain == 1 else 'ies'}: "
+            f"wrote {written:,} tasks by latest outcome ({shown or 'none'}) to {where}",
+            True,
+        )
+    shown = ", ".join(f"{s} {counts.get(s, 0):,}" for s in expected)
+    agree = all(counts.get(s, 0) == n for s, n in expected.items()) and set(counts) <= set(expected)
+    line = f"job {export.job.job_id}: wrote {written:,} tasks ({shown}) to {where}; "
+    if agree:
+        return line + "equal to the job's counters", True
+    says = ", ".join(f"{s} {n:,}" for s, n in expected.items())
+    return line + f"but the job's counters say {says}: run `jobsys reconcile`", False
+
+
+@click.command()
+@click.argument("job_id", type=JOB_ID)
+@click.option("--status", type=click.Choice(EXPORT_STATUSES), default="done", show_default=True,
+              help="Which tasks: one status, or all.")  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl",
+              show_default=True)  # fmt: skip
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write here (complete or not at all) instead of stdout.")  # fmt: skip
+@click.option("--with-payload", is_flag=True, help="Add each task's payload.")
+@click.option("--latest", is_flag=True,
+              help="Each task's latest outcome across JOB_ID and its retries.")  # fmt: skip
+def results(
+    job_id: int, status: str, fmt: str, output: Path | None, with_payload: bool, latest: bool
+) -> None:
+    """Stream JOB_ID's tasks: one object per task with task, status, result,
+    error, deliveries, finished_at (and payload). Results and payloads are
+    written byte for byte as stored. A line on stderr says how many were
+    written per status; they equal the job's counters.
+
+    \b
+    Examples:
+      jobsys results 42 > results.jsonl
+      jobsys results 42 --status all --format csv --with-payload -o all.csv
+      jobsys results 42 --latest --status all   # after `jobsys retry 42`
+    """
+    statuses = parse_statuses(status, EXPORT_STATUSES)
+    where = str(output) if output is not None else "stdout"
+    show_bar = sys.stderr.isatty() and (output is not None or not sys.stdout.isatty())
+    try:
+        with (
+            open_export(
+                job_id, statuses, latest=latest, with_payload=with_payload, raw=True
+            ) as export,
+            _open_output(output, fmt) as out,
+        ):
+            expected = export.expected
+            if show_bar:
+                total = sum(expected.values()) if expected is not None else None
+                with progress_bar(f"job {job_id}", total) as update:
+                    written = _write(export, out, fmt, lambda n: update(n, total))
+                    update(written, total)
+            else:
+                written = _write(export, out, fmt, lambda n: None)
+    except BrokenPipeError:
+        # `jobsys results 42 | head`: the reader left; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    line, ok = _summary(export, written, where)
+    click.echo(line, err=True)
+    if not ok:
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("job_id", type=JOB_ID)
+@click.option("--status", default="failed", show_default=True,
+              help="failed, lost, cancelled, done, pending, or a comma list.")  # fmt: skip
+@click.option("--by-error", is_flag=True, help="Group by error text: count and an example task.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True,
+              help="Tasks (or, with --by-error, error groups) to show.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def tasks(job_id: int, status: str, by_error: bool, limit: int, as_json: bool) -> None:
+    """List JOB_ID's failed (or lost, ...) tasks with their errors.
+
+    \b
+    Examples:
+      jobsys tasks 42
+      jobsys tasks 42 --status failed,lost --by-error
+      jobsys tasks 42 --limit 1000 --json
+    """
+    statuses = parse_statuses(status)
+    assert statuses is not None
+    if by_error:
+        listing = group_errors(job_id, statuses, limit)
+    else:
+        listing = list_tasks(job_id, statuses, limit)
+    if as_json:
+        echo_json(listing.as_dict())
+        return
+    what = "/".join(listing.statuses)
+    if listing.errors is not None:
+        table(
+            f"job {job_id}: {listing.count:,} {what} task(s), "
+            f"{listing.distinct_errors:,} distinct error(s)",
+            ["tasks", "statuses", "example task", "error"],
+            [[g.tasks, ",".join(g.statuses), g.example_task, g.error[:TABLE_ERROR_CHARS]]
+             for g in listing.errors],
+        )  # fmt: skip
+        return
+    assert listing.tasks is not None
+    table(
+        f"job {job_id}: {len(listing.tasks):,} of {listing.count:,} {what} task(s)",
+        ["task", "status", "deliveries", "finished", "error"],
+        [[t.task, t.status, t.deliveries,
+          t.finished_at.strftime("%Y-%m-%d %H:%M:%S") if t.finished_at else "",
+          (t.error or "")[:TABLE_ERROR_CHARS]] for t in listing.tasks],
+    )  # fmt: skip

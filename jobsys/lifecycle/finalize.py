@@ -1,0 +1,102 @@
+"""Finishing a job: the one place a job becomes final, and the one follow-up every final job gets.
+
+Every path that can account for a job's last task -- a result batch, a task
+too large to publish, the reconciler marking tasks lost or repairing the
+counters, a bootstrap of a job with no tasks -- and the cancel that revokes
+one, writes inside ``with finishing(conn) as fin:``. `Finisher.finish` is the
+only caller of the guarded transition to success or failure (by the failure
+threshold, once every task is accounted for), `Finisher.revoke` the only one
+to revoked. The block is one top-level transaction; only after it commits
+does each job it made final get its follow-up, the same on every path:
+
+1. its stream is deleted (the teardown actor; here and now if Redis cannot
+   take the message): processors stop serving it;
+2. its completion hook, if it has one, is sent (the transition wrote the
+   delivery to the outbox in the same statement; if Redis cannot take the
+   message, the reconciler resends the overdue delivery).
+
+A crash between the commit and the follow-up loses neither: the reconciler
+deletes the stream of a final job (a stray, after JOBSYS_STRAY_GRACE_S) and
+resends an overdue hook delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from psycopg.pq import TransactionStatus
+
+from jobsys.dramatiq.messages import send_hook, send_teardown
+from jobsys.lifecycle.states import BY_THRESHOLD, FINALIZABLE, Moved, Status, transition
+from jobsys.lifecycle.teardown import run_teardown
+from jobsys.pg.db import Conn
+from jobsys.testing.pauses import Pause, pause
+
+log = logging.getLogger(__name__)
+
+
+class Finisher:
+    """The jobs one transaction made final (see `finishing`)."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+        self.finished: list[Moved] = []
+
+    def finish(self, job_id: int, reason: str) -> Status | None:
+        """success or failure if every task of the job is accounted for (and it is
+        queued or started); the status it moved to, or None."""
+        moved = transition(self.conn, job_id, BY_THRESHOLD, FINALIZABLE, reason)
+        if moved is None:
+            return None
+        self.finished.append(moved)
+        return moved.status
+
+    def revoke(self, job_id: int, reason: str) -> Status | None:
+        """canceling -> revoked; the status it moved to, or None if it was not canceling."""
+        moved = transition(self.conn, job_id, Status.REVOKED, {Status.CANCELING}, reason)
+        if moved is None:
+            return None
+        self.finished.append(moved)
+        return moved.status
+
+
+@contextmanager
+def finishing(conn: Conn) -> Iterator[Finisher]:
+    """One top-level transaction on `conn` in which jobs may become final; after it
+    commits, each of them gets its follow-up (the module's docstring). Nothing
+    follows a transaction that rolled back."""
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        # A follow-up must wait for the commit that makes the job final.
+        raise RuntimeError("finishing() must not run inside another transaction")
+    fin = Finisher(conn)
+    with conn.transaction():
+        yield fin
+    for moved in fin.finished:
+        log.info("job finished", extra={"job_id": moved.job_id, "status": str(moved.status)})
+        follow_up(moved)
+
+
+def follow_up(moved: Moved) -> None:
+    """What every job gets once it is final: its stream deleted, its hook sent."""
+    # The final commit is done; a crash test can stop us right here.
+    pause(Pause.AFTER_FINAL_COMMIT)
+    try:
+        send_teardown(moved.job_id)
+    except Exception as exc:
+        # A final job must not keep its stream: delete it here.
+        log.warning("teardown not enqueued; deleting the stream here",
+                    extra={"job_id": moved.job_id, "error": repr(exc)})  # fmt: skip
+        try:
+            run_teardown(moved.job_id, reason="teardown not enqueued")
+        except Exception as again:
+            log.warning("stream not deleted; the reconciler will",
+                        extra={"job_id": moved.job_id, "error": repr(again)})  # fmt: skip
+    if moved.has_hook:
+        try:
+            send_hook(moved.job_id)
+        except Exception as exc:
+            # The reconciler sends it once it is overdue (hook_resend_after_s).
+            log.warning("hook delivery not enqueued",
+                        extra={"job_id": moved.job_id, "error": repr(exc)})  # fmt: skip

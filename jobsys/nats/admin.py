@@ -1,0 +1,220 @@
+"""Stream and consumer administration: one stream and one durable pull consumer per job,
+their descriptions, and reading what a stream holds.
+
+Names and the wire format are in jobsys.nats.subjects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamInfo,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+from jobsys.nats.subjects import MSG_ID_HEADER, JobNames, parse_msg_id
+from jobsys.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Re-running bootstrap within this window never duplicates a task message.
+DUPLICATE_WINDOW_S = 600.0
+# JetStream's error code: a stream of that name exists with another configuration.
+STREAM_NAME_IN_USE = 10058
+
+
+def describe_stream(pipeline: str, task_timeout_s: float | None = None) -> str:
+    """A job stream's description: what processors need to know to serve it
+    (they never read Postgres): the pipeline and the job's task time limit."""
+    described: dict[str, Any] = {"pipeline": pipeline}
+    if task_timeout_s is not None:
+        described["task_timeout_s"] = task_timeout_s
+    return json.dumps(described)
+
+
+def _described(description: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(description or "")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def pipeline_of_stream(description: str | None) -> str | None:
+    """The pipeline named in a job stream's description, or None."""
+    pipeline = _described(description).get("pipeline")
+    return pipeline if isinstance(pipeline, str) else None
+
+
+def task_timeout_of_stream(description: str | None) -> float | None:
+    """The task time limit in a job stream's description, or None (a stream made
+    before jobs had one: the processor's JOBSYS_TASK_TIMEOUT_S applies)."""
+    value = _described(description).get("task_timeout_s")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
+
+
+async def ensure_job_stream(
+    js: JetStreamContext, names: JobNames, job: Mapping[str, Any], settings: Settings
+) -> None:
+    """Create the job's stream and durable pull consumer if missing (idempotent).
+
+    Processors learn the pipeline from the stream's description, so they
+    need NATS and Redis only, never Postgres.
+
+    The stream also captures the consumer's MAX_DELIVERIES advisories, so
+    the reconciler finds every exhausted task even if none ran when it was
+    exhausted. Per job, not one wildcard stream per namespace: two streams'
+    subjects may not overlap, and namespaces share a server.
+
+    `job` is the job's row (at least `pipeline` and `max_deliver`; its
+    `task_timeout_s` goes in the description, its `max_in_flight` becomes
+    the consumer's max_ack_pending: JetStream then never has more of the
+    job's tasks delivered and unacked, across all processors).
+    """
+    max_in_flight = job.get("max_in_flight") or settings.max_ack_pending
+    stream = StreamConfig(
+        name=names.stream,
+        description=describe_stream(job["pipeline"], job.get("task_timeout_s")),
+        subjects=[names.subject, names.max_deliveries],
+        # Work-queue retention: an acked task message is removed, so the
+        # stream's message count is exactly what is still unacked.
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        # On a JetStream cluster, R3 survives the loss of one node.
+        num_replicas=settings.stream_replicas,
+    )
+    try:
+        await js.add_stream(stream)
+    except BadRequestError as exc:
+        if exc.err_code != STREAM_NAME_IN_USE:
+            raise
+        # The stream exists with another configuration (made by an older
+        # version, or with other settings): bring it to this one rather than
+        # failing every bootstrap and repair of the job for ever.
+        log.info("job stream updated to the current configuration",
+                 extra={"stream": names.stream})  # fmt: skip
+        await js.update_stream(stream)
+    consumer = ConsumerConfig(
+        durable_name=names.consumer,
+        name=names.consumer,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=settings.ack_wait_s,
+        max_deliver=job["max_deliver"],
+        max_ack_pending=max_in_flight,
+        filter_subject=names.subject,
+    )
+    try:
+        await js.add_consumer(names.stream, consumer)
+    except BadRequestError:
+        # A consumer of that name with another configuration: it still
+        # delivers the job's tasks, so keep it (its deliveries so far count
+        # towards max_deliver) rather than fail; anything else is raised.
+        await js.consumer_info(names.stream, names.consumer)
+        log.warning("job consumer kept with its own configuration",
+                    extra={"stream": names.stream})  # fmt: skip
+
+
+async def tasks_of_messages(
+    js: JetStreamContext, names: JobNames, seqs: Sequence[int]
+) -> dict[int, tuple[int, int] | None]:
+    """Which task each message of the job's stream is: ``{seq: (job_id, task_no)}``
+    from its Nats-Msg-Id, or None for a sequence that holds no task message
+    (none stored there, acked already, an advisory, no stream). One lookup per
+    sequence, all at once; the ledger asks only about results whose sequence
+    is not the one it recorded."""
+
+    async def one(seq: int) -> tuple[int, int] | None:
+        try:
+            msg = await js.get_msg(names.stream, seq)
+        except NotFoundError:
+            return None
+        if msg.subject != names.subject:
+            return None
+        return parse_msg_id((msg.headers or {}).get(MSG_ID_HEADER))
+
+    unique = sorted(set(seqs))
+    found = await asyncio.gather(*(one(seq) for seq in unique))
+    return dict(zip(unique, found, strict=True))
+
+
+async def delete_job_stream(js: JetStreamContext, names: JobNames) -> bool:
+    """Delete the job's stream (and with it its consumer); False if it was not there."""
+    try:
+        await js.delete_stream(names.stream)
+    except NotFoundError:
+        return False
+    return True
+
+
+async def stream_exists(js: JetStreamContext, names: JobNames) -> bool:
+    """Whether the job's stream exists."""
+    try:
+        await js.stream_info(names.stream)
+    except NotFoundError:
+        return False
+    return True
+
+
+async def all_streams_info(js: JetStreamContext) -> list[StreamInfo]:
+    """Every stream of the account with its state.
+
+    The server answers a listing in pages (256 streams each); nats-py's
+    `streams_info()` returns one page, so follow the offsets to the end.
+
+    On a JetStream cluster a page also names the streams whose leader did not
+    answer in time (`missing`: a stream being created or electing a leader);
+    nats-py drops that list, and a stream absent from a listing would look
+    deleted. Each missing stream is asked for directly instead: found, it is
+    listed; not found, it is not; any other error is raised (the caller
+    learns nothing, rather than something false).
+    """
+    found: list[StreamInfo] = []
+    offset = 0
+    while True:
+        # The raw API answer: nats-py keeps no public way to read `missing`.
+        page = await js._api_request(
+            f"{js._prefix}.STREAM.LIST",
+            json.dumps({"offset": offset}).encode(),
+            timeout=js._timeout,
+        )
+        streams = page.get("streams") or []
+        missing = page.get("missing") or []
+        found.extend(StreamInfo.from_response(info) for info in streams)
+        if missing:
+            log.info("stream listing: streams did not answer", extra={"missing": len(missing)})
+        for name in missing:
+            with contextlib.suppress(NotFoundError):
+                found.append(await js.stream_info(name))
+        offset += len(streams) + len(missing)
+        if (not streams and not missing) or offset >= int(page.get("total") or 0):
+            return found
+
+
+def parse_server_time(value: datetime | str | None) -> datetime | None:
+    """A server timestamp as a UTC datetime (nats-py parses it; older versions gave RFC 3339
+    text, whose fraction has 0-9 digits)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    text = value.strip().removesuffix("Z").removesuffix("+00:00")
+    whole, _, fraction = text.partition(".")
+    return datetime.fromisoformat(f"{whole}.{(fraction + '000000')[:6]}+00:00")

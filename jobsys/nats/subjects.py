@@ -1,0 +1,159 @@
+"""The NATS wire format of jobsys: every name, subject, header and reply, parsed here once.
+
+Pure functions over text: nothing here talks to a server (the recording path
+imports this module and no other NATS code).
+
+Per job ``J`` of namespace ``NS`` (`JobNames`)::
+
+    stream     NS_job_J            work-queue retention: what it holds is what is unacked
+    subject    NS.tasks.J          one message per task
+    consumer   NS_job_J_workers    durable, pull, explicit ack, max_deliver of the job
+    advisory   $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.NS_job_J.NS_job_J_workers
+               (captured by the job's own stream: the reconciler reads exhausted tasks there)
+
+A task message::
+
+    header     Nats-Msg-Id: J:T    T = task number; deduplicates republishing
+    payload    the item's JSON text, byte for byte as submitted
+
+The reply subject of a delivered message (its ack subject), in the two forms
+servers write::
+
+    $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts ns>.<pending>
+    $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<stream seq>
+           .<consumer seq>.<ts ns>.<pending>[.<token>]
+
+Publishing to it ``+ACK`` (done), ``-NAK`` (deliver again, optionally
+``-NAK {"delay": ns}``), ``+WPI`` (still working: restart ack_wait) or
+``+TERM`` (never again) settles the message. The stream sequence is where the
+message sits: a result counts only for the task whose message sits there
+(jobsys.recording).
+
+A pull request is published to ``$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>``
+with ``{"batch": n, "expires": ns}`` and an inbox as reply; the server answers
+with messages, or a message with a ``Status`` header (404 nothing there, 408
+expired, 409 consumer gone or a limit) that ends the request.
+
+What processors hear of streams: ``$JS.EVENT.ADVISORY.STREAM.<CREATED|DELETED|UPDATED>.<stream>``
+and ``$JS.EVENT.ADVISORY.CONSUMER.CREATED.<stream>.<consumer>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The header a pull request's status answer carries (404, 408, 409).
+STATUS_HEADER = "Status"
+MSG_ID_HEADER = "Nats-Msg-Id"
+# Subject prefix of a consumer's "next messages" API (pull requests).
+PULL_PREFIX = "$JS.API.CONSUMER.MSG.NEXT"
+STREAM_ADVISORIES = "$JS.EVENT.ADVISORY.STREAM.*.*"
+CONSUMER_CREATED_ADVISORIES = "$JS.EVENT.ADVISORY.CONSUMER.CREATED.*.*"
+
+
+@dataclass(frozen=True)
+class JobNames:
+    """NATS names of one job's resources."""
+
+    stream: str
+    subject: str
+    consumer: str
+
+    @classmethod
+    def of(cls, namespace: str, job_id: int) -> JobNames:
+        """The names for `job_id` in `namespace`."""
+        return cls(
+            stream=f"{namespace}_job_{job_id}",
+            subject=f"{namespace}.tasks.{job_id}",
+            consumer=f"{namespace}_job_{job_id}_workers",
+        )
+
+    @property
+    def max_deliveries(self) -> str:
+        """The subject of JetStream's advisory that a task message exhausted max_deliver."""
+        return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream}.{self.consumer}"
+
+    @property
+    def pull(self) -> str:
+        """The subject a pull request for the job's consumer is published to."""
+        return f"{PULL_PREFIX}.{self.stream}.{self.consumer}"
+
+
+def stream_prefix(namespace: str) -> str:
+    """Every job stream of a namespace starts with this."""
+    return f"{namespace}_job_"
+
+
+def job_id_of_stream(namespace: str, stream: str) -> int | None:
+    """The job id a stream of `namespace` belongs to, or None if not one of ours."""
+    prefix = stream_prefix(namespace)
+    rest = stream[len(prefix) :] if stream.startswith(prefix) else ""
+    return int(rest) if rest.isdigit() else None
+
+
+def msg_id(job_id: int, task_no: int) -> str:
+    """The Nats-Msg-Id of a task message (deduplicates republishing)."""
+    return f"{job_id}:{task_no}"
+
+
+def parse_msg_id(value: str | None) -> tuple[int, int] | None:
+    """(job_id, task_no) from a Nats-Msg-Id header, or None if malformed."""
+    if not value:
+        return None
+    job, sep, task = value.partition(":")
+    if not sep or not job.isdigit() or not task.isdigit():
+        return None
+    return int(job), int(task)
+
+
+@dataclass(frozen=True, slots=True)
+class AckSubject:
+    """What a JetStream reply (ack) subject says about its message."""
+
+    stream: str
+    consumer: str
+    delivered: int  # how many times the server has delivered it, this one included
+    stream_seq: int  # where the message sits in the stream
+    delivered_at_ns: int | None  # when the server delivered it (ns since the epoch)
+
+
+def parse_ack_subject(reply: str) -> AckSubject | None:
+    """Parse a reply subject of either form (see the module's docstring); None if it
+    is not one."""
+    tokens = reply.split(".")
+    n = len(tokens)
+    if n < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
+        return None
+    if n == 9:
+        first = 2
+    elif n >= 11:
+        first = 4
+    else:
+        return None
+    stream, consumer, delivered, sseq = tokens[first : first + 4]
+    ts = tokens[first + 5]
+    if not delivered.isdigit() or not sseq.isdigit():
+        return None
+    return AckSubject(
+        stream, consumer, int(delivered), int(sseq), int(ts) if ts.isdigit() else None
+    )
+
+
+def stream_of_advisory(subject: str) -> tuple[str, str] | None:
+    """(action, stream) of a stream or consumer advisory subject (see the module's
+    docstring): action is CREATED, DELETED or UPDATED; None if it is not one."""
+    parts = subject.split(".")
+    if len(parts) < 6 or parts[:3] != ["$JS", "EVENT", "ADVISORY"]:
+        return None
+    return parts[4], parts[5]
+
+
+def confirm_subject(prefix: str, serial: int) -> str:
+    """The inbox subject a worker answers on when it recorded batch `serial`."""
+    return f"{prefix}.{serial}"
+
+
+def serial_of_confirm(subject: str) -> int | None:
+    """The batch serial of a confirmation subject, or None."""
+    tail = subject.rsplit(".", 1)[-1]
+    return int(tail) if tail.isdigit() else None

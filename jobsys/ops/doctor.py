@@ -1,0 +1,285 @@
+"""Health checks behind ``jobsys doctor``: can this machine run jobsys right now?
+
+``check_all`` returns one ``Check`` per concern (Postgres, schema, pooling,
+Redis, NATS). Each message is one line that says what is wrong and how to fix
+it, so the CLI only has to print them. Nothing here raises: a failing check is
+a result. Probes and the one-line formatting are `jobsys.probes`, shared with
+the dev tooling that starts local servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+
+import psycopg
+from nats.errors import NoRespondersError
+from nats.js.errors import ServiceUnavailableError
+
+from jobsys.credentials import (
+    AccessSettingError,
+    describe_nats,
+    describe_redis,
+    open_nats,
+    redis_connection_kwargs,
+)
+from jobsys.dramatiq.signing import SecretMissing, require_secret
+from jobsys.pg.migrate import latest_version
+from jobsys.probes import (
+    PROBE_TIMEOUT_S,
+    nats_cluster_size,
+    nats_servers,
+    one_line,
+    probe_nats,
+    probe_redis,
+    redact,
+)
+from jobsys.settings import Settings
+
+TIMEOUT_S = PROBE_TIMEOUT_S
+# Rounds of the two-client test for a transaction-pooling proxy (see check_pooling).
+POOLING_ROUNDS = 3
+FIX_SERVICES = "run `make services`"
+FIX_MIGRATE = "run `jobsys db migrate`"
+_DB_MISSING = re.compile(r'database ".*" does not exist')
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of one check."""
+
+    service: str
+    ok: bool
+    message: str
+
+
+def check_all(settings: Settings) -> list[Check]:
+    """Every check, in the order a user should fix them."""
+    postgres = check_postgres(settings.database_url)
+    if postgres.ok:
+        schema = check_schema(settings.database_url)
+        pooling = check_pooling(settings.database_url, settings.db_prepared_statements)
+    else:
+        schema = Check("schema", False, "not checked: Postgres is not reachable")
+        pooling = Check("pooling", False, "not checked: Postgres is not reachable")
+    return [
+        postgres,
+        schema,
+        pooling,
+        check_redis(settings.redis_url, settings),
+        check_redis_access(settings),
+        check_nats(settings.nats_url, settings.stream_replicas, settings),
+        check_nats_access(settings),
+        check_secret(settings),
+    ]
+
+
+def check_secret(settings: Settings) -> Check:
+    """Is the message-signing secret set (and a previous one, during a rotation)?"""
+    try:
+        require_secret(settings)
+    except SecretMissing as exc:
+        return Check("secret", False, str(exc))
+    rotating = settings.secret_previous is not None
+    note = " (JOBSYS_SECRET_PREVIOUS also accepted: a rotation is under way)" if rotating else ""
+    return Check("secret", True, f"JOBSYS_SECRET is set; messages are signed{note}")
+
+
+def check_postgres(url: str) -> Check:
+    """Can we log in to the configured database?"""
+    try:
+        with psycopg.connect(url, connect_timeout=int(TIMEOUT_S)) as conn:
+            tls = "TLS" if conn.info.pgconn.ssl_in_use else "no TLS"
+    except psycopg.Error as exc:
+        reason = one_line(exc)
+        # A login error carries no SQLSTATE in psycopg; the server's text is all there is.
+        if _DB_MISSING.search(reason):
+            return Check(
+                "postgres",
+                False,
+                f"database missing at {redact(url)}: {FIX_SERVICES} (creates it)",
+            )
+        return Check(
+            "postgres", False, f"cannot connect to {redact(url)} ({reason}): {FIX_SERVICES}"
+        )
+    return Check("postgres", True, f"connected to {redact(url)} ({tls})")
+
+
+def check_schema(url: str) -> Check:
+    """Is the schema migrated up to the newest file shipped with this code?"""
+    try:
+        latest = latest_migration()
+    except OSError as exc:
+        return Check("schema", False, f"cannot read the migration files ({one_line(exc)})")
+    try:
+        with psycopg.connect(url, connect_timeout=int(TIMEOUT_S)) as conn:
+            row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    except psycopg.errors.UndefinedTable:
+        return Check("schema", False, f"schema not migrated: {FIX_MIGRATE}")
+    except psycopg.Error as exc:
+        return Check("schema", False, f"cannot read the schema version ({one_line(exc)})")
+    current = row[0] if row else None
+    if current is None:
+        return Check("schema", False, f"schema not migrated: {FIX_MIGRATE}")
+    if current < latest:
+        return Check(
+            "schema", False, f"schema at version {current}, code needs {latest}: {FIX_MIGRATE}"
+        )
+    if current > latest:
+        return Check(
+            "schema",
+            False,
+            f"schema at version {current} is newer than this code ({latest}): upgrade jobsys",
+        )
+    return Check("schema", True, f"schema at version {current} (latest)")
+
+
+def latest_migration() -> int:
+    """The highest ``NNN`` of ``sql/NNN_*.sql`` shipped with this code."""
+    return latest_version()
+
+
+def backends_shared(url: str, rounds: int = POOLING_ROUNDS) -> int | None:
+    """A server backend pid that two client connections both ran on, or None.
+
+    Directly, and behind a session-pooling proxy, two open client connections
+    never share a server session. Behind a transaction-pooling proxy a
+    client's session goes back to the pool after each transaction, and the
+    next client gets the most recently used one (PgBouncer's default LIFO),
+    so the second client's statement lands on the first one's backend.
+    """
+
+    def client() -> psycopg.Connection[tuple[int]]:
+        return psycopg.connect(
+            url, connect_timeout=int(TIMEOUT_S), autocommit=True, prepare_threshold=None
+        )
+
+    with client() as first, client() as second:
+        for _ in range(rounds):
+            a = first.execute("SELECT pg_backend_pid()").fetchone()
+            b = second.execute("SELECT pg_backend_pid()").fetchone()
+            if a and b and a[0] == b[0]:
+                return int(a[0])
+    return None
+
+
+def check_pooling(url: str, prepared_statements: bool) -> Check:
+    """Does jobsys work through whatever sits between it and Postgres?
+
+    jobsys's locks hold behind any pooler (jobsys.pg.locks); psycopg's
+    automatic prepared statements do not survive transaction pooling.
+    """
+    try:
+        shared = backends_shared(url)
+    except psycopg.Error as exc:
+        return Check("pooling", False, f"cannot test for a pooler ({one_line(exc)})")
+    if shared is None:
+        return Check("pooling", True, "no transaction pooling between jobsys and Postgres")
+    if prepared_statements:
+        return Check(
+            "pooling",
+            False,
+            f"a transaction-pooling proxy (PgBouncer?) serves {redact(url)} (two clients "
+            f"shared backend {shared}) and prepared statements do not survive it: "
+            "set JOBSYS_DB_PREPARED_STATEMENTS=false",
+        )
+    return Check(
+        "pooling",
+        True,
+        "transaction pooling detected; prepared statements off, locks are transaction-level",
+    )
+
+
+def check_redis(url: str, settings: Settings | None = None) -> Check:
+    """Does Redis (Dramatiq's broker) answer a ping (with the TLS files of `settings`)?"""
+    try:
+        error = probe_redis(url, **(redis_connection_kwargs(settings) if settings else {}))
+    except AccessSettingError as exc:
+        return Check("redis", False, str(exc))
+    if error is not None:
+        return Check("redis", False, f"no answer at {redact(url)} ({error}): {FIX_SERVICES}")
+    return Check("redis", True, f"ping ok at {redact(url)}")
+
+
+def check_redis_access(settings: Settings) -> Check:
+    """Do Redis connections use TLS, and which credentials? (One redacted line.)"""
+    ok, message = describe_redis(settings)
+    return Check("redis access", ok, message)
+
+
+def check_nats_access(settings: Settings) -> Check:
+    """Do NATS connections use TLS, and which credentials? (One redacted line.)"""
+    ok, message = describe_nats(settings)
+    return Check("nats access", ok, message)
+
+
+def check_nats(url: str, replicas: int = 1, settings: Settings | None = None) -> Check:
+    """Does NATS answer, with JetStream enabled for our account, and enough
+    servers for JOBSYS_STREAM_REPLICAS? Connects with the credentials and TLS
+    of `settings` (none without)."""
+    try:
+        check = asyncio.run(
+            asyncio.wait_for(_check_nats(url, settings or Settings.model_construct(nats_url=url)),
+                             timeout=3 * TIMEOUT_S)
+        )  # fmt: skip
+    except TimeoutError:
+        return Check("nats", False, f"no answer at {redact(url)} (timed out): {FIX_SERVICES}")
+    if check.ok and replicas > 1:
+        size = nats_cluster_size(url)
+        if size is not None and size < replicas:
+            return Check(
+                "nats",
+                False,
+                f"JOBSYS_STREAM_REPLICAS={replicas} but NATS at {redact(url)} has {size} "
+                f"server(s): no job stream can be created; set JOBSYS_STREAM_REPLICAS={size}",
+            )
+        check = Check("nats", True, f"{check.message}; {size or '?'} servers, R{replicas} streams")
+    return check
+
+
+async def _check_nats(url: str, settings: Settings) -> Check:
+    # Each server must answer with JetStream on (a cluster's too: a node
+    # without JetStream cannot hold replicas).
+    down = probe_nats(url)
+    if down is not None and "JetStream is not enabled" in down:
+        where = f"at {redact(url)}" if len(nats_servers(url)) == 1 else f"on a server ({down})"
+        return Check(
+            "nats",
+            False,
+            f"JetStream is not enabled {where}: restart nats-server with -js (or {FIX_SERVICES})",
+        )
+    errors: list[Exception] = []
+
+    async def remember(exc: Exception) -> None:
+        # nats-py reports connection errors here, and only NoServersError is raised.
+        errors.append(exc)
+
+    try:
+        nc = await open_nats(
+            url,
+            settings,
+            connect_timeout=TIMEOUT_S,
+            allow_reconnect=False,
+            # One retry, then NoServersError (0 would retry forever).
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.1,
+            error_cb=remember,
+        )
+    except Exception as exc:  # nats-py raises several unrelated types here
+        reason = one_line(errors[-1] if errors else exc)
+        return Check("nats", False, f"no answer at {redact(url)} ({reason}): {FIX_SERVICES}")
+    try:
+        info = await nc.jetstream(timeout=TIMEOUT_S).account_info()
+    except (NoRespondersError, ServiceUnavailableError):
+        return Check(
+            "nats",
+            False,
+            f"JetStream is not enabled at {redact(url)}: restart nats-server with -js "
+            f"(or {FIX_SERVICES})",
+        )
+    except Exception as exc:
+        return Check("nats", False, f"JetStream account info failed ({one_line(exc)})")
+    finally:
+        await nc.close()
+    return Check("nats", True, f"JetStream ok at {redact(url)} ({info.streams} streams)")

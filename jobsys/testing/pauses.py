@@ -1,0 +1,59 @@
+"""Pause points: let a crash test stop a real process at an exact instant, then kill it.
+
+A crash test starts a process (a worker, say) with ``JOBSYS_PAUSE_AT=<point>``
+and ``JOBSYS_PAUSE_FILE=<path>`` in its environment. When that process
+reaches ``pause(Pause.<POINT>)`` it writes its pid to the file and sleeps, so
+the test knows the process is exactly there and can SIGKILL it: a crash
+window that is microseconds wide becomes reachable every time.
+
+The environment is read once, when this module is imported; in production
+(unset) a pause point is one comparison with None.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from enum import StrEnum
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# A paused process is meant to be killed; if nobody does, it goes on after this.
+PAUSE_MAX_S = 600.0
+
+
+class Pause(StrEnum):
+    """Every instant a test can stop a process at (the value is what JOBSYS_PAUSE_AT names)."""
+
+    # A job was just made final and committed; its follow-up (stream deletion,
+    # hook delivery) is not yet requested (jobsys.lifecycle.finalize).
+    AFTER_FINAL_COMMIT = "after_final_commit"
+    # A hook delivery is claimed and not yet sent (jobsys.hooks.deliver).
+    BEFORE_HOOK_SEND = "before_hook_send"
+
+
+def _asked() -> Pause | None:
+    value = os.environ.get("JOBSYS_PAUSE_AT")
+    if not value:
+        return None
+    try:
+        return Pause(value)
+    except ValueError:
+        log.warning("JOBSYS_PAUSE_AT names no pause point", extra={"value": value})
+        return None
+
+
+_AT = _asked()
+_FILE = os.environ.get("JOBSYS_PAUSE_FILE")
+
+
+def pause(point: Pause) -> None:
+    """Sleep here (up to PAUSE_MAX_S) if this process was started to pause at `point`."""
+    if _AT is not point:
+        return
+    log.warning("paused for a test", extra={"pause_point": str(point), "pid": os.getpid()})
+    if _FILE:
+        Path(_FILE).write_text(str(os.getpid()))
+    time.sleep(PAUSE_MAX_S)

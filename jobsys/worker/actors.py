@@ -1,0 +1,164 @@
+"""Dramatiq actors: bootstrap, result processing, teardown, reconcile, hooks.
+
+Only worker processes load this module (it is a leaf of the import graph):
+everything else sends to these actors through `jobsys.dramatiq.messages`, by the names
+declared there. Dramatiq acks a message only after its actor returns and
+retries raised exceptions, so every actor here is idempotent: running one
+twice, or after a crash half-way, changes nothing the first run did not.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dramatiq
+from pydantic import ValidationError
+
+from jobsys import metrics
+from jobsys.api.read import get_job
+from jobsys.bootstrap.start import run_bootstrap
+from jobsys.dramatiq import messages
+from jobsys.dramatiq.broker import setup_broker
+from jobsys.hooks.deliver import deliver
+from jobsys.lifecycle.revoke import revoke
+from jobsys.lifecycle.states import Status
+from jobsys.lifecycle.teardown import run_teardown
+from jobsys.models import PG_BIGINT_MAX, ResultBatch, describe_error
+from jobsys.nats.acks import ack_current_replies
+from jobsys.nats.admin import tasks_of_messages
+from jobsys.nats.bridge import bridge
+from jobsys.nats.subjects import JobNames
+from jobsys.pg.db import connection
+from jobsys.pg.events import record_event
+from jobsys.reconciler import reconcile_pass
+from jobsys.recording.apply import apply_results
+from jobsys.settings import get_settings
+
+setup_broker()
+
+log = logging.getLogger(__name__)
+
+# How long the stream lookups of one batch's unbound results may take.
+LOOKUP_TIMEOUT_S = 30.0
+
+
+@dramatiq.actor(
+    actor_name=messages.BOOTSTRAP_JOB, queue_name=messages.QUEUE_OF[messages.BOOTSTRAP_JOB],
+    max_retries=50, min_backoff=500, max_backoff=30_000, time_limit=6 * 3_600_000,
+)  # fmt: skip
+def bootstrap_job(job_id: int) -> None:
+    """queued -> started, create the stream, publish every task (resumable)."""
+    run_bootstrap(job_id)
+
+
+@dramatiq.actor(
+    actor_name=messages.PROCESS_RESULTS, queue_name=messages.QUEUE_OF[messages.PROCESS_RESULTS],
+    max_retries=30, min_backoff=100, max_backoff=10_000, time_limit=300_000,
+)  # fmt: skip
+def process_results(job_id: Any, results: Any, notify: Any = None) -> None:
+    """Apply one result batch exactly once, ack its NATS messages, tell the sender.
+
+    `notify` is the sending processor's inbox subject for this batch: it
+    holds the batch's messages in progress until told (jobsys.processor).
+    Every normal return tells it, rejected batches included (holding those
+    would not make them valid); a raise does not, so the batch stays held.
+    """
+    subject = notify if _is_inbox(notify) else None
+    job, ack = _apply(job_id, results)
+    if ack or subject is not None:
+        bridge().run(lambda nc, js: _ack_and_confirm(nc, js, job, ack, subject))
+
+
+def _is_inbox(value: Any) -> bool:
+    # Only reply inboxes: a message must not make the worker publish anywhere.
+    return (
+        isinstance(value, str)
+        and value.startswith("_INBOX.")
+        and len(value) <= 200
+        and not any(c in value for c in " \t\r\n*>")
+    )
+
+
+async def _ack_and_confirm(
+    nc: Any, js: Any, job_id: int, ack: list[str], subject: str | None
+) -> None:
+    if ack:
+        stream = JobNames.of(get_settings().namespace, job_id).stream
+        await ack_current_replies(nc, js, stream, ack)
+    if subject is not None:
+        await nc.publish(subject, b"")
+        await nc.flush(timeout=10)
+
+
+def _apply(job_id: Any, results: Any) -> tuple[int, list[str]]:
+    """Record the batch; returns (job id, reply subjects to ack)."""
+    try:
+        # Item by item: a malformed item is set aside with its reason (see
+        # ResultBatch); only a message that is not a batch at all raises.
+        batch = ResultBatch.model_validate({"job_id": job_id, "results": results})
+    except ValidationError as exc:
+        # Dropped with a recorded reason (not retried: it would fail the same
+        # way). Its NATS messages stay unacked and are delivered again, so a
+        # correct result can still arrive.
+        with connection() as conn:
+            record_event(
+                conn, _event_job_id(job_id), "results_rejected", "warning",
+                reason=describe_error(exc, whole="batch"),
+            )  # fmt: skip
+        return -1, []
+    started = time.perf_counter()
+    applied = apply_results(batch, _stream_lookup)
+    metrics.record_batch(
+        time.perf_counter() - started,
+        applied.moved_done,
+        applied.moved_failed,
+        str(applied.finalized) if applied.finalized is not None else None,
+    )
+    return batch.job_id, applied.ack
+
+
+def _stream_lookup(job_id: int, seqs: Sequence[int]) -> Mapping[int, tuple[int, int] | None]:
+    """Which task each of these messages of the job's stream is (jobsys.recording.binding)."""
+    names = JobNames.of(get_settings().namespace, job_id)
+    return bridge().run(lambda nc, js: tasks_of_messages(js, names, seqs), timeout=LOOKUP_TIMEOUT_S)
+
+
+def _event_job_id(value: Any) -> int | None:
+    # Only a value the job_id column can hold (not a bool, not out of range).
+    return value if type(value) is int and 1 <= value <= PG_BIGINT_MAX else None
+
+
+@dramatiq.actor(
+    actor_name=messages.TEARDOWN_JOB, queue_name=messages.QUEUE_OF[messages.TEARDOWN_JOB],
+    max_retries=50, min_backoff=500, max_backoff=30_000,
+)  # fmt: skip
+def teardown_job(job_id: int) -> None:
+    """Delete a final or canceling job's stream; finish a cancel (revoked)."""
+    run_teardown(job_id)
+    if get_job(job_id).status == Status.CANCELING:
+        revoke(job_id, "teardown")
+
+
+@dramatiq.actor(
+    actor_name=messages.DELIVER_HOOK, queue_name=messages.QUEUE_OF[messages.DELIVER_HOOK],
+    max_retries=20, min_backoff=1_000, max_backoff=60_000, time_limit=300_000,
+)  # fmt: skip
+def deliver_hook(job_id: int) -> None:
+    """One delivery attempt of a final job's completion hook, if due (jobsys.hooks)."""
+    deliver(job_id)
+
+
+@dramatiq.actor(
+    actor_name=messages.RECONCILE, queue_name=messages.QUEUE_OF[messages.RECONCILE],
+    max_retries=0, time_limit=30 * 60_000,
+)  # fmt: skip
+def reconcile() -> None:
+    """One reconciler pass (enqueued by `jobsys scheduler`).
+
+    Not retried: the scheduler sends the next pass anyway, and a pass that
+    failed half-way left every job it did not reach as it was.
+    """
+    reconcile_pass(trigger="actor")

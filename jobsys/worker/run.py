@@ -1,0 +1,114 @@
+"""`jobsys worker`: Dramatiq workers for the jobsys actors, supervised.
+
+Dramatiq's own master process exits when one of its children is SIGKILLed
+instead of replacing it (DESIGN.md). jobsys's supervisor restarts any child
+that dies, so a Procfile `worker:` line survives a killed child. Each child
+runs a Dramatiq `Worker` in-process with jobsys's structured logging.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import dramatiq
+from prometheus_client import multiprocess
+
+import jobsys.worker.actors  # noqa: F401 - declares the actors on the broker
+from jobsys import metrics
+from jobsys.dramatiq.messages import QUEUE_OF
+from jobsys.dramatiq.signing import require_secret
+from jobsys.worker.verify import VerifySignatures
+
+log = logging.getLogger(__name__)
+
+# A child that keeps dying at start (bad config) should not spin the CPU.
+RESTART_DELAY_S = 1.0
+STOP_TIMEOUT_MS = 30_000
+# An idle queue is polled with a backoff up to this. Dramatiq's default
+# (1,000 ms) let result batches and bootstraps wait up to a second whenever
+# the worker had caught up; polling an empty Redis list 10 times a second
+# costs nothing measurable.
+POLL_MAX_MS = 100
+
+
+def run_worker(threads: int, metrics_port: int | None = None) -> None:
+    """Run one Dramatiq worker in this process until SIGTERM/SIGINT."""
+    require_secret()
+    metrics.serve(metrics_port)
+    broker = dramatiq.get_broker()
+    broker.add_middleware(VerifySignatures())
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    worker = dramatiq.Worker(
+        broker,
+        worker_threads=threads,
+        queues=set(QUEUE_OF.values()),
+        worker_timeout=POLL_MAX_MS,
+    )
+    worker.start()
+    log.info("worker started", extra={"threads": threads})
+    stop.wait()
+    log.info("worker stopping: finishing in-flight messages")
+    # In-flight actors finish; prefetched messages go back to the queue.
+    worker.stop(timeout=STOP_TIMEOUT_MS)
+    broker.close()
+    log.info("worker stopped")
+
+
+def supervise(processes: int, threads: int, metrics_port: int | None = None) -> None:
+    """Keep `processes` worker children alive; restart any that dies.
+
+    With `metrics_port`, the children write their metrics to a private
+    folder and this process serves their sum there.
+    """
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobsys.cli",
+        "worker",
+        "--processes",
+        "1",
+        "--threads",
+        str(threads),
+    ]
+    stopping = threading.Event()
+    # Children never serve metrics themselves (they would share one port).
+    env = {k: v for k, v in os.environ.items() if k != "JOBSYS_METRICS_PORT"}
+    metrics_dir = None
+    if metrics_port is not None:
+        metrics_dir = tempfile.mkdtemp(prefix="jobsys-metrics-")
+        env[metrics.MULTIPROC_ENV] = metrics_dir
+        metrics.serve(metrics_port, children_dir=metrics_dir)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.set()
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    children = [subprocess.Popen(cmd, env=env) for _ in range(processes)]
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    while not stopping.is_set():
+        for i, child in enumerate(children):
+            code = child.poll()
+            if code is not None and not stopping.is_set():
+                log.warning("worker child died; restarting", extra={"pid": child.pid, "code": code})
+                if metrics_dir is not None:
+                    multiprocess.mark_process_dead(child.pid, metrics_dir)
+                time.sleep(RESTART_DELAY_S)
+                children[i] = subprocess.Popen(cmd, env=env)
+        stopping.wait(0.5)
+    for child in children:
+        child.wait()
+    if metrics_dir is not None:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
