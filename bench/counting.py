@@ -381,6 +381,7 @@ def _apply_cell(handlers: int, batches: list[Batch], total: int) -> dict:
     from psycopg.rows import dict_row
 
     from jobsys.models import ResultBatch
+    from jobsys.nats.bridge import lookup_tasks
     from jobsys.pg.queries import Q
     from jobsys.recording.apply import apply_results
 
@@ -395,7 +396,8 @@ def _apply_cell(handlers: int, batches: list[Batch], total: int) -> dict:
     raw = {id(b): _raw_items(job_id, b) for b in batches}
 
     def apply(_conn: Any, batch: Batch, _idx: int) -> None:
-        apply_results(ResultBatch.model_validate({"job_id": job_id, "results": raw[id(batch)]}))
+        batch_in = ResultBatch.model_validate({"job_id": job_id, "results": raw[id(batch)]})
+        apply_results(batch_in, lookup_tasks)
 
     elapsed = _drive(BENCH_URL, handlers, batches, apply)
     with psycopg.connect(BENCH_URL, autocommit=True, row_factory=dict_row) as conn:

@@ -26,9 +26,6 @@ from pydantic import (
 
 from jobsys.storable import storable_error
 
-# One task's result: a JSON object; None for a failed task.
-ResultValue = dict[str, Any] | None
-
 # Most results one batch may carry (processors send ~100); a bigger batch is
 # not something any version of the processor sends.
 MAX_BATCH_ITEMS = 10_000

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from jobsys.api.items import parse_item
 from jobsys.errors import InvalidInput
 from jobsys.models import ResultBatch
-from jobsys.nats.bridge import bridge
+from jobsys.nats.bridge import bridge, lookup_tasks
 from jobsys.nats.subjects import JobNames
 from jobsys.pg.db import connection
 from jobsys.recording.apply import apply_results
@@ -155,7 +155,8 @@ def test_a_task_number_out_of_range_is_rejected() -> None:
     job_id = make_started_job(2)
     items = pull_results(job_id, 2)
     applied = apply_results(
-        ResultBatch.model_validate({"job_id": job_id, "results": [{**items[0], "task": 5}]})
+        ResultBatch.model_validate({"job_id": job_id, "results": [{**items[0], "task": 5}]}),
+        lookup_tasks,
     )
     assert applied.ack == [] and len(applied.rejected) == 1
     assert "out of range" in json.dumps(_rejections(job_id)[-1])
@@ -166,7 +167,7 @@ def test_a_10mb_result_fails_its_task_with_the_reason_and_loses_nothing_else() -
     items = pull_results(job_id, 2)
     huge = {**items[0], "result": {"blob": "x" * 10_000_000}}
     applied = apply_results(
-        ResultBatch.model_validate({"job_id": job_id, "results": [huge, items[1]]})
+        ResultBatch.model_validate({"job_id": job_id, "results": [huge, items[1]]}), lookup_tasks
     )
     assert (applied.moved_done, applied.moved_failed) == (1, 1)
     with connection() as conn:

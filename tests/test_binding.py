@@ -20,7 +20,7 @@ from jobsys.api.read import wait_until_final
 from jobsys.bootstrap.start import run_bootstrap
 from jobsys.dramatiq.messages import send_results
 from jobsys.models import ResultBatch
-from jobsys.nats.bridge import bridge
+from jobsys.nats.bridge import bridge, lookup_tasks
 from jobsys.nats.subjects import JobNames
 from jobsys.ops.runner import LocalSystem
 from jobsys.pg.db import connection
@@ -91,7 +91,10 @@ def test_swapped_reply_subjects_count_for_neither_task_and_ack_neither_message()
     assert (tasks[0]["status"], tasks[1]["status"]) == ("pending", "pending"), tasks
     # Applied again: still nothing to ack.
     assert (
-        apply_results(ResultBatch.model_validate({"job_id": job_id, "results": swapped})).ack == []
+        apply_results(
+            ResultBatch.model_validate({"job_id": job_id, "results": swapped}), lookup_tasks
+        ).ack
+        == []
     )
     assert counters(job_id)["done"] == 0
     events = _rejected_events(job_id)
@@ -226,7 +229,7 @@ def test_one_message_reported_twice_counts_once_and_both_replies_are_acked() -> 
     assert [i["task"] for i in again] == [first[0]["task"]]
     assert again[0]["reply"] != first[0]["reply"]
     applied = apply_results(
-        ResultBatch.model_validate({"job_id": job_id, "results": first + again})
+        ResultBatch.model_validate({"job_id": job_id, "results": first + again}), lookup_tasks
     )
     assert (applied.moved_done, len(applied.ack), applied.rejected) == (2, 3, [])
     assert jobsys.get_job(job_id).status == "success"

@@ -25,6 +25,7 @@ from psycopg.rows import dict_row
 import jobsys
 from jobsys.api.items import counted_items
 from jobsys.models import ResultBatch
+from jobsys.nats.bridge import lookup_tasks
 from jobsys.pg.db import connection
 from jobsys.recording.apply import apply_results
 from jobsys.settings import get_settings
@@ -61,7 +62,9 @@ def known() -> Known:
     for n, item in enumerate(items):
         if n in ERRORS:
             item.update(status="failed", result=None, error=ERRORS[n])
-    applied = apply_results(ResultBatch.model_validate({"job_id": a, "results": items}))
+    applied = apply_results(
+        ResultBatch.model_validate({"job_id": a, "results": items}), lookup_tasks
+    )
     assert (applied.moved_done, applied.moved_failed) == (7, 5)
     assert_counters_match_ledger(a)
 

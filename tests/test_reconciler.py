@@ -32,7 +32,7 @@ from jobsys.api.read import wait_until_final
 from jobsys.lifecycle.states import Status, transition
 from jobsys.models import ResultBatch
 from jobsys.nats.admin import ensure_job_stream
-from jobsys.nats.bridge import bridge
+from jobsys.nats.bridge import bridge, lookup_tasks
 from jobsys.nats.subjects import JobNames, parse_msg_id
 from jobsys.ops.runner import LocalSystem
 from jobsys.pg.db import connect_direct, connection
@@ -90,7 +90,7 @@ def drop_dramatiq_messages() -> int:
 
 
 def apply(job_id: int, items: list[dict[str, Any]]) -> None:
-    apply_results(ResultBatch.model_validate({"job_id": job_id, "results": items}))
+    apply_results(ResultBatch.model_validate({"job_id": job_id, "results": items}), lookup_tasks)
 
 
 def status(job_id: int) -> str:
@@ -506,7 +506,7 @@ def test_a_reconcile_holding_the_task_lock_wins_and_the_late_result_counts_nothi
     with connect_direct() as conn, conn.transaction():
         assert mark_lost(conn, job_id, [0], "test") == 1
         batch = ResultBatch.model_validate({"job_id": job_id, "results": [item]})
-        racer = threading.Thread(target=lambda: applied.append(apply_results(batch)))
+        racer = threading.Thread(target=lambda: applied.append(apply_results(batch, lookup_tasks)))
         racer.start()
         wait_for_lock_waiter()
     racer.join()
@@ -526,7 +526,7 @@ def test_reconciles_racing_late_results_count_every_task_exactly_once() -> None:
 
         def result(b: ResultBatch = batch, bar: threading.Barrier = barrier) -> None:
             bar.wait()
-            apply_results(b)
+            apply_results(b, lookup_tasks)
 
         def lose(t: int = task, bar: threading.Barrier = barrier) -> None:
             bar.wait()

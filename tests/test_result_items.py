@@ -23,7 +23,7 @@ from jobsys.api.read import wait_until_final
 from jobsys.bootstrap.start import run_bootstrap
 from jobsys.errors import PermanentError
 from jobsys.models import ResultBatch
-from jobsys.nats.bridge import bridge
+from jobsys.nats.bridge import bridge, lookup_tasks
 from jobsys.nats.subjects import JobNames
 from jobsys.ops.runner import LocalSystem
 from jobsys.pg.db import connection
@@ -163,7 +163,9 @@ def test_a_result_json_cannot_write_fails_its_task_with_the_reason() -> None:
     job_id = make_started_job(3)
     items = pull_results(job_id, 3)
     items[0] = {**items[0], "result": {"tags": {"a", "b"}}}
-    applied = apply_results(ResultBatch.model_validate({"job_id": job_id, "results": items}))
+    applied = apply_results(
+        ResultBatch.model_validate({"job_id": job_id, "results": items}), lookup_tasks
+    )
     assert (applied.moved_done, applied.moved_failed) == (2, 1)
     assert len(applied.ack) == 3
     error = _tasks(job_id)[items[0]["task"]]["error"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import jobsys
 from jobsys.api.read import wait_until_final
 from jobsys.models import ResultBatch
+from jobsys.nats.bridge import lookup_tasks
 from jobsys.ops.runner import LocalSystem
 from jobsys.pg.db import connection
 from jobsys.recording.apply import apply_results
@@ -42,9 +43,13 @@ def test_the_same_result_batch_delivered_twice_changes_no_counter() -> None:
 def test_a_late_batch_after_the_job_finished_changes_nothing() -> None:
     job_id = make_started_job(50)
     items = pull_results(job_id, 50)
-    first = apply_results(ResultBatch.model_validate({"job_id": job_id, "results": items}))
+    first = apply_results(
+        ResultBatch.model_validate({"job_id": job_id, "results": items}), lookup_tasks
+    )
     assert first.finalized == "success"
-    again = apply_results(ResultBatch.model_validate({"job_id": job_id, "results": items}))
+    again = apply_results(
+        ResultBatch.model_validate({"job_id": job_id, "results": items}), lookup_tasks
+    )
     assert (again.moved_done, again.moved_failed, again.finalized) == (0, 0, None)
     assert jobsys.get_job(job_id).status == "success"
     assert status_events(job_id) == ["started", "success"]
@@ -54,7 +59,9 @@ def test_a_result_whose_reply_belongs_to_another_job_is_rejected_not_counted() -
     job_a = make_started_job(5)
     job_b = make_started_job(5)
     items_b = pull_results(job_b, 5)
-    applied = apply_results(ResultBatch.model_validate({"job_id": job_a, "results": items_b}))
+    applied = apply_results(
+        ResultBatch.model_validate({"job_id": job_a, "results": items_b}), lookup_tasks
+    )
     assert applied.ack == [] and len(applied.rejected) == 5
     assert counters(job_a)["done"] == 0
     with connection() as conn:
@@ -74,7 +81,7 @@ def _complete_with_two_racing_batches() -> None:
     def apply(part: list[dict[str, object]]) -> None:
         batch = ResultBatch.model_validate({"job_id": job_id, "results": part})
         barrier.wait()
-        outcomes.append(apply_results(batch).finalized)
+        outcomes.append(apply_results(batch, lookup_tasks).finalized)
 
     threads = [threading.Thread(target=apply, args=(h,)) for h in (items[:100], items[100:])]
     for t in threads:
@@ -95,10 +102,12 @@ def test_two_concurrent_batches_that_complete_the_job_finalize_it_once() -> None
 _COMMIT_THEN_DIE = textwrap.dedent(
     """
     import json, os, signal, sys
-    from jobsys.ledger import apply_results
     from jobsys.models import ResultBatch
+    from jobsys.nats.bridge import lookup_tasks
+    from jobsys.recording.apply import apply_results
     job_id, items = json.loads(sys.stdin.read())
-    applied = apply_results(ResultBatch.model_validate({"job_id": job_id, "results": items}))
+    batch = ResultBatch.model_validate({"job_id": job_id, "results": items})
+    applied = apply_results(batch, lookup_tasks)
     assert applied.moved_done == len(items), applied
     # Committed, not acked: die the hardest way before the ack.
     os.kill(os.getpid(), signal.SIGKILL)

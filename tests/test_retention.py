@@ -11,6 +11,7 @@ from typing import Any
 import jobsys
 from jobsys.lifecycle.retention import prune_job
 from jobsys.models import ResultBatch
+from jobsys.nats.bridge import lookup_tasks
 from jobsys.pg.db import connection
 from jobsys.reconciler import reconcile_pass
 from jobsys.recording.apply import apply_results
@@ -24,7 +25,10 @@ def _finished(n: int, days_ago: float) -> tuple[int, list[dict[str, Any]]]:
     job_id = make_started_job(n)
     items = pull(job_id, n)
     for k in range(0, n, 500):
-        apply_results(ResultBatch.model_validate({"job_id": job_id, "results": items[k : k + 500]}))
+        apply_results(
+            ResultBatch.model_validate({"job_id": job_id, "results": items[k : k + 500]}),
+            lookup_tasks,
+        )
     assert jobsys.get_job(job_id).status == "success"
     with connection() as conn:
         conn.execute(
@@ -120,8 +124,8 @@ def test_prune_of_a_job_racing_a_late_result_changes_no_counter_of_any_active_jo
             k = 0
             while not pruned.is_set():
                 part = final_items[k % 3_000 : k % 3_000 + 100]
-                out = apply_results(ResultBatch.model_validate({"job_id": final_id,
-                                                                "results": part}))  # fmt: skip
+                batch = ResultBatch.model_validate({"job_id": final_id, "results": part})
+                out = apply_results(batch, lookup_tasks)
                 late_applied.append((out.moved_done, out.moved_failed))
                 late_started.set()
                 k += 100
@@ -135,7 +139,9 @@ def test_prune_of_a_job_racing_a_late_result_changes_no_counter_of_any_active_jo
         try:
             for k in range(0, 2_000, 10):
                 part = active_items[k : k + 10]
-                apply_results(ResultBatch.model_validate({"job_id": active_id, "results": part}))
+                apply_results(
+                    ResultBatch.model_validate({"job_id": active_id, "results": part}), lookup_tasks
+                )
                 if pruning.is_set() and not pruned.is_set():
                     active_during_prune.append(k)
                 active_started.set()

@@ -51,7 +51,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -80,11 +80,6 @@ PUBLISH_CHUNK = 5_000
 CHUNK_TIMEOUT_S = 120.0
 # Task numbers named in a `tasks_too_large` event (the ledger has them all).
 TOO_LARGE_EVENT_TASKS = 20
-
-# Recorded before republishing into a stream this fill created for a job
-# whose incarnation was never recorded (bootstrapped before migration 005):
-# "not the stream present", so a fill dying half-way republishes again.
-NOT_THIS_STREAM = datetime(1970, 1, 1, tzinfo=UTC)
 
 # A task message's header block as nats-py writes it; the server's
 # max_payload applies to header and payload together.
@@ -209,14 +204,13 @@ class _Filler:
         published: int = self.job["published_count"]
         self._reset_placed()
         # A stream the published tasks are not in: one this fill just created
-        # (it was missing), or another incarnation than the recorded one.
-        # (Nothing recorded and a stream already there: a job bootstrapped
-        # before incarnations were recorded; its stream is taken as the one.)
+        # (it was missing), or another incarnation than the recorded one. (A
+        # job with published tasks always has one recorded: it is recorded
+        # before the first task is published; sql/012 gave one to jobs
+        # published before incarnations were recorded.)
         replaced = inc.created is not None and recorded is not None and inc.created != recorded
         recreated = published > 0 and (inc.new or replaced)
         republished = 0
-        if recreated and recorded is None and not self._record(NOT_THIS_STREAM):
-            return self._stop("job left started before its stream was recorded")
         if recreated:
             self._forget(published)
             republished, went_on = self._publish(0, published, advance=False)

@@ -7,6 +7,8 @@ import threading
 
 import click
 
+from jobsys.ops.exporter import serve_exporter
+
 
 @click.command()
 @click.option("--port", type=click.IntRange(1, 65_535), required=True,
@@ -20,8 +22,6 @@ def exporter(port: int, addr: str) -> None:
     Example:
       jobsys exporter --port 9100
     """
-    from jobsys.ops.exporter import serve_exporter
-
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

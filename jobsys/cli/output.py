@@ -24,6 +24,15 @@ from rich.text import Text
 
 from jobsys.models import JobView
 
+# A job id argument: a positive integer.
+JOB_ID = click.IntRange(min=1)
+
+# `--metrics-port` of the long-running commands; JOBSYS_METRICS_PORT is its default.
+METRICS_PORT = click.option(
+    "--metrics-port", type=click.IntRange(1, 65_535), default=None,
+    help="Serve Prometheus metrics on this port (default JOBSYS_METRICS_PORT; unset: off).",
+)  # fmt: skip
+
 console = Console()
 err_console = Console(stderr=True)
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
-from jobsys.cli.output import echo_json, table
-
-JOB_ID = click.IntRange(min=1)
+from jobsys.cli.output import JOB_ID, echo_json, table
+from jobsys.reconciler import inspect_job, reconcile_pass
+from jobsys.worker.scheduler import run_scheduler
 
 
 @click.command()
@@ -24,8 +24,6 @@ def reconcile(as_json: bool) -> None:
     Example:
       jobsys reconcile --json
     """
-    from jobsys.reconciler import reconcile_pass
-
     report = reconcile_pass(trigger="cli")
     if as_json:
         out = report.as_dict()
@@ -58,8 +56,6 @@ def scheduler() -> None:
     Example:
       JOBSYS_RECONCILE_EVERY_S=30 jobsys scheduler
     """
-    from jobsys.worker.scheduler import run_scheduler
-
     run_scheduler()
 
 
@@ -74,8 +70,6 @@ def inspect(job_id: int, as_json: bool) -> None:
     Example:
       jobsys inspect 42
     """
-    from jobsys.reconciler import inspect_job
-
     info = inspect_job(job_id)
     if as_json:
         echo_json(info)

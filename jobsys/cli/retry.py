@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from jobsys.api.export import parse_statuses
-from jobsys.api.read import hook_state
-from jobsys.api.retry import RETRYABLE, retries_of, retry
-from jobsys.cli.output import echo_json
-
-JOB_ID = click.IntRange(min=1)
-
-
-def job_links(job_id: int) -> dict[str, Any]:
-    """What `jobsys status` adds to a job: the retries made from it and its hook's delivery."""
-    return {"retries": retries_of(job_id), "hook": hook_state(job_id)}
+from jobsys.api.retry import RETRYABLE, retry
+from jobsys.cli.output import JOB_ID, echo_json
 
 
 @click.command(name="retry")

@@ -107,9 +107,9 @@ async def ensure_job_stream(
     except BadRequestError as exc:
         if exc.err_code != STREAM_NAME_IN_USE:
             raise
-        # The stream exists with another configuration (made by an older
-        # version, or with other settings): bring it to this one rather than
-        # failing every bootstrap and repair of the job for ever.
+        # The stream exists with another configuration (made under other
+        # settings, e.g. JOBSYS_STREAM_REPLICAS): bring it to this one rather
+        # than failing every bootstrap and repair of the job for ever.
         log.info("job stream updated to the current configuration",
                  extra={"stream": names.stream})  # fmt: skip
         await js.update_stream(stream)

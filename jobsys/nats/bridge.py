@@ -12,19 +12,24 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TypeVar
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from jobsys.nats.admin import tasks_of_messages
 from jobsys.nats.connect import connect, jetstream
+from jobsys.nats.subjects import JobNames
 from jobsys.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# How long the stream lookups of one result batch may take (`lookup_tasks`).
+LOOKUP_TIMEOUT_S = 30.0
 
 
 class NatsBridge:
@@ -115,3 +120,10 @@ def close_bridge() -> None:
             _bridge.close()
         _bridge = None
         _bridge_pid = None
+
+
+def lookup_tasks(job_id: int, seqs: Sequence[int]) -> Mapping[int, tuple[int, int] | None]:
+    """Which task each of these messages of the job's stream is (the `Lookup` that
+    jobsys.recording.binding is given), through this process's bridge."""
+    names = JobNames.of(get_settings().namespace, job_id)
+    return bridge().run(lambda nc, js: tasks_of_messages(js, names, seqs), timeout=LOOKUP_TIMEOUT_S)

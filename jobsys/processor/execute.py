@@ -245,18 +245,6 @@ class Execution:
             q.room.clear()
             await q.room.wait()
 
-    def submit(self, run: JobRun, tasks: list[Task]) -> None:
-        """Queue delivered tasks of a job."""
-        if self._stopping:
-            for task in tasks:
-                self._settle(task, HANDBACK, None)
-            return
-        q = self._queue(run)
-        if not q.tasks and not q.pinned:
-            q.since = time.monotonic()
-        q.tasks.extend(tasks)
-        self._wake.set()
-
     def submit_one(self, task: Task) -> None:
         """Queue one delivered task."""
         if self._stopping:
@@ -315,10 +303,6 @@ class Execution:
     def stopping(self) -> bool:
         """Whether the processor is shutting down (nothing new starts)."""
         return self._stopping
-
-    def running(self) -> int:
-        """Slots running a call now."""
-        return sum(1 for s in self.slots if s.call is not None)
 
     def _queue(self, run: JobRun) -> _JobQueue:
         q = self._queues.get(run.job_id)

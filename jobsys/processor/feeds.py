@@ -106,7 +106,6 @@ class Feeds:
         self.refused: dict[int, str] = {}
         # Streams whose pipeline could not be loaded here, said once (retried).
         self.unavailable: dict[int, str] = {}
-        self.foreign = 0
         self.backpressure_waits = 0
 
     # -- which jobs to serve -------------------------------------------------
@@ -339,7 +338,6 @@ class Feeds:
         ids = parse_msg_id((msg.headers or {}).get("Nats-Msg-Id"))
         if ids is None or ids[0] != feed.run.job_id:
             # Not a task message of this job: nothing can ever process it.
-            self.foreign += 1
             log.warning("foreign message terminated", extra={"job_id": feed.run.job_id})
             self.spawn(msg.term(), "terminate a foreign message")
             self.tickets.give(1)

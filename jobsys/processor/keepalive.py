@@ -36,7 +36,6 @@ class KeepAlive:
         # reply subject -> [next ping at, deadline, ping period]
         self._held: dict[str, list[float]] = {}
         self._shortest = TICK_MAX_S * 3
-        self.pings = 0
 
     def __len__(self) -> int:
         return len(self._held)
@@ -80,7 +79,6 @@ class KeepAlive:
                 for reply, entry in due:
                     entry[0] = now + entry[2]
                     await self._nc.publish(reply, b"+WPI")
-                self.pings += len(due)
                 await self._nc.flush(timeout=5)
             except Exception as exc:
                 # NATS reconnecting: the next tick tries again (entries not

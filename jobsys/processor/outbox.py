@@ -69,7 +69,6 @@ class OutboxStats:
     batches_sent: int = 0
     batches_confirmed: int = 0
     batches_resent: int = 0
-    send_failures: int = 0
 
 
 @dataclass
@@ -199,7 +198,6 @@ class Outbox:
                     self.notify_subject(serial),
                 )
             except Exception as exc:
-                self.stats.send_failures += 1
                 held.failures += 1
                 held.next_at = time.monotonic() + min(
                     SEND_RETRY_S * 2**held.failures, SEND_RETRY_MAX_S

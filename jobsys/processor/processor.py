@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import threading
 import time
@@ -149,11 +148,6 @@ class Processor:
         self._stop_event = asyncio.Event()
         if self._stopping.is_set():
             self._stop_event.set()
-        if "JOBSYS_RESULT_HOLD_S" in os.environ:
-            log.warning(
-                "JOBSYS_RESULT_HOLD_S is no longer used: results are held until recorded "
-                "(see JOBSYS_RESULT_RESEND_S)"
-            )
         nc = self._nc = await connect(self.settings.nats_url, name="jobsys-processor")
         js = jetstream(nc, self.settings)
         self.keepalive = KeepAlive(nc)

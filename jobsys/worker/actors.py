@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dramatiq
@@ -28,8 +27,7 @@ from jobsys.lifecycle.states import Status
 from jobsys.lifecycle.teardown import run_teardown
 from jobsys.models import PG_BIGINT_MAX, ResultBatch, describe_error
 from jobsys.nats.acks import ack_current_replies
-from jobsys.nats.admin import tasks_of_messages
-from jobsys.nats.bridge import bridge
+from jobsys.nats.bridge import bridge, lookup_tasks
 from jobsys.nats.subjects import JobNames
 from jobsys.pg.db import connection
 from jobsys.pg.events import record_event
@@ -40,9 +38,6 @@ from jobsys.settings import get_settings
 setup_broker()
 
 log = logging.getLogger(__name__)
-
-# How long the stream lookups of one batch's unbound results may take.
-LOOKUP_TIMEOUT_S = 30.0
 
 
 @dramatiq.actor(
@@ -110,7 +105,7 @@ def _apply(job_id: Any, results: Any) -> tuple[int, list[str]]:
             )  # fmt: skip
         return -1, []
     started = time.perf_counter()
-    applied = apply_results(batch, _stream_lookup)
+    applied = apply_results(batch, lookup_tasks)
     metrics.record_batch(
         time.perf_counter() - started,
         applied.moved_done,
@@ -118,12 +113,6 @@ def _apply(job_id: Any, results: Any) -> tuple[int, list[str]]:
         str(applied.finalized) if applied.finalized is not None else None,
     )
     return batch.job_id, applied.ack
-
-
-def _stream_lookup(job_id: int, seqs: Sequence[int]) -> Mapping[int, tuple[int, int] | None]:
-    """Which task each of these messages of the job's stream is (jobsys.recording.binding)."""
-    names = JobNames.of(get_settings().namespace, job_id)
-    return bridge().run(lambda nc, js: tasks_of_messages(js, names, seqs), timeout=LOOKUP_TIMEOUT_S)
 
 
 def _event_job_id(value: Any) -> int | None:

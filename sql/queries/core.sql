@@ -82,10 +82,6 @@ WHERE %(status)s::text IS NULL OR status = %(status)s::text
 ORDER BY id DESC
 LIMIT %(limit)s;
 
--- name: started_jobs
--- What processors may serve: only started jobs.
-SELECT id, pipeline, max_deliver FROM jobs WHERE status = 'started' ORDER BY id;
-
 -- name: job_statuses
 -- Statuses of the given jobs (processors drop work of jobs no longer started).
 SELECT id, status FROM jobs WHERE id = ANY(%(job_ids)s::bigint[]);

@@ -16,9 +16,8 @@ import click
 
 from jobsys.api.export import EXPORT_STATUSES, Export, open_export, parse_statuses
 from jobsys.api.tasks import group_errors, list_tasks
-from jobsys.cli.output import echo_json, progress_bar, table
+from jobsys.cli.output import JOB_ID, echo_json, progress_bar, table
 
-JOB_ID = click.IntRange(min=1)
 # Rows between progress bar updates.
 PROGRESS_EVERY = 5_000
 # Longest error text shown in a table cell (`--json` has it whole).

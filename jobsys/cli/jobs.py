@@ -1,0 +1,176 @@
+"""`jobsys submit`, `cancel`, `status`, `list`, `watch`: a job from submit to its end."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+import jobsys
+from jobsys.api.items import counted_items, read_items
+from jobsys.api.read import hook_state, wait_until_final
+from jobsys.api.retry import retries_of
+from jobsys.cli.output import (
+    JOB_COLUMNS,
+    JOB_ID,
+    echo_json,
+    job_dict,
+    job_rows,
+    progress_bar,
+    table,
+)
+
+
+def job_links(job_id: int) -> dict[str, Any]:
+    """What `jobsys status` adds to a job: the retries made from it and its hook's delivery."""
+    return {"retries": retries_of(job_id), "hook": hook_state(job_id)}
+
+
+@click.command()
+@click.argument("pipeline")
+@click.option("--items", "items_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="JSON Lines file, one JSON object per task.")  # fmt: skip
+@click.option("--count", type=int, help='Make N tasks {"n": i} instead of reading a file.')
+@click.option("--name", default="", help="A name for the job.")
+@click.option("--failure-threshold", type=float, default=0.0, show_default=True,
+              help="Fraction of tasks that may fail before the job ends `failure`.")  # fmt: skip
+@click.option("--max-deliver", type=int, default=None,
+              help="Deliveries per task (default JOBSYS_MAX_DELIVER).")  # fmt: skip
+@click.option("--task-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds a task may run before it is stopped and retried "
+                   "(default JOBSYS_TASK_TIMEOUT_S).")  # fmt: skip
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=None,
+              help="At most N of the job's tasks delivered and unacknowledged at once, "
+                   "across all processors (default JOBSYS_MAX_ACK_PENDING).")  # fmt: skip
+@click.option("--on-complete", default=None, metavar="TARGET",
+              help="When the job is final: module:actor or an http(s) URL, once.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+def submit(
+    pipeline: str,
+    items_path: Path | None,
+    count: int | None,
+    name: str,
+    failure_threshold: float,
+    max_deliver: int | None,
+    task_timeout: float | None,
+    max_in_flight: int | None,
+    on_complete: str | None,
+    as_json: bool,
+) -> None:
+    """Create a job of PIPELINE over an items file or N generated tasks.
+
+    \b
+    Examples:
+      jobsys submit echo --count 10000
+      jobsys submit sha256 --items files.jsonl --name nightly --failure-threshold 0.01
+      jobsys submit mypkg.tasks:resize --items photos.jsonl --json
+      jobsys submit echo --count 100 --on-complete https://example.com/hooks/jobsys
+    """
+    if (items_path is None) == (count is None):
+        raise click.UsageError("give exactly one of --items FILE or --count N")
+    items = read_items(items_path) if items_path is not None else counted_items(count or 0)
+    options: dict[str, Any] = {
+        "name": name,
+        "failure_threshold": failure_threshold,
+        "max_deliver": max_deliver,
+        "task_timeout_s": task_timeout,
+        "max_in_flight": max_in_flight,
+        "on_complete": on_complete,
+    }
+    big = items_path is not None or (count or 0) >= 50_000
+    if as_json or not big or not sys.stderr.isatty():
+        view = jobsys.submit(pipeline, items, **options)
+    else:
+        with progress_bar("submitting", count) as update:
+            view = jobsys.submit(
+                pipeline, items, on_progress=lambda n: update(n, status="tasks written"), **options
+            )
+    if as_json:
+        echo_json({"job_id": view.job_id, "status": view.status, "total": view.total})
+    else:
+        click.echo(f"job {view.job_id} {view.status}: {view.total} tasks of {view.pipeline}")
+
+
+@click.command()
+@click.argument("job_id", type=JOB_ID)
+@click.option("--json", "as_json", is_flag=True, help="Print {job_id, status, changed}.")
+def cancel(job_id: int, as_json: bool) -> None:
+    """Cancel JOB_ID: stop its remote work and end it `revoked`.
+
+    A job that already finished is left as it is (changed: false).
+
+    \b
+    Example:
+      jobsys cancel 42 --json
+    """
+    result = jobsys.cancel(job_id)
+    if as_json:
+        echo_json({"job_id": result.job_id, "status": result.status, "changed": result.changed})
+    elif result.changed:
+        click.echo(f"job {job_id} cancelled: {result.status}")
+    else:
+        click.echo(f"job {job_id} is already {result.status}: nothing changed")
+
+
+@click.command()
+@click.argument("job_id", type=JOB_ID)
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+def status(job_id: int, as_json: bool) -> None:
+    """Show JOB_ID's status and counters.
+
+    \b
+    Example:
+      jobsys status 42 --json
+    """
+    view = jobsys.get_job(job_id)
+    data = {**job_dict(view), **job_links(job_id)}
+    if as_json:
+        echo_json(data)
+        return
+    rows = [[k, v] for k, v in data.items()]
+    table(f"job {job_id}", ["field", "value"], rows)
+
+
+@click.command(name="list")
+@click.option("--status", "status_filter", type=click.Choice(
+    ["queued", "started", "canceling", "success", "failure", "revoked"]), default=None)  # fmt: skip
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def list_cmd(status_filter: str | None, limit: int, as_json: bool) -> None:
+    """List recent jobs, newest first.
+
+    \b
+    Example:
+      jobsys list --status started
+    """
+    views = jobsys.list_jobs(status_filter, limit)
+    if as_json:
+        echo_json([job_dict(v) for v in views])
+    else:
+        table(None, JOB_COLUMNS, job_rows(views))
+
+
+@click.command()
+@click.argument("job_id", type=JOB_ID)
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+def watch(job_id: int, timeout: float | None) -> None:
+    """Show a progress bar until JOB_ID is final; exit 0 on success, 1 otherwise.
+
+    \b
+    Example:
+      jobsys watch 42
+    """
+    view = jobsys.get_job(job_id)
+    with progress_bar(f"job {job_id}", view.total or None) as update:
+        final = wait_until_final(
+            job_id,
+            timeout=timeout or float("inf"),
+            on_update=lambda v: update(v.total - v.pending, v.total, status=v.status),
+        )
+    click.echo(
+        f"job {job_id} {final.status}: done {final.done}, failed {final.failed}, "
+        f"lost {final.lost}, cancelled {final.cancelled} of {final.total}"
+    )
+    sys.exit(0 if final.status == "success" else 1)
