@@ -34,6 +34,12 @@ demo: migrate
 test: services pgbouncer
 	$(BIN)/python -m pytest -q
 
+# The tests that need no server, with every server URL pointing at a closed
+# port: a test that touched one would fail.
+test-fast: install
+	JOBSYS_DATABASE_URL=postgresql://postgres@127.0.0.1:1/none JOBSYS_REDIS_URL=redis://127.0.0.1:1/0 \
+	JOBSYS_NATS_URL=nats://127.0.0.1:1 JOBSYS_SECRET=fast-tier $(BIN)/python -m pytest -q tests/fast
+
 # Only the multi-machine setups: a 3-node JetStream cluster losing its stream
 # leader, and jobsys through PgBouncer in transaction pooling (both also in `make test`).
 test-cluster: services pgbouncer
@@ -43,6 +49,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy jobsys devtools
+	$(BIN)/lint-imports
 
 fmt: install
 	$(BIN)/ruff format .

@@ -27,7 +27,7 @@ from bench import env  # noqa: F401 - isolates the bench before jobsys is used
 from bench.env import BENCH_URL, scratch_database, setup, teardown
 from devtools.cluster import NatsCluster
 from devtools.pgbouncer import PgBouncer
-from jobsys.probes import host_port
+from jobsys.display import host_port
 from jobsys.settings import get_settings, reset_settings
 
 ACTIVE_JOBS = 1_000

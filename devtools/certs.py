@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devtools.servers import ServiceError
-from jobsys.probes import LOCAL_HOST, one_line
+from jobsys.display import one_line
+from jobsys.ops.probes import LOCAL_HOST
 
 OPENSSL = "openssl"
 DAYS = "1"

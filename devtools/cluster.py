@@ -20,7 +20,8 @@ from nats.js.api import StreamConfig
 
 from devtools.process import free_port, wait_until_up
 from devtools.servers import Nats, ServiceError
-from jobsys.probes import LOCAL_HOST, one_line
+from jobsys.display import one_line
+from jobsys.ops.probes import LOCAL_HOST
 
 CLUSTER_NAME = "jobsys"
 # How long a new cluster may take to elect its JetStream meta leader.

@@ -15,7 +15,7 @@ from types import TracebackType
 
 from devtools.process import free_port, log_tail, terminate, wait_until_up
 from devtools.servers import ServiceError, allow_traverse, system_user
-from jobsys.probes import LOCAL_HOST
+from jobsys.ops.probes import LOCAL_HOST
 
 BINARY = Path("/usr/sbin/pgbouncer")
 APT_TIMEOUT_S = 600

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from jobsys.probes import LOCAL_HOST, probe
+from jobsys.ops.probes import LOCAL_HOST, probe
 
 WAIT_S = 20.0
 # SIGTERM first; a server still running this long after is killed.

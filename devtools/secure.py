@@ -28,7 +28,7 @@ from devtools.certs import Pki
 from devtools.process import free_port, terminate, wait_until_up
 from devtools.servers import Nats, Redis, ServiceError
 from devtools.services import write_private
-from jobsys.probes import LOCAL_HOST
+from jobsys.ops.probes import LOCAL_HOST
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 NATS_CONFIG = DEPLOY / "nats" / "jobsys.conf"

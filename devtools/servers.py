@@ -21,7 +21,8 @@ from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from devtools.process import log_tail, spawn, terminate, wait_until_up
-from jobsys.probes import LOCAL_HOST, nats_servers, one_line, probe
+from jobsys.display import nats_servers, one_line
+from jobsys.ops.probes import LOCAL_HOST, probe
 from jobsys.settings import Settings
 
 Say = Callable[[str], None]

@@ -41,7 +41,8 @@ from pydantic import ValidationError
 from devtools.pgbouncer import ensure_pgbouncer
 from devtools.process import WAIT_S, free_port, port_is_free, wait_until_up
 from devtools.servers import SERVICES, Say, Service, ServiceError, with_address
-from jobsys.probes import LOCAL_HOST, host_port, listening, one_line, redact
+from jobsys.display import host_port, one_line, redact
+from jobsys.ops.probes import LOCAL_HOST, listening
 from jobsys.settings import LOCAL_ENV_FILE, Settings, get_settings
 
 SERVICES_DIR = Path(".services")

@@ -1,8 +1,10 @@
-"""Test isolation: every run gets its own database, NATS namespace and Redis namespace.
+"""Two tiers. Tests in tests/fast/ need no server (`make test-fast`). Every other test
+needs Postgres, NATS and Redis: it is marked `services` by its folder, and only then
+does the run make its own database, NATS namespace and Redis namespace (removed at
+the end of the session).
 
 The environment is set before jobsys is imported, and child processes (the
-workers and processors tests start) inherit it. Everything is removed at the
-end of the session.
+workers and processors tests start) inherit it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -50,7 +53,35 @@ def _admin() -> psycopg.Connection:
     return psycopg.connect(ADMIN_URL, autocommit=True)
 
 
-@pytest.fixture(scope="session", autouse=True)
+FAST = Path(__file__).parent / "fast"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "services: needs Postgres, NATS and Redis (every test outside tests/fast/)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if FAST not in item.path.parents:
+            item.add_marker(pytest.mark.services)
+
+
+@pytest.fixture(autouse=True)
+def _servers_for_services_tests(request: pytest.FixtureRequest) -> None:
+    """A test marked `services` gets this run's database, namespace and cleanup."""
+    if request.node.get_closest_marker("services") is not None:
+        request.getfixturevalue("services")
+
+
+@pytest.fixture(scope="session")
+def services(database: str, nats_cleanup: None, redis_cleanup: None) -> str:
+    """This run's servers: its database (migrated), NATS and Redis namespaces."""
+    return database
+
+
+@pytest.fixture(scope="session")
 def database() -> Iterator[str]:
     """A fresh database with the schema applied, dropped after the run."""
     with _admin() as conn:
@@ -68,7 +99,7 @@ def database() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def nats_cleanup() -> Iterator[None]:
     """Delete every stream of this run's namespace at the end."""
     yield
@@ -86,7 +117,7 @@ def nats_cleanup() -> Iterator[None]:
     asyncio.run(wipe())
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def redis_cleanup() -> Iterator[None]:
     """Delete this run's Dramatiq keys at the end."""
     yield

@@ -35,9 +35,10 @@ from devtools.certs import have_openssl, make_pki
 from devtools.secure import PROCESSOR, WORKER, SecureNats, SecureRedis
 from jobsys.api.items import counted_items
 from jobsys.api.read import wait_until_final
-from jobsys.credentials import AccessSettingError, _transport_is_tls, nats_connect_options
+from jobsys.credentials import AccessSettingError
 from jobsys.dramatiq.broker import CONTROL_QUEUE, RESULTS_QUEUE, make_broker, reset_broker
 from jobsys.errors import ServiceUnavailable
+from jobsys.nats.access import _transport_is_tls, nats_connect_options
 from jobsys.nats.admin import describe_stream
 from jobsys.nats.bridge import bridge, close_bridge
 from jobsys.nats.connect import connect

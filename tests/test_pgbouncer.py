@@ -22,6 +22,7 @@ import pytest
 import jobsys
 from devtools.pgbouncer import PgBouncer
 from jobsys.api.read import wait_until_final
+from jobsys.display import host_port
 from jobsys.lifecycle.states import FINAL
 from jobsys.ops import doctor
 from jobsys.ops.runner import LocalSystem
@@ -29,7 +30,6 @@ from jobsys.pg.db import close_pool, connection
 from jobsys.pg.locks import is_locked, job_lock
 from jobsys.pg.migrate import migrate
 from jobsys.pg.queries import Q
-from jobsys.probes import host_port
 from jobsys.reconciler import reconcile_pass
 from jobsys.settings import get_settings, reset_settings
 

@@ -301,7 +301,7 @@ def test_a_stream_deleted_mid_run_is_recreated_with_its_pending_tasks(
 # -- bootstrap_stalled -----------------------------------------------------------------
 
 _BOOTSTRAP = (
-    "import sys; from jobsys.bootstrap import run_bootstrap; run_bootstrap(int(sys.argv[1]))"
+    "import sys; from jobsys.bootstrap.start import run_bootstrap; run_bootstrap(int(sys.argv[1]))"
 )
 
 

@@ -24,8 +24,8 @@ from click.testing import CliRunner
 
 from devtools import process, services
 from devtools.servers import SERVICES, Nats, Redis, ServiceError, with_address
-from jobsys import probes
-from jobsys.ops import doctor
+from jobsys import display
+from jobsys.ops import doctor, probes
 from jobsys.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -291,16 +291,16 @@ def test_doctor_says_how_to_fix_unreachable_services() -> None:
 
 def test_url_helpers() -> None:
     url = "postgresql://u:p%40ss@localhost/db?host=/var/run/postgresql&sslmode=disable"
-    assert probes.host_port(url, 5432) == ("/var/run/postgresql", 5432)
+    assert display.host_port(url, 5432) == ("/var/run/postgresql", 5432)
     assert with_address(url, "127.0.0.1", 5999) == (
         "postgresql://u:p%40ss@127.0.0.1:5999/db?sslmode=disable"
     )
-    assert probes.redact("redis://:pw@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
-    assert probes.redact("nats://u:a@h:1,nats://v:b@k:2") == "nats://u:***@h:1,nats://v:***@k:2"
-    assert probes.host_port("nats://a:1,nats://b:2", 4222) == ("a", 1)
-    assert probes.nats_servers(" nats://a:1, nats://b:2 ") == ["nats://a:1", "nats://b:2"]
-    assert probes.one_line(ValueError("first\nsecond")) == "first"
-    assert probes.one_line("x" * 500).endswith("...") and len(probes.one_line("x" * 500)) == 160
+    assert display.redact("redis://:pw@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert display.redact("nats://u:a@h:1,nats://v:b@k:2") == "nats://u:***@h:1,nats://v:***@k:2"
+    assert display.host_port("nats://a:1,nats://b:2", 4222) == ("a", 1)
+    assert display.nats_servers(" nats://a:1, nats://b:2 ") == ["nats://a:1", "nats://b:2"]
+    assert display.one_line(ValueError("first\nsecond")) == "first"
+    assert display.one_line("x" * 500).endswith("...") and len(display.one_line("x" * 500)) == 160
 
 
 def test_the_library_imports_nothing_from_devtools() -> None:

@@ -25,9 +25,9 @@ from itertools import accumulate
 from pathlib import Path
 from typing import IO, Any
 
-from jobsys.credentials import open_nats
+from jobsys.display import redact
 from jobsys.errors import InvalidInput
-from jobsys.probes import redact
+from jobsys.nats.access import open_nats
 from jobsys.settings import get_settings
 
 log = logging.getLogger(__name__)

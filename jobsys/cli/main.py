@@ -18,10 +18,10 @@ import psycopg
 import redis.exceptions
 from pydantic import ValidationError
 
+from jobsys.display import one_line
 from jobsys.dramatiq.signing import require_secret
 from jobsys.errors import JobsysError
 from jobsys.logs import setup_logging
-from jobsys.probes import one_line
 from jobsys.settings import get_settings
 
 # Every command: its name and where it is defined (module of jobsys.cli:attribute).

@@ -9,15 +9,16 @@ threshold, once every task is accounted for), `Finisher.revoke` the only one
 to revoked. The block is one top-level transaction; only after it commits
 does each job it made final get its follow-up, the same on every path:
 
-1. its stream is deleted (the teardown actor; here and now if Redis cannot
-   take the message): processors stop serving it;
+1. its stream is deleted (the teardown actor): processors stop serving it;
 2. its completion hook, if it has one, is sent (the transition wrote the
-   delivery to the outbox in the same statement; if Redis cannot take the
-   message, the reconciler resends the overdue delivery).
+   delivery to the outbox in the same statement).
 
-A crash between the commit and the follow-up loses neither: the reconciler
+Each is one Dramatiq message. If Redis cannot take one, or a crash comes
+between the commit and the follow-up, neither is lost: the reconciler
 deletes the stream of a final job (a stray, after JOBSYS_STRAY_GRACE_S) and
-resends an overdue hook delivery.
+resends an overdue hook delivery (after JOBSYS_HOOK_RESEND_AFTER_S). A final
+job's stream holds nothing left to run, so the wait costs no work. Nothing
+here needs NATS: recording, which finishes most jobs, imports no NATS client.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from psycopg.pq import TransactionStatus
 
 from jobsys.dramatiq.messages import send_hook, send_teardown
 from jobsys.lifecycle.states import BY_THRESHOLD, FINALIZABLE, Moved, Status, transition
-from jobsys.lifecycle.teardown import run_teardown
 from jobsys.pg.db import Conn
 from jobsys.testing.pauses import Pause, pause
 
@@ -85,14 +85,8 @@ def follow_up(moved: Moved) -> None:
     try:
         send_teardown(moved.job_id)
     except Exception as exc:
-        # A final job must not keep its stream: delete it here.
-        log.warning("teardown not enqueued; deleting the stream here",
+        log.warning("teardown not enqueued; the reconciler deletes the stream",
                     extra={"job_id": moved.job_id, "error": repr(exc)})  # fmt: skip
-        try:
-            run_teardown(moved.job_id, reason="teardown not enqueued")
-        except Exception as again:
-            log.warning("stream not deleted; the reconciler will",
-                        extra={"job_id": moved.job_id, "error": repr(again)})  # fmt: skip
     if moved.has_hook:
         try:
             send_hook(moved.job_id)

@@ -8,9 +8,10 @@ import logging
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from jobsys.credentials import AccessSettingError, open_nats, refused_for_good
+from jobsys.credentials import AccessSettingError
+from jobsys.display import one_line, redact
 from jobsys.errors import ServiceUnavailable
-from jobsys.probes import one_line, redact
+from jobsys.nats.access import open_nats, refused_for_good
 from jobsys.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

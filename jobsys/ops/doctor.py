@@ -17,24 +17,12 @@ import psycopg
 from nats.errors import NoRespondersError
 from nats.js.errors import ServiceUnavailableError
 
-from jobsys.credentials import (
-    AccessSettingError,
-    describe_nats,
-    describe_redis,
-    open_nats,
-    redis_connection_kwargs,
-)
+from jobsys.credentials import AccessSettingError, describe_redis, redis_connection_kwargs
+from jobsys.display import nats_servers, one_line, redact
 from jobsys.dramatiq.signing import SecretMissing, require_secret
+from jobsys.nats.access import describe_nats, open_nats
+from jobsys.ops.probes import PROBE_TIMEOUT_S, nats_cluster_size, probe_nats, probe_redis
 from jobsys.pg.migrate import latest_version
-from jobsys.probes import (
-    PROBE_TIMEOUT_S,
-    nats_cluster_size,
-    nats_servers,
-    one_line,
-    probe_nats,
-    probe_redis,
-    redact,
-)
 from jobsys.settings import Settings
 
 TIMEOUT_S = PROBE_TIMEOUT_S

@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from jobsys.display import one_line
 from jobsys.ops.monitor import active_jobs, jobs_by_status
-from jobsys.probes import one_line
 
 log = logging.getLogger(__name__)
 

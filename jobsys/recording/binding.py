@@ -42,7 +42,7 @@ ANOTHER_TASKS_MESSAGE = "reply points at another task's message"
 NO_TASK_MESSAGE = "reply points at no message of a task in the job's stream"
 
 
-def _reject_reason(r: TaskResult, names: JobNames, total: int) -> str | int:
+def reply_sequence(r: TaskResult, names: JobNames, total: int) -> str | int:
     """Why an item is rejected, or the stream sequence its reply names."""
     ack = parse_ack_subject(r.reply)
     if ack is None:
@@ -62,7 +62,7 @@ def screen(batch: ResultBatch, total: int) -> tuple[list[Item], list[str], dict[
     rejected = [bad.reply for bad in batch.rejected]
     reasons: Counter[str] = Counter(bad.reason for bad in batch.rejected)
     for r in batch.results:
-        reason = _reject_reason(r, names, total)
+        reason = reply_sequence(r, names, total)
         if isinstance(reason, int):
             valid.append((r, reason))
         else:
@@ -72,22 +72,16 @@ def screen(batch: ResultBatch, total: int) -> tuple[list[Item], list[str], dict[
     return valid, rejected, dict(reasons)
 
 
-def bind_unbound(
-    conn: Conn,
+def sort_by_lookup(
     job_id: int,
     items: Sequence[Item],
     unbound: set[tuple[int, int]],
-    max_bytes: int,
-    lookup: Lookup,
-) -> tuple[Recorded, list[tuple[TaskResult, str]]]:
-    """Count the tasks the counting statement left (see jobsys.recording.counting): each of their
-    items whose message, looked up in the stream, is the task's own counts (the
-    task once, as in `rows_of`); the others are returned with the reason."""
-    seqs = sorted({seq for _, seq in unbound})
-    # The slow path (a result that beat its chunk's record, a republished
-    # message, a forgery): seen in the log, to tell how often it is taken.
-    log.info("results checked against the stream", extra={"job_id": job_id, "count": len(seqs)})
-    found = lookup(job_id, seqs)
+    found: Mapping[int, tuple[int, int] | None],
+) -> tuple[list[Item], list[tuple[TaskResult, str]]]:
+    """Of the items of the tasks the counting statement left (`unbound`), which are
+    bound to their task's message (`found`: what the stream holds at each
+    sequence) and which are not, with the reason. All items of a task are
+    counted together: one item not bound leaves the task's others to count."""
     held = {task for task, _ in unbound}
     bound: list[Item] = []
     misbound: list[tuple[TaskResult, str]] = []
@@ -100,6 +94,26 @@ def bind_unbound(
                 misbound.append((r, NO_TASK_MESSAGE if owner is None else ANOTHER_TASKS_MESSAGE))
                 continue
         bound.append((r, None))
+    return bound, misbound
+
+
+def bind_unbound(
+    conn: Conn,
+    job_id: int,
+    items: Sequence[Item],
+    unbound: set[tuple[int, int]],
+    max_bytes: int,
+    lookup: Lookup,
+) -> tuple[Recorded, list[tuple[TaskResult, str]]]:
+    """Count the tasks the counting statement left (see jobsys.recording.counting):
+    each of their items whose message, looked up in the stream, is the task's
+    own counts (the task once, as in `rows_of`); the others are returned with
+    the reason."""
+    seqs = sorted({seq for _, seq in unbound})
+    # The slow path (a result that beat its chunk's record, a republished
+    # message, a forgery): seen in the log, to tell how often it is taken.
+    log.info("results checked against the stream", extra={"job_id": job_id, "count": len(seqs)})
+    bound, misbound = sort_by_lookup(job_id, items, unbound, lookup(job_id, seqs))
     if not bound:
         return Recorded(), misbound
     rows, checked = rows_of(bound, max_bytes)

@@ -1,8 +1,8 @@
-"""Probes of the services jobsys talks to, and the one-line way to report a failure.
+"""Probes of the services jobsys talks to: is it up, and if not, why, in one line.
 
-Shared by `jobsys doctor`, the CLI's error lines and the dev tooling that
-starts local servers (`devtools/`), so all of them answer "is it up, and if
-not, why" the same way, in one line that never shows a password.
+Shared by `jobsys doctor` and the dev tooling that starts local servers
+(`devtools/`), so both answer the same way, in one line that never shows a
+password (jobsys.display).
 
 Every probe returns None when the service answers healthily, else the
 reason (one line); a probe never raises.
@@ -11,82 +11,19 @@ reason (one line); a probe never raises.
 from __future__ import annotations
 
 import json
-import re
 import socket
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import psycopg
 import redis
 
+from jobsys.display import host_port, nats_servers, one_line, redact
+
 # Long enough for a loaded machine, short enough for `doctor` to answer at once.
 PROBE_TIMEOUT_S = 2.0
-# An error line longer than this is cut: the output promises one line per service.
-MAX_LINE = 160
 DEFAULT_PORTS = {"postgres": 5432, "redis": 6379, "nats": 4222}
 LOCAL_HOST = "127.0.0.1"
-
-# The user part of a URL: up to its last '@' before the path (a password may
-# hold an unescaped '@'); a comma ends it (NATS takes several URLs in one setting).
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#\s,]*)@")
-# user:password@host where the scheme is missing or mistyped ("postgresql//u:p@h",
-# which libpq quotes back in its error).
-_BARE_USERINFO = re.compile(r"(?<![\w:])([\w.+-]+):([^\s@/\"',:]+)@(?=[\w.\[-])")
-# In a NATS URL, a user part without ':' is a token (nats://TOKEN@host), not a name.
-_TOKEN_SCHEMES = {"nats", "tls", "ws", "wss"}
-# A secret as a URL query parameter (?password=...) or a libpq key=value
-# conninfo word (password='a b'); quoted values may hold spaces.
-_SECRET_PARAM = re.compile(
-    r"(?i)\b((?:ssl)?password|passwd|pass|(?:auth_)?token|secret)="
-    r"('(?:[^'\\]|\\.)*'|[^\s&;,]*)"
-)
-
-
-def one_line(exc: BaseException | str, limit: int = MAX_LINE) -> str:
-    """The first line of an error (or text), cut short and redacted; a timeout reads
-    "timed out". Client libraries may quote the URL they were given (libpq does)."""
-    if isinstance(exc, TimeoutError) and not str(exc).strip():
-        return "timed out"
-    text = str(exc).strip() or type(exc).__name__
-    line = redact(text.splitlines()[0].strip())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _hide_userinfo(match: re.Match[str]) -> str:
-    scheme, userinfo = match["scheme"], match["userinfo"]
-    user, colon, _ = userinfo.partition(":")
-    if colon:
-        return f"{scheme}{user}:***@"
-    if scheme[:-3].lower() in _TOKEN_SCHEMES:
-        return f"{scheme}***@"
-    return match.group(0)  # a user name alone (postgresql://postgres@host) is no secret
-
-
-def redact(url: str) -> str:
-    """The URL (or comma-separated URLs, a libpq conninfo, a line quoting them) with
-    every password and token hidden, for printing."""
-    text = _BARE_USERINFO.sub(r"\1:***@", _USERINFO.sub(_hide_userinfo, url))
-    return _SECRET_PARAM.sub(r"\1=***", text)
-
-
-def nats_servers(url: str) -> list[str]:
-    """The servers of a NATS URL setting: one URL, or several separated by commas."""
-    servers = [part.strip() for part in url.split(",") if part.strip()]
-    return servers or [url]
-
-
-def host_port(url: str, default_port: int) -> tuple[str, int]:
-    """Host and port of a URL (the first of several); a Postgres socket dir (``?host=/dir``)
-    is the host."""
-    parts = urlsplit(nats_servers(url)[0])
-    host = parts.hostname or ""
-    # libpq lets a ``host`` query parameter override the URL's host.
-    for item in parts.query.split("&"):
-        name, _, value = item.partition("=")
-        if name == "host":
-            host = unquote(value)
-    return host, parts.port or default_port
 
 
 def listening(host: str, port: int) -> bool:

@@ -1,0 +1,2 @@
+"""The Dramatiq adapter: the Redis broker (`broker`), every message jobsys sends
+(`messages`) and their signatures (`signing`)."""

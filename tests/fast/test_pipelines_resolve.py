@@ -1,0 +1,55 @@
+"""Which pipeline a name means, and what may run. No server."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from jobsys.errors import InvalidInput, PermanentError, TransientError
+from jobsys.pipelines import resolve, resolve_spec
+from jobsys.pipelines.allow import NotAllowed
+from jobsys.pipelines.builtins import echo, echo_batch
+from jobsys.settings import get_settings
+
+
+def test_the_builtins_do_what_their_names_say() -> None:
+    assert echo({"n": 1}) == {"n": 1}
+    with pytest.raises(PermanentError):
+        echo({"fail": True})
+    with pytest.raises(TransientError):
+        echo({"transient": True})
+    out = echo_batch([{"n": 1}, {"fail": True}])
+    assert out[0] == {"n": 1} and isinstance(out[1], PermanentError)
+    # The fault vocabulary is not echo's: a crash key is just data.
+    assert echo({"crash": "kill", "hang": True, "odd": "nan"}) == {
+        "crash": "kill",
+        "hang": True,
+        "odd": "nan",
+    }
+    assert resolve_spec("echo-batch").batch_size == 64
+
+
+def test_fault_pipelines_run_only_where_the_setting_allows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = get_settings()
+    monkeypatch.setattr(settings, "fault_pipelines", False)
+    with pytest.raises(NotAllowed, match="JOBSYS_FAULT_PIPELINES=true"):
+        resolve("fault-echo")
+    monkeypatch.setattr(settings, "fault_pipelines", True)
+    assert resolve_spec("fault-echo-batch").batch_size == 64
+
+
+@pytest.mark.parametrize("name", ["os:system", "testsevil:run", "tests_x.y:run", "builtins:eval"])
+def test_a_module_outside_the_allowed_prefixes_is_refused_and_never_imported(name: str) -> None:
+    module = name.split(":")[0]
+    was_loaded = module in sys.modules
+    with pytest.raises(NotAllowed, match="is not allowed"):
+        resolve(name)
+    assert (module in sys.modules) == was_loaded
+
+
+def test_an_unknown_name_lists_what_is_built_in() -> None:
+    with pytest.raises(InvalidInput, match=r"unknown pipeline 'nope' \(built in: echo, echo-batch"):
+        resolve("nope")

@@ -1,0 +1,67 @@
+"""The NATS wire format, parsed in one place (jobsys.nats.subjects). No server."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobsys.nats.subjects import (
+    JobNames,
+    job_id_of_stream,
+    parse_ack_subject,
+    serial_of_confirm,
+    stream_of_advisory,
+)
+
+
+def test_both_forms_of_an_ack_subject_say_the_same() -> None:
+    short = parse_ack_subject("$JS.ACK.ns_job_3.ns_job_3_workers.2.41.40.1700000000000000001.9")
+    long = parse_ack_subject(
+        "$JS.ACK.hub.ACCHASH.ns_job_3.ns_job_3_workers.2.41.40.1700000000000000001.9.tok"
+    )
+    assert short == long
+    assert short is not None
+    assert (short.stream, short.consumer, short.delivered, short.stream_seq) == (
+        "ns_job_3",
+        "ns_job_3_workers",
+        2,
+        41,
+    )
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "",
+        "_INBOX.x",
+        "$JS.ACK.s.c.1.2",
+        "$JS.ACK.s.c.x.2.3.4.5",
+        "$JS.ACK.s.c.1.y.3.4.5",
+        "$JS.ACK.a.b.s.c.1.2.3.4",  # ten tokens: neither form
+        "$JS.NAK.s.c.1.2.3.4.5",
+    ],
+)
+def test_what_is_not_an_ack_subject_is_none(reply: str) -> None:
+    assert parse_ack_subject(reply) is None
+
+
+def test_job_names_and_streams_of_a_namespace() -> None:
+    names = JobNames.of("ns", 12)
+    assert names.stream == "ns_job_12" and names.subject == "ns.tasks.12"
+    assert names.pull == "$JS.API.CONSUMER.MSG.NEXT.ns_job_12.ns_job_12_workers"
+    assert job_id_of_stream("ns", "ns_job_12") == 12
+    assert job_id_of_stream("ns", "other_job_12") is None
+    assert job_id_of_stream("ns", "ns_job_12x") is None
+
+
+def test_advisory_and_confirmation_subjects() -> None:
+    assert stream_of_advisory("$JS.EVENT.ADVISORY.STREAM.DELETED.ns_job_1") == (
+        "DELETED",
+        "ns_job_1",
+    )
+    assert stream_of_advisory("$JS.EVENT.ADVISORY.CONSUMER.CREATED.ns_job_1.c") == (
+        "CREATED",
+        "ns_job_1",
+    )
+    assert stream_of_advisory("foo.bar") is None
+    assert serial_of_confirm("_INBOX.abc.17") == 17
+    assert serial_of_confirm("_INBOX.abc.x") is None
