@@ -6,7 +6,7 @@ from jobsys.lifecycle.finalize import finishing
 from jobsys.lifecycle.states import Status
 from jobsys.pg.db import connection
 from jobsys.pg.queries import Q
-from jobsys.reconciler.findings import Outcome
+from jobsys.reconciler.findings import Handled
 from jobsys.reconciler.kinds import Action
 from jobsys.reconciler.state import COUNTERS, Seen
 
@@ -36,9 +36,9 @@ def repair_counters(job_id: int) -> tuple[dict[str, int] | None, Status | None]:
     return {k: before[f"{k}_count"] for k in COUNTERS}, final
 
 
-def counters_drift(seen: Seen) -> Outcome:
+def counters_drift(seen: Seen) -> Handled:
     """Counters differ from the ledger's counts: set them from the ledger, finalize if complete."""
     before, final = repair_counters(seen.job_id)
     if before is None:
-        return Outcome(Action.NONE, {"reason": "counters already agreed with the ledger"})
-    return Outcome(Action.REPAIRED, {"before": before}, finalized=final)
+        return Handled(Action.NONE, {"reason": "counters already agreed with the ledger"})
+    return Handled(Action.REPAIRED, {"before": before}, finalized=final)

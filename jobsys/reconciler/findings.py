@@ -1,4 +1,4 @@
-"""Findings: what a handler did (`Outcome`), what a pass reports (`Finding`,
+"""Findings: what a handler did (`Handled`), what a pass reports (`Finding`,
 `PassReport`), and how a finding is recorded (`record_finding`).
 
 A finding identical to the job's latest finding of its kind (same action,
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Handled:
     """What a handler did about one finding."""
 
     action: Action

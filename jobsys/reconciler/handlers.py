@@ -1,4 +1,4 @@
-"""Which handler acts on which finding: one function per kind, each returning an `Outcome`.
+"""Which handler acts on which finding: one function per kind, each returning a `Handled`.
 
 Every kind `diagnose` can return has exactly one entry (tests check it);
 `stray_stream` and `error` are not per-job diagnoses (the stray-stream duty
@@ -11,14 +11,14 @@ from collections.abc import Callable, Mapping
 
 from jobsys.reconciler.cancel import cancel_overdue
 from jobsys.reconciler.counters import counters_drift
-from jobsys.reconciler.findings import Outcome
+from jobsys.reconciler.findings import Handled
 from jobsys.reconciler.kinds import Kind
 from jobsys.reconciler.lost import idle_lost, tasks_exhausted, waiting
 from jobsys.reconciler.rebootstrap import bootstrap_stalled, queued_stale
 from jobsys.reconciler.restream import consumer_missing, stream_missing, stream_replaced
 from jobsys.reconciler.state import Seen
 
-Handler = Callable[[Seen], Outcome]
+Handler = Callable[[Seen], Handled]
 
 HANDLERS: Mapping[Kind, Handler] = {
     Kind.COUNTERS_DRIFT: counters_drift,

@@ -26,7 +26,7 @@ from jobsys.pg.db import Conn, connection
 from jobsys.pg.locks import Lock, job_lock
 from jobsys.pg.queries import Q
 from jobsys.reconciler.diagnose import diagnose
-from jobsys.reconciler.findings import Outcome
+from jobsys.reconciler.findings import Handled
 from jobsys.reconciler.kinds import Action, Kind
 from jobsys.reconciler.observe import NATS_TIMEOUT_S, look_at_job, read_job
 from jobsys.reconciler.state import Seen, Thresholds
@@ -118,7 +118,7 @@ async def _delete_msgs(js: JetStreamContext, stream: str, seqs: list[int]) -> No
             log.debug("message not deleted", extra={"stream": stream, "seq": seq})
 
 
-def tasks_exhausted(seen: Seen) -> Outcome:
+def tasks_exhausted(seen: Seen) -> Handled:
     """MAX_DELIVERIES advisories: the tasks they name are lost; finalize if complete."""
     names, job_id = seen.names, seen.job_id
     exhausted = bridge().run(
@@ -134,10 +134,10 @@ def tasks_exhausted(seen: Seen) -> Outcome:
     if seqs:
         bridge().run(lambda nc, js: _delete_msgs(js, names.stream, seqs), timeout=NATS_TIMEOUT_S)
     action = Action.MARKED_LOST if moved else Action.NONE
-    return Outcome(action, {"advised": len(task_nos), "moved": moved}, finalized=final)
+    return Handled(action, {"advised": len(task_nos), "moved": moved}, finalized=final)
 
 
-def idle_lost(seen: Seen) -> Outcome:
+def idle_lost(seen: Seen) -> Handled:
     """Idle past lost_after_s and NATS has nothing to deliver: every pending task is lost.
 
     Under the job's bootstrap lock, and only if a fresh look still says so: a
@@ -146,16 +146,16 @@ def idle_lost(seen: Seen) -> Outcome:
     """
     with job_lock(Lock.BOOTSTRAP, seen.job_id) as held:
         if not held:
-            return Outcome(Action.NONE, {"reason": "a bootstrap or stream repair is running"})
+            return Handled(Action.NONE, {"reason": "a bootstrap or stream repair is running"})
         job = read_job(seen.job_id)
         nats = look_at_job(seen.settings.namespace, seen.job_id) if job is not None else None
         if job is None or Kind.IDLE_LOST not in diagnose(job, nats, Thresholds.of(seen.settings)):
-            return Outcome(Action.NONE, {"reason": "no longer idle with nothing to deliver"})
+            return Handled(Action.NONE, {"reason": "no longer idle with nothing to deliver"})
         moved, final = lose_tasks(seen.job_id, None, "idle with nothing left for NATS to deliver")
-    return Outcome(Action.MARKED_LOST if moved else Action.NONE, {"moved": moved}, finalized=final)
+    return Handled(Action.MARKED_LOST if moved else Action.NONE, {"moved": moved}, finalized=final)
 
 
-def waiting(seen: Seen) -> Outcome:
+def waiting(seen: Seen) -> Handled:
     """Idle, but NATS still offers or holds messages: nothing is lost; say why it waits.
 
     The reason names no number (the detail has it): a job waiting for hours
@@ -169,4 +169,4 @@ def waiting(seen: Seen) -> Outcome:
         reason = "processors hold messages: running, or results not yet recorded"
     else:
         reason = "waiting for processors"
-    return Outcome(Action.NONE, {"reason": reason, "held": held})
+    return Handled(Action.NONE, {"reason": reason, "held": held})

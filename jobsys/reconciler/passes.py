@@ -29,7 +29,7 @@ from jobsys.pg.locks import Lock, job_lock
 from jobsys.pg.queries import Q
 from jobsys.reconciler.diagnose import diagnose
 from jobsys.reconciler.duties import Duty, PassContext
-from jobsys.reconciler.findings import Finding, Outcome, PassReport, record_finding
+from jobsys.reconciler.findings import Finding, Handled, PassReport, record_finding
 from jobsys.reconciler.handlers import HANDLERS
 from jobsys.reconciler.kinds import DB_ONLY, Action, Kind
 from jobsys.reconciler.observe import look_at_all, look_at_job, read_active_jobs, read_job
@@ -78,7 +78,7 @@ def _reconcile_job(
         except Exception as exc:
             log.warning("reconcile action failed", extra={"job_id": job_id, "kind": str(kind),
                                                           "error": repr(exc)})  # fmt: skip
-            outcome = Outcome(Action.ERROR, {"error": repr(exc)})
+            outcome = Handled(Action.ERROR, {"error": repr(exc)})
         finding = Finding(job_id, kind, outcome.action, {"saw": saw, **outcome.as_detail()})
         record_finding(run_id, finding)
         findings.append(finding)

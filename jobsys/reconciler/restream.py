@@ -15,20 +15,20 @@ from typing import Any
 
 from jobsys.bootstrap.fill import FillEnd, fill_job_stream
 from jobsys.pg.locks import Lock, job_lock
-from jobsys.reconciler.findings import Outcome
+from jobsys.reconciler.findings import Handled
 from jobsys.reconciler.kinds import Action
 from jobsys.reconciler.state import Seen
 
 
-def _fill(seen: Seen, action: Action) -> Outcome:
+def _fill(seen: Seen, action: Action) -> Handled:
     with job_lock(Lock.BOOTSTRAP, seen.job_id) as held:
         if not held:
-            return Outcome(
+            return Handled(
                 Action.NONE, {"reason": "a bootstrap is running; the next pass looks again"}
             )
         fill = fill_job_stream(seen.job_id, seen.settings)
     if fill.end == FillEnd.STOPPED:
-        return Outcome(
+        return Handled(
             Action.NONE,
             {"reason": "job left started while its stream was re-created"},
             finalized=fill.finalized,
@@ -36,20 +36,20 @@ def _fill(seen: Seen, action: Action) -> Outcome:
     detail: dict[str, Any] = {"republished": fill.republished, "published": fill.published}
     if fill.too_large:
         detail["too_large"] = fill.too_large
-    return Outcome(action, detail)
+    return Handled(action, detail)
 
 
-def stream_missing(seen: Seen) -> Outcome:
+def stream_missing(seen: Seen) -> Handled:
     """A started job without its stream: re-create it, republish every pending task."""
     return _fill(seen, Action.RECREATED)
 
 
-def stream_replaced(seen: Seen) -> Outcome:
+def stream_replaced(seen: Seen) -> Handled:
     """A stream its tasks were not published to (re-created empty by someone):
     republish every pending task into it."""
     return _fill(seen, Action.RECREATED)
 
 
-def consumer_missing(seen: Seen) -> Outcome:
+def consumer_missing(seen: Seen) -> Handled:
     """A stream without its consumer: re-create the consumer (the messages are still there)."""
     return _fill(seen, Action.RECREATED_CONSUMER)
