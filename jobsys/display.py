@@ -28,6 +28,12 @@ _SECRET_PARAM = re.compile(
     r"('(?:[^'\\]|\\.)*'|[^\s&;,]*)"
 )
 
+# An API token (jobsys.server.tokens: "jst_" and 43 URL-safe characters), or
+# any bearer credential of 16 characters or more, wherever a line quotes one
+# (a token pasted into a URL, a header dumped by a library).
+_API_TOKEN = re.compile(r"\bjst_[A-Za-z0-9_-]{8,}")
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{16,}")
+
 
 def one_line(exc: BaseException | str, limit: int = MAX_LINE) -> str:
     """The first line of an error (or text), cut short and redacted; a timeout reads
@@ -51,9 +57,10 @@ def _hide_userinfo(match: re.Match[str]) -> str:
 
 def redact(url: str) -> str:
     """The URL (or comma-separated URLs, a libpq conninfo, a line quoting them) with
-    every password and token hidden, for printing."""
+    every password and token hidden (API tokens and bearer credentials too), for printing."""
     text = _BARE_USERINFO.sub(r"\1:***@", _USERINFO.sub(_hide_userinfo, url))
-    return _SECRET_PARAM.sub(r"\1=***", text)
+    text = _SECRET_PARAM.sub(r"\1=***", text)
+    return _BEARER.sub(r"\1 ***", _API_TOKEN.sub("jst_***", text))
 
 
 def nats_servers(url: str) -> list[str]:

@@ -21,8 +21,10 @@ from typing import Any
 
 from jobsys.display import redact
 
-# Attributes every LogRecord has; anything else came in through `extra`.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# Attributes every LogRecord has; anything else came in through `extra`
+# (but uvicorn's `color_message`, the same message with terminal colours).
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName",
+                                                    "color_message"}  # fmt: skip
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 LOCAL_ENV_FILE = Path(".services") / "jobsys.env"
 
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+# A rate: "100/second", "30/minute", "1000/hour".
+RATE_PATTERN = r"^[1-9][0-9]{0,8}/(second|minute|hour)$"
 # An absolute dotted module name (``a``, ``a.b``).
 MODULE_NAME_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
@@ -134,6 +136,20 @@ class Settings(BaseSettings):
     # Retention (jobsys/retention.py): ledger rows and events of jobs final
     # for longer than this are deleted by the reconciler; the job rows stay.
     retain_days: float = Field(default=30.0, ge=0)
+
+    # The HTTP API (`jobsys serve`, jobsys/server/). Requests per token (and
+    # failed logins per client address), as "N/second|minute|hour", counted
+    # in each server process. A JSON body, and an NDJSON upload of items, may
+    # be at most this many bytes (a bigger one is refused with 413 before or
+    # while it is read).
+    serve_rate_limit: str = Field(default="100/second", pattern=RATE_PATTERN)
+    serve_auth_failures: str = Field(default="30/minute", pattern=RATE_PATTERN)
+    serve_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1_024)
+    serve_max_upload_bytes: int = Field(default=1024 * 1024 * 1024, ge=1_024)
+    # Where `jobsys serve` is reached (https://host:port), for `jobsys doctor`;
+    # and the CA that signed its certificate when it is not a public one.
+    server_url: str | None = None
+    server_tls_ca: Path | None = None
 
     db_pool_size: int = Field(default=8, ge=1)
     # Off behind a transaction-pooling proxy (PgBouncer pool_mode=transaction

@@ -141,6 +141,33 @@ CREATE VIEW public.active_jobs WITH (security_barrier='true') AS
 
 COMMENT ON VIEW public.active_jobs IS 'Queued, started and canceling jobs, most recent progress first.';
 
+CREATE TABLE public.api_tokens (
+    id bigint NOT NULL,
+    name text NOT NULL,
+    scope text NOT NULL,
+    pipelines text[],
+    token_hash bytea NOT NULL,
+    fingerprint text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone,
+    revoked_at timestamp with time zone,
+    last_used_at timestamp with time zone,
+    CONSTRAINT api_tokens_check CHECK (((scope <> 'admin'::text) OR (pipelines IS NULL))),
+    CONSTRAINT api_tokens_name_check CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'::text)),
+    CONSTRAINT api_tokens_pipelines_check CHECK (((pipelines IS NULL) OR (cardinality(pipelines) >= 1))),
+    CONSTRAINT api_tokens_scope_check CHECK ((scope = ANY (ARRAY['read'::text, 'submit'::text, 'process'::text, 'admin'::text]))),
+    CONSTRAINT api_tokens_token_hash_check CHECK ((octet_length(token_hash) = 32))
+);
+
+CREATE SEQUENCE public.api_tokens_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE public.api_tokens_id_seq OWNED BY public.api_tokens.id;
+
 CREATE TABLE public.job_events (
     id bigint NOT NULL,
     job_id bigint,
@@ -417,6 +444,8 @@ CREATE VIEW public.task_failures WITH (security_barrier='true') AS
 
 COMMENT ON VIEW public.task_failures IS 'Error messages of failed tasks per job: count, an example task, rank within the job.';
 
+ALTER TABLE ONLY public.api_tokens ALTER COLUMN id SET DEFAULT nextval('public.api_tokens_id_seq'::regclass);
+
 ALTER TABLE ONLY public.job_events ALTER COLUMN id SET DEFAULT nextval('public.job_events_id_seq'::regclass);
 
 ALTER TABLE ONLY public.jobs ALTER COLUMN id SET DEFAULT nextval('public.jobs_id_seq'::regclass);
@@ -424,6 +453,15 @@ ALTER TABLE ONLY public.jobs ALTER COLUMN id SET DEFAULT nextval('public.jobs_id
 ALTER TABLE ONLY public.reconcile_findings ALTER COLUMN id SET DEFAULT nextval('public.reconcile_findings_id_seq'::regclass);
 
 ALTER TABLE ONLY public.reconcile_runs ALTER COLUMN id SET DEFAULT nextval('public.reconcile_runs_id_seq'::regclass);
+
+ALTER TABLE ONLY public.api_tokens
+    ADD CONSTRAINT api_tokens_fingerprint_key UNIQUE (fingerprint);
+
+ALTER TABLE ONLY public.api_tokens
+    ADD CONSTRAINT api_tokens_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.api_tokens
+    ADD CONSTRAINT api_tokens_token_hash_key UNIQUE (token_hash);
 
 ALTER TABLE ONLY public.job_events
     ADD CONSTRAINT job_events_pkey PRIMARY KEY (id);
@@ -448,6 +486,8 @@ ALTER TABLE ONLY public.reconcile_runs
 
 ALTER TABLE ONLY public.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+
+CREATE UNIQUE INDEX api_tokens_live_name_idx ON public.api_tokens USING btree (name) WHERE (revoked_at IS NULL);
 
 CREATE INDEX job_events_event_idx ON public.job_events USING btree (event, id);
 

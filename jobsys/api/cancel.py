@@ -8,6 +8,7 @@ reconciler forces it after the cancel grace period.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from jobsys.api.read import get_job
@@ -16,6 +17,7 @@ from jobsys.lifecycle.revoke import revoke
 from jobsys.lifecycle.states import CANCELABLE, Status, transition
 from jobsys.lifecycle.teardown import run_teardown
 from jobsys.pg.db import connection
+from jobsys.pg.events import actor, record_event
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +31,18 @@ class CancelResult:
     changed: bool
 
 
-def cancel(job_id: int) -> CancelResult:
+def cancel(job_id: int, *, by: Mapping[str, str] | None = None) -> CancelResult:
     """queued|started -> canceling, then teardown (stream deleted, tasks cancelled, revoked).
 
     A final job is left exactly as it is (`changed=False`). If teardown cannot
     run here (NATS down), it is enqueued, and the reconciler forces it after
-    the cancel grace period.
+    the cancel grace period. `by` (who asked) is written into the job's
+    events with the move to canceling.
     """
-    with connection() as conn:
+    with connection() as conn, conn.transaction():
         moved = transition(conn, job_id, Status.CANCELING, CANCELABLE, "cancel requested")
+        if moved is not None and by:
+            record_event(conn, job_id, "cancel_requested", **actor(by))
     if moved is None:
         job = get_job(job_id)
         if job.status == Status.CANCELING:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from jobsys.errors import InvalidInput, JobNotFound, JobsysError
@@ -21,12 +22,17 @@ def get_job(job_id: int) -> JobView:
     return JobView.from_row(row)
 
 
-def list_jobs(status: str | None = None, limit: int = 50) -> list[JobView]:
-    """Recent jobs, newest first, optionally of one status."""
+def list_jobs(
+    status: str | None = None, limit: int = 50, *, pipelines: Iterable[str] | None = None
+) -> list[JobView]:
+    """Recent jobs, newest first, optionally of one status and of some pipelines only."""
     if status is not None and status not in {s.value for s in Status}:
         raise InvalidInput(f"unknown status {status!r}")
+    only = sorted(pipelines) if pipelines is not None else None
     with connection() as conn:
-        rows = conn.execute(Q.list_jobs, {"status": status, "limit": limit}).fetchall()
+        rows = conn.execute(
+            Q.list_jobs, {"status": status, "limit": limit, "pipelines": only}
+        ).fetchall()
     return [JobView.from_row(r) for r in rows]
 
 

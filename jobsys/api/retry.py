@@ -13,7 +13,7 @@ outcome across the chain.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from jobsys.api.read import get_job
@@ -23,7 +23,7 @@ from jobsys.hooks.target import check_target
 from jobsys.lifecycle.states import FINAL
 from jobsys.models import JobView
 from jobsys.pg.db import connection
-from jobsys.pg.events import record_event
+from jobsys.pg.events import actor, record_event
 from jobsys.pg.queries import Q
 from jobsys.pipelines.resolve import resolve
 
@@ -54,10 +54,15 @@ def error_pattern(text: str | None) -> str | None:
 
 
 def retry(
-    job_id: int, statuses: Sequence[str] = DEFAULT_RETRY, error_like: str | None = None
+    job_id: int,
+    statuses: Sequence[str] = DEFAULT_RETRY,
+    error_like: str | None = None,
+    *,
+    by: Mapping[str, str] | None = None,
 ) -> Retried:
     """Create a child job of `job_id`'s tasks of `statuses` (and whose error is like
-    `error_like`), then enqueue its bootstrap.
+    `error_like`), then enqueue its bootstrap. `by` (who asked) goes into both
+    jobs' events.
 
     Raises JobNotFound, JobNotFinal (the parent is still running: its
     failures are not settled), LedgerPruned, or InvalidInput (nothing to retry,
@@ -102,10 +107,10 @@ def retry(
         conn.execute(Q.set_job_total, {"job_id": child_id, "total": total})
         record_event(
             conn, child_id, "job_submitted", retry_of=job_id, root=child["root_id"],
-            total=total, retried=retried, error_like=error_like,
+            total=total, retried=retried, error_like=error_like, **actor(by),
         )  # fmt: skip
         record_event(conn, job_id, "retried", child=child_id, retried=retried,
-                     error_like=error_like)  # fmt: skip
+                     error_like=error_like, **actor(by))  # fmt: skip
     log.info("retry submitted", extra={"job_id": child_id, "parent_id": job_id, "total": total})
     enqueue_bootstrap(child_id)
     return Retried(get_job(child_id), job_id, retried)

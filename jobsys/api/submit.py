@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -15,7 +15,7 @@ from jobsys.errors import InvalidInput
 from jobsys.hooks.target import check_target
 from jobsys.models import JobView
 from jobsys.pg.db import connection
-from jobsys.pg.events import record_event
+from jobsys.pg.events import actor, record_event
 from jobsys.pg.queries import Q
 from jobsys.pipelines.resolve import resolve
 from jobsys.settings import get_settings
@@ -58,6 +58,7 @@ def submit(
     max_in_flight: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     on_complete: str | None = None,
+    by: Mapping[str, str] | None = None,
 ) -> JobView:
     """Create a job and its tasks in one transaction, then enqueue its bootstrap.
 
@@ -69,6 +70,8 @@ def submit(
     the job's delivered, unacknowledged tasks across all processors (default
     JOBSYS_MAX_ACK_PENDING).
     `on_complete` is a completion hook target (`jobsys.hooks.target.check_target`).
+    `by` says who asked (an API token's fingerprint and name); it is written
+    into the job's `job_submitted` event.
     """
     settings = get_settings()
     opts = _options(
@@ -114,6 +117,7 @@ def submit(
         record_event(
             conn, job_id, "job_submitted",
             pipeline=opts.pipeline, total=count, failure_threshold=opts.failure_threshold,
+            **actor(by),
         )  # fmt: skip
     if on_progress is not None:
         on_progress(count)

@@ -43,12 +43,14 @@ COMMANDS = {
     "reconcile": "reconcile:reconcile",
     "exporter": "exporter:exporter",
     "prune": "prune:prune_cmd",
+    "serve": "serve:serve",
+    "token": "tokens:token",
     "db": "system:db",
     "doctor": "system:doctor",
     "demo": "system:demo",
 }
 # Long-running services: they log every event and need the signing secret.
-SERVICE_COMMANDS = {"worker", "process", "scheduler", "exporter"}
+SERVICE_COMMANDS = {"worker", "process", "scheduler", "exporter", "serve"}
 
 
 # libpq's errors about a connection string (not about SQL).

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import os
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from typing import IO, Any
 import click
 
 from jobsys.api.export import EXPORT_STATUSES, Export, open_export, parse_statuses
+from jobsys.api.formats import csv_cells, jsonl_line
 from jobsys.api.tasks import group_errors, list_tasks
 from jobsys.cli.output import JOB_ID, echo_json, progress_bar, table
 
@@ -22,39 +22,6 @@ from jobsys.cli.output import JOB_ID, echo_json, progress_bar, table
 PROGRESS_EVERY = 5_000
 # Longest error text shown in a table cell (`--json` has it whole).
 TABLE_ERROR_CHARS = 300
-
-
-def _one_line(text: str) -> str:
-    # Stored JSON text is written as is. A raw CR/LF in JSON text can only be
-    # whitespace between tokens (PG rejects it inside strings), so replacing
-    # it keeps the same JSON on one line.
-    if "\n" in text or "\r" in text:
-        return text.replace("\r", " ").replace("\n", " ")
-    return text
-
-
-def _jsonl(row: dict[str, Any], columns: list[str]) -> str:
-    parts = []
-    for col in columns:
-        value = row[col]
-        if value is None:
-            text = "null"
-        elif col in ("result", "payload"):
-            text = _one_line(value)
-        elif col == "finished_at":
-            text = f'"{value.isoformat()}"'
-        else:
-            text = json.dumps(value, ensure_ascii=False)
-        parts.append(f'"{col}": {text}')
-    return "{" + ", ".join(parts) + "}\n"
-
-
-def _csv_cell(col: str, value: Any) -> Any:
-    if value is None:
-        return ""
-    if col == "finished_at":
-        return value.isoformat()
-    return value
 
 
 @contextlib.contextmanager
@@ -84,13 +51,13 @@ def _write(export: Export, out: IO[str], fmt: str, on_row: Any) -> int:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
         for row in export:
-            writer.writerow([_csv_cell(c, row[c]) for c in columns])
+            writer.writerow(csv_cells(row, columns))
             written += 1
             if written % PROGRESS_EVERY == 0:
                 on_row(written)
     else:
         for row in export:
-            out.write(_jsonl(row, columns))
+            out.write(jsonl_line(row, columns))
             written += 1
             if written % PROGRESS_EVERY == 0:
                 on_row(written)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from dataclasses import dataclass
 
+import httpx
 import psycopg
 from nats.errors import NoRespondersError
 from nats.js.errors import ServiceUnavailableError
@@ -30,6 +32,7 @@ TIMEOUT_S = PROBE_TIMEOUT_S
 POOLING_ROUNDS = 3
 FIX_SERVICES = "run `make services`"
 FIX_MIGRATE = "run `jobsys db migrate`"
+FIX_SERVER = "start `jobsys serve` there, or correct JOBSYS_SERVER_URL"
 _DB_MISSING = re.compile(r'database ".*" does not exist')
 
 
@@ -43,7 +46,8 @@ class Check:
 
 
 def check_all(settings: Settings) -> list[Check]:
-    """Every check, in the order a user should fix them."""
+    """Every check, in the order a user should fix them (the HTTP API's only when
+    JOBSYS_SERVER_URL says where it is)."""
     postgres = check_postgres(settings.database_url)
     if postgres.ok:
         schema = check_schema(settings.database_url)
@@ -60,7 +64,35 @@ def check_all(settings: Settings) -> list[Check]:
         check_nats(settings.nats_url, settings.stream_replicas, settings),
         check_nats_access(settings),
         check_secret(settings),
+        *([check_server(settings)] if settings.server_url else []),
     ]
+
+
+def check_server(settings: Settings) -> Check:
+    """Does `jobsys serve` answer at JOBSYS_SERVER_URL (its /healthz: it reaches Postgres),
+    over TLS checked against JOBSYS_SERVER_TLS_CA (default: the system's CAs)?"""
+    url = (settings.server_url or "").rstrip("/")
+    try:
+        verify = (
+            ssl.create_default_context(cafile=str(settings.server_tls_ca))
+            if settings.server_tls_ca is not None
+            else True
+        )
+        answer = httpx.get(f"{url}/healthz", timeout=TIMEOUT_S, verify=verify)
+    except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
+        return Check("server", False, f"no answer at {redact(url)} ({one_line(exc)}): {FIX_SERVER}")
+    if answer.status_code != 200:
+        try:
+            detail = str(answer.json().get("detail") or answer.reason_phrase)
+        except ValueError:
+            detail = answer.reason_phrase
+        return Check(
+            "server",
+            False,
+            f"{redact(url)}/healthz answered {answer.status_code} ({one_line(detail)})",
+        )
+    tls = "TLS" if url.lower().startswith("https://") else "no TLS: tokens cross in clear text"
+    return Check("server", True, f"jobsys serve answers at {redact(url)} ({tls})")
 
 
 def check_secret(settings: Settings) -> Check:

@@ -44,6 +44,12 @@ def processor_cmd(
     return cmd
 
 
+def serve_cmd(port: int, host: str = "127.0.0.1", *extra: str) -> list[str]:
+    """The command of the HTTP API server (`jobsys serve`); `extra`: more of its options."""
+    return [sys.executable, "-m", "jobsys.cli", "serve", "--host", host, "--port", str(port),
+            *extra]  # fmt: skip
+
+
 def scheduler_cmd() -> list[str]:
     """The command of the reconcile scheduler."""
     return [sys.executable, "-m", "jobsys.cli", "scheduler"]

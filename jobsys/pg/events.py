@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from jobsys.pg.db import Conn, connection
@@ -43,6 +44,12 @@ def record_event(
         },
     )
     log.log(_LEVELS.get(level, logging.ERROR), event, extra={"job_id": job_id, **detail})
+
+
+def actor(by: Mapping[str, str] | None) -> dict[str, Any]:
+    """The event detail naming who asked for a change (an API token's fingerprint
+    and name), as ``record_event(..., **actor(by))``; nothing when nobody was named."""
+    return {"by": dict(by)} if by else {}
 
 
 def read_events(job_id: int, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:

@@ -72,13 +72,15 @@ SELECT id, name, pipeline, status, total_count, published_count, done_count, fai
 FROM jobs WHERE id = %(job_id)s;
 
 -- name: list_jobs
--- Recent jobs, optionally of one status.
+-- Recent jobs, optionally of one status, optionally of some pipelines only
+-- (an API token limited to them).
 SELECT id, name, pipeline, status, total_count, published_count, done_count, failed_count,
        lost_count, cancelled_count, failure_threshold, max_deliver, task_timeout_s, max_in_flight,
        created_at, started_at, finished_at, progress_at,
        parent_id, root_id, on_complete, ledger_state, ledger_pruned_at
 FROM jobs
-WHERE %(status)s::text IS NULL OR status = %(status)s::text
+WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(pipelines)s::text[] IS NULL OR pipeline = ANY(%(pipelines)s::text[]))
 ORDER BY id DESC
 LIMIT %(limit)s;
 
