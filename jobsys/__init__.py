@@ -74,6 +74,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        return importlib.import_module("jobsys.version").version()
     where = _WHERE.get(name)
     if where is None:
         raise AttributeError(f"module 'jobsys' has no attribute {name!r}")

@@ -23,6 +23,7 @@ from jobsys.dramatiq.signing import require_secret
 from jobsys.errors import JobsysError
 from jobsys.logs import setup_logging
 from jobsys.settings import get_settings
+from jobsys.version import version
 
 # Every command: its name and where it is defined (module of jobsys.cli:attribute).
 COMMANDS = {
@@ -108,6 +109,7 @@ class JobsysGroup(click.Group):
 
 
 @click.group(cls=JobsysGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version(), "--version", "-V", prog_name="jobsys", message="%(prog)s %(version)s")
 def main() -> None:
     """jobsys: fan-out batch jobs with exact counts.
 
