@@ -25,7 +25,7 @@ from jobsys.dramatiq.signing import SecretMissing, require_secret
 from jobsys.nats.access import describe_nats, open_nats
 from jobsys.ops.probes import PROBE_TIMEOUT_S, nats_cluster_size, probe_nats, probe_redis
 from jobsys.pg.migrate import latest_version
-from jobsys.settings import Settings
+from jobsys.settings import PREFIX, Settings, env_file_places, env_files, setting_sources
 
 TIMEOUT_S = PROBE_TIMEOUT_S
 # Rounds of the two-client test for a transaction-pooling proxy (see check_pooling).
@@ -43,6 +43,8 @@ class Check:
     service: str
     ok: bool
     message: str
+    # More lines under the message (which file each setting came from).
+    details: tuple[str, ...] = ()
 
 
 def check_all(settings: Settings) -> list[Check]:
@@ -64,8 +66,26 @@ def check_all(settings: Settings) -> list[Check]:
         check_nats(settings.nats_url, settings.stream_replicas, settings),
         check_nats_access(settings),
         check_secret(settings),
+        check_settings(),
         *([check_server(settings)] if settings.server_url else []),
     ]
+
+
+def check_settings() -> Check:
+    """Which env files were read, and where each setting that is not a default came from."""
+    read = env_files()
+    if read:
+        message = "env files read, first wins: " + ", ".join(str(p.absolute()) for p in read)
+    else:
+        looked = ", ".join(str(p) for p in env_file_places())
+        message = f"no env file found (looked at {looked}); only the environment"
+    sources = setting_sources()
+    details = tuple(
+        f"{PREFIX}{field.upper()}: from {source}"
+        for field, source in sources.items()
+        if source != "default"
+    )
+    return Check("settings", True, message, details)
 
 
 def check_server(settings: Settings) -> Check:
