@@ -39,6 +39,15 @@ class JobNotFinal(JobsysError):
         self.job_id = job_id
 
 
+class WaitTimedOut(JobsysError, TimeoutError):
+    """A job was not final within the time a caller was willing to wait."""
+
+    def __init__(self, job_id: int, status: str, timeout: float) -> None:
+        super().__init__(f"job {job_id} is still {status} after {timeout:g} s")
+        self.job_id = job_id
+        self.status = status
+
+
 class LedgerPruned(JobsysError):
     """Retention deleted this job's per-task ledger; its counters remain."""
 
