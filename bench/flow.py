@@ -409,9 +409,7 @@ def many_jobs(jobs: int, size: int) -> dict[str, Any]:
 
     with fresh_system("many") as system:
         t0 = time.time()
-        ids = [
-            jobsys.submit("echo", counted_items(size), name=f"many-{i}").id for i in range(jobs)
-        ]
+        ids = [jobsys.submit("echo", counted_items(size), name=f"many-{i}").id for i in range(jobs)]
         submitted = time.time() - t0
         for job_id in ids:
             _finish(job_id, timeout=900)

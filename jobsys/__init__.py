@@ -59,8 +59,8 @@ _WHERE = {
 
 __all__ = [
     "CancelResult",
-    "Job",
     "InvalidInput",
+    "Job",
     "JobNotFinal",
     "JobNotFound",
     "JobsysError",

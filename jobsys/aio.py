@@ -29,6 +29,7 @@ from jobsys.api.read import get_job
 from jobsys.api.retry import DEFAULT_RETRY
 from jobsys.api.submit import submit as sync_submit
 from jobsys.errors import WaitTimedOut
+from jobsys.lifecycle.blocked import why_blocked
 from jobsys.lifecycle.states import FINAL
 from jobsys.models import JobView
 
@@ -77,7 +78,8 @@ class Job:
                 if view.status in FINAL:
                     return view
                 if deadline is not None and time.monotonic() > deadline:
-                    raise WaitTimedOut(self.id, view.status, timeout or 0.0)
+                    why = await asyncio.to_thread(why_blocked, view)
+                    raise WaitTimedOut(self.id, view.status, timeout or 0.0, why)
                 await asyncio.sleep(POLL_S)
 
     def results(self, status: str | Iterable[str] | None = "done") -> AsyncIterator[dict[str, Any]]:
@@ -100,9 +102,7 @@ class Job:
         return Job(child.id)
 
 
-async def submit(
-    pipeline: str, items: Items | AsyncIterable[Any], **options: Any
-) -> Job:
+async def submit(pipeline: str, items: Items | AsyncIterable[Any], **options: Any) -> Job:
     """`jobsys.submit`; `items` may also be an async iterable of dicts or JSON texts."""
     if isinstance(items, AsyncIterable):
         items = _pulled(items, asyncio.get_running_loop())
@@ -130,7 +130,9 @@ async def _next(source: AsyncIterator[T]) -> T:
     return await source.__anext__()
 
 
-async def _iterate(open_rows: Callable[[], Iterator[dict[str, Any]]]) -> AsyncIterator[dict[str, Any]]:
+async def _iterate(
+    open_rows: Callable[[], Iterator[dict[str, Any]]],
+) -> AsyncIterator[dict[str, Any]]:
     rows = await asyncio.to_thread(open_rows)
     try:
         while chunk := await asyncio.to_thread(_take, rows, RESULT_CHUNK):

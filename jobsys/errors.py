@@ -42,10 +42,12 @@ class JobNotFinal(JobsysError):
 class WaitTimedOut(JobsysError, TimeoutError):
     """A job was not final within the time a caller was willing to wait."""
 
-    def __init__(self, job_id: int, status: str, timeout: float) -> None:
-        super().__init__(f"job {job_id} is still {status} after {timeout:g} s")
+    def __init__(self, job_id: int, status: str, timeout: float, why: str | None = None) -> None:
+        because = f": {why}" if why else ""
+        super().__init__(f"job {job_id} is still {status} after {timeout:g} s{because}")
         self.job_id = job_id
         self.status = status
+        self.timeout = timeout
 
 
 class LedgerPruned(JobsysError):

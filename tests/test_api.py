@@ -94,7 +94,7 @@ def test_statuses_are_lists_and_a_string_is_refused() -> None:
     ):
         with pytest.raises(InvalidInput, match=r"statuses: give a list, e\.g\. \['cancelled'\]"):
             call()
-    with pytest.raises(InvalidInput, match="status: 'done,failed' .* give a list"):
+    with pytest.raises(InvalidInput, match=r"status: 'done,failed' .* give a list"):
         list(job.results(status="done,failed"))
 
 

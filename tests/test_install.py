@@ -32,7 +32,9 @@ README = REPO / "README.md"
 # The shared venv's packages that must not reach the new venv: jobsys itself
 # (an editable install pointing at a checkout) and the installers.
 _NOT_SOURCE = shutil.ignore_patterns("__pycache__", "*.pyc")
-NOT_A_DEPENDENCY = re.compile(r"^(jobsys|_*editable_*|pip|setuptools|_distutils_hack|wheel)\b", re.I)
+NOT_A_DEPENDENCY = re.compile(
+    r"^(jobsys|_*editable_*|pip|setuptools|_distutils_hack|wheel)\b", re.I
+)
 
 
 @dataclass

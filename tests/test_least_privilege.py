@@ -196,9 +196,7 @@ def test_restricted_users_run_a_job_and_the_processor_cannot_publish_tasks_or_ma
             0,
         )
         first = bridge().run(lambda nc, js: js.get_msg(names.stream, 1))
-        assert first.headers is not None and first.headers["Nats-Msg-Id"].startswith(
-            f"{job.id}:"
-        )
+        assert first.headers is not None and first.headers["Nats-Msg-Id"].startswith(f"{job.id}:")
 
         with LocalSystem(workers=0, processors=1, log_dir=logs, env=processor_env) as procs:
             final = wait_until_final(job.id, timeout=120)

@@ -282,7 +282,7 @@ def test_doctor_says_how_to_fix_unreachable_services() -> None:
     checks = doctor.check_all(settings)
     assert [c.service for c in checks] == [
         "postgres", "schema", "pooling", "redis", "redis access", "nats", "nats access", "secret",
-        "settings",
+        "workers", "processors", "settings",
     ]  # fmt: skip
     assert not any(c.ok for c in checks[:4]) and not checks[5].ok
     assert checks[4].message == checks[6].message == "plaintext (no TLS); no credentials"

@@ -37,6 +37,7 @@ from jobsys.api.cancel import CancelResult, cancel
 from jobsys.api.export import results
 from jobsys.api.read import get_job, wait_until_final
 from jobsys.api.retry import DEFAULT_RETRY, retry
+from jobsys.errors import WaitTimedOut
 from jobsys.lifecycle.blocked import BLOCKED_AFTER_S, why_blocked
 from jobsys.models import JobView
 
@@ -87,9 +88,7 @@ class Job:
         """Stop the job's work and end it `revoked` (a final job is left as it is)."""
         return cancel(self.id)
 
-    def retry(
-        self, statuses: Iterable[str] = DEFAULT_RETRY, error_like: str | None = None
-    ) -> Job:
+    def retry(self, statuses: Iterable[str] = DEFAULT_RETRY, error_like: str | None = None) -> Job:
         """Re-run this final job's tasks of `statuses` (a list) as a new job; returns it."""
         return Job(retry(self.id, statuses, error_like).job.job_id)
 
@@ -117,8 +116,12 @@ def wait_for(
     """`Job.wait` (and `jobsys watch`): poll until final; with `progress`, draw a bar
     whose text is the status, or once the job has not moved for BLOCKED_AFTER_S,
     why it cannot (`jobsys.lifecycle.blocked`)."""
-    with progress_bar(job_id, progress, console) as on_update:
-        return wait_until_final(job_id, timeout=timeout, on_update=on_update)
+    try:
+        with progress_bar(job_id, progress, console) as on_update:
+            return wait_until_final(job_id, timeout=timeout, on_update=on_update)
+    except WaitTimedOut as exc:
+        # Said with why the job does not move, when it cannot.
+        raise WaitTimedOut(job_id, exc.status, exc.timeout, why_blocked(get_job(job_id))) from None
 
 
 @contextmanager

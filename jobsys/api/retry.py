@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from jobsys.api.enqueue import enqueue_bootstrap
 from jobsys.api.read import get_job
 from jobsys.api.statuses import status_list
-from jobsys.api.enqueue import enqueue_bootstrap
 from jobsys.errors import InvalidInput, JobNotFinal, JobNotFound, LedgerPruned
 from jobsys.hooks.target import check_target
 from jobsys.lifecycle.states import FINAL
@@ -119,10 +119,13 @@ def _nothing_to_retry(
     others = {s: parent[f"{s}_count"] for s in RETRYABLE if s not in wanted}
     has = [f"{n:,} {s}" for s, n in others.items() if n]
     if not has:
-        return f"job {job_id} has no {what} to retry (none of its tasks ended {'/'.join(RETRYABLE)})"
+        return (
+            f"job {job_id} has no {what} to retry (none of its tasks ended {'/'.join(RETRYABLE)})"
+        )
     flag = ",".join(s for s, n in others.items() if n)
     return (f"job {job_id} has no {what} to retry; it has {', '.join(has)}: "
-            f"retry those with --status {flag} (statuses={flag.split(',')!r} from Python)")  # fmt: skip
+            f"retry those with --status {flag} "
+            f"(statuses={flag.split(',')!r} from Python)")  # fmt: skip
 
 
 def retries_of(job_id: int) -> list[int]:

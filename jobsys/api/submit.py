@@ -7,9 +7,9 @@ from collections.abc import Callable, Mapping
 
 from pydantic import BaseModel, Field, ValidationError
 
+from jobsys.api.enqueue import enqueue_bootstrap
 from jobsys.api.items import Items, checked_items, items_of, submit_item_limit
 from jobsys.api.job import Job
-from jobsys.api.enqueue import enqueue_bootstrap
 from jobsys.dramatiq.signing import require_secret
 from jobsys.errors import InvalidInput
 from jobsys.hooks.target import check_target

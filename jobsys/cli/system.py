@@ -88,15 +88,15 @@ def demo(count: int, pipeline: str, concurrency: int) -> None:
     click.echo(f"starting a worker and a processor (logs in {system.log_dir}/)")
     with system:
         started = time.monotonic()
-        view = jobsys.submit(pipeline, counted_items(count), name="demo")
-        click.echo(f"submitted job {view.job_id}: {count} tasks of {pipeline}")
-        with progress_bar(f"job {view.job_id}", count or None) as update:
+        job = jobsys.submit(pipeline, counted_items(count), name="demo")
+        click.echo(f"submitted job {job.id}: {count} tasks of {pipeline}")
+        with progress_bar(f"job {job.id}", count or None) as update:
 
             def on_update(v: JobView) -> None:
                 system.check_alive()
                 update(v.total - v.pending, v.total, status=v.status)
 
-            final = wait_until_final(view.job_id, timeout=3600, on_update=on_update)
+            final = wait_until_final(job.id, timeout=3600, on_update=on_update)
         seconds = time.monotonic() - started
     rate = final.total / seconds if seconds > 0 else 0.0
     table(

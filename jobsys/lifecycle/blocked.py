@@ -62,5 +62,6 @@ def why_blocked(view: JobView) -> str | None:
     try:
         team = members()
     except Exception as exc:
-        return f"cannot see workers and processors: NATS not reachable ({one_line(exc) or type(exc).__name__})"
+        cause = one_line(exc) or type(exc).__name__
+        return f"cannot see workers and processors: NATS not reachable ({cause})"
     return blocked_reason(view.job_id, view.status, team, now())
