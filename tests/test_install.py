@@ -10,6 +10,7 @@ checkout is on the path: PYTHONPATH is dropped and the commands run elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -171,8 +172,9 @@ def test_an_installed_jobsys_migrates_and_runs_a_job_from_another_folder(
                               timeout=180, check=False)  # fmt: skip
         assert watched.returncode == 0, (watched.stdout, watched.stderr, _tails(logs))
         status = json.loads(install.run("jobsys", "status", str(job_id), "--json", env=env).stdout)
-        assert (status["status"], status["done"]) == ("success", 20)
+        assert (status["status"], status["done"], status["blocked"]) == ("success", 20, None)
     finally:
+        _drop_namespace(namespace)
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 60
@@ -186,3 +188,102 @@ def test_an_installed_jobsys_migrates_and_runs_a_job_from_another_folder(
 
 def _tails(logs: Path) -> dict[str, str]:
     return {p.name: p.read_text()[-3000:] for p in logs.iterdir()}
+
+
+# -- the README's "Use it from your own project", run as written ---------------------
+
+# The two lines of the section that make the venv and install jobsys: the test
+# has made that venv already (with no download: see the module's docstring),
+# so they become its activation and a no-network reinstall of the same wheel.
+README_INSTALL = {
+    "python3 -m venv .venv && . .venv/bin/activate": ". {venv}/bin/activate",
+    "pip install /path/to/jobsys": "pip install --quiet --no-deps --no-index {wheel}",
+}
+
+
+def readme_section(title: str) -> str:
+    text = README.read_text(encoding="utf-8")
+    return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+
+
+def code_blocks(section: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```$", section, re.MULTILINE | re.DOTALL)
+
+
+def test_the_readmes_own_project_section_runs_as_written(
+    install: Install, fresh_database: str, tmp_path: Path
+) -> None:
+    section = readme_section("Use it from your own project")
+    script = "\n".join(code_blocks(section, "sh"))
+    for line, replacement in README_INSTALL.items():
+        assert line in script, f"the README no longer says {line!r}"
+        script = script.replace(line, replacement.format(venv=install.venv, wheel=install.wheel))
+    (python,) = code_blocks(section, "python")
+    home = tmp_path / "home"
+    project = home / "myproject"
+    project.mkdir(parents=True)
+    namespace = f"{os.environ['JOBSYS_NAMESPACE']}r"
+    # Only what the README's env file would not say for this machine: the test's
+    # own database and namespace. The secret comes from the file the section writes.
+    env = {k: v for k, v in install.env().items()
+           if not k.startswith("JOBSYS_") and k not in {"XDG_CONFIG_HOME"}}  # fmt: skip
+    env.update(HOME=str(home), JOBSYS_NAMESPACE=namespace, JOBSYS_DATABASE_URL=fresh_database)
+    script = f"set -euo pipefail\ncd {home}\n{script}\npython - <<'PYTHON'\n{python}PYTHON\n"
+    proc = subprocess.run(
+        ["bash", "-c", script], cwd=home, env=env, capture_output=True, text=True, timeout=600,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        logs = {p.name: p.read_text()[-2000:] for p in project.glob("*.log")}
+        assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:], logs)
+        assert "JOBSYS_SECRET" in (home / ".config" / "jobsys" / "env").read_text()
+        out = proc.stdout
+        assert '"job_id": 1' in out and "job 1 success" in out, out
+        assert '"result": {"n": 8}' in out  # the fifth task, {"n": 4}, doubled
+        assert "secret: JOBSYS_SECRET is set" in out and "workers: 1 worker(s) alive" in out
+        assert "JOBSYS_SECRET: from" in out and str(home / ".config" / "jobsys" / "env") in out
+    finally:
+        _stop_group(proc, project)
+        _drop_namespace(namespace)
+
+
+def _stop_group(proc: subprocess.CompletedProcess[str], project: Path) -> None:
+    """SIGTERM the worker and processor the section started in the background."""
+    del proc
+    for pid in _pids_in(project):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while _pids_in(project) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in _pids_in(project):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _pids_in(folder: Path) -> list[int]:
+    """Processes whose working directory is `folder` (the section's background jobs)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if Path(os.readlink(entry / "cwd")) == folder:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _drop_namespace(namespace: str) -> None:
+    code = (
+        "import asyncio, sys\n"
+        "from jobsys.nats.connect import connect, jetstream\n"
+        "async def wipe():\n"
+        "    nc = await connect(); js = jetstream(nc); ns = sys.argv[1]\n"
+        "    for info in await js.streams_info():\n"
+        "        name = info.config.name or ''\n"
+        "        if name.startswith(ns + '_') or name == 'KV_' + ns + '_members':\n"
+        "            await js.delete_stream(name)\n"
+        "    await nc.close()\n"
+        "asyncio.run(wipe())\n"
+    )  # fmt: skip
+    subprocess.run([sys.executable, "-c", code, namespace], env=os.environ, timeout=60)

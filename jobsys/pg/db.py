@@ -94,8 +94,8 @@ def connect_error(exc: psycopg.OperationalError, url: str) -> ServiceUnavailable
         cause = " ".join(text.split("FATAL:", 1)[1].split())
         return PostgresRefused(f"Postgres refused the connection to {redact(url)}: {cause}")
     return ServiceUnavailable(
-        f"Postgres not reachable at {redact(url)} ({one_line(exc)}); "
-        "is it running? `jobsys doctor` checks every service"
+        f"Postgres not reachable at {redact(url)} ({one_line(exc)}): start it (in a jobsys "
+        "checkout: `make services`); `jobsys doctor` checks every service"
     )
 
 
