@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install services services-stop pgbouncer migrate demo test test-cluster test-fast lint fmt bench bench-quick chaos clean
+.PHONY: install wheel services services-stop pgbouncer migrate demo test test-cluster test-fast lint fmt bench bench-quick chaos clean
 
 install: $(STAMP)
 
@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
+
+# A wheel to install elsewhere: `pip install dist/jobsys-*.whl` (the SQL files inside).
+wheel: install
+	$(BIN)/pip wheel --quiet --no-deps -w dist .
+	@ls dist/jobsys-*.whl
 
 services: install
 	$(BIN)/python -m devtools.services up
@@ -65,4 +70,4 @@ chaos: migrate
 	$(BIN)/python -m tests.chaos --seconds 600 --jobs 30 --tasks 8000 --min-each 3 $(if $(SEED),--seed $(SEED))
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build dist

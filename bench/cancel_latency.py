@@ -106,7 +106,7 @@ def measure(
         log_dir=log_dir or work / "logs",
     )
     with system:
-        job_id = jobsys.submit("bench.cancel_latency:timed_echo", items, name="cancel bench").job_id
+        job_id = jobsys.submit("bench.cancel_latency:timed_echo", items, name="cancel bench").id
 
         def progressed() -> bool:
             system.check_alive()

@@ -301,9 +301,9 @@ def end_to_end(
         prof = start_profiles(system, tag) if profile else None
         cpu0 = children_cpu(system)
         start = time.perf_counter()
-        view = jobsys.submit(pipeline, counted_items(n), name=f"bench-{tag}")
+        job = jobsys.submit(pipeline, counted_items(n), name=f"bench-{tag}")
         submitted = time.perf_counter()
-        final = _finish(view.job_id, timeout=max(600, n / 500))
+        final = _finish(job.id, timeout=max(600, n / 500))
         elapsed = time.perf_counter() - start
         cpu1 = children_cpu(system)
         system.check_alive()
@@ -346,7 +346,7 @@ def bootstrap_and_run(
     from jobsys.pg.db import connection
 
     start = time.perf_counter()
-    view = jobsys.submit("echo", counted_items(n), name=f"bench-{tag}")
+    job = jobsys.submit("echo", counted_items(n), name=f"bench-{tag}")
     copy_s = time.perf_counter() - start
     system = LocalSystem(workers=1, processors=0, log_dir=LOG_DIR / tag)
     system.start()
@@ -357,13 +357,13 @@ def bootstrap_and_run(
                 row = conn.execute(
                     "SELECT published_count, total_count, extract(epoch FROM progress_at - "
                     "started_at) AS publish_s FROM jobs WHERE id = %(id)s",
-                    {"id": view.job_id},
+                    {"id": job.id},
                 ).fetchone()
             assert row is not None
             if row["published_count"] >= row["total_count"]:
                 break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"bootstrap of job {view.job_id} not done")
+                raise TimeoutError(f"bootstrap of job {job.id} not done")
             system.check_alive()
             time.sleep(0.2)
         publish_s = float(row["publish_s"])
@@ -372,9 +372,9 @@ def bootstrap_and_run(
         start = time.perf_counter()
         limit = max_process_s if max_process_s is not None else max(900, n / 300)
         try:
-            final = _finish(view.job_id, timeout=limit)
+            final = _finish(job.id, timeout=limit)
         except JobsysError:
-            final = jobsys.get_job(view.job_id)  # still running: the window is what counts
+            final = jobsys.get_job(job.id)  # still running: the window is what counts
         process_s = time.perf_counter() - start
         processed = final.done + final.failed
         system.check_alive()
@@ -384,7 +384,7 @@ def bootstrap_and_run(
         }
         profiles = prof.stop() if prof else {}
         if final.status not in FINAL:
-            jobsys.cancel(view.job_id)
+            jobsys.cancel(job.id)
     finally:
         system.stop()
     return {
@@ -409,9 +409,7 @@ def many_jobs(jobs: int, size: int) -> dict[str, Any]:
 
     with fresh_system("many") as system:
         t0 = time.time()
-        ids = [
-            jobsys.submit("echo", counted_items(size), name=f"many-{i}").job_id for i in range(jobs)
-        ]
+        ids = [jobsys.submit("echo", counted_items(size), name=f"many-{i}").id for i in range(jobs)]
         submitted = time.time() - t0
         for job_id in ids:
             _finish(job_id, timeout=900)

@@ -70,11 +70,11 @@ def _run_job(n: int, tag: str, prune_id: int | None, window_s: float | None) -> 
 
     with fresh_system(tag) as system:
         start = time.perf_counter()
-        view = jobsys.submit("echo", counted_items(n), name=f"bench-{tag}")
+        job = jobsys.submit("echo", counted_items(n), name=f"bench-{tag}")
         thread: threading.Thread | None = None
         mark: float | None = None
         while True:
-            v = jobsys.get_job(view.job_id)
+            v = jobsys.get_job(job.id)
             now = time.perf_counter()
             settled = v.done + v.failed + v.lost
             samples.append((now, settled))

@@ -302,7 +302,7 @@ def profile_bootstrap(n: int) -> dict[str, Any]:
     exe = flow.pyspy()
     if exe is None:
         return {"error": "py-spy not installed"}
-    view = jobsys.submit("echo", counted_items(n), name="bench-profile-bootstrap")
+    job = jobsys.submit("echo", counted_items(n), name="bench-profile-bootstrap")
     flow.LOG_DIR.mkdir(parents=True, exist_ok=True)
     path = flow.LOG_DIR / "pyspy-bootstrap-self.txt"
     spy = subprocess.Popen(
@@ -324,11 +324,11 @@ def profile_bootstrap(n: int) -> dict[str, Any]:
     )
     time.sleep(1)
     start = time.perf_counter()
-    run_bootstrap(view.job_id)
+    run_bootstrap(job.id)
     rate = n / (time.perf_counter() - start)
     spy.send_signal(2)
     spy.wait(20)
-    jobsys.cancel(view.job_id)
+    jobsys.cancel(job.id)
     return {"rate_under_profiler": rate, "self_process": flow.summarize_profile(path)}
 
 

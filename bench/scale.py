@@ -155,8 +155,8 @@ def run_job(tasks: int, env_vars: dict[str, str], processors: int = 1) -> dict[s
         time.sleep(3)  # let the children connect
         items = (json.dumps({"n": i}) for i in range(tasks))
         started = time.monotonic()
-        view = jobsys.submit("echo", items, name="bench-scale")
-        final = wait_until_final(view.job_id, timeout=600, poll_s=0.05)
+        job = jobsys.submit("echo", items, name="bench-scale")
+        final = wait_until_final(job.id, timeout=600, poll_s=0.05)
         seconds = time.monotonic() - started
     return {"status": final.status, "seconds": round(seconds, 2),
             "tasks_per_s": round(tasks / seconds)}  # fmt: skip

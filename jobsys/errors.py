@@ -39,6 +39,17 @@ class JobNotFinal(JobsysError):
         self.job_id = job_id
 
 
+class WaitTimedOut(JobsysError, TimeoutError):
+    """A job was not final within the time a caller was willing to wait."""
+
+    def __init__(self, job_id: int, status: str, timeout: float, why: str | None = None) -> None:
+        because = f": {why}" if why else ""
+        super().__init__(f"job {job_id} is still {status} after {timeout:g} s{because}")
+        self.job_id = job_id
+        self.status = status
+        self.timeout = timeout
+
+
 class LedgerPruned(JobsysError):
     """Retention deleted this job's per-task ledger; its counters remain."""
 

@@ -173,6 +173,8 @@ class JobView(BaseModel):
     on_complete: str | None = None
     ledger_state: str = "kept"
     ledger_pruned_at: datetime | None = None
+    # Why the job cannot move on now (jobsys.lifecycle.blocked), when asked; else None.
+    blocked: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> JobView:

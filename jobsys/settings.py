@@ -1,8 +1,18 @@
-"""Every tunable of jobsys, read from ``JOBSYS_*`` environment variables.
+"""Every tunable of jobsys, read from ``JOBSYS_*`` environment variables and env files.
 
-Defaults are chosen so that a single machine with the stock services works
-without any configuration, and so that crashed processes are recovered in
-seconds rather than minutes (see DESIGN.md, "Facts measured").
+Each setting is taken from the first of these that gives it (`env_files`):
+
+1. the environment (``JOBSYS_<FIELD>``);
+2. the file named by ``JOBSYS_ENV_FILE`` (it must exist);
+3. ``./.jobsys.env`` in the current directory (`make services` writes one);
+4. the user's config directory: ``$XDG_CONFIG_HOME/jobsys/env``
+   (``~/.config/jobsys/env`` by default);
+5. ``/etc/jobsys/env``.
+
+Files are ``KEY=value`` lines (dotenv). `setting_sources` says where each
+setting came from (`jobsys doctor` prints it). Defaults are chosen so that a
+single machine with the stock services works without any configuration, and
+so that crashed processes are recovered in seconds rather than minutes.
 """
 
 from __future__ import annotations
@@ -12,12 +22,23 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
-# `make services` writes the URLs of project-local fallback servers here, so
-# every later command finds them without the user exporting anything.
-LOCAL_ENV_FILE = Path(".services") / "jobsys.env"
+PREFIX = "JOBSYS_"
+# The setting naming an env file read before all others (after the environment).
+ENV_FILE_SETTING = "JOBSYS_ENV_FILE"
+# Read from the current directory: a project's own settings (`make services`
+# writes the URLs of its project-local servers and a secret here).
+PROJECT_ENV_FILE = Path(".jobsys.env")
+# The machine's settings, read last (a deployment's shared values).
+SYSTEM_ENV_FILE = Path("/etc/jobsys/env")
 
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 # A rate: "100/second", "30/minute", "1000/hour".
@@ -29,11 +50,30 @@ MODULE_NAME_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 class Settings(BaseSettings):
     """jobsys configuration; each field is ``JOBSYS_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="JOBSYS_",
-        env_file=os.environ.get("JOBSYS_ENV_FILE", str(LOCAL_ENV_FILE)),
-        extra="ignore",
-    )
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The env files are looked for now, not when this module was imported
+        # (the current directory and JOBSYS_ENV_FILE may have changed).
+        # pydantic-settings lets a later file override an earlier one: lowest first.
+        files = list(reversed(env_files()))
+        return (
+            init_settings,
+            env_settings,
+            DotEnvSettingsSource(settings_cls, env_file=files),
+            file_secret_settings,
+        )
+
+    # The env file read right after the environment (see the module's docstring).
+    env_file: Path | None = None
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/jobsys"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -162,6 +202,14 @@ class Settings(BaseSettings):
     log_format: str = Field(default="text", pattern="^(text|json)$")
     log_level: str = "INFO"
 
+    @field_validator("env_file")
+    @classmethod
+    def _env_file_exists(cls, value: Path | None) -> Path | None:
+        # A file named on purpose and not there is a mistake, not "no settings".
+        if value is not None and not value.expanduser().is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
     @field_validator("namespace")
     @classmethod
     def _namespace_is_a_nats_token(cls, value: str) -> str:
@@ -183,6 +231,42 @@ class Settings(BaseSettings):
     def dramatiq_namespace(self) -> str:
         """Redis key prefix of this deployment's Dramatiq queues."""
         return f"{self.namespace}-dramatiq"
+
+
+def user_env_file() -> Path:
+    """``$XDG_CONFIG_HOME/jobsys/env``, or ``~/.config/jobsys/env``."""
+    base = os.environ.get("XDG_CONFIG_HOME", "")
+    # The XDG spec: a relative XDG_CONFIG_HOME is invalid and ignored.
+    root = Path(base) if os.path.isabs(base) else Path("~/.config").expanduser()
+    return root / "jobsys" / "env"
+
+
+def env_file_places() -> list[Path]:
+    """Every env file jobsys looks at, highest precedence first (present or not)."""
+    named = os.environ.get(ENV_FILE_SETTING)
+    places = [Path(named).expanduser()] if named else []
+    return [*places, PROJECT_ENV_FILE, user_env_file(), SYSTEM_ENV_FILE]
+
+
+def env_files() -> list[Path]:
+    """The env files read, highest precedence first: those of `env_file_places` that
+    exist and this user may read (``/etc/jobsys/env`` may be root's alone)."""
+    return [p for p in env_file_places() if p.is_file() and os.access(p, os.R_OK)]
+
+
+def setting_sources() -> dict[str, str]:
+    """Where each setting comes from now: "environment", an env file's path, or
+    "default" (by field name, as `Settings` reads them)."""
+    environ = {k.upper(): k for k in os.environ}
+    files = [(str(p.absolute()), {k.upper() for k in dotenv_values(p)}) for p in env_files()]
+    sources: dict[str, str] = {}
+    for field in Settings.model_fields:
+        name = f"{PREFIX}{field.upper()}"
+        if name in environ:
+            sources[field] = "environment"
+            continue
+        sources[field] = next((path for path, keys in files if name in keys), "default")
+    return sources
 
 
 @lru_cache(maxsize=1)

@@ -110,7 +110,8 @@ def nats_cleanup() -> Iterator[None]:
         js = jetstream(nc)
         for info in await js.streams_info():
             name = info.config.name or ""
-            if name.startswith(f"{NAMESPACE}_"):
+            # The job streams, and the presence bucket (jobsys.nats.presence).
+            if name.startswith(f"{NAMESPACE}_") or name == f"KV_{NAMESPACE}_members":
                 await js.delete_stream(name)
         await nc.close()
 

@@ -20,9 +20,9 @@ from jobsys.settings import Settings, get_settings
 
 def make_started_job(count: int, **kwargs: Any) -> int:
     """Submit a job (its bootstrap message goes unconsumed) and bootstrap it in-process."""
-    view = jobsys.submit("echo", counted_items(count), **kwargs)
-    assert run_bootstrap(view.job_id) in {"published", "empty"}
-    return view.job_id
+    job = jobsys.submit("echo", counted_items(count), **kwargs)
+    assert run_bootstrap(job.id) in {"published", "empty"}
+    return job.id
 
 
 def pull_results(job_id: int, n: int, *, fail: set[int] | None = None) -> list[dict[str, Any]]:

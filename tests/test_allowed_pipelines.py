@@ -158,15 +158,15 @@ def test_a_pipeline_an_installed_package_declares_is_allowed(
     # Not under JOBSYS_PIPELINE_MODULES: allowed by its entry-point name only.
     with pytest.raises(InvalidInput, match="is not allowed"):
         jobsys.submit(f"{package}.pipes:double", ['{"n": 1}'])
-    view = jobsys.submit(f"{package}-double", [json.dumps({"n": n}) for n in range(5)])
+    job = jobsys.submit(f"{package}-double", [json.dumps({"n": n}) for n in range(5)])
     pythonpath = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     with LocalSystem(workers=1, processors=1, log_dir=tmp_path / "logs",
                      env={"PYTHONPATH": pythonpath}):  # fmt: skip
-        final = wait_until_final(view.job_id, timeout=60)
+        final = wait_until_final(job.id, timeout=60)
     assert (final.status, final.done) == ("success", 5)
     with connection() as conn:
         row = conn.execute(
-            "SELECT result FROM job_tasks WHERE job_id = %s AND task_no = 3", (view.job_id,)
+            "SELECT result FROM job_tasks WHERE job_id = %s AND task_no = 3", (job.id,)
         ).fetchone()
     assert row is not None and row["result"] == {"n": 3, "double": 6}
 
@@ -212,14 +212,14 @@ def test_a_hook_actor_outside_the_allowed_modules_is_refused_unimported(
 def test_a_retry_of_a_job_whose_pipeline_is_no_longer_allowed_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    view = jobsys.submit("tests.pipelines:odd_values", ['{"n": 1}'])
-    assert jobsys.cancel(view.job_id).status == "revoked"
+    job = jobsys.submit("tests.pipelines:odd_values", ['{"n": 1}'])
+    assert jobsys.cancel(job.id).status == "revoked"
     before = _job_count()
     monkeypatch.setenv("JOBSYS_PIPELINE_MODULES", "other")
     reset_settings()
     try:
         with pytest.raises(InvalidInput, match=r"'tests\.pipelines:odd_values' is not allowed"):
-            retry(view.job_id, ["cancelled"])
+            retry(job.id, ["cancelled"])
     finally:
         monkeypatch.undo()
         reset_settings()

@@ -116,7 +116,7 @@ def test_a_task_running_longer_than_ack_wait_is_kept_in_progress_and_run_once(
 
     ack_wait = get_settings().ack_wait_s
     items = (json.dumps({"n": i, "sleep_ms": int(ack_wait * 2500)}) for i in range(4))
-    job_id = jobsys.submit("echo", items, max_deliver=3).job_id
+    job_id = jobsys.submit("echo", items, max_deliver=3).id
     assert run_bootstrap(job_id) == "published"
     with LocalSystem(workers=1, processors=1, concurrency=4, log_dir=tmp_path):
         time.sleep(ack_wait * 2)

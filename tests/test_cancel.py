@@ -66,17 +66,17 @@ def test_cancel_of_a_started_job_deletes_its_stream_cancels_pending_tasks_and_re
 
 
 def test_cancel_of_a_queued_job_revokes_it_and_its_late_bootstrap_does_nothing() -> None:
-    view = jobsys.submit("echo", counted_items(50))
-    result = jobsys.cancel(view.job_id)
+    job = jobsys.submit("echo", counted_items(50))
+    result = jobsys.cancel(job.id)
     assert (result.status, result.changed) == ("revoked", True)
     # The bootstrap message was already enqueued; when it runs, it must not
     # create a stream or publish anything for the revoked job.
-    assert run_bootstrap(view.job_id) == "inactive"
-    after = jobsys.get_job(view.job_id)
+    assert run_bootstrap(job.id) == "inactive"
+    after = jobsys.get_job(job.id)
     assert (after.status, after.cancelled, after.published) == ("revoked", 50, 0)
-    assert not stream_exists(view.job_id)
-    assert status_events(view.job_id) == ["canceling", "revoked"]
-    assert_counters_match_ledger(view.job_id)
+    assert not stream_exists(job.id)
+    assert status_events(job.id) == ["canceling", "revoked"]
+    assert_counters_match_ledger(job.id)
 
 
 @pytest.mark.parametrize("fail", [False, True])
@@ -256,7 +256,7 @@ def test_a_cancelled_job_stops_its_processors_and_no_counter_moves_after_revoke(
         workers=1, processors=2, concurrency=4, log_dir=tmp_path_factory.mktemp("logs")
     )
     with system:
-        job_id = jobsys.submit("echo", items).job_id
+        job_id = jobsys.submit("echo", items).id
         _wait_for(lambda: jobsys.get_job(job_id).done >= 40, "some results", timeout=60)
         result = jobsys.cancel(job_id)
         assert (result.status, result.changed) == ("revoked", True)

@@ -144,11 +144,11 @@ def test_killing_the_stream_leader_mid_job_loses_and_doubles_nothing(
     logs = tmp_path / "logs"
     with LocalSystem(workers=1, processors=2, concurrency=8, log_dir=logs, env=env):
         items = (json.dumps({"n": i, "sleep_ms": SLEEP_MS}) for i in range(TASKS))
-        view = jobsys.submit("echo", items, name="cluster")
-        stream = JobNames.of(get_settings().namespace, view.job_id).stream
+        job = jobsys.submit("echo", items, name="cluster")
+        stream = JobNames.of(get_settings().namespace, job.id).stream
 
         deadline = time.monotonic() + 120
-        while progress(view.job_id) < TASKS * KILL_AT and time.monotonic() < deadline:
+        while progress(job.id) < TASKS * KILL_AT and time.monotonic() < deadline:
             time.sleep(0.05)
         leader = stream_leader(stream)
         assert leader is not None, "the job's stream has a leader"
@@ -159,7 +159,7 @@ def test_killing_the_stream_leader_mid_job_loses_and_doubles_nothing(
         cluster.kill_node(cluster.node(leader))
         # A watcher follows the election and the job's progress while this
         # thread runs reconcile passes, as the scheduler would.
-        watch = Watch(stream, view.job_id, leader, killed_at)
+        watch = Watch(stream, job.id, leader, killed_at)
         watcher = threading.Thread(target=watch.run, daemon=True)
         watcher.start()
         findings = []
@@ -175,19 +175,19 @@ def test_killing_the_stream_leader_mid_job_loses_and_doubles_nothing(
         assert watch.new_leader is not None or watch.finished_at is not None
         cluster.start_node(cluster.node(leader))  # it rejoins with its data
 
-        final = wait_until_final(view.job_id, timeout=180)
+        final = wait_until_final(job.id, timeout=180)
         findings += reconcile_pass(trigger="test").findings
 
     with connection() as conn:
-        ledger = conn.execute(Q.ledger_counts, {"job_id": view.job_id}).fetchone()
+        ledger = conn.execute(Q.ledger_counts, {"job_id": job.id}).fetchone()
         max_deliveries = conn.execute(
-            "SELECT max(deliveries) AS m FROM job_tasks WHERE job_id = %s", (view.job_id,)
+            "SELECT max(deliveries) AS m FROM job_tasks WHERE job_id = %s", (job.id,)
         ).fetchone()
     assert final.status == "success"
     assert (final.done, final.failed, final.lost, final.cancelled) == (TASKS, 0, 0, 0)
     assert ledger is not None
     assert (ledger["done"], ledger["pending"], ledger["lost"]) == (TASKS, 0, 0)
-    mine = [f for f in findings if f.job_id == view.job_id]
+    mine = [f for f in findings if f.job_id == job.id]
     assert not [f for f in mine if f.action == "marked_lost"], mine
 
     # Figures for the record (no timing assertions): the election as the

@@ -27,26 +27,26 @@ def _wait_progress(job_id: int, at_least: int, timeout: float = 120) -> None:
 
 @pytest.mark.parametrize("kind", ["processor", "worker"])
 def test_a_process_killed_mid_job_loses_nothing(system: LocalSystem, kind: str) -> None:
-    view = jobsys.submit("echo", iter(_sleepy(3000, 2)))
-    _wait_progress(view.job_id, 500)
+    job = jobsys.submit("echo", iter(_sleepy(3000, 2)))
+    _wait_progress(job.id, 500)
     procs = system.processors if kind == "processor" else system.workers
     victim = procs[0]
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     procs.remove(victim)
     (system.start_processor if kind == "processor" else system.start_worker)()
-    final = wait_until_final(view.job_id, timeout=180)
+    final = wait_until_final(job.id, timeout=180)
     assert (final.status, final.done, final.failed, final.lost) == ("success", 3000, 0, 0)
-    assert_counters_match_ledger(view.job_id)
+    assert_counters_match_ledger(job.id)
 
 
 def test_a_new_job_is_not_starved_behind_an_old_one(system: LocalSystem) -> None:
     old = jobsys.submit("echo", iter(_sleepy(8000, 5)), name="old")
-    _wait_progress(old.job_id, 100)
+    _wait_progress(old.id, 100)
     new = jobsys.submit("echo", iter(_sleepy(20, 5)), name="new")
-    final_new = wait_until_final(new.job_id, timeout=120)
+    final_new = wait_until_final(new.id, timeout=120)
     assert final_new.status == "success"
     # The old job has at least 8000 x 5 ms / 8 threads = 5 s of work left
     # when the new one arrives; a fair processor finishes the new one first.
-    assert jobsys.get_job(old.job_id).status == "started"
-    jobsys.cancel(old.job_id)
+    assert jobsys.get_job(old.id).status == "started"
+    jobsys.cancel(old.id)

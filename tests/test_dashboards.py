@@ -69,7 +69,7 @@ def known() -> Known:
     assert_counters_match_ledger(a)
 
     b = make_started_job(4, name=f"dash-b-{tag}")
-    empty = jobsys.submit("echo", counted_items(0), name=f"dash-empty-{tag}").job_id
+    empty = jobsys.submit("echo", counted_items(0), name=f"dash-empty-{tag}").id
     with connection() as conn, conn.transaction():
         # Job A started an hour ago, so its rate window is the full 4-5 minutes.
         conn.execute("UPDATE jobs SET started_at = now() - interval '1 hour' WHERE id = %s", (a,))
@@ -302,7 +302,7 @@ def test_jobsys_logs_shows_a_jobs_events_as_text_and_json(known: Known) -> None:
 
 
 def test_jobsys_logs_follow_ends_when_the_job_is_final() -> None:
-    job_id = jobsys.submit("echo", counted_items(0), name="logs follow").job_id
+    job_id = jobsys.submit("echo", counted_items(0), name="logs follow").id
     assert jobsys.cancel(job_id).status == "revoked"
     out = jobsys_cli("logs", str(job_id), "--follow", "--json")
     assert out.returncode == 0, out.stderr

@@ -60,8 +60,8 @@ class EveryStatus:
 
 @pytest.fixture(scope="module")
 def every_status() -> EveryStatus:
-    view = jobsys.submit("echo", iter(PAYLOADS), name="every status")
-    job_id = view.job_id
+    job = jobsys.submit("echo", iter(PAYLOADS), name="every status")
+    job_id = job.id
     assert run_bootstrap(job_id) == "published"
     rows = [(i, "done", text, None, i + 1) for i, text in enumerate(RESULTS)]
     rows += [(task, "failed", None, error, 5) for task, error in ERRORS.items()]
@@ -208,12 +208,12 @@ def test_results_and_tasks_errors_are_one_line(args: tuple[str, ...], message: s
 
 def test_results_of_a_running_job_equal_its_counters_in_one_snapshot() -> None:
     # Nothing finished yet: every task pending, and "all" says so.
-    view = jobsys.submit("echo", iter(['{"n": 1}', '{"n": 2}']))
-    proc = jobsys_cli("results", str(view.job_id), "--status", "all")
+    job = jobsys.submit("echo", iter(['{"n": 1}', '{"n": 2}']))
+    proc = jobsys_cli("results", str(job.id), "--status", "all")
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line)["status"] for line in proc.stdout.splitlines()] == ["pending"] * 2
     assert "(pending 2, done 0, failed 0, lost 0, cancelled 0)" in proc.stderr
-    jobsys.cancel(view.job_id)
+    jobsys.cancel(job.id)
 
 
 @pytest.mark.parametrize("command", ["results", "tasks", "retry", "prune", "submit"])

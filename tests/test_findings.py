@@ -21,6 +21,13 @@ def findings_of(job_id: int) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
+NO_PROCESSOR = {
+    "no processor is consuming",
+    "no processor is running",
+    "no processor or worker is running",
+}
+
+
 def test_a_job_waiting_pass_after_pass_has_one_finding_row_with_a_count() -> None:
     job_id = make_started_job(2)  # no processor consumes: every pass says it waits
     time.sleep(0.3)
@@ -32,7 +39,9 @@ def test_a_job_waiting_pass_after_pass_has_one_finding_row_with_a_count() -> Non
     assert len(rows) == 1, [(r["kind"], r["action"]) for r in rows]
     (row,) = rows
     assert (row["kind"], row["action"], row["seen"]) == ("waiting", "none", 5)
-    assert row["reason"] == "no processor is consuming"
+    # Which, depends on the members other tests left announced (a killed one
+    # counts as alive for 20 s): never that something holds messages.
+    assert row["reason"] in NO_PROCESSOR
     assert row["first_at"] < row["at"]
 
     # Another reason is another row; the same one again counts on the newest row.
@@ -42,7 +51,7 @@ def test_a_job_waiting_pass_after_pass_has_one_finding_row_with_a_count() -> Non
     reconcile_pass(fast())
     rows = findings_of(job_id)
     assert [(r["reason"], r["seen"]) for r in rows] == [
-        ("no processor is consuming", 5),
+        (row["reason"], 5),
         ("processors hold messages: running, or results not yet recorded", 2),
     ]
 

@@ -139,21 +139,21 @@ def test_a_hook_target_that_fails_twice_then_succeeds_is_delivered_once(tmp_path
     with HookServer(fail_first=2) as server:
         env = {"JOBSYS_HOOK_BACKOFF_S": "0.2"}
         with LocalSystem(workers=1, processors=1, log_dir=tmp_path, env=env) as system:
-            view = jobsys.submit("echo", counted_items(40), on_complete=server.url)
-            final = wait_until_final(view.job_id, timeout=120, on_update=lambda v: None)
+            job = jobsys.submit("echo", counted_items(40), on_complete=server.url)
+            final = wait_until_final(job.id, timeout=120, on_update=lambda v: None)
             assert final.status == "success"
             (accepted,) = server.wait_accepted(1)
             system.check_alive()
             # Nothing is due any more: a reconciler pass sends nothing.
             fast = get_settings().model_copy(update={"hook_resend_after_s": 0.0})
-            assert view.job_id not in resend_due(fast).resent
+            assert job.id not in resend_due(fast).resent
             time.sleep(1.0)
         assert [r.answered for r in server.received] == [500, 500, 200]
-    assert {r.headers["Idempotency-Key"] for r in server.received} == {f"job-{view.job_id}"}
+    assert {r.headers["Idempotency-Key"] for r in server.received} == {f"job-{job.id}"}
     assert accepted.body == server.received[0].body
     assert accepted.body["status"] == "success" and accepted.body["done"] == 40
-    assert _events(view.job_id) == ["hook_due", "hook_failed", "hook_failed", "hook_delivered"]
-    row = _hook_row(view.job_id)
+    assert _events(job.id) == ["hook_due", "hook_failed", "hook_failed", "hook_delivered"]
+    row = _hook_row(job.id)
     assert row is not None and (row["state"], row["attempts"]) == ("delivered", 3)
 
 
@@ -179,11 +179,11 @@ def test_a_hook_whose_worker_is_killed_before_sending_is_still_delivered_once(
         HookServer() as server,
         LocalSystem(workers=1, processors=1, log_dir=tmp_path, env=env) as system,
     ):
-        view = jobsys.submit("echo", counted_items(20), on_complete=server.url)
+        job = jobsys.submit("echo", counted_items(20), on_complete=server.url)
         _wait(marker.exists, 120, f"the worker to pause at {pause_at}")
         paused = system.workers[0]
         assert int(marker.read_text()) == paused.pid
-        assert jobsys.get_job(view.job_id).status == "success"
+        assert jobsys.get_job(job.id).status == "success"
         assert server.received == []
         os.kill(paused.pid, signal.SIGKILL)
         paused.wait()
@@ -193,16 +193,16 @@ def test_a_hook_whose_worker_is_killed_before_sending_is_still_delivered_once(
         system.start_worker()
         time.sleep(1.1)  # past the dead sender's 1 s lease
         fast = get_settings().model_copy(update={"hook_resend_after_s": 0.0})
-        assert resend_due(fast).resent == [view.job_id]
+        assert resend_due(fast).resent == [job.id]
         (got,) = server.wait_accepted(1)
-        assert got.body["job_id"] == view.job_id and got.body["status"] == "success"
+        assert got.body["job_id"] == job.id and got.body["status"] == "success"
         if pause_at == "after_final_commit":
             # The killed worker's result batch comes back to the new worker: it
             # counts nothing (a late batch) and sends nothing more.
-            _wait(lambda: _events(view.job_id, "late_results") != [], 60, "the redelivery")
+            _wait(lambda: _events(job.id, "late_results") != [], 60, "the redelivery")
         assert resend_due(fast).resent == []
         time.sleep(1.0)
         system.check_alive()
     assert len(server.received) == 1
-    assert _events(view.job_id) == events
-    assert _hook_row(view.job_id)["state"] == "delivered"  # type: ignore[index]
+    assert _events(job.id) == events
+    assert _hook_row(job.id)["state"] == "delivered"  # type: ignore[index]

@@ -58,11 +58,11 @@ def test_poison_tasks_cost_only_themselves_and_end_failed_naming_the_death(
     system: LocalSystem,
 ) -> None:
     items = (json.dumps({"n": i, "crash": POISON.get(i, False)}) for i in range(200))
-    view = jobsys.submit("fault-echo", items, max_deliver=3, failure_threshold=0.1)
-    final = wait_until_final(view.job_id, timeout=120)
+    job = jobsys.submit("fault-echo", items, max_deliver=3, failure_threshold=0.1)
+    final = wait_until_final(job.id, timeout=120)
     system.check_alive()  # the processor itself never died
     assert (final.status, final.done, final.failed, final.lost) == ("success", 197, 3, 0)
-    tasks = _tasks(view.job_id)
+    tasks = _tasks(job.id)
     for task_no, kind in POISON.items():
         row = tasks[task_no]
         assert row["status"] == "failed"
@@ -71,7 +71,7 @@ def test_poison_tasks_cost_only_themselves_and_end_failed_naming_the_death(
     # The innocents were never charged a delivery for a crash they shared.
     innocents = [r for n, r in tasks.items() if n not in POISON]
     assert {(r["status"], r["deliveries"]) for r in innocents} == {("done", 1)}
-    assert_counters_match_ledger(view.job_id)
+    assert_counters_match_ledger(job.id)
 
 
 @pytest.mark.parametrize("pool", ["processes", "threads"])
@@ -80,25 +80,25 @@ def test_a_hung_task_is_stopped_at_its_time_limit_and_ends_failed(
 ) -> None:
     ack_wait, max_deliver, timeout = get_settings().ack_wait_s, 2, 1.0
     items = (json.dumps({"n": i, "hang": i == 3}) for i in range(20))
-    view = jobsys.submit("fault-echo", items, max_deliver=max_deliver, task_timeout_s=timeout)
+    job = jobsys.submit("fault-echo", items, max_deliver=max_deliver, task_timeout_s=timeout)
     with LocalSystem(workers=1, processors=1, concurrency=2, log_dir=tmp_path, pool=pool) as s:
         # A bound, not a measurement: every task ends within about
         # max_deliver x (timeout + ack_wait), plus the nak delay and slack.
-        final = wait_until_final(view.job_id, timeout=max_deliver * (timeout + ack_wait) + 20)
+        final = wait_until_final(job.id, timeout=max_deliver * (timeout + ack_wait) + 20)
         s.check_alive()
     assert (final.done, final.failed, final.lost) == (19, 1, 0)
-    row = _tasks(view.job_id)[3]
+    row = _tasks(job.id)[3]
     assert row["error"] == f"gave up after {max_deliver} deliveries: timed out after 1 s"
 
 
 def test_a_batch_is_split_until_its_bad_items_are_found(system: LocalSystem) -> None:
     bad = {5: {"crash": "kill"}, 17: {"fail": True}, 30: {"transient": True}}
     items = (json.dumps({"n": i, **bad.get(i, {})}) for i in range(64))
-    view = jobsys.submit("fault-echo-batch", items, max_deliver=2, failure_threshold=0.1)
-    final = wait_until_final(view.job_id, timeout=120)
+    job = jobsys.submit("fault-echo-batch", items, max_deliver=2, failure_threshold=0.1)
+    final = wait_until_final(job.id, timeout=120)
     system.check_alive()
     assert (final.done, final.failed, final.lost) == (61, 3, 0)
-    tasks = _tasks(view.job_id)
+    tasks = _tasks(job.id)
     assert tasks[5]["error"] == (
         "gave up after 2 deliveries: execution process killed by signal 9 (SIGKILL)"
     )
@@ -113,12 +113,12 @@ def test_setup_runs_once_per_execution_process_and_a_raising_batch_is_split(
 ) -> None:
     setup_log = tmp_path / "setup.log"
     items = (json.dumps({"n": i, "poison": i == 11}) for i in range(100))
-    view = jobsys.submit("tests.pipelines:scale", items, max_deliver=2, failure_threshold=0.1)
+    job = jobsys.submit("tests.pipelines:scale", items, max_deliver=2, failure_threshold=0.1)
     env = {SETUP_LOG_ENV: str(setup_log)}
     with LocalSystem(workers=1, processors=1, concurrency=3, log_dir=tmp_path, env=env):
-        final = wait_until_final(view.job_id, timeout=120)
+        final = wait_until_final(job.id, timeout=120)
     assert (final.done, final.failed, final.lost) == (99, 1, 0)
-    tasks = _tasks(view.job_id)
+    tasks = _tasks(job.id)
     assert tasks[11]["error"] == (
         "gave up after 2 deliveries: RuntimeError: a poisoned item broke the batch"
     )
@@ -145,8 +145,8 @@ def test_max_in_flight_is_the_consumer_limit_and_is_never_exceeded(system: Local
     assert row is not None and (row["task_timeout_s"], row["max_in_flight"]) == (7.5, 3)
 
     items = (json.dumps({"n": i, "sleep_ms": 100}) for i in range(40))
-    view = jobsys.submit("echo", items, max_in_flight=3)
-    names = JobNames.of(get_settings().namespace, view.job_id)
+    job = jobsys.submit("echo", items, max_in_flight=3)
+    names = JobNames.of(get_settings().namespace, job.id)
 
     async def info(nc: Any, js: Any) -> Any:
         return await js.consumer_info(names.stream, names.consumer)
@@ -154,7 +154,7 @@ def test_max_in_flight_is_the_consumer_limit_and_is_never_exceeded(system: Local
     seen: list[int] = []
     config_limit = None
     deadline = time.monotonic() + 60
-    while jobsys.get_job(view.job_id).status in {"queued", "started"}:
+    while jobsys.get_job(job.id).status in {"queued", "started"}:
         assert time.monotonic() < deadline
         try:
             consumer = bridge().run(info)
@@ -165,7 +165,7 @@ def test_max_in_flight_is_the_consumer_limit_and_is_never_exceeded(system: Local
         time.sleep(0.05)
     assert config_limit == 3
     assert max(seen) <= 3 and max(seen) > 0
-    assert wait_until_final(view.job_id, timeout=60).status == "success"
+    assert wait_until_final(job.id, timeout=60).status == "success"
 
 
 def test_the_cli_refuses_a_bad_task_timeout() -> None:

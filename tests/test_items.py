@@ -71,13 +71,13 @@ def test_payloads_are_stored_exactly_as_given(tmp_path: Path) -> None:
     line = '{"q": "\'; DROP TABLE jobs; --", "nul": "a\\u0000b", "u": "\\u00e9t\\u00e9"}'
     path = tmp_path / "items.jsonl"
     path.write_text(line + "\n")
-    view = jobsys.submit("echo", read_items(path), name="x'); DELETE FROM jobs; --")
+    job = jobsys.submit("echo", read_items(path), name="x'); DELETE FROM jobs; --")
     with connection() as conn:
         row = conn.execute(
-            "SELECT payload::text AS p FROM job_tasks WHERE job_id = %s", (view.job_id,)
+            "SELECT payload::text AS p FROM job_tasks WHERE job_id = %s", (job.id,)
         ).fetchone()
     assert row is not None and row["p"] == line
-    assert jobsys.get_job(view.job_id).name == "x'); DELETE FROM jobs; --"
+    assert jobsys.get_job(job.id).name == "x'); DELETE FROM jobs; --"
 
 
 @pytest.mark.parametrize(
@@ -126,8 +126,8 @@ def test_a_line_nested_too_deeply_is_refused_with_its_place(tmp_path: Path, dept
 def test_a_line_nested_to_the_limit_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "items.jsonl"
     path.write_text(_nested(MAX_ITEM_DEPTH) + "\n")
-    view = jobsys.submit("echo", read_items(path))
-    assert view.total == 1
+    job = jobsys.submit("echo", read_items(path))
+    assert job.status().total == 1
 
 
 @pytest.mark.parametrize(

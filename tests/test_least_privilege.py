@@ -167,15 +167,15 @@ def test_restricted_users_run_a_job_and_the_processor_cannot_publish_tasks_or_ma
     logs = tmp_path / "logs"
     namespace = get_settings().namespace
     with LocalSystem(workers=1, processors=0, log_dir=logs, env=worker_env) as workers:
-        view = jobsys.submit("echo", counted_items(TASKS), name="least privilege")
-        names = JobNames.of(namespace, view.job_id)
+        job = jobsys.submit("echo", counted_items(TASKS), name="least privilege")
+        names = JobNames.of(namespace, job.id)
         deadline = time.monotonic() + 60
-        while jobsys.get_job(view.job_id).published < TASKS and time.monotonic() < deadline:
+        while jobsys.get_job(job.id).published < TASKS and time.monotonic() < deadline:
             workers.check_alive()
             time.sleep(0.1)
         assert stream_messages(names.stream) == TASKS, "bootstrap published as the worker"
 
-        rogue = f"{namespace}_job_{view.job_id + 1_000_000}"
+        rogue = f"{namespace}_job_{job.id + 1_000_000}"
         outcomes, errors = asyncio.run(try_as_processor(nats_server.url(PROCESSOR), names, rogue))
         assert outcomes["consumer_info"] == f"ok, {TASKS} pending"
         assert outcomes["publish_task"].startswith("failed"), outcomes
@@ -188,7 +188,7 @@ def test_restricted_users_run_a_job_and_the_processor_cannot_publish_tasks_or_ma
         assert stream_messages(names.stream) == TASKS
         assert not stream_exists(rogue)
         # The reconciler's look and its message reads work as the worker user.
-        seen = look_at_job(namespace, view.job_id)
+        seen = look_at_job(namespace, job.id)
         assert (seen.stream, seen.consumer, seen.messages, seen.advisories) == (
             True,
             True,
@@ -196,12 +196,10 @@ def test_restricted_users_run_a_job_and_the_processor_cannot_publish_tasks_or_ma
             0,
         )
         first = bridge().run(lambda nc, js: js.get_msg(names.stream, 1))
-        assert first.headers is not None and first.headers["Nats-Msg-Id"].startswith(
-            f"{view.job_id}:"
-        )
+        assert first.headers is not None and first.headers["Nats-Msg-Id"].startswith(f"{job.id}:")
 
         with LocalSystem(workers=0, processors=1, log_dir=logs, env=processor_env) as procs:
-            final = wait_until_final(view.job_id, timeout=120)
+            final = wait_until_final(job.id, timeout=120)
             shown = [cmdline(p.pid) for group in (workers, procs) for _, ps, _ in group.groups()
                      for p in ps]  # fmt: skip
         assert nats_server.proc is not None and redis_server.proc is not None
@@ -209,8 +207,8 @@ def test_restricted_users_run_a_job_and_the_processor_cannot_publish_tasks_or_ma
 
     assert final.status == "success"
     assert (final.done, final.failed, final.lost) == (TASKS, 0, 0)
-    assert ledger(view.job_id)["done"] == TASKS
-    assert_counters_match_ledger(view.job_id)
+    assert ledger(job.id)["done"] == TASKS
+    assert_counters_match_ledger(job.id)
 
     # No secret on a command line (ps) or in a log of the processes that ran.
     secret = get_settings().secret

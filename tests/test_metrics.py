@@ -92,7 +92,7 @@ def test_each_endpoint_counts_what_the_ledger_says(exporter_port: int, tmp_path:
             json.dumps({"n": i, "sleep_ms": 1, **({"fail": True} if i % FAIL_EVERY == 0 else {})})
             for i in range(TASKS)
         )
-        job_id = jobsys.submit("echo", items, name="metrics", failure_threshold=0.5).job_id
+        job_id = jobsys.submit("echo", items, name="metrics", failure_threshold=0.5).id
 
         # During the job: the exporter's per-job series add up to the total,
         # and the processor serves its families.

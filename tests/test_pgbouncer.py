@@ -121,21 +121,21 @@ def test_a_job_and_the_reconciler_run_through_pgbouncer(
     env = {"JOBSYS_DATABASE_URL": through_bouncer, "JOBSYS_DB_PREPARED_STATEMENTS": "false"}
     with LocalSystem(workers=1, processors=1, concurrency=8, log_dir=tmp_path, env=env):
         items = (json.dumps({"n": i}) for i in range(TASKS))
-        view = jobsys.submit("echo", items, name="pgbouncer")
+        job = jobsys.submit("echo", items, name="pgbouncer")
         passes = []
         deadline = time.monotonic() + 120
-        while jobsys.get_job(view.job_id).status not in FINAL and time.monotonic() < deadline:
+        while jobsys.get_job(job.id).status not in FINAL and time.monotonic() < deadline:
             passes.append(reconcile_pass(trigger="test"))  # races the job through the pooler
             time.sleep(0.2)
-        final = wait_until_final(view.job_id, timeout=120)
+        final = wait_until_final(job.id, timeout=120)
     assert final.status == "success"
     assert (final.done, final.failed, final.lost) == (TASKS, 0, 0)
     with connection() as conn:
-        ledger = conn.execute(Q.ledger_counts, {"job_id": view.job_id}).fetchone()
+        ledger = conn.execute(Q.ledger_counts, {"job_id": job.id}).fetchone()
     assert ledger is not None and ledger["done"] == TASKS and ledger["pending"] == 0
     assert passes, "the reconciler ran during the job"
-    kinds = {f.kind for p in passes for f in p.findings if f.job_id == view.job_id}
+    kinds = {f.kind for p in passes for f in p.findings if f.job_id == job.id}
     assert kinds <= {"waiting"}, kinds
     # The reconciler's records went through the pooler too.
     last = reconcile_pass(trigger="test")
-    assert all(f.job_id != view.job_id for f in last.findings)
+    assert all(f.job_id != job.id for f in last.findings)

@@ -13,6 +13,6 @@ from jobsys.api.read import wait_until_final
 
 
 def test_many_small_jobs_all_finish_while_others_finish(system: object) -> None:
-    ids = [jobsys.submit("echo", counted_items(10), name=f"t{i}").job_id for i in range(40)]
+    ids = [jobsys.submit("echo", counted_items(10), name=f"t{i}").id for i in range(40)]
     for job_id in ids:
         assert wait_until_final(job_id, timeout=120).status == "success"

@@ -244,7 +244,7 @@ def test_two_batches_finishing_the_job_at_once_finalize_and_tear_down_exactly_on
 
 def _bootstrap_racing_cancel(jitter_s: float) -> str:
     total = 3_000
-    job_id = jobsys.submit("echo", counted_items(total)).job_id
+    job_id = jobsys.submit("echo", counted_items(total)).id
 
     def cancel() -> jobsys.CancelResult:
         threading.Event().wait(jitter_s)
@@ -300,7 +300,7 @@ def test_a_bootstrap_creating_its_stream_after_teardown_deleted_it_deletes_it_ag
     for _ in range(20):
         entered.clear()
         cancelled.clear()
-        job_id = jobsys.submit("echo", counted_items(100)).job_id
+        job_id = jobsys.submit("echo", counted_items(100)).id
 
         def cancel(job_id: int = job_id) -> jobsys.CancelResult:
             assert entered.wait(30)

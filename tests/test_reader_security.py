@@ -81,7 +81,7 @@ def leaker() -> Iterator[str]:
 
 def test_a_cheap_function_in_a_where_sees_only_the_rows_the_view_shows(leaker: str) -> None:
     # A final job: active_jobs hides it.
-    hidden = jobsys.submit("echo", counted_items(3), name="hidden").job_id
+    hidden = jobsys.submit("echo", counted_items(3), name="hidden").id
     assert jobsys.cancel(hidden).status == "revoked"
     seen: list[str] = []
     with _connect() as conn:

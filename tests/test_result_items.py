@@ -212,8 +212,8 @@ def test_a_real_job_with_nan_nul_long_errors_and_a_republished_task_loses_no_oth
 ) -> None:
     odd = {2: "nan", 5: "inf", 9: "nul", 13: "long_error"}
     texts = [f'{{"n": {n}, "odd": "{odd[n]}"}}' if n in odd else f'{{"n": {n}}}' for n in range(20)]
-    view = jobsys.submit("tests.pipelines:odd_values", texts, failure_threshold=0.5)
-    job_id = view.job_id
+    job = jobsys.submit("tests.pipelines:odd_values", texts, failure_threshold=0.5)
+    job_id = job.id
     # Publish here (the worker's own bootstrap then finds nothing left to do),
     # so task 7 can be re-published as a second stream message before any
     # processor runs.

@@ -34,7 +34,7 @@ def _latest(job_id: int, *args: str) -> list[dict[str, object]]:
 
 
 def test_a_retry_chain_of_two_generations_and_results_latest() -> None:
-    root = jobsys.submit("echo", iter(PAYLOADS), name="chain").job_id
+    root = jobsys.submit("echo", iter(PAYLOADS), name="chain").id
     assert run_bootstrap(root) == "published"
     assert _run(root, 6, fail={1, 4}) == "failure"
 

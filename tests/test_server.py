@@ -89,7 +89,7 @@ def tokens(services: str) -> dict[Scope, str]:
 
 def settled_job(items: list[str], **options: Any) -> int:
     """A job submitted, final, and torn down (so its events no longer change)."""
-    job_id = submit("echo", items, **options).job_id
+    job_id = submit("echo", items, **options).id
     assert wait_until_final(job_id, timeout=180).status == "success"
     deadline = time.monotonic() + 60
     while not count(

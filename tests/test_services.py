@@ -62,6 +62,8 @@ class Workdir:
 def clean_env() -> dict[str, str]:
     """This process's environment without any JOBSYS_* setting, jobsys importable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSYS_")}
+    # No user-wide settings either (~/.config/jobsys/env of whoever runs the tests).
+    env["XDG_CONFIG_HOME"] = "/nonexistent/jobsys-tests"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
@@ -126,7 +128,7 @@ def test_local_fallback_redis_and_nats(workdir: Workdir) -> None:
     assert nats_check.ok, nats_check.message
     state = workdir.state()
     assert {state["redis"]["kind"], state["nats"]["kind"]} == {"local"}
-    env_file = (workdir.path / ".services" / "jobsys.env").read_text()
+    env_file = (workdir.path / ".jobsys.env").read_text()
     assert f"JOBSYS_REDIS_URL={redis_url}\n" in env_file
     assert f"JOBSYS_NATS_URL={nats_url}\n" in env_file
 
@@ -150,7 +152,7 @@ def test_local_fallback_redis_and_nats(workdir: Workdir) -> None:
     assert probes.probe("nats", nats_url) is not None
     assert workdir.state() == {}
     # The URLs go with the servers; the generated signing secret stays.
-    left = (workdir.path / ".services" / "jobsys.env").read_text().splitlines()
+    left = (workdir.path / ".jobsys.env").read_text().splitlines()
     assert [line.split("=", 1)[0] for line in left] == ["JOBSYS_SECRET"]
 
 
@@ -279,7 +281,8 @@ def test_doctor_says_how_to_fix_unreachable_services() -> None:
     )
     checks = doctor.check_all(settings)
     assert [c.service for c in checks] == [
-        "postgres", "schema", "pooling", "redis", "redis access", "nats", "nats access", "secret"
+        "postgres", "schema", "pooling", "redis", "redis access", "nats", "nats access", "secret",
+        "workers", "processors", "settings",
     ]  # fmt: skip
     assert not any(c.ok for c in checks[:4]) and not checks[5].ok
     assert checks[4].message == checks[6].message == "plaintext (no TLS); no credentials"

@@ -42,7 +42,7 @@ def json_system(tmp_path: Path) -> Iterator[LocalSystem]:
 
 def _sleepy_job(name: str) -> int:
     items = (json.dumps({"n": i, "sleep_ms": SLEEP_MS}) for i in range(TASKS))
-    return jobsys.submit("echo", items, name=name).job_id
+    return jobsys.submit("echo", items, name=name).id
 
 
 def _wait_for_progress(job_id: int, system: LocalSystem) -> None:

@@ -30,6 +30,8 @@ from jobsys.pg.db import connection
 from jobsys.settings import Settings, get_settings
 from tests.helpers import counters, make_started_job, pull_results
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 def _forged_items(job_id: int, total: int) -> list[dict[str, Any]]:
     """Results for every task with reply subjects made up from the job's stream names."""
@@ -137,12 +139,16 @@ def test_a_message_signed_with_the_previous_secret_is_accepted_during_rotation(
 
 
 @pytest.mark.parametrize("command", [["worker"], ["process"], ["scheduler"]])
-def test_a_service_without_the_secret_refuses_to_start_with_one_line(command: list[str]) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "JOBSYS_SECRET"}
-    env["JOBSYS_ENV_FILE"] = "/nonexistent"  # no .services/jobsys.env secret either
+def test_a_service_without_the_secret_refuses_to_start_with_one_line(
+    command: list[str], tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {"JOBSYS_SECRET", "JOBSYS_ENV_FILE"}}
+    # No env file with a secret either: run elsewhere, with no user config dir.
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     proc = subprocess.run(
         [sys.executable, "-m", "jobsys.cli", *command], capture_output=True, text=True, env=env,
-        timeout=60,
+        timeout=60, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 1
     assert proc.stdout == ""

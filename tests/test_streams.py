@@ -264,8 +264,8 @@ def test_an_item_over_the_servers_max_payload_fails_its_task_and_bootstrap_goes_
     big = json.dumps({"blob": "x" * 100_000})
     # Submitted while the server took 1 MB messages; the limit shrank since.
     items = [json.dumps({"n": 0}), big, json.dumps({"n": 2})]
-    job_id = jobsys.submit("echo", items, failure_threshold=0.5).job_id
-    alone = jobsys.submit("echo", [big]).job_id
+    job_id = jobsys.submit("echo", items, failure_threshold=0.5).id
+    alone = jobsys.submit("echo", [big]).id
     shared = _use_nats(small_payload_nats)
     try:
         assert run_bootstrap(job_id) == "published"
@@ -304,7 +304,7 @@ def test_a_running_job_whose_stream_is_lost_and_bootstrap_re_sent_finishes_with_
     items = (json.dumps({"i": i, "sleep_ms": 20}) for i in range(300))
     settings = fast(lost_after_s=1.0)
     with LocalSystem(workers=1, processors=1, concurrency=8, log_dir=tmp_path / "logs"):
-        job_id = jobsys.submit("echo", items).job_id
+        job_id = jobsys.submit("echo", items).id
         deadline = time.monotonic() + 60
         while counters(job_id)["done"] < 20:
             assert time.monotonic() < deadline, "the job never started running"

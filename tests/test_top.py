@@ -32,8 +32,8 @@ def run_top(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_top_once_shows_each_active_job_in_one_frame() -> None:
     items = (json.dumps({"n": i}) for i in range(TOTAL))
-    view = jobsys.submit("echo", items, name="top-check")
-    job_id = view.job_id
+    job = jobsys.submit("echo", items, name="top-check")
+    job_id = job.id
     try:
         with connection() as conn:
             transition(conn, job_id, Status.STARTED, {Status.QUEUED}, "test")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,32 +28,19 @@ from typing import Any
 from psycopg import IsolationLevel
 from psycopg.rows import tuple_row
 
-from jobsys.errors import InvalidInput, JobNotFound, LedgerPruned
+from jobsys.api.statuses import TASK_STATUSES, one_or_more
+from jobsys.errors import JobNotFound, LedgerPruned
 from jobsys.models import JobView
 from jobsys.pg.db import Conn, connect_direct
 from jobsys.pg.queries import Q
 
 log = logging.getLogger(__name__)
 
-TASK_STATUSES = ("pending", "done", "failed", "lost", "cancelled")
 # What `--status` accepts: one task status, or all of them.
 EXPORT_STATUSES = ("done", "failed", "lost", "cancelled", "all")
 # Rows per round trip of the server-side cursor: big enough that the round
 # trips cost little, small enough that memory stays a few MB.
 FETCH_ROWS = 2_000
-
-
-def parse_statuses(text: str, allowed: Sequence[str] = TASK_STATUSES) -> tuple[str, ...] | None:
-    """``"failed,lost"`` -> ("failed", "lost"); ``"all"`` -> None (every status)."""
-    names = [p.strip() for p in text.split(",") if p.strip()]
-    if names == ["all"] and "all" in allowed:
-        return None
-    bad = [n for n in names if n not in allowed or n == "all"]
-    if not names or bad:
-        raise InvalidInput(
-            f"status: {', '.join(bad) or 'nothing'} is not one of {', '.join(allowed)}"
-        )
-    return tuple(dict.fromkeys(names))
 
 
 def expected_counts(job: JobView) -> dict[str, int]:
@@ -153,7 +140,7 @@ def _check_ledger(job_id: int, state: str, pruned_at: Any) -> None:
 @contextmanager
 def open_export(
     job_id: int,
-    status: str | Sequence[str] | None = "done",
+    status: str | Iterable[str] | None = "done",
     *,
     latest: bool = False,
     with_payload: bool = False,
@@ -161,17 +148,12 @@ def open_export(
 ) -> Iterator[Export]:
     """Open a snapshot of `job_id` and its tasks for export.
 
-    `status`: a task status, a comma list or sequence of them, or "all"/None.
+    `status`: a task status, a list of them, or "all"/None (a string is one status).
     `raw`: results and payloads as their stored JSON text instead of parsed.
     Raises JobNotFound, LedgerPruned (the job's, or with `latest` a retry's,
     ledger was deleted by retention) or InvalidInput.
     """
-    if status is None:
-        statuses: tuple[str, ...] | None = None
-    elif isinstance(status, str):
-        statuses = parse_statuses(status, (*TASK_STATUSES, "all"))
-    else:
-        statuses = parse_statuses(",".join(status))
+    statuses = one_or_more(status)
     conn = connect_direct(autocommit=False)
     try:
         conn.isolation_level = IsolationLevel.REPEATABLE_READ
@@ -195,13 +177,14 @@ def open_export(
 
 def results(
     job_id: int,
-    status: str | Sequence[str] | None = "done",
+    status: str | Iterable[str] | None = "done",
     *,
     latest: bool = False,
     with_payload: bool = False,
     raw: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Yield `job_id`'s tasks of `status` (default "done") in task order, as dicts:
+    """Yield `job_id`'s tasks of `status` (default "done"; a list for several, "all" for
+    every one) in task order, as dicts:
     ``task, status, result, error, deliveries, finished_at`` (``payload`` when
     asked; ``origin_task`` for a retry; ``job`` with `latest`).
 

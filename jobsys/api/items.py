@@ -15,10 +15,13 @@ submit's memory does not depend on how long a line is.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import re
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate
@@ -47,6 +50,12 @@ MAX_ITEM_DEPTH = 100
 MESSAGE_HEADROOM = 512
 # How long submit waits to connect to NATS to learn its `max_payload`.
 MAX_PAYLOAD_TIMEOUT_S = 3.0
+
+# `--items -` and items_of("-"): standard input, named so in errors.
+STDIN = "-"
+STDIN_NAME = "<stdin>"
+# What `jobsys.submit` takes as its items.
+Items = Iterable[Mapping[str, Any] | str | bytes] | str | os.PathLike[str]
 
 # Room for the line's own "\r\n" on top of the biggest item a line may hold.
 _LINE_READ_LIMIT = MAX_ITEM_BYTES + 2
@@ -124,14 +133,30 @@ def parse_item(raw: bytes, where: str) -> ItemText:
     return _check_json(stripped, where, size)
 
 
+def _json_of(value: Mapping[str, Any], where: str) -> str:
+    """A dict's strict JSON text (no NaN or Infinity, which Postgres's json refuses)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        raise InvalidInput(f"{where}: nested too deeply to write as JSON") from None
+    except ValueError as exc:
+        # allow_nan=False: "Out of range float values are not JSON compliant"; or a cycle.
+        raise InvalidInput(f"{where}: cannot be written as strict JSON: {exc}") from None
+    except TypeError as exc:
+        raise InvalidInput(f"{where}: cannot be written as JSON: {exc}") from None
+
+
 def check_item(text: object, where: str) -> ItemText:
-    """Check an item given as text (library callers); the same rules as a file line."""
+    """Check an item given by a library caller: a dict, or its JSON text (str or bytes);
+    the same rules as a file line."""
     if isinstance(text, ItemText):
         return text
     if isinstance(text, bytes | bytearray):
         return parse_item(bytes(text), where)
+    if isinstance(text, Mapping):
+        text = _json_of(text, where)
     if not isinstance(text, str):
-        raise InvalidInput(f"{where}: expected JSON text (str), got {type(text).__name__}")
+        raise InvalidInput(f"{where}: expected a dict or JSON text, got {type(text).__name__}")
     if text.isascii():
         size = len(text)
     else:
@@ -158,17 +183,25 @@ def _rest_of_line(handle: IO[bytes]) -> int:
 
 
 def read_items(path: Path) -> Iterator[ItemText]:
-    """Yield each task's JSON text from a JSON Lines file; blank lines are skipped.
+    """Yield each task's JSON text from a JSON Lines file (``-``: standard input);
+    blank lines are skipped.
 
     Each line is read with a bounded buffer (see the module's docstring).
     """
+    if str(path) == STDIN:
+        yield from _read_lines(sys.stdin.buffer, STDIN_NAME, close=False)
+        return
     try:
         handle = path.open("rb")
     except OSError as exc:
         raise InvalidInput(f"{path}: cannot read items file: {exc.strerror}") from None
+    yield from _read_lines(handle, str(path))
+
+
+def _read_lines(handle: IO[bytes], path: str, close: bool = True) -> Iterator[ItemText]:
     count = 0
     line_no = 0
-    with handle:
+    with handle if close else contextlib.nullcontext(handle):
         while raw := handle.readline(_LINE_READ_LIMIT):
             line_no += 1
             if len(raw) == _LINE_READ_LIMIT and not raw.endswith(b"\n"):
@@ -183,6 +216,26 @@ def read_items(path: Path) -> Iterator[ItemText]:
             count += 1
     if count == 0:
         raise InvalidInput(f"{path}: items file has no items")
+
+
+def items_of(source: Items) -> Iterable[object]:
+    """What `jobsys.submit` was given, as one item after another, never all at once:
+    an items file (a path, ``str`` or ``Path``; ``-`` is standard input), or any
+    iterable of dicts or JSON texts (checked one by one by `checked_items`)."""
+    if isinstance(source, str):
+        if source.lstrip().startswith(("{", "[")):
+            raise InvalidInput(
+                "items: a str is read as an items file's path; give JSON texts or dicts "
+                "in a list (items=[{...}])"
+            )
+        return read_items(Path(source))
+    if isinstance(source, os.PathLike):
+        return read_items(Path(source))
+    if isinstance(source, bytes | bytearray | Mapping):
+        raise InvalidInput("items: give a list (or any iterable) of dicts or JSON texts")
+    if not isinstance(source, Iterable):
+        raise InvalidInput(f"items: expected an iterable or a path, got {type(source).__name__}")
+    return source
 
 
 def counted_items(count: int) -> Iterator[ItemText]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from jobsys.errors import InvalidInput, JobNotFound, JobsysError
+from jobsys.errors import InvalidInput, JobNotFound, WaitTimedOut
 from jobsys.lifecycle.states import FINAL, Status
 from jobsys.models import JobView
 from jobsys.pg.db import connection
@@ -45,18 +45,19 @@ def hook_state(job_id: int) -> dict[str, Any] | None:
 
 def wait_until_final(
     job_id: int,
-    timeout: float = 600.0,
+    timeout: float | None = 600.0,
     poll_s: float = 0.25,
-    on_update: object = None,
+    on_update: Callable[[JobView], object] | None = None,
 ) -> JobView:
-    """Poll until the job is final; `on_update(view)` is called on every poll."""
-    deadline = time.monotonic() + timeout
+    """Poll until the job is final and return it; `on_update(view)` is called on every
+    poll. Raises WaitTimedOut (a TimeoutError) after `timeout` seconds (None: never)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         view = get_job(job_id)
-        if callable(on_update):
+        if on_update is not None:
             on_update(view)
         if view.status in FINAL:
             return view
-        if time.monotonic() > deadline:
-            raise JobsysError(f"job {job_id} not final after {timeout:.0f}s (status {view.status})")
+        if deadline is not None and time.monotonic() > deadline:
+            raise WaitTimedOut(job_id, view.status, timeout or 0.0)
         time.sleep(poll_s)

@@ -13,11 +13,13 @@ outcome across the chain.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from jobsys.api.enqueue import enqueue_bootstrap
 from jobsys.api.read import get_job
-from jobsys.api.submit import enqueue_bootstrap
+from jobsys.api.statuses import status_list
 from jobsys.errors import InvalidInput, JobNotFinal, JobNotFound, LedgerPruned
 from jobsys.hooks.target import check_target
 from jobsys.lifecycle.states import FINAL
@@ -55,7 +57,7 @@ def error_pattern(text: str | None) -> str | None:
 
 def retry(
     job_id: int,
-    statuses: Sequence[str] = DEFAULT_RETRY,
+    statuses: Iterable[str] = DEFAULT_RETRY,
     error_like: str | None = None,
     *,
     by: Mapping[str, str] | None = None,
@@ -68,13 +70,7 @@ def retry(
     failures are not settled), LedgerPruned, or InvalidInput (nothing to retry,
     or the parent's pipeline or hook is no longer allowed: jobsys.pipelines.allow).
     """
-    wanted = tuple(dict.fromkeys(statuses))
-    bad = [s for s in wanted if s not in RETRYABLE]
-    if not wanted or bad:
-        raise InvalidInput(
-            f"status: {', '.join(bad) or 'nothing'} cannot be retried "
-            f"(choose from {', '.join(RETRYABLE)})"
-        )
+    wanted = status_list(statuses, RETRYABLE)
     pattern = error_pattern(error_like)
     with connection() as conn, conn.transaction():
         parent = conn.execute(Q.lock_retry_parent, {"job_id": job_id}).fetchone()
@@ -100,10 +96,8 @@ def retry(
         retried = {r["status"]: r["n"] for r in rows}
         total = sum(retried.values())
         if total == 0:
-            what = "/".join(wanted) + (f" task whose error is like {error_like!r}"
-                                       if error_like else " task")  # fmt: skip
             # Raising rolls the child back: no empty job is left behind.
-            raise InvalidInput(f"job {job_id} has no {what} to retry")
+            raise InvalidInput(_nothing_to_retry(job_id, wanted, error_like, parent))
         conn.execute(Q.set_job_total, {"job_id": child_id, "total": total})
         record_event(
             conn, child_id, "job_submitted", retry_of=job_id, root=child["root_id"],
@@ -114,6 +108,24 @@ def retry(
     log.info("retry submitted", extra={"job_id": child_id, "parent_id": job_id, "total": total})
     enqueue_bootstrap(child_id)
     return Retried(get_job(child_id), job_id, retried)
+
+
+def _nothing_to_retry(
+    job_id: int, wanted: tuple[str, ...], error_like: str | None, parent: dict[str, Any]
+) -> str:
+    """Why a retry found nothing, naming the statuses that do have tasks to retry."""
+    what = "/".join(wanted) + (f" task whose error is like {error_like!r}" if error_like
+                               else " task")  # fmt: skip
+    others = {s: parent[f"{s}_count"] for s in RETRYABLE if s not in wanted}
+    has = [f"{n:,} {s}" for s, n in others.items() if n]
+    if not has:
+        return (
+            f"job {job_id} has no {what} to retry (none of its tasks ended {'/'.join(RETRYABLE)})"
+        )
+    flag = ",".join(s for s, n in others.items() if n)
+    return (f"job {job_id} has no {what} to retry; it has {', '.join(has)}: "
+            f"retry those with --status {flag} "
+            f"(statuses={flag.split(',')!r} from Python)")  # fmt: skip
 
 
 def retries_of(job_id: int) -> list[int]:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 
 from pydantic import BaseModel, Field, ValidationError
 
-from jobsys.api.items import checked_items, submit_item_limit
-from jobsys.api.read import get_job
-from jobsys.dramatiq.messages import send_bootstrap
+from jobsys.api.enqueue import enqueue_bootstrap
+from jobsys.api.items import Items, checked_items, items_of, submit_item_limit
+from jobsys.api.job import Job
 from jobsys.dramatiq.signing import require_secret
 from jobsys.errors import InvalidInput
 from jobsys.hooks.target import check_target
-from jobsys.models import JobView
 from jobsys.pg.db import connection
 from jobsys.pg.events import actor, record_event
 from jobsys.pg.queries import Q
@@ -49,7 +48,7 @@ def _options(**kwargs: object) -> SubmitOptions:
 
 def submit(
     pipeline: str,
-    items: Iterable[str],
+    items: Items,
     *,
     name: str = "",
     failure_threshold: float = 0.0,
@@ -59,13 +58,16 @@ def submit(
     on_progress: Callable[[int], None] | None = None,
     on_complete: str | None = None,
     by: Mapping[str, str] | None = None,
-) -> JobView:
-    """Create a job and its tasks in one transaction, then enqueue its bootstrap.
+) -> Job:
+    """Create a job and its tasks in one transaction, enqueue its bootstrap, and return
+    its handle.
 
-    `items` yields each task's payload as JSON text; each is checked as it
-    enters (`jobsys.api.items`: JSON object, size, nesting, the NATS server's
-    max_payload). If one fails or `items` raises part-way, the transaction
-    rolls back and no job exists. `task_timeout_s` (default
+    `items`: any iterable of dicts or JSON texts (a generator is read as it
+    goes, never held whole), or an items file's path (JSON Lines; ``-`` is
+    standard input). Each item is checked as it enters (`jobsys.api.items`:
+    a JSON object, size, nesting, the NATS server's max_payload). If one
+    fails or `items` raises part-way, the transaction rolls back and no job
+    exists. `task_timeout_s` (default
     JOBSYS_TASK_TIMEOUT_S) stops a task running longer; `max_in_flight` caps
     the job's delivered, unacknowledged tasks across all processors (default
     JOBSYS_MAX_ACK_PENDING).
@@ -89,6 +91,7 @@ def submit(
     hook = check_target(on_complete) if on_complete is not None else None
     if "\x00" in opts.name or "\x00" in opts.pipeline:
         raise InvalidInput("name: NUL characters cannot be stored in a job name")
+    source = items_of(items)
     limit = submit_item_limit()
     with connection() as conn, conn.transaction():
         job = conn.execute(
@@ -109,7 +112,7 @@ def submit(
             conn.execute(Q.set_on_complete, {"job_id": job_id, "target": hook.target})
         count = 0
         with conn.cursor().copy(Q.copy_tasks) as copy:
-            for count, text in enumerate(checked_items(items, limit), start=1):
+            for count, text in enumerate(checked_items(source, limit), start=1):
                 copy.write_row((job_id, count - 1, text))
                 if on_progress is not None and count % _PROGRESS_EVERY == 0:
                     on_progress(count)
@@ -122,18 +125,4 @@ def submit(
     if on_progress is not None:
         on_progress(count)
     enqueue_bootstrap(job_id)
-    return get_job(job_id)
-
-
-def enqueue_bootstrap(job_id: int) -> bool:
-    """Send the bootstrap message; False (logged) if Redis is unreachable.
-
-    The job is committed either way: a queued job whose message never
-    arrives is re-enqueued by the reconciler.
-    """
-    try:
-        send_bootstrap(job_id)
-    except Exception as exc:
-        log.warning("bootstrap not enqueued", extra={"job_id": job_id, "error": repr(exc)})
-        return False
-    return True
+    return Job(job_id)

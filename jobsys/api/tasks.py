@@ -7,12 +7,13 @@ grouping by error text reads the job's ledger once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from jobsys.api.export import TASK_STATUSES, expected_counts
+from jobsys.api.export import expected_counts
+from jobsys.api.statuses import status_list
 from jobsys.errors import InvalidInput, JobNotFound, LedgerPruned
 from jobsys.models import JobView
 from jobsys.pg.db import connection
@@ -79,17 +80,14 @@ def _job(conn: Any, job_id: int) -> JobView:
     return job
 
 
-def _check(statuses: Sequence[str], limit: int) -> tuple[str, ...]:
-    wanted = tuple(dict.fromkeys(statuses))
-    bad = [s for s in wanted if s not in TASK_STATUSES]
-    if not wanted or bad:
-        raise InvalidInput(f"status: {', '.join(bad) or 'nothing'} is not a task status")
+def _check(statuses: Iterable[str], limit: int) -> tuple[str, ...]:
+    wanted = status_list(statuses)
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit: must be 1 to {MAX_LIMIT:,}")
     return wanted
 
 
-def list_tasks(job_id: int, statuses: Sequence[str] = ("failed",), limit: int = 50) -> TaskListing:
+def list_tasks(job_id: int, statuses: Iterable[str] = ("failed",), limit: int = 50) -> TaskListing:
     """Up to `limit` of the job's tasks of `statuses`, in task order, with their errors."""
     wanted = _check(statuses, limit)
     with connection() as conn:
@@ -107,7 +105,7 @@ def list_tasks(job_id: int, statuses: Sequence[str] = ("failed",), limit: int = 
 
 
 def group_errors(
-    job_id: int, statuses: Sequence[str] = ("failed",), limit: int = 50
+    job_id: int, statuses: Iterable[str] = ("failed",), limit: int = 50
 ) -> TaskListing:
     """The job's tasks of `statuses` grouped by error text, most frequent first."""
     wanted = _check(statuses, limit)

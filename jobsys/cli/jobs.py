@@ -10,12 +10,14 @@ import click
 
 import jobsys
 from jobsys.api.items import counted_items, read_items
-from jobsys.api.read import hook_state, wait_until_final
+from jobsys.api.job import wait_for, with_blocked
+from jobsys.api.read import hook_state
 from jobsys.api.retry import retries_of
 from jobsys.cli.output import (
     JOB_COLUMNS,
     JOB_ID,
     echo_json,
+    err_console,
     job_dict,
     job_rows,
     progress_bar,
@@ -30,8 +32,9 @@ def job_links(job_id: int) -> dict[str, Any]:
 
 @click.command()
 @click.argument("pipeline")
-@click.option("--items", "items_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="JSON Lines file, one JSON object per task.")  # fmt: skip
+@click.option("--items", "items_path",
+              type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+              help="JSON Lines file, one JSON object per task ('-': standard input).")  # fmt: skip
 @click.option("--count", type=int, help='Make N tasks {"n": i} instead of reading a file.')
 @click.option("--name", default="", help="A name for the job.")
 @click.option("--failure-threshold", type=float, default=0.0, show_default=True,
@@ -65,6 +68,7 @@ def submit(
     Examples:
       jobsys submit echo --count 10000
       jobsys submit sha256 --items files.jsonl --name nightly --failure-threshold 0.01
+      find . -name '*.jpg' | jq -Rc '{path: .}' | jobsys submit mypkg.images:resize --items -
       jobsys submit mypkg.tasks:resize --items photos.jsonl --json
       jobsys submit echo --count 100 --on-complete https://example.com/hooks/jobsys
     """
@@ -81,12 +85,13 @@ def submit(
     }
     big = items_path is not None or (count or 0) >= 50_000
     if as_json or not big or not sys.stderr.isatty():
-        view = jobsys.submit(pipeline, items, **options)
+        job = jobsys.submit(pipeline, items, **options)
     else:
         with progress_bar("submitting", count) as update:
-            view = jobsys.submit(
+            job = jobsys.submit(
                 pipeline, items, on_progress=lambda n: update(n, status="tasks written"), **options
             )
+    view = jobsys.get_job(job.id)
     if as_json:
         echo_json({"job_id": view.job_id, "status": view.status, "total": view.total})
     else:
@@ -118,13 +123,15 @@ def cancel(job_id: int, as_json: bool) -> None:
 @click.argument("job_id", type=JOB_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 def status(job_id: int, as_json: bool) -> None:
-    """Show JOB_ID's status and counters.
+    """Show JOB_ID's status and counters, and why it cannot move on (`blocked`) when
+    it cannot: no worker or processor running, its pipeline refused by the
+    processors (and their reason), NATS not reachable.
 
     \b
     Example:
       jobsys status 42 --json
     """
-    view = jobsys.get_job(job_id)
+    view = with_blocked(jobsys.get_job(job_id))
     data = {**job_dict(view), **job_links(job_id)}
     if as_json:
         echo_json(data)
@@ -158,17 +165,15 @@ def list_cmd(status_filter: str | None, limit: int, as_json: bool) -> None:
 def watch(job_id: int, timeout: float | None) -> None:
     """Show a progress bar until JOB_ID is final; exit 0 on success, 1 otherwise.
 
+    When the job has not moved for a few seconds, the bar says why it cannot
+    (no worker or processor running, its pipeline refused by the processors).
+
     \b
     Example:
       jobsys watch 42
     """
-    view = jobsys.get_job(job_id)
-    with progress_bar(f"job {job_id}", view.total or None) as update:
-        final = wait_until_final(
-            job_id,
-            timeout=timeout or float("inf"),
-            on_update=lambda v: update(v.total - v.pending, v.total, status=v.status),
-        )
+    jobsys.get_job(job_id)  # JobNotFound before any bar is drawn
+    final = wait_for(job_id, timeout=timeout, console=err_console)
     click.echo(
         f"job {job_id} {final.status}: done {final.done}, failed {final.failed}, "
         f"lost {final.lost}, cancelled {final.cancelled} of {final.total}"

@@ -8,6 +8,7 @@ never a traceback. The commands are in the modules `COMMANDS` names.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
 import sys
@@ -22,7 +23,9 @@ from jobsys.display import one_line
 from jobsys.dramatiq.signing import require_secret
 from jobsys.errors import JobsysError
 from jobsys.logs import setup_logging
+from jobsys.pg.db import connect_error
 from jobsys.settings import get_settings
+from jobsys.version import version
 
 # Every command: its name and where it is defined (module of jobsys.cli:attribute).
 COMMANDS = {
@@ -37,6 +40,7 @@ COMMANDS = {
     "retry": "retry:retry_cmd",
     "inspect": "reconcile:inspect",
     "top": "top:top",
+    "processors": "processors:processors",
     "process": "process:process",
     "worker": "worker:worker",
     "scheduler": "reconcile:scheduler",
@@ -95,7 +99,8 @@ class JobsysGroup(click.Group):
         except psycopg.errors.UndefinedTable:
             _fail("the database schema is missing: run `jobsys db migrate`")
         except psycopg.OperationalError as exc:
-            _fail(f"Postgres not reachable ({one_line(exc)}); run `make services`")
+            # A connection outside the pool (migrate, export) or a pool's timeout.
+            _fail(str(connect_error(exc, get_settings().database_url)))
         except psycopg.ProgrammingError as exc:
             # libpq quotes a malformed URL back: one redacted line, not a traceback.
             if not _CONNINFO_ERROR.search(str(exc)):
@@ -108,6 +113,9 @@ class JobsysGroup(click.Group):
 
 
 @click.group(cls=JobsysGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    version(), "--version", "-V", prog_name="jobsys", message="%(prog)s %(version)s"
+)
 def main() -> None:
     """jobsys: fan-out batch jobs with exact counts.
 
@@ -115,6 +123,10 @@ def main() -> None:
     Example:
       jobsys submit echo --count 1000 --name hello
       jobsys watch 1
+
+    \b
+    Shell completion (bash; zsh and fish alike with zsh_source, fish_source):
+      eval "$(_JOBSYS_COMPLETE=bash_source jobsys)"
     """
     settings = get_settings()
     ctx = click.get_current_context()
@@ -123,6 +135,10 @@ def main() -> None:
     quiet = ctx.invoked_subcommand not in SERVICE_COMMANDS and "JOBSYS_LOG_LEVEL" not in os.environ
     secrets = [s.get_secret_value() for s in (settings.secret, settings.secret_previous) if s]
     setup_logging(settings.log_format, "WARNING" if quiet else settings.log_level, secrets)
+    if quiet:
+        # The pool's retries are noise to a person: its failure is reported as
+        # one line with the cause (jobsys.pg.db.check_first_connect).
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     if ctx.invoked_subcommand in SERVICE_COMMANDS:
         # A service that cannot sign (or check) messages must not start.
         require_secret(settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -33,7 +34,19 @@ METRICS_PORT = click.option(
     help="Serve Prometheus metrics on this port (default JOBSYS_METRICS_PORT; unset: off).",
 )  # fmt: skip
 
-console = Console()
+# Off a terminal (a pipe, a file, a script reading it) a table is as wide as its
+# cells: none is cut to fit 80 columns. On a terminal, rich fits the screen.
+UNBOUNDED_WIDTH = 100_000
+
+
+def wide_console(width: int | None = None) -> Console:
+    """A console on stdout: `width` columns, the terminal's, or unbounded off a terminal."""
+    if width is None and not sys.stdout.isatty():
+        width = UNBOUNDED_WIDTH
+    return Console(width=width, highlight=False)
+
+
+console = wide_console()
 err_console = Console(stderr=True)
 
 
@@ -54,7 +67,7 @@ def job_dict(view: JobView) -> dict[str, Any]:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A table on stdout."""
+    """A table on stdout (cells whole when stdout is not a terminal)."""
     t = Table(title=title)
     for col in columns:
         t.add_column(col)
@@ -70,7 +83,7 @@ def job_rows(views: Sequence[JobView]) -> list[list[Any]]:
         [
             v.job_id,
             v.parent_id or "",
-            v.name[:40],
+            v.name,
             v.pipeline,
             v.status,
             v.total,

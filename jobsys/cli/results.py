@@ -13,8 +13,9 @@ from typing import IO, Any
 
 import click
 
-from jobsys.api.export import EXPORT_STATUSES, Export, open_export, parse_statuses
+from jobsys.api.export import EXPORT_STATUSES, Export, open_export
 from jobsys.api.formats import csv_cells, jsonl_line
+from jobsys.api.statuses import parse_statuses
 from jobsys.api.tasks import group_errors, list_tasks
 from jobsys.cli.output import JOB_ID, echo_json, progress_bar, table
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from jobsys.api.export import parse_statuses
 from jobsys.api.retry import RETRYABLE, retry
+from jobsys.api.statuses import parse_statuses
 from jobsys.cli.output import JOB_ID, echo_json
 
 

@@ -48,7 +48,10 @@ def migrate() -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of checks.")
 def doctor(as_json: bool) -> None:
-    """Check Postgres, the schema, Redis and NATS; one line each.
+    """Check the settings, Postgres, the schema, Redis and NATS; one line each.
+
+    The settings line names the env files read; under it, where each setting
+    that is not a default came from.
 
     \b
     Example:
@@ -57,11 +60,14 @@ def doctor(as_json: bool) -> None:
     """
     checks = check_all(get_settings())
     if as_json:
-        echo_json([{"service": c.service, "ok": c.ok, "message": c.message} for c in checks])
+        echo_json([{"service": c.service, "ok": c.ok, "message": c.message,
+                    "details": list(c.details)} for c in checks])  # fmt: skip
     else:
         for check in checks:
             mark = "ok  " if check.ok else "FAIL"
             click.echo(f"{mark} {check.service}: {check.message}")
+            for line in check.details:
+                click.echo(f"       {line}")
     if not all(c.ok for c in checks):
         sys.exit(1)
 
@@ -82,15 +88,15 @@ def demo(count: int, pipeline: str, concurrency: int) -> None:
     click.echo(f"starting a worker and a processor (logs in {system.log_dir}/)")
     with system:
         started = time.monotonic()
-        view = jobsys.submit(pipeline, counted_items(count), name="demo")
-        click.echo(f"submitted job {view.job_id}: {count} tasks of {pipeline}")
-        with progress_bar(f"job {view.job_id}", count or None) as update:
+        job = jobsys.submit(pipeline, counted_items(count), name="demo")
+        click.echo(f"submitted job {job.id}: {count} tasks of {pipeline}")
+        with progress_bar(f"job {job.id}", count or None) as update:
 
             def on_update(v: JobView) -> None:
                 system.check_alive()
                 update(v.total - v.pending, v.total, status=v.status)
 
-            final = wait_until_final(view.job_id, timeout=3600, on_update=on_update)
+            final = wait_until_final(job.id, timeout=3600, on_update=on_update)
         seconds = time.monotonic() - started
     rate = final.total / seconds if seconds > 0 else 0.0
     table(

@@ -1,6 +1,8 @@
-"""`jobsys top`: a live full-screen view of the active jobs.
+"""`jobsys top`: a live full-screen view of the active jobs and who runs them.
 
-One query per refresh (`jobsys.ops.monitor.active_jobs`); rich's Live redraws
+One query per refresh (`jobsys.ops.monitor.active_jobs`) and one read of the
+workers' and processors' announcements (`jobsys.nats.presence`), from which
+each job's `blocked` reason is judged; rich's Live redraws
 the frame in place on the alternate screen, so nothing scrolls or flickers.
 `q` (or Ctrl-C) quits; `--once` prints one frame and exits (scripts, tests).
 """
@@ -24,6 +26,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from jobsys.cli.output import wide_console
+from jobsys.display import one_line
+from jobsys.lifecycle.blocked import blocked_reason
+from jobsys.nats.presence import Member, members
 from jobsys.ops.monitor import ActiveJob, Snapshot, active_jobs
 
 # Rows drawn at most (the query is limited to these; the header says how many more).
@@ -55,8 +61,39 @@ def _finding(job: ActiveJob) -> Text:
     return Text(text, style=style)
 
 
-def frame(snapshot: Snapshot, now: datetime | None = None) -> Group:
-    """One screen: a header line and a table of the active jobs."""
+def _team_line(team: list[Member] | str, now: datetime) -> Text:
+    """Who runs: live processors (and their slots) and workers, or why that is unknown."""
+    if isinstance(team, str):
+        return Text(f"processors and workers: {team}", style="yellow")
+    parts = []
+    for kind in ("processor", "worker"):
+        alive = [m for m in team if m.kind == kind and m.alive(now)]
+        n = len(alive)
+        text = f"{n} {kind}{'' if n == 1 else 's'}"
+        if kind == "processor":
+            text += f" ({sum(m.slots for m in alive)} slots)"
+        parts.append(text)
+    style = "" if all(not p.startswith("0 ") for p in parts) else "red"
+    return Text(", ".join(parts) + " alive (`jobsys processors`)", style=style)
+
+
+def read_team() -> list[Member] | str:
+    """The announced members, or why they cannot be read (one line)."""
+    try:
+        return members()
+    except Exception as exc:
+        return f"NATS not reachable ({one_line(exc) or type(exc).__name__})"
+
+
+def frame(
+    snapshot: Snapshot,
+    now: datetime | None = None,
+    screen: bool = True,
+    team: list[Member] | str | None = None,
+) -> Group:
+    """One screen: a header line, who runs, and a table of the active jobs (each with
+    why it is blocked, when it is). `screen`: fit a terminal (the table fills its
+    width, long names are cut); else every cell whole."""
     now = now or datetime.now(UTC)
     shown = len(snapshot.jobs)
     more = f" ({snapshot.active - shown} more not shown)" if snapshot.active > shown else ""
@@ -66,18 +103,18 @@ def frame(snapshot: Snapshot, now: datetime | None = None) -> Group:
         f" - {rate:,.0f} tasks/s - q quits",
         style="bold",
     )
-    table = Table(expand=True, pad_edge=False, box=None, header_style="bold")
+    table = Table(expand=screen, pad_edge=False, box=None, header_style="bold")
     for name, justify in (("job", "right"), ("name", "left"), ("status", "left"),
                           ("progress", "left"), ("%", "right"), ("done", "right"),
                           ("failed", "right"), ("lost", "right"), ("total", "right"),
                           ("tasks/s", "right"), ("eta", "right"), ("age", "right"),
-                          ("reconciler", "left")):  # fmt: skip
+                          ("reconciler", "left"), ("blocked", "left")):  # fmt: skip
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for job in snapshot.jobs:
         share = job.settled / job.total if job.total else 1.0
         table.add_row(
             str(job.job_id),
-            Text(job.name[:24] or job.pipeline),
+            Text((job.name[:24] if screen else job.name) or job.pipeline),
             job.status,
             ProgressBar(total=max(job.total, 1), completed=job.settled, width=20),
             f"{share:.1%}",
@@ -89,10 +126,19 @@ def frame(snapshot: Snapshot, now: datetime | None = None) -> Group:
             _duration(job.eta_s),
             _duration(job.age_s),
             _finding(job),
+            _blocked(job, team, now),
         )
+    lines = [header] if team is None else [header, _team_line(team, now)]
     if not snapshot.jobs:
-        return Group(header, Text("no active jobs", style="dim"))
-    return Group(header, table)
+        return Group(*lines, Text("no active jobs", style="dim"))
+    return Group(*lines, table)
+
+
+def _blocked(job: ActiveJob, team: list[Member] | str | None, now: datetime) -> Text:
+    if team is None or isinstance(team, str):
+        return Text("-", style="dim")
+    reason = blocked_reason(job.job_id, job.status, team, now)
+    return Text(reason, style="red") if reason else Text("-", style="dim")
 
 
 @contextlib.contextmanager
@@ -127,7 +173,8 @@ def _quit_pressed(fd: int | None, timeout: float) -> bool:
               help="Columns to draw with --once (default: the terminal's).")  # fmt: skip
 def top(once: bool, interval: float, width: int | None) -> None:
     """Live view of the active jobs: progress, done/failed/lost, rate over the
-    last minute, ETA, age and the reconciler's latest finding. q quits.
+    last minute, ETA, age, the reconciler's latest finding and why a job is
+    blocked; and how many processors and workers are alive. q quits.
 
     \b
     Examples:
@@ -135,7 +182,9 @@ def top(once: bool, interval: float, width: int | None) -> None:
       jobsys top --once --width 160
     """
     if once:
-        Console(width=width, highlight=False).print(frame(active_jobs(MAX_ROWS)))
+        out = wide_console(width)
+        screen = out.is_terminal or width is not None
+        out.print(frame(active_jobs(MAX_ROWS), screen=screen, team=read_team()))
         return
     console = Console(highlight=False)
     with (
@@ -144,7 +193,7 @@ def top(once: bool, interval: float, width: int | None) -> None:
     ):
         try:
             while True:
-                live.update(frame(active_jobs(MAX_ROWS)), refresh=True)
+                live.update(frame(active_jobs(MAX_ROWS), team=read_team()), refresh=True)
                 if _quit_pressed(fd, interval):
                     return
         except KeyboardInterrupt:

@@ -31,9 +31,10 @@ log = logging.getLogger(__name__)
 # The message option that carries the signature.
 SIGNATURE_OPTION = "jobsys_sig"
 HOW_TO_SET = (
-    "set JOBSYS_SECRET to the same random value on every machine of the deployment "
-    "(e.g. `export JOBSYS_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')`; "
-    "`make services` writes one for a local setup)"
+    "set JOBSYS_SECRET to the same random value on every machine of the deployment, in the "
+    "environment or an env file such as ~/.config/jobsys/env (e.g. `echo "
+    "JOBSYS_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))') "
+    ">> ~/.config/jobsys/env`; `make services` writes one to ./.jobsys.env for a local setup)"
 )
 
 

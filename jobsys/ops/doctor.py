@@ -1,7 +1,8 @@
 """Health checks behind ``jobsys doctor``: can this machine run jobsys right now?
 
 ``check_all`` returns one ``Check`` per concern (Postgres, schema, pooling,
-Redis, NATS). Each message is one line that says what is wrong and how to fix
+Redis, NATS, the secret, workers and processors running, where the settings
+came from). Each message is one line that says what is wrong and how to fix
 it, so the CLI only has to print them. Nothing here raises: a failing check is
 a result. Probes and the one-line formatting are `jobsys.probes`, shared with
 the dev tooling that starts local servers.
@@ -23,9 +24,11 @@ from jobsys.credentials import AccessSettingError, describe_redis, redis_connect
 from jobsys.display import nats_servers, one_line, redact
 from jobsys.dramatiq.signing import SecretMissing, require_secret
 from jobsys.nats.access import describe_nats, open_nats
+from jobsys.nats.connect import jetstream
+from jobsys.nats.presence import Member, now, read_members
 from jobsys.ops.probes import PROBE_TIMEOUT_S, nats_cluster_size, probe_nats, probe_redis
 from jobsys.pg.migrate import latest_version
-from jobsys.settings import Settings
+from jobsys.settings import PREFIX, Settings, env_file_places, env_files, setting_sources
 
 TIMEOUT_S = PROBE_TIMEOUT_S
 # Rounds of the two-client test for a transaction-pooling proxy (see check_pooling).
@@ -43,6 +46,8 @@ class Check:
     service: str
     ok: bool
     message: str
+    # More lines under the message (which file each setting came from).
+    details: tuple[str, ...] = ()
 
 
 def check_all(settings: Settings) -> list[Check]:
@@ -55,17 +60,79 @@ def check_all(settings: Settings) -> list[Check]:
     else:
         schema = Check("schema", False, "not checked: Postgres is not reachable")
         pooling = Check("pooling", False, "not checked: Postgres is not reachable")
+    nats = check_nats(settings.nats_url, settings.stream_replicas, settings)
+    if nats.ok:
+        workers, processors = check_members(settings)
+    else:
+        workers = Check("workers", False, "not checked: NATS is not reachable")
+        processors = Check("processors", False, "not checked: NATS is not reachable")
     return [
         postgres,
         schema,
         pooling,
         check_redis(settings.redis_url, settings),
         check_redis_access(settings),
-        check_nats(settings.nats_url, settings.stream_replicas, settings),
+        nats,
         check_nats_access(settings),
         check_secret(settings),
+        workers,
+        processors,
+        check_settings(),
         *([check_server(settings)] if settings.server_url else []),
     ]
+
+
+def check_members(settings: Settings) -> tuple[Check, Check]:
+    """Are workers and processors running (as they announce: jobsys.nats.presence)?
+
+    No worker fails the check: no job can start or be counted without one.
+    No processor is said, not failed: processors may run elsewhere, started
+    when there is work.
+    """
+
+    async def read() -> list[Member]:
+        nc = await open_nats(settings.nats_url, settings, connect_timeout=TIMEOUT_S,
+                             allow_reconnect=False, max_reconnect_attempts=1)  # fmt: skip
+        try:
+            return await read_members(jetstream(nc, settings), settings)
+        finally:
+            await nc.close()
+
+    try:
+        team = asyncio.run(asyncio.wait_for(read(), 3 * TIMEOUT_S))
+    except Exception as exc:
+        reason = f"cannot read who is running ({one_line(exc) or type(exc).__name__})"
+        return Check("workers", False, reason), Check("processors", False, reason)
+    at = now()
+    checks = []
+    for kind, fix in (("worker", "start one: `jobsys worker`"),
+                      ("processor", "jobs wait until one starts: `jobsys process`")):  # fmt: skip
+        alive = [m for m in team if m.kind == kind and m.alive(at)]
+        if alive:
+            hosts = ", ".join(sorted({m.host for m in alive}))
+            slots = sum(m.slots for m in alive)
+            message = f"{len(alive)} {kind}(s) alive ({slots} slots) on {hosts}"
+        else:
+            message = f"no {kind} is running: {fix}"
+        checks.append(Check(f"{kind}s", bool(alive) or kind == "processor", message))
+    return checks[0], checks[1]
+
+
+def check_settings() -> Check:
+    """Which env files were read, and where each setting that is not a default came from."""
+    read = env_files()
+    if read:
+        message = "env files read, first wins: " + ", ".join(str(p.absolute()) for p in read)
+    else:
+        looked = ", ".join(str(p) for p in env_file_places())
+        message = f"no env file found (looked at {looked}); only the environment"
+    sources = setting_sources()
+    details = tuple(
+        f"{PREFIX}{field.upper()}: from {source}"
+        for field, source in sources.items()
+        if source != "default"
+    )
+    return Check("settings", True, message, details)
 
 
 def check_server(settings: Settings) -> Check:

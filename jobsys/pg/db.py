@@ -2,6 +2,11 @@
 
 The pool is created on first use and re-created after a fork, so Dramatiq's
 worker processes and test subprocesses each get their own connections.
+Before it is made, one plain connection is tried (`check_first_connect`): a
+wrong database, user or password, or a server that is not there, is then
+reported at once with Postgres's own reason, instead of after the pool's
+wait and its warnings. Once a process has its pool, the pool rides out
+Postgres restarts (its wait and per-connection check).
 """
 
 from __future__ import annotations
@@ -16,10 +21,18 @@ import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
+from jobsys.display import one_line, redact
+from jobsys.errors import ServiceUnavailable
 from jobsys.settings import get_settings
 
 # A connection whose rows are dicts (every connection jobsys hands out).
 Conn = psycopg.Connection[DictRow]
+
+# How long the first connection of a process may take before it is reported.
+FIRST_CONNECT_TIMEOUT_S = 5
+# How long a caller waits for a pooled connection: long enough to ride out a
+# Postgres restart, short enough that a CLI user gets the one-line error.
+POOL_TIMEOUT_S = 10.0
 
 _lock = threading.Lock()
 _pool: ConnectionPool | None = None
@@ -52,6 +65,7 @@ def get_pool() -> ConnectionPool:
     with _lock:
         if _pool is None or _pool_pid != os.getpid():
             settings = get_settings()
+            check_first_connect(settings.database_url)
             _pool = ConnectionPool(
                 settings.database_url,
                 min_size=1,
@@ -63,13 +77,34 @@ def get_pool() -> ConnectionPool:
                 open=True,
                 name="jobsys",
                 kwargs=connect_kwargs(),
-                # How long a caller waits for a connection: long enough to ride
-                # out a Postgres restart, short enough that a CLI user with a
-                # wrong URL gets the one-line error quickly.
-                timeout=10.0,
+                timeout=POOL_TIMEOUT_S,
             )
             _pool_pid = os.getpid()
         return _pool
+
+
+class PostgresRefused(ServiceUnavailable):
+    """Postgres answered and refused us (no such database or role, a wrong password)."""
+
+
+def connect_error(exc: psycopg.OperationalError, url: str) -> ServiceUnavailable:
+    """One line for a failed connection: Postgres's own reason when it gave one."""
+    text = str(exc)
+    if "FATAL:" in text:
+        cause = " ".join(text.split("FATAL:", 1)[1].split())
+        return PostgresRefused(f"Postgres refused the connection to {redact(url)}: {cause}")
+    return ServiceUnavailable(
+        f"Postgres not reachable at {redact(url)} ({one_line(exc)}): start it (in a jobsys "
+        "checkout: `make services`); `jobsys doctor` checks every service"
+    )
+
+
+def check_first_connect(url: str) -> None:
+    """Connect once without the pool; raise `connect_error` if that fails."""
+    try:
+        psycopg.connect(url, connect_timeout=FIRST_CONNECT_TIMEOUT_S, **connect_kwargs()).close()
+    except psycopg.OperationalError as exc:
+        raise connect_error(exc, url) from None
 
 
 def close_pool() -> None:

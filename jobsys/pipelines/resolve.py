@@ -17,8 +17,15 @@ from __future__ import annotations
 
 import importlib
 
+from jobsys.display import one_line
 from jobsys.errors import InvalidInput
-from jobsys.pipelines.allow import NotAllowed, check_reference, declared_pipelines
+from jobsys.pipelines.allow import (
+    MODULES_SETTING,
+    NotAllowed,
+    check_reference,
+    declared_pipelines,
+    module_prefixes,
+)
 from jobsys.pipelines.builtins import BUILTINS
 from jobsys.pipelines.registry import SPEC_ATTR, Pipeline, PipelineSpec
 from jobsys.settings import get_settings
@@ -90,3 +97,33 @@ def resolve_spec(name: str) -> PipelineSpec:
     if isinstance(spec, PipelineSpec):
         return spec
     return PipelineSpec(name, fn)
+
+
+def servable() -> tuple[list[str], list[str]]:
+    """What this process may run: pipeline names (built in, declared by installed
+    packages, the fault pipelines where allowed) and the JOBSYS_PIPELINE_MODULES prefixes."""
+    names = sorted(BUILTINS) + sorted(declared_pipelines())
+    if get_settings().fault_pipelines:
+        names += sorted(FAULTS)
+    return names, list(module_prefixes())
+
+
+def why_not_here(name: str) -> str | None:
+    """Why this process will not run pipeline `name`, in a few words; None if it would.
+
+    A name that is not allowed is judged without importing anything; an allowed
+    one is loaded (as a processor does before serving it).
+    """
+    try:
+        resolve_spec(name)
+    except NotAllowed:
+        if name in FAULTS:
+            return f"fault pipelines are off here ({FAULTS_SETTING})"
+        return f"not allowed by {MODULES_SETTING}"
+    except InvalidInput as exc:
+        if ":" not in name and name not in BUILTINS and name not in declared_pipelines():
+            return "unknown here (not built in, not declared by an installed package)"
+        return f"cannot be loaded here: {one_line(exc)}"
+    except Exception as exc:  # the pipeline's own module failed to import
+        return f"cannot be loaded here: {one_line(exc)}"
+    return None

@@ -1,6 +1,6 @@
 """The processor (`jobsys process`): NATS tasks in, Dramatiq result batches out.
 
-It composes five parts, one file each:
+It composes six parts, one file each:
 
 - feeds (jobsys.processor.feeds): which job streams to serve, fetching;
 - tickets (jobsys.processor.tickets): fair sharing of fetches among jobs;
@@ -9,10 +9,12 @@ It composes five parts, one file each:
   failure, a crash or a time limit costs;
 - the outbox (jobsys.processor.outbox): result batches held until recorded;
 - keep-alive (jobsys.processor.keepalive): every message held stays in
-  progress in NATS.
+  progress in NATS;
+- its announcement (jobsys.processor.announce): who it is, what it serves
+  and refuses, for `jobsys processors` and `jobsys status`.
 
 Its side tasks (stream listing, dispatch, time-limit watchdog, outbox,
-keep-alive ticker) are watched: one that dies stops the processor with a
+keep-alive ticker, announcement) are watched: one that dies stops the processor with a
 non-zero exit (the Procfile runner restarts it), after logging why. A feed
 that dies is logged and served again. Every task created is referenced.
 
@@ -34,10 +36,12 @@ from typing import Any, Literal
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from jobsys import metrics
 from jobsys.models import TaskResult
 from jobsys.nats.connect import connect, jetstream
+from jobsys.processor.announce import Announcer
 from jobsys.processor.children import ChildSlot
 from jobsys.processor.execute import (
     DONE,
@@ -189,6 +193,7 @@ class Processor:
         self._watch("time limits", self.execution.watchdog_loop())
         self._watch("outbox", self.outbox.run())
         self._watch("keep-alive", self.keepalive.run())
+        self._watch("announce", self._announcer(js).run())
         log.info(
             "processor started",
             extra={
@@ -200,6 +205,18 @@ class Processor:
         await self._stop_event.wait()
         await self._shutdown()
         return self.stats
+
+    def _announcer(self, js: JetStreamContext) -> Announcer:
+        """Who this processor is and what it serves or refuses (jobsys.processor.announce)."""
+        feeds = self.feeds
+        return Announcer(
+            self.settings,
+            js,
+            self.concurrency,
+            self.pool,
+            served=lambda: list(feeds.feeds),
+            refused=lambda: {**feeds.unavailable, **feeds.refused},
+        )
 
     def _watch(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro, name=name)

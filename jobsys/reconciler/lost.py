@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from jobsys.lifecycle.blocked import blocked_reason
 from jobsys.lifecycle.finalize import finishing
 from jobsys.lifecycle.states import Status
 from jobsys.nats.bridge import bridge
+from jobsys.nats.presence import Member, members
+from jobsys.nats.presence import now as presence_now
 from jobsys.nats.subjects import JobNames, parse_msg_id
 from jobsys.pg.db import Conn, connection
 from jobsys.pg.locks import Lock, job_lock
@@ -158,15 +161,37 @@ def idle_lost(seen: Seen) -> Handled:
 def waiting(seen: Seen) -> Handled:
     """Idle, but NATS still offers or holds messages: nothing is lost; say why it waits.
 
+    Messages held by a consumer say a processor works on it. Otherwise what the
+    processors and workers announce is said: a job no processor runs, or whose
+    pipeline they refuse, says so (jobsys.lifecycle.blocked).
     The reason names no number (the detail has it): a job waiting for hours
     while the count moves stays one finding, counted (findings.py).
     """
     nats = seen.nats
     held = (nats.num_ack_pending or 0) if nats is not None else 0
-    if nats is not None and (nats.num_pending or 0) > 0 and not nats.num_waiting:
-        reason = "no processor is consuming"
-    elif held > 0:
+    team = _team()
+    at = presence_now()
+    blocked = blocked_reason(seen.job_id, Status.STARTED, team, at) if team is not None else None
+    serving = [m for m in team or [] if m.alive(at) and seen.job_id in m.jobs]
+    if held > 0:
+        # NATS's own word that something consumes: it wins over announcements
+        # (a processor may run without announcing, e.g. an older version).
         reason = "processors hold messages: running, or results not yet recorded"
+    elif blocked is not None:
+        reason = blocked
+    elif nats is not None and (nats.num_pending or 0) > 0 and not nats.num_waiting:
+        reason = (
+            "served, but no processor is pulling now" if serving else "no processor is consuming"
+        )
     else:
         reason = "waiting for processors"
-    return Handled(Action.NONE, {"reason": reason, "held": held})
+    return Handled(Action.NONE, {"reason": reason, "held": held, "serving": len(serving)})
+
+
+def _team() -> list[Member] | None:
+    """The announced workers and processors; None when they cannot be read."""
+    try:
+        return members()
+    except Exception as exc:
+        log.info("presence not readable", extra={"error": repr(exc)})
+        return None

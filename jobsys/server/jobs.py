@@ -32,11 +32,13 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jobsys.api.cancel import cancel
-from jobsys.api.export import EXPORT_STATUSES, open_export, parse_statuses
+from jobsys.api.export import EXPORT_STATUSES, open_export
 from jobsys.api.formats import MEDIA_TYPES
 from jobsys.api.items import counted_items
+from jobsys.api.job import with_blocked
 from jobsys.api.read import get_job, hook_state, list_jobs
 from jobsys.api.retry import retries_of, retry
+from jobsys.api.statuses import parse_statuses
 from jobsys.api.submit import submit
 from jobsys.api.tasks import MAX_LIMIT, group_errors, list_tasks
 from jobsys.display import redact
@@ -266,7 +268,8 @@ async def submit_route(
     reach(who, options.pipeline, f"pipeline {options.pipeline!r}")
     run = partial(submit, options.pipeline, items, by=who.actor,
                   **options.model_dump(exclude={"pipeline"}))  # fmt: skip
-    view = await anyio.to_thread.run_sync(run)
+    job = await anyio.to_thread.run_sync(run)
+    view = await anyio.to_thread.run_sync(get_job, job.id)
     response.headers["Location"] = f"/api/jobs/{view.job_id}"
     return shown(view)
 
@@ -274,7 +277,7 @@ async def submit_route(
 @api(router.get, "/jobs/{job_id}", Scope.READ, 404, 422, response_model=JobStatus)
 def status_route(who: Caller, job_id: JobId) -> JobStatus:
     """A job's status and counters, its retries and its hook's delivery (`jobsys status`)."""
-    view = shown(reached_job(who, job_id))
+    view = shown(with_blocked(reached_job(who, job_id)))
     hook = hook_state(job_id)
     if hook is not None and hook.get("target"):
         hook["target"] = redact(hook["target"])

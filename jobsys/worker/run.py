@@ -25,6 +25,7 @@ import jobsys.worker.actors  # noqa: F401 - declares the actors on the broker
 from jobsys import metrics
 from jobsys.dramatiq.messages import QUEUE_OF
 from jobsys.dramatiq.signing import require_secret
+from jobsys.worker.announce import WorkerBeat
 from jobsys.worker.verify import VerifySignatures
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,13 @@ def run_worker(threads: int, metrics_port: int | None = None) -> None:
         worker_timeout=POLL_MAX_MS,
     )
     worker.start()
+    beat = WorkerBeat(threads).start()
     log.info("worker started", extra={"threads": threads})
     stop.wait()
     log.info("worker stopping: finishing in-flight messages")
     # In-flight actors finish; prefetched messages go back to the queue.
     worker.stop(timeout=STOP_TIMEOUT_MS)
+    beat.stop()
     broker.close()
     log.info("worker stopped")
 

@@ -4,7 +4,8 @@
 -- name: lock_retry_parent
 -- The parent job, share-locked until the retry commits: retention's move of
 -- its ledger to 'pruning' waits for us, so the ledger we copy is whole.
-SELECT id, status, ledger_state, ledger_pruned_at, pipeline, on_complete
+SELECT id, status, ledger_state, ledger_pruned_at, pipeline, on_complete,
+       failed_count, lost_count, cancelled_count
 FROM jobs WHERE id = %(job_id)s FOR SHARE;
 
 -- name: insert_retry_job

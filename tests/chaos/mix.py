@@ -120,7 +120,7 @@ def submit_job(rng: random.Random, j: int, tasks: int, now: float, seconds: floa
     profile = PROFILE_ORDER[j % len(PROFILE_ORDER)]
     max_deliver, timeout = PROFILES[profile]
     lines, special = _payloads(rng, tasks, profile)
-    view = jobsys.submit(
+    job = jobsys.submit(
         "fault-echo",
         iter(lines),
         name=f"chaos {j} {profile}",
@@ -136,7 +136,7 @@ def submit_job(rng: random.Random, j: int, tasks: int, now: float, seconds: floa
     for kind in special.values():
         kinds[kind] = kinds.get(kind, 0) + 1
     return JobPlan(
-        view.job_id, tasks, profile, max_deliver, timeout, special, time.time(), cancel_at,
+        job.id, tasks, profile, max_deliver, timeout, special, time.time(), cancel_at,
         kinds=kinds,
     )  # fmt: skip
 
