@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, settings
 from psycopg.conninfo import make_conninfo
 
 from jobsys.settings import Settings, reset_settings
@@ -54,6 +55,11 @@ def _admin() -> psycopg.Connection:
 
 
 FAST = Path(__file__).parent / "fast"
+
+# Generated-input tests judge outcomes, never speed: a loaded machine must not
+# fail them for being slow (no deadline, no too-slow health check).
+settings.register_profile("jobsys", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("jobsys")
 
 
 def pytest_configure(config: pytest.Config) -> None:
