@@ -164,7 +164,6 @@ def test_running_job_progress_advances_live_then_its_failures_then_cancel_revoke
     wait_for_more(page, f'{row} [data-field="done"]', before)
     assert page.evaluate("window.__notReloaded === true")
     assert "live" in page.inner_text("#live-state")
-    shoot(page, "jobs")
 
     page.click(f'{row} a[href="/jobs/{job_id}"] >> nth=0')
     page.wait_for_url(f"**/jobs/{job_id}")
@@ -277,7 +276,11 @@ def test_actions_without_the_scope_or_the_csrf_token_are_refused(
 
     submitter = Visit(browser, server)
     try:
-        page = submitter.sign_in(token("submit"), start=f"/jobs/{job_id}")
+        page = submitter.sign_in(token("submit"))
+        row = f'tr[data-job="{job_id}"] [data-field="done"]'
+        wait_for_more(page, row, number_in(page, row))
+        shoot(page, "jobs")  # with the jobs of the tests before: lineage, names as text
+        page.goto(f"/jobs/{job_id}")
         csrf = submitter.csrf()
         assert page.evaluate(post, [f"/jobs/{job_id}/cancel", ""]) == 403
         assert page.evaluate(post, [f"/jobs/{job_id}/cancel", "csrf=" + "0" * 64]) == 403
@@ -293,7 +296,8 @@ def test_actions_without_the_scope_or_the_csrf_token_are_refused(
 
 
 def shoot_processors(visit: Visit) -> None:
-    """The processors page (its screenshot for the docs)."""
+    """The processors page (its screenshot for the docs), with a remote processor's token."""
+    create_token(f"gpu-box-{uuid.uuid4().hex[:4]}", "process", ["echo"])
     page = visit.page
     page.goto("/processors")
     page.wait_for_selector("h1")
