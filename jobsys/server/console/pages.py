@@ -127,7 +127,9 @@ def job_page(request: Request, who: Caller, job_id: JobId) -> HTMLResponse:
     start = view.started_at or view.created_at
     end = view.finished_at or now
     since = max(start, end - CHART_SPAN)
-    chart = progress_chart(progress(job_id, since), view.total, since, end)
+    # The rollup counts whole minutes: read from the one `since` falls in.
+    minute = since.replace(second=0, microsecond=0)
+    chart = progress_chart(progress(job_id, minute), view.total, since, end)
     hook = hook_state(job_id)
     if hook is not None and hook.get("target"):
         hook["target"] = redact(hook["target"])
