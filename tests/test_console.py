@@ -296,10 +296,19 @@ def test_actions_without_the_scope_or_the_csrf_token_are_refused(
 
 
 def shoot_processors(visit: Visit) -> None:
-    """The processors page (its screenshot for the docs), with a remote processor's token."""
-    create_token(f"gpu-box-{uuid.uuid4().hex[:4]}", "process", ["echo"])
+    """The processors page shows the running worker and processor as they announce
+    themselves, and a remote processor's token (its screenshot for the docs)."""
+    name = f"gpu-box-{uuid.uuid4().hex[:4]}"
+    create_token(name, "process", ["echo"])
     page = visit.page
-    page.goto("/processors")
-    page.wait_for_selector("h1")
-    assert "Processors" in page.inner_text("h1")
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while True:
+        page.goto("/processors")
+        rows = page.locator("#members tr.member-alive")
+        kinds = {rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())}
+        if kinds >= {"worker", "processor"} or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert kinds >= {"worker", "processor"}
+    assert name in page.inner_text("#remote")
     shoot(page, "processors")

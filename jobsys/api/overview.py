@@ -10,13 +10,17 @@ of a million.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from jobsys.display import one_line
 from jobsys.errors import InvalidInput
+from jobsys.lifecycle.blocked import blocked_reason
+from jobsys.lifecycle.states import ACTIVE as ACTIVE_STATUSES
 from jobsys.lifecycle.states import Status
 from jobsys.models import JobView
+from jobsys.nats.presence import Member, members, now
 from jobsys.pg.db import connection
 from jobsys.pg.queries import Q
 
@@ -122,10 +126,36 @@ def one_job(job_id: int) -> JobLine | None:
 
 def live_jobs(recent_s: float) -> list[JobLine]:
     """Every active job and every job finished in the last `recent_s` seconds, in one
-    statement (what the console's shared refresh reads)."""
+    statement (what the console's shared refresh reads), each active one with why it
+    is blocked, judged from one look at who runs (`judge_blocked`)."""
     with connection() as conn:
         rows = conn.execute(Q.overview_live, {"recent_s": recent_s}).fetchall()
-    return [line_from_row(r) for r in rows]
+    return judge_blocked([line_from_row(r) for r in rows])
+
+
+def team_now() -> list[Member] | str:
+    """The workers and processors that announced themselves, or why they cannot be seen."""
+    try:
+        return members()
+    except Exception as exc:
+        return f"cannot see workers and processors: NATS not reachable ({one_line(exc)})"
+
+
+def judge_blocked(lines: list[JobLine], team: list[Member] | str | None = None) -> list[JobLine]:
+    """`lines` with each active job's `blocked` reason (jobsys.lifecycle.blocked), from
+    one look at the presence bucket for all of them (`team`, read if not given)."""
+    if not any(line.view.status in ACTIVE_STATUSES for line in lines):
+        return lines
+    seen = team_now() if team is None else team
+    at = now()
+    out = []
+    for line in lines:
+        if line.view.status in ACTIVE_STATUSES:
+            why = seen if isinstance(seen, str) else blocked_reason(
+                line.view.job_id, line.view.status, seen, at)  # fmt: skip
+            line = replace(line, view=line.view.model_copy(update={"blocked": why}))
+        out.append(line)
+    return out
 
 
 def progress(job_id: int, since: datetime) -> Progress:

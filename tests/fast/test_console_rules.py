@@ -16,7 +16,7 @@ from markupsafe import Markup
 from starlette.datastructures import Headers
 from starlette.types import Message
 
-from jobsys.api.overview import JobLine, Minute, Progress
+from jobsys.api.overview import JobLine, Minute, Progress, judge_blocked
 from jobsys.models import JobView
 from jobsys.server import session
 from jobsys.server.app import CONTENT_SECURITY_POLICY, create_app
@@ -276,3 +276,14 @@ def test_a_page_that_falls_behind_gets_the_whole_snapshot_again() -> None:
     assert len(messages) < 30
     assert messages[0]["full"] is True and messages[0]["jobs"]["1"]["done"] > 0
     assert messages[-1]["jobs"]["1"]["done"] == 29
+
+
+def test_each_active_job_is_judged_blocked_from_one_look_at_who_runs() -> None:
+    finished = JobLine(view=view(3).model_copy(update={"status": "success"}), children=0,
+                       rate=0.0)  # fmt: skip
+    judged = judge_blocked([line(1), finished], team=[])
+    assert judged[0].view.blocked == "no processor or worker is running"
+    assert judged[1].view.blocked is None
+    unseen = judge_blocked([line(1)], team="cannot see workers and processors: NATS down")
+    assert unseen[0].view.blocked == "cannot see workers and processors: NATS down"
+    assert job_state(judged[0])["blocked"] == "no processor or worker is running"

@@ -218,6 +218,6 @@ async def submit_upload(
     items = items_from_stream(request.stream().__aiter__())
     run = partial(submit, options.pipeline, items, by=who.actor,
                   **options.model_dump(exclude={"pipeline"}))  # fmt: skip
-    view = await anyio.to_thread.run_sync(run)
-    return JSONResponse({"job_id": view.job_id, "url": f"/jobs/{view.job_id}"}, status_code=201,
-                        headers={"Location": f"/jobs/{view.job_id}"})  # fmt: skip
+    job = await anyio.to_thread.run_sync(run)
+    return JSONResponse({"job_id": job.id, "url": f"/jobs/{job.id}"}, status_code=201,
+                        headers={"Location": f"/jobs/{job.id}"})  # fmt: skip

@@ -66,6 +66,7 @@ def job_state(line: JobLine) -> dict[str, Any]:
         "pending": v.pending,
         "rate": round(line.rate, 3),
         "eta_s": round(eta, 1) if eta is not None else None,
+        "blocked": v.blocked,
         **line.extra,
     }
 

@@ -19,12 +19,13 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 
-from jobsys.api.export import EXPORT_STATUSES, open_export, parse_statuses
+from jobsys.api.export import EXPORT_STATUSES, open_export
 from jobsys.api.formats import MEDIA_TYPES
 from jobsys.api.overview import (
     ACTIVE,
     CHART_SPAN,
     JobLine,
+    judge_blocked,
     one_job,
     progress,
     recent_events,
@@ -33,6 +34,7 @@ from jobsys.api.overview import (
 )
 from jobsys.api.read import hook_state
 from jobsys.api.retry import retries_of
+from jobsys.api.statuses import parse_statuses
 from jobsys.api.tasks import group_errors
 from jobsys.display import redact
 from jobsys.errors import JobNotFound
@@ -80,16 +82,6 @@ def job_line(who: Principal, job_id: int) -> JobLine:
     return line
 
 
-def blocked_reason(line: JobLine) -> str | None:
-    """Why the job cannot progress, in one line (None: nothing known blocks it).
-
-    The hook for `blocked` (issue 22: the presence registry and
-    `jobsys.lifecycle.blocked`): until that is on main nothing here knows,
-    and the job page shows the reconciler's latest finding instead.
-    """
-    return getattr(line.view, "blocked", None)
-
-
 @router.get("/", response_class=RedirectResponse)
 def home() -> RedirectResponse:
     """The console starts at the jobs list."""
@@ -108,7 +100,7 @@ def jobs_page(
     status = status or None  # the form's "any status" is empty
     lines = recent_jobs(status, q, before, PER_PAGE + 1, pipelines=who.pipelines)
     more = len(lines) > PER_PAGE
-    lines = lines[:PER_PAGE]
+    lines = judge_blocked(lines[:PER_PAGE])
     optional = sorted({k for line in lines for k in line.extra})
     return page(
         request, "jobs.html", lines=lines, status=status, q=q or "", before=before,
@@ -121,7 +113,7 @@ def jobs_page(
 def job_page(request: Request, who: Caller, job_id: JobId) -> HTMLResponse:
     """A job: counters, progress over time, why it is blocked, lineage, its hook,
     NATS beside the database, its latest events and what may be done with it."""
-    line = job_line(who, job_id)
+    line = judge_blocked([job_line(who, job_id)])[0]
     view = line.view
     now = datetime.now(UTC)
     start = view.started_at or view.created_at
@@ -137,7 +129,7 @@ def job_page(request: Request, who: Caller, job_id: JobId) -> HTMLResponse:
     return page(
         request, "job.html", line=line, job=view, chart=chart, hook=hook,
         on_complete=redact(view.on_complete) if view.on_complete else None,
-        children=retries_of(job_id), blocked=blocked_reason(line),
+        children=retries_of(job_id), blocked=view.blocked,
         nats=inspected["nats"], findings=inspected["findings"],
         events=recent_events(job_id, limit=OVERVIEW_EVENTS), final=view.status in FINAL,
         tab="overview", live=view.status not in FINAL,

@@ -1,20 +1,24 @@
 """Who processes: what the console's processors page shows.
 
-Remote processors are known by their `process` tokens: each call they make
-is a heartbeat (`last_used_at`, written at most once a minute,
+Workers and native processors (NATS and Redis, no token) announce
+themselves every few seconds in the namespace's presence bucket
+(`jobsys.nats.presence`, what `jobsys processors` lists): host, pid,
+version, slots, the jobs each serves, the pipelines it can serve and those
+it refused with the reason; alive, stopped, or gone when not seen for a
+while. Remote processors are known by their `process` tokens: each call
+they make is a heartbeat (`last_used_at`, written at most once a minute,
 `jobsys.server.tokens.TOUCH_EVERY_S`), so a token used within ONLINE_S is
-online. Native workers and processors (NATS and Redis, no token) announce
-themselves in the presence registry of issue 22 (`jobsys.nats.presence`);
-until that is on main, `members` returns None and the page says where they
-will appear — the page fills in when `members` is wired to it.
+online.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from jobsys.display import one_line
+from jobsys.nats.presence import Member, members, now
 from jobsys.server.tokens import TOUCH_EVERY_S, Scope, TokenInfo, list_tokens
 
 # A remote processor whose token was used this recently is online (its
@@ -39,10 +43,11 @@ class Seen:
     """Everything the page shows."""
 
     at: datetime
-    # Native workers and processors as they announce themselves; None when this
-    # server cannot know them (no presence registry).
-    members: list[dict[str, Any]] | None
+    # Workers and native processors as they announce themselves (alive first).
+    members: list[dict[str, Any]]
     remote: list[Remote]
+    # Why the members could not be read (NATS not reachable), if so.
+    error: str | None = None
 
 
 def remote_of(info: TokenInfo, now: datetime) -> Remote:
@@ -59,16 +64,29 @@ def remote_of(info: TokenInfo, now: datetime) -> Remote:
     )
 
 
-def members() -> list[dict[str, Any]] | None:
-    """Native workers and processors (host, pid, version, slots, jobs served, pipelines
-    served and refused with the reason, last seen); None while no presence registry
-    exists to read them from."""
-    return None
+def member_view(member: Member, at: datetime) -> dict[str, Any]:
+    """One announced member as the page shows it."""
+    return {
+        **member.model_dump(),
+        "condition": member.condition(at),
+        "seen_ago": member.seen_ago(at),
+        # What it may run: pipeline names, and module prefixes (JOBSYS_PIPELINE_MODULES).
+        "serves": [*member.pipelines, *(f"{m}.*" for m in member.modules)],
+    }
 
 
 def look() -> Seen:
-    """What the processors page shows now."""
-    now = datetime.now(UTC)
+    """What the processors page shows now (one look at the presence bucket, one query)."""
+    at = now()
     tokens = [t for t in list_tokens(include_revoked=False) if t.scope is Scope.PROCESS]
-    remote = sorted((remote_of(t, now) for t in tokens), key=lambda r: (not r.online, r.name))
-    return Seen(at=now, members=members(), remote=remote)
+    remote = sorted((remote_of(t, at) for t in tokens), key=lambda r: (not r.online, r.name))
+    try:
+        team = members()
+    except Exception as exc:
+        return Seen(at, [], remote, f"NATS not reachable: {one_line(exc)}")
+    order = {"alive": 0, "stopped": 1, "gone": 2}
+    shown = sorted(
+        (member_view(m, at) for m in team),
+        key=lambda m: (order[m["condition"]], m["kind"], m["host"], m["pid"]),
+    )
+    return Seen(at, shown, remote)

@@ -87,6 +87,13 @@
     for (const field of ["priority", "weight"]) {
       if (field in job) setText(root, field, String(job[field]));
     }
+    // Why the job cannot move on (null: nothing known blocks it).
+    const blocked = job.blocked ? visible(job.blocked) : "";
+    setText(root, "blocked", blocked);
+    root.querySelectorAll('[data-field="blocked"]').forEach((el) => {
+      const box = el.closest("#blocked") || el;
+      box.hidden = !blocked;
+    });
     root.querySelectorAll('[data-field="status"]').forEach((el) => {
       if (el.textContent !== job.status) {
         el.textContent = job.status;
