@@ -148,7 +148,7 @@ def wait_for_more(page: Page, selector: str, than: int) -> None:
 def slow_job(name: str, tasks: int = 600, sleep_ms: int = 150) -> int:
     """A job that runs for a while, every 10th task failing."""
     items = [json.dumps({"n": i, "sleep_ms": sleep_ms, "fail": i % 10 == 3}) for i in range(tasks)]
-    return submit("echo", items, name=name, failure_threshold=1.0).job_id
+    return submit("echo", items, name=name, failure_threshold=1.0).id
 
 
 def test_running_job_progress_advances_live_then_its_failures_then_cancel_revokes(
@@ -233,8 +233,8 @@ def test_submit_from_an_items_file_then_retry_its_failures_lands_on_the_child(
 def test_a_name_made_of_markup_or_escape_codes_is_shown_as_text(
     system: LocalSystem, server: Server, visit: Visit
 ) -> None:
-    xss = submit("echo", [json.dumps({"n": 1})], name=XSS_NAME).job_id
-    escapes = submit("echo", [json.dumps({"n": 1})], name=ESCAPE_NAME).job_id
+    xss = submit("echo", [json.dumps({"n": 1})], name=XSS_NAME).id
+    escapes = submit("echo", [json.dumps({"n": 1})], name=ESCAPE_NAME).id
     page = visit.sign_in(token("read"))
     page.goto(f"/jobs?q={xss}")
     cell = page.locator(f'tr[data-job="{xss}"] [data-field="name"]')
@@ -300,7 +300,8 @@ def shoot_processors(visit: Visit) -> None:
     themselves, and a remote processor's token (its screenshot for the docs)."""
     name = f"gpu-box-{uuid.uuid4().hex[:4]}"
     create_token(name, "process", ["echo"])
-    page = visit.page
+    # A page of its own: the job page just cancelled redraws itself (a new status).
+    page = visit.context.new_page()
     deadline = time.monotonic() + WAIT_MS / 1000
     while True:
         page.goto("/processors")
