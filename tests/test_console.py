@@ -5,7 +5,8 @@ A person signs in with a token, watches a running job's progress advance
 without reloading, opens its failures grouped by error, cancels it and sees
 it `revoked`; submits a job from an items file, and retries its failed tasks,
 landing on the child job. A job named like markup (or made of terminal escape
-codes) is shown as text and no dialog fires. An action without the scope, or
+codes) is shown as text and no dialog fires; signing out forgets the cookie.
+An action without the scope, or
 without the CSRF token, is refused and changes nothing, and the sign-in
 cookie never opens the API.
 
@@ -250,6 +251,11 @@ def test_a_name_made_of_markup_or_escape_codes_is_shown_as_text(
     assert page.locator("img").count() == 0
     assert visit.dialogs == [], visit.dialogs
     assert visit.errors == []
+    # Signing out forgets the cookie: the next page asks to sign in again.
+    page.click("header form[action='/signout'] button")
+    page.wait_for_url(re.compile(r"/signin$"))
+    page.goto("/jobs")
+    page.wait_for_url(re.compile(r"/signin\?next="))
 
 
 def test_actions_without_the_scope_or_the_csrf_token_are_refused(
