@@ -72,7 +72,7 @@ def presented_token(headers: Headers, path: str) -> tuple[str, bool]:
     """The token a request presents and whether it came from the console's cookie (only
     on console paths, and only without an Authorization header); raises Unauthenticated."""
     if headers.get("authorization") is None and session.is_console_path(path):
-        token = session.cookie_value(headers, session.COOKIE)
+        token = session.signed_in_token(headers)
         if token is not None:
             return token, True
     return bearer(headers), False
@@ -83,7 +83,8 @@ def signin_redirect(path: str, query: str, clear: bool) -> Response:
     back = path + (f"?{query}" if query else "")
     response = RedirectResponse(f"{SIGNIN_PATH}?{urlencode({'next': back})}", status_code=303)
     if clear:
-        response.delete_cookie(session.COOKIE, path="/")
+        for name in (session.SECURE_COOKIE, session.COOKIE):
+            response.delete_cookie(name, path="/", secure=name == session.SECURE_COOKIE)
     return response
 
 

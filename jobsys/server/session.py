@@ -2,9 +2,11 @@
 every change made with that cookie must carry.
 
 A person signs in with an API token (`jobsys token create`); the console
-keeps it in the cookie COOKIE (HttpOnly: no script can read it;
-SameSite=Strict: no other site's page or link sends it; Secure unless the
-server is reached over plain HTTP on this machine). The cookie is accepted
+keeps it in a cookie (HttpOnly: no script can read it; SameSite=Strict: no
+other site's page or link sends it; Secure unless the server is reached
+over plain HTTP on this machine, and then named with the ``__Host-`` prefix,
+which browsers keep to this exact host, path ``/``, and never let a sibling
+domain set: SECURE_COOKIE, else COOKIE). The cookie is accepted
 only on console paths (`is_console_path`): never under ``/api/``, so an API
 client is never authenticated by a cookie and cannot be made to act by
 another site.
@@ -35,6 +37,7 @@ from starlette.types import Message, Receive
 from jobsys.errors import JobsysError
 
 COOKIE = "jobsys_token"
+SECURE_COOKIE = "__Host-jobsys_token"
 SIGNIN_COOKIE = "jobsys_signin"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf"
@@ -65,6 +68,16 @@ def cookie_value(headers: Headers, name: str) -> str | None:
     if not raw:
         return None
     return cookie_parser(raw).get(name) or None
+
+
+def session_cookie(secure: bool) -> str:
+    """The sign-in cookie's name: with the ``__Host-`` prefix when it is Secure."""
+    return SECURE_COOKIE if secure else COOKIE
+
+
+def signed_in_token(headers: Headers) -> str | None:
+    """The token of the request's sign-in cookie, if it sent one."""
+    return cookie_value(headers, SECURE_COOKIE) or cookie_value(headers, COOKIE)
 
 
 def csrf_token(token: str) -> str:

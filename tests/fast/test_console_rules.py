@@ -134,6 +134,15 @@ def test_a_change_carries_the_csrf_token_in_a_header_or_its_form() -> None:
             anyio.run(check, h, body)
 
 
+def test_a_secure_sign_in_cookie_is_kept_to_this_host() -> None:
+    assert session.session_cookie(True) == "__Host-jobsys_token"
+    assert session.session_cookie(False) == "jobsys_token"
+    both = headers(cookie=f"jobsys_token=plain; __Host-jobsys_token={TOKEN}")
+    assert session.signed_in_token(both) == TOKEN
+    assert session.signed_in_token(headers(cookie="jobsys_token=plain")) == "plain"
+    assert session.signed_in_token(headers()) is None
+
+
 def test_the_cookie_is_for_console_paths_only() -> None:
     assert session.is_console_path("/jobs/1")
     assert session.is_console_path("/")

@@ -128,9 +128,9 @@ async def signin(request: Request) -> Response:
     if who.expires_at is not None:
         max_age = min(max_age, int((who.expires_at - datetime.now(UTC)).total_seconds()))
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(session.COOKIE, token, max_age=max(max_age, 1), path="/",
-                        httponly=True, samesite="strict",
-                        secure=secure_cookie(request))  # fmt: skip
+    secure = secure_cookie(request)
+    response.set_cookie(session.session_cookie(secure), token, max_age=max(max_age, 1), path="/",
+                        httponly=True, samesite="strict", secure=secure)  # fmt: skip
     response.delete_cookie(session.SIGNIN_COOKIE, path="/signin")
     return response
 
@@ -140,7 +140,8 @@ def signout() -> RedirectResponse:
     """Forget the sign-in (the token itself stays live: revoke it with `jobsys token
     revoke`)."""
     response = RedirectResponse("/signin", status_code=303)
-    response.delete_cookie(session.COOKIE, path="/")
+    for name in (session.SECURE_COOKIE, session.COOKIE):
+        response.delete_cookie(name, path="/", secure=name == session.SECURE_COOKIE)
     return response
 
 
