@@ -3,8 +3,9 @@ real `jobsys serve`, workers and a processor.
 
 A person signs in with a token, watches a running job's progress advance
 without reloading, opens its failures grouped by error, cancels it and sees
-it `revoked`; submits a job from an items file, and retries its failed tasks,
-landing on the child job. A job named like markup (or made of terminal escape
+it `revoked` (the cancel's events arriving in its log in follow mode);
+submits a job from an items file, and retries its failed tasks, landing on
+the child job. A job named like markup (or made of terminal escape
 codes) is shown as text and no dialog fires; signing out forgets the cookie.
 An action without the scope, or
 without the CSRF token, is refused and changes nothing, and the sign-in
@@ -146,8 +147,9 @@ def wait_for_more(page: Page, selector: str, than: int) -> None:
     )
 
 
-def slow_job(name: str, tasks: int = 600, sleep_ms: int = 150) -> int:
-    """A job that runs for a while, every 10th task failing."""
+def slow_job(name: str, tasks: int = 2_000, sleep_ms: int = 100) -> int:
+    """A job that runs for a while (50 s or more on the suite's 4 slots: every test
+    that watches one cancels it well before), every 10th task failing."""
     items = [json.dumps({"n": i, "sleep_ms": sleep_ms, "fail": i % 10 == 3}) for i in range(tasks)]
     return submit("echo", items, name=name, failure_threshold=1.0).id
 
@@ -186,6 +188,12 @@ def test_running_job_progress_advances_live_then_its_failures_then_cancel_revoke
     assert '"fail": true' in page.inner_text("#error-groups .payload")
     shoot(page, "failures")
 
+    # Its event log in follow mode, in a second tab: the cancel's events arrive there.
+    log = visit.context.new_page()
+    log.goto(f"/jobs/{job_id}/events")
+    assert log.is_checked("#follow")
+    log.evaluate("window.__notReloaded = true")
+
     # Cancel, behind its confirmation page.
     page.goto(f"/jobs/{job_id}")
     page.click("#action-cancel")
@@ -198,6 +206,14 @@ def test_running_job_progress_advances_live_then_its_failures_then_cancel_revoke
         timeout=WAIT_MS,
     )
     assert get_job(job_id).status == "revoked"
+    log.wait_for_selector("#events tbody tr.fresh >> text=cancel_requested")
+    assert log.evaluate("window.__notReloaded === true")
+    first = log.locator("#events tbody tr").first.get_attribute("data-event")
+    ids = [
+        int(i)
+        for i in log.eval_on_selector_all("#events tbody tr", "rs => rs.map(r => r.dataset.event)")
+    ]
+    assert ids == sorted(ids, reverse=True) and int(first or 0) == ids[0]  # newest first
     assert visit.dialogs == [] and visit.errors == []
 
 
@@ -261,7 +277,7 @@ def test_a_name_made_of_markup_or_escape_codes_is_shown_as_text(
 def test_actions_without_the_scope_or_the_csrf_token_are_refused(
     system: LocalSystem, server: Server, browser: Browser
 ) -> None:
-    job_id = slow_job("not to be cancelled", tasks=400, sleep_ms=300)
+    job_id = slow_job("not to be cancelled", sleep_ms=150)
     post = (
         "async ([url, body]) => { const r = await fetch(url, {method: 'POST', body,"
         " redirect: 'manual', headers: {'Content-Type': 'application/x-www-form-urlencoded',"
