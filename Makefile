@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install wheel services services-stop pgbouncer migrate demo test test-cluster test-fast lint fmt bench bench-quick chaos clean
+.PHONY: install wheel services services-stop pgbouncer chromium migrate demo test test-cluster test-fast lint fmt bench bench-quick chaos clean
 
 install: $(STAMP)
 
@@ -30,13 +30,17 @@ services-stop: install
 pgbouncer: install
 	$(BIN)/python -m devtools.services install-pgbouncer
 
+# The console's browser tests drive Debian's chromium (never a downloaded browser).
+chromium: install
+	$(BIN)/python -m devtools.services install-chromium
+
 migrate: services
 	$(BIN)/jobsys db migrate
 
 demo: migrate
 	$(BIN)/jobsys demo --count 10000
 
-test: services pgbouncer
+test: services pgbouncer chromium
 	$(BIN)/python -m pytest -q
 
 # The tests that need no server, with every server URL pointing at a closed

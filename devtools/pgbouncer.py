@@ -13,37 +13,19 @@ import subprocess
 from pathlib import Path
 from types import TracebackType
 
+from devtools.apt import ensure_package
 from devtools.process import free_port, log_tail, terminate, wait_until_up
 from devtools.servers import ServiceError, allow_traverse, system_user
 from jobsys.ops.probes import LOCAL_HOST
 
 BINARY = Path("/usr/sbin/pgbouncer")
-APT_TIMEOUT_S = 600
 # Server connections per (database, user): jobsys's pools and held locks share them.
 POOL_SIZE = 40
 
 
 def ensure_pgbouncer() -> str:
     """Install the Debian package when the binary is missing; says what it did."""
-    if BINARY.exists():
-        return f"installed ({BINARY})"
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [*sudo, "apt-get", "install", "-y", "-qq", "pgbouncer"]
-    run = subprocess.run(install, capture_output=True, text=True, env=env, timeout=APT_TIMEOUT_S)
-    if run.returncode != 0:
-        # A fresh machine's package lists may be empty or old.
-        subprocess.run([*sudo, "apt-get", "update", "-qq"], capture_output=True,
-                       env=env, timeout=APT_TIMEOUT_S)  # fmt: skip
-        run = subprocess.run(install, capture_output=True, text=True, env=env,
-                             timeout=APT_TIMEOUT_S)  # fmt: skip
-    if run.returncode != 0 or not BINARY.exists():
-        lines = (run.stderr or run.stdout).strip().splitlines()
-        raise ServiceError(
-            f"could not install pgbouncer ({lines[-1] if lines else 'no output'}): "
-            "run `apt-get install pgbouncer` as root"
-        )
-    return "installed with apt-get"
+    return ensure_package("pgbouncer", BINARY)
 
 
 class PgBouncer:

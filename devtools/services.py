@@ -1,8 +1,9 @@
 """Bring up the services jobsys needs: Postgres, Redis and NATS with JetStream.
 
 Run as ``python -m devtools.services up|down|status [SERVICE...]`` (``make
-services`` and ``make services-stop`` call it); ``install-pgbouncer`` installs
-the Debian package the PgBouncer tests need.
+services`` and ``make services-stop`` call it); ``install-pgbouncer`` and
+``install-chromium`` install the Debian packages the PgBouncer tests and the
+console's browser tests need.
 
 ``up`` makes each service answer at the URL in the settings:
 
@@ -44,6 +45,7 @@ import psycopg
 from psycopg import sql
 from pydantic import ValidationError
 
+from devtools.chromium import ensure_chromium
 from devtools.pgbouncer import ensure_pgbouncer
 from devtools.process import WAIT_S, free_port, port_is_free, wait_until_up
 from devtools.servers import SERVICES, Say, Service, ServiceError, with_address
@@ -410,6 +412,15 @@ def install_pgbouncer() -> None:
     """Install the Debian package pgbouncer if missing (the PgBouncer tests start their own)."""
     try:
         click.echo(f"pgbouncer: {ensure_pgbouncer()}")
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command("install-chromium")
+def install_chromium() -> None:
+    """Install the Debian package chromium if missing (the console's browser tests drive it)."""
+    try:
+        click.echo(f"chromium: {ensure_chromium()}")
     except ServiceError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -186,6 +186,10 @@ class Settings(BaseSettings):
     serve_auth_failures: str = Field(default="30/minute", pattern=RATE_PATTERN)
     serve_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1_024)
     serve_max_upload_bytes: int = Field(default=1024 * 1024 * 1024, ge=1_024)
+    # The web console (jobsys/server/console/): every open page's live
+    # counters come from one query this often (per server process), run only
+    # while a page is open.
+    console_refresh_s: float = Field(default=2.0, ge=0.2, le=300)
     # Where `jobsys serve` is reached (https://host:port), for `jobsys doctor`;
     # and the CA that signed its certificate when it is not a public one.
     server_url: str | None = None

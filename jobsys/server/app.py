@@ -3,17 +3,20 @@
 `create_app` builds it from the settings; uvicorn calls it once per worker
 process (`jobsys.server.run`). A request goes through, outermost first:
 
-1. `SecurityHeaders`: no response is cached or sniffed;
-2. `jobsys.server.auth.Authenticate`: a live bearer token, its rate (401/429
-   before anything runs);
+1. `SecurityHeaders`: no response is cached, sniffed or framed, and pages
+   run only the console's own script (Content-Security-Policy);
+2. `jobsys.server.auth.Authenticate`: a live bearer token (or on the
+   console's pages the sign-in cookie, and its CSRF token for a change), its
+   rate (401/429 before anything runs);
 3. `jobsys.server.limits.BodyLimit`: the body's size as it is read (413);
-4. the routers, each route asking for its scope (403) — `ROUTERS`.
+4. the routers, each route asking for its scope (403) — `ROUTERS`, then the
+   web console's (`jobsys.server.console`).
 
-Errors become problem details (`jobsys.server.problems`). More routers
-plug in by adding to `ROUTERS` (each declares its routes with
-`jobsys.server.routes.api`, which puts its scope in the document); work that
-lives as long as the server (connections, background tasks) goes into
-`lifespan`.
+Errors become problem details (`jobsys.server.problems`), or HTML pages for
+a browser on the console. More routers plug in by adding to `ROUTERS` (each
+declares its routes with `jobsys.server.routes.api`, which puts its scope in
+the document); work that lives as long as the server (connections,
+background tasks such as the console's shared refresh) goes into `lifespan`.
 """
 
 from __future__ import annotations
@@ -27,12 +30,16 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.datastructures import MutableHeaders
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jobsys.api.overview import live_jobs
 from jobsys.dramatiq.broker import setup_broker
 from jobsys.pg.db import close_pool, get_pool
-from jobsys.server import admin, jobs
+from jobsys.server import admin, console, jobs
 from jobsys.server.auth import Authenticate
+from jobsys.server.console.live import Hub
+from jobsys.server.console.render import error_page
 from jobsys.server.limits import BodyLimit, Limiter
 from jobsys.server.problems import Problem, problem_response
 from jobsys.server.problems import install as install_problems
@@ -48,10 +55,26 @@ ROUTERS: list[APIRouter] = [jobs.router, admin.router]
 HEALTH_TIMEOUT_S = 2.0
 
 
-class SecurityHeaders:
-    """ASGI middleware: API answers are never cached by a proxy or browser, never sniffed."""
+# What a console page may load and run: its own script and style sheet, nothing
+# inline, no eval, no plugin, no other site; it may be framed by no page and
+# its forms may post only to this server.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 
-    HEADERS = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
+
+class SecurityHeaders:
+    """ASGI middleware: answers are never cached by a proxy or browser, never sniffed,
+    never framed; pages run only the console's own script."""
+
+    HEADERS = {
+        "cache-control": "no-store",
+        "x-content-type-options": "nosniff",
+        "content-security-policy": CONTENT_SECURITY_POLICY,
+        "x-frame-options": "DENY",
+        "referrer-policy": "same-origin",
+    }
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -74,9 +97,13 @@ class SecurityHeaders:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """What the server holds while it runs: the Dramatiq broker it sends with (only
-    sends: no maintenance, so its Redis user needs nothing else) and a Postgres pool."""
+    sends: no maintenance, so its Redis user needs nothing else), a Postgres pool,
+    and the console's shared refresh (idle while no page is open)."""
     setup_broker(maintenance=False)
-    yield
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(app.state.hub.run)
+        yield
+        tasks.cancel_scope.cancel()
     await anyio.to_thread.run_sync(close_pool)
 
 
@@ -101,7 +128,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=None,
         lifespan=lifespan,
     )
-    install_problems(app)
+    install_problems(app, pages=error_page)
+    limiter = Limiter(settings)
+    app.state.limiter = limiter
+    app.state.hub = Hub(settings.console_refresh_s, live_jobs)
 
     @app.get("/healthz", tags=["health"], openapi_extra={SCOPE_KEY: "none", "security": []})
     async def healthz() -> JSONResponse:
@@ -113,6 +143,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for router in ROUTERS:
         app.include_router(router)
+    for router in console.ROUTERS:
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=console.STATIC_DIR), name="static")
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:
@@ -125,7 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body=settings.serve_max_body_bytes,
         max_upload=settings.serve_max_upload_bytes,
     )
-    app.add_middleware(Authenticate, limiter=Limiter(settings))
+    app.add_middleware(Authenticate, limiter=limiter, pages=error_page)
     app.add_middleware(SecurityHeaders)
     return app
 

@@ -187,7 +187,7 @@ def _json_submit(raw: bytes) -> tuple[SubmitOptions, Iterable[str]]:
         raise InvalidInput(f"body: expected a JSON object, got {type(data).__name__}")
     items = data.pop("items", None)
     count = data.pop("count", None)
-    options = _options(data)
+    options = options_from(data)
     if (items is None) == (count is None):
         raise InvalidInput("body: give exactly one of items or count")
     if count is not None:
@@ -200,7 +200,8 @@ def _json_submit(raw: bytes) -> tuple[SubmitOptions, Iterable[str]]:
     return options, [json.dumps(item, ensure_ascii=False) for item in items]
 
 
-def _options(data: dict[str, Any]) -> SubmitOptions:
+def options_from(data: dict[str, Any]) -> SubmitOptions:
+    """A submit's options from a mapping of them; InvalidInput names the first bad one."""
     try:
         return SubmitOptions.model_validate(data)
     except ValidationError as exc:
@@ -254,7 +255,7 @@ async def submit_route(
     given = {k: v for k, v in query.items() if v is not None}
     items: Iterable[str]
     if kind in UPLOAD_TYPES:
-        options = _options(given)
+        options = options_from(given)
         items = items_from_stream(request.stream().__aiter__())
     elif kind == "application/json":
         if given:

@@ -12,7 +12,7 @@ middleware that answers before the app runs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -23,7 +23,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.responses import Response
 
 from jobsys.display import one_line
 from jobsys.errors import (
@@ -35,6 +37,7 @@ from jobsys.errors import (
     ServiceUnavailable,
 )
 from jobsys.server.limits import RateLimited
+from jobsys.server.session import CsrfRefused, wants_page
 from jobsys.server.tokens import Forbidden, TokenNotFound, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,7 @@ class UnsupportedMediaType(JobsysError):
 PROBLEMS: list[tuple[type[Exception], int, str]] = [
     (Unauthenticated, 401, "unauthenticated"),
     (Forbidden, 403, "forbidden"),
+    (CsrfRefused, 403, "csrf"),
     (JobNotFound, 404, "job-not-found"),
     (TokenNotFound, 404, "token-not-found"),
     (JobNotFinal, 409, "job-not-final"),
@@ -75,6 +79,10 @@ _UNAVAILABLE = {
     psycopg.OperationalError: "Postgres not reachable from the server",
     redis.exceptions.ConnectionError: "Redis not reachable from the server",
 }
+
+
+# Renders a problem as an HTML page: (status, problem type, detail, path, headers).
+PageRenderer = Callable[[int, str, str, str | None, Mapping[str, str]], Response]
 
 
 class Problem(BaseModel):
@@ -156,20 +164,38 @@ def validation_detail(exc: RequestValidationError) -> str:
     return f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg"))
 
 
-def install(app: FastAPI) -> None:
-    """Answer every error of `app` with a problem."""
+def install(app: FastAPI, pages: PageRenderer | None = None) -> None:
+    """Answer every error of `app` with a problem (an HTML page rendered by `pages` for
+    a browser on a console path)."""
 
-    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+    def page_for(request: Request) -> PageRenderer | None:
+        if pages is not None and wants_page(request.headers, request.url.path):
+            return pages
+        return None
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        render = page_for(request)
+        known = classify(exc)
+        if render is not None and known is not None:
+            return render(*known, request.url.path, headers_for(exc))
         return response_for(exc, request.url.path)
 
-    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         kind = "too-large" if exc.status_code == 413 else HTTPStatus(exc.status_code).name.lower()
-        return problem_response(exc.status_code, kind.replace("_", "-"), str(exc.detail),
-                                request.url.path, exc.headers)  # fmt: skip
+        kind = kind.replace("_", "-")
+        render = page_for(request)
+        if render is not None:
+            return render(exc.status_code, kind, str(exc.detail), request.url.path,
+                          Headers(exc.headers or {}))  # fmt: skip
+        return problem_response(exc.status_code, kind, str(exc.detail), request.url.path,
+                                exc.headers)  # fmt: skip
 
-    async def on_invalid(request: Request, exc: Exception) -> JSONResponse:
+    async def on_invalid(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
+        render = page_for(request)
+        if render is not None:
+            return render(422, "invalid-input", validation_detail(exc), request.url.path, {})
         return problem_response(422, "invalid-input", validation_detail(exc), request.url.path)
 
     app.add_exception_handler(HTTPException, on_http)
