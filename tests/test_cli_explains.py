@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from psycopg.conninfo import make_conninfo
@@ -34,15 +33,14 @@ def test_a_bad_database_url_fails_fast_with_postgres_own_reason(
     url_part: dict[str, str], cause: str
 ) -> None:
     url = make_conninfo(os.environ["JOBSYS_DATABASE_URL"], **url_part)
-    started = time.monotonic()
     proc = cli("status", "1", JOBSYS_DATABASE_URL=url)
-    took = time.monotonic() - started
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("jobsys: Postgres refused the connection") and cause in lines[0]
+    # Refused by the first plain connection, before any pool waits (how long
+    # that takes is measured, not asserted: issue 22's note).
     assert "psycopg.pool" not in proc.stderr
-    assert took < 10, f"took {took:.1f} s"  # generous for a loaded machine; was ~12 s
 
 
 def test_items_dash_reads_standard_input() -> None:
