@@ -23,6 +23,10 @@ from jobsys.settings import Settings, get_settings
 
 RESULTS_QUEUE = "results"
 CONTROL_QUEUE = "control"
+# Completion hooks have a queue of their own, consumed by a small pool of its
+# own in each worker (jobsys.worker.run): a receiver that hangs can only hold
+# up other hooks, never a bootstrap or a result batch.
+HOOKS_QUEUE = "hooks"
 # Connection timeouts: a Redis that stops answering fails a send (retried by
 # the caller) instead of hanging it.
 SOCKET_TIMEOUT_S = 10
