@@ -83,8 +83,8 @@ def retry(
         # The child runs the parent's code: allowed now, as for a submit
         # (jobsys.pipelines.allow), or no child is made.
         resolve(parent["pipeline"])
-        if parent["on_complete"] is not None:
-            check_target(parent["on_complete"])
+        if parent["hook_target"] is not None:
+            check_target(parent["hook_target"])
         child = conn.execute(Q.insert_retry_job, {"parent_id": job_id}).fetchone()
         assert child is not None
         child_id: int = child["id"]

@@ -109,7 +109,8 @@ def submit(
         assert job is not None
         job_id = job["id"]
         if hook is not None:
-            conn.execute(Q.set_on_complete, {"job_id": job_id, "target": hook.target})
+            params = {"job_id": job_id, "target": hook.target, "shown": hook.shown}
+            conn.execute(Q.set_on_complete, params)
         count = 0
         with conn.cursor().copy(Q.copy_tasks) as copy:
             for count, text in enumerate(checked_items(source, limit), start=1):

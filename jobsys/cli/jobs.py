@@ -23,6 +23,7 @@ from jobsys.cli.output import (
     progress_bar,
     table,
 )
+from jobsys.display import printable
 
 
 def job_links(job_id: int) -> dict[str, Any]:
@@ -95,7 +96,9 @@ def submit(
     if as_json:
         echo_json({"job_id": view.job_id, "status": view.status, "total": view.total})
     else:
-        click.echo(f"job {view.job_id} {view.status}: {view.total} tasks of {view.pipeline}")
+        click.echo(
+            printable(f"job {view.job_id} {view.status}: {view.total} tasks of {view.pipeline}")
+        )
 
 
 @click.command()

@@ -23,6 +23,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from jobsys.display import printable, safe_json
 from jobsys.models import JobView
 
 # A job id argument: a positive integer.
@@ -57,8 +58,8 @@ def _default(value: Any) -> Any:
 
 
 def echo_json(value: Any) -> None:
-    """One JSON document on stdout."""
-    click.echo(json.dumps(value, default=_default, ensure_ascii=False))
+    """One JSON document on stdout (nothing in it a terminal would act on)."""
+    click.echo(safe_json(json.dumps(value, default=_default, ensure_ascii=False)))
 
 
 def job_dict(view: JobView) -> dict[str, Any]:
@@ -72,8 +73,9 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
     for col in columns:
         t.add_column(col)
     for row in rows:
-        # Text, not str: rich would read "[...]" in a job name or error as markup.
-        t.add_row(*(Text("" if v is None else str(v)) for v in row))
+        # Text, not str: rich would read "[...]" in a job name or error as markup;
+        # printable: a control character in one would act on the terminal.
+        t.add_row(*(Text("" if v is None else printable(str(v))) for v in row))
     console.print(t)
 
 

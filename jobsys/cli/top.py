@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from jobsys.cli.output import wide_console
-from jobsys.display import one_line
+from jobsys.display import one_line, printable
 from jobsys.lifecycle.blocked import blocked_reason
 from jobsys.nats.presence import Member, members
 from jobsys.ops.monitor import ActiveJob, Snapshot, active_jobs
@@ -114,7 +114,7 @@ def frame(
         share = job.settled / job.total if job.total else 1.0
         table.add_row(
             str(job.job_id),
-            Text((job.name[:24] if screen else job.name) or job.pipeline),
+            Text(printable((job.name[:24] if screen else job.name) or job.pipeline)),
             job.status,
             ProgressBar(total=max(job.total, 1), completed=job.settled, width=20),
             f"{share:.1%}",

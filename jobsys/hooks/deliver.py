@@ -40,6 +40,7 @@ import time
 import uuid
 from typing import Any
 
+from jobsys.display import redact
 from jobsys.dramatiq.messages import send_hook, send_to_actor
 from jobsys.errors import InvalidInput
 from jobsys.hooks.post import PostFailed, post
@@ -193,6 +194,8 @@ def deliver(job_id: int, settings: Settings | None = None) -> str:
 
 
 def _failed(job_id: int, attempt: int, error: str, s: Settings) -> str:
+    # Stored and shown (last_error, the event): never a credential of the URL.
+    error = redact(error)
     give_up = attempt >= s.hook_max_attempts
     delay = 0.0 if give_up else _backoff_s(attempt, s)
     params = {"job_id": job_id, "attempt": attempt, "give_up": give_up, "delay_s": delay,
