@@ -50,7 +50,11 @@ _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{16,}")
 # and cursor sequences, CR rewrites the line, BS erases), DEL, C1 controls
 # (U+009B is a one-character CSI to some terminals) and the bidirectional
 # marks, embeddings, overrides and isolates that reorder the text around them.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Lone surrogates (bytes that were not UTF-8, as Python decodes a command
+# line) cannot even be written to a UTF-8 terminal.
+_UNPRINTABLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 

@@ -29,7 +29,8 @@ NOT_UTF8 = os.fsdecode(b"bad\xff\xfename")
 
 
 def _run(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args))
+    # Wide: a table shows whole names.
+    return CliRunner().invoke(main, list(args), env={"COLUMNS": "400"})
 
 
 def _one_error_line(result: Result) -> str:
@@ -63,13 +64,13 @@ BAD = [
     (["tasks", HUGE], "not in the range"),
     (["retry", HUGE], "not in the range"),
     (["inspect", HUGE], "not in the range"),
-    (["status", "-1"], "not in the range"),
+    (["status", "-1"], "'-1'"),
     (["status", NOT_UTF8], "is not a valid integer"),
     # numbers: inf, NaN, huge, negative
     (["prune", "--older-than", "inf"], "--older-than"),
     (["prune", "--older-than", "nan"], "--older-than"),
     (["prune", "--older-than", "1e308"], "--older-than"),
-    (["prune", "--older-than", "-1"], "--older-than"),
+    (["prune", "--older-than", "-1"], "older-than"),
     (["submit", "echo", "--count", "3", "--failure-threshold", "nan"], "--failure-threshold"),
     (["submit", "echo", "--count", "3", "--failure-threshold", "inf"], "--failure-threshold"),
     (["submit", "echo", "--count", "3", "--task-timeout", "nan"], "--task-timeout"),

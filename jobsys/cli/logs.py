@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 import jobsys
+from jobsys.cli.output import JOB_ID
 from jobsys.display import printable, safe_json
 from jobsys.lifecycle.states import FINAL
 from jobsys.pg.events import read_events
@@ -31,7 +32,7 @@ def _json(job_id: int, event: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.argument("job_id", type=click.IntRange(min=1))
+@click.argument("job_id", type=JOB_ID)
 @click.option("--follow", "-f", is_flag=True,
               help="Keep printing new events until the job is final (Ctrl-C stops).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event and line.")

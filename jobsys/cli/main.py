@@ -89,7 +89,11 @@ class JobsysGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
+        except click.ClickException as exc:
+            # click quotes the value it refused: shown escaped, like all input.
+            exc.message = printable(exc.message)  # type: ignore[misc]
+            raise
+        except (click.exceptions.Exit, click.Abort):
             raise
         except JobsysError as exc:
             _fail(str(exc))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,10 +25,24 @@ from rich.table import Table
 from rich.text import Text
 
 from jobsys.display import printable, safe_json
-from jobsys.models import JobView
+from jobsys.models import PG_BIGINT_MAX, JobView
 
-# A job id argument: a positive integer.
-JOB_ID = click.IntRange(min=1)
+# A job id argument: a positive integer a job id can be (Postgres bigint).
+JOB_ID = click.IntRange(min=1, max=PG_BIGINT_MAX)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option in a range, never NaN or infinite (a range lets NaN through:
+    every comparison with it is false)."""
+
+    name = "finite float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
 
 # `--metrics-port` of the long-running commands; JOBSYS_METRICS_PORT is its default.
 METRICS_PORT = click.option(
