@@ -324,7 +324,7 @@ def parse_hook_headers(text: str) -> dict[str, dict[str, str]]:
         raise ValueError("must be a JSON object {origin: {header: value}}")
     out: dict[str, dict[str, str]] = {}
     for origin, headers in data.items():
-        if not isinstance(origin, str) or not origin.startswith(("http://", "https://")):
+        if not isinstance(origin, str) or not origin.lower().startswith(("http://", "https://")):
             raise ValueError("each key must be an origin, e.g. https://hooks.example.com")
         if not isinstance(headers, dict) or not all(
             isinstance(k, str) and _HEADER_NAME_RE.match(k) and isinstance(v, str)

@@ -5,19 +5,24 @@ worker and processor processes, real local HTTP receivers (tests/badreceivers.py
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 import jobsys
 from jobsys.api.items import counted_items
 from jobsys.api.read import hook_state, wait_until_final
+from jobsys.hooks.deliver import deliver
 from jobsys.ops.runner import LocalSystem
 from jobsys.pg.db import connection
+from jobsys.settings import get_settings, origin_of
+from jobsys.worker.actors import process_results
 from tests.badreceivers import BadReceiver, Mode
-from tests.helpers import leave_only
+from tests.helpers import leave_only, make_started_job, pull_results
 from tests.hookserver import HookServer
 
 SLOW_HOOKS = 8
@@ -130,3 +135,17 @@ def test_a_job_without_tasks_sends_its_hook_at_once(tmp_path: Path) -> None:
     assert got.body["job_id"] == view.job_id and got.body["status"] == "success"
     assert got.body["total"] == 0
     assert hook_state(view.job_id)["state"] == "delivered"  # type: ignore[index]
+
+
+def test_a_receiver_gets_the_headers_of_its_origin_and_no_other() -> None:
+    with HookServer() as server, HookServer() as other:
+        headers = {origin_of(server.url): {"Authorization": "Bearer S3cret"}}
+        s = get_settings().model_copy(update={"hook_headers": SecretStr(json.dumps(headers))})
+        for receiver in (server, other):
+            job_id = make_started_job(2, on_complete=receiver.url)
+            process_results.fn(job_id, pull_results(job_id, 2))
+            assert deliver(job_id, s) == "delivered"
+        ((got,), (elsewhere,)) = server.received, other.received
+    assert got.headers["Authorization"] == "Bearer S3cret"
+    assert "Authorization" not in elsewhere.headers
+    assert got.headers["Idempotency-Key"] == f"job-{got.body['job_id']}"
