@@ -77,8 +77,10 @@ NEEDS_POSTGRES = {"restart_postgres", "stall_postgres", "delete_stream", "stop_w
                   "redis_full"}  # fmt: skip
 # Not drawn while the workers are stopped.
 WORKER_FAULTS = {"kill_worker", "stop_workers", "redis_full"}
-# Not drawn while Redis is full: they would end it early (a restart resets its limit).
-REDIS_FAULTS = {"restart_redis", "flush_redis", "redis_full"}
+# Not drawn while Redis is full: they would end it early (a restart resets its
+# limit), or need it to take a message.
+REDIS_FAULTS = {"restart_redis", "flush_redis", "redis_full", "delete_stream", "duplicate_item",
+                "duplicate_results"}  # fmt: skip
 # A Postgres outage this many ack_waits long: results cannot be recorded for
 # that long, so without holding them every waiting task would be redelivered.
 STALL_ACK_WAITS = 3
@@ -94,8 +96,9 @@ STOP_ACK_WAITS = 5
 REDIS_FULL_ACK_WAITS = 4
 # Redis stays full this long after the workers resume, then takes writes again.
 REDIS_FULL_AFTER_S = 5.0
-# Room above Redis's use when the workers stop: the results waiting fill it.
-REDIS_ROOM_BYTES = 2 * 1024 * 1024
+# Room above Redis's use when the workers stop: the results waiting fill it
+# within seconds (a chaos result is ~100 bytes; each processor holds 2,000).
+REDIS_ROOM_BYTES = 256 * 1024
 # The harness's own reconcile passes while no worker runs the scheduler's.
 OUTAGE_RECONCILE_EVERY_S = 5.0
 # At the end of the faults, the last outage pass is waited for this long.
