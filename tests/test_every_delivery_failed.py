@@ -26,17 +26,17 @@ def test_tasks_that_fail_on_every_delivery_all_end_failed_with_their_error(
 ) -> None:
     items = [json.dumps({"path": f"/nonexistent/jobsys/{i}.txt"}) for i in range(TASKS)]
     view = jobsys.submit("tests.pipelines:read_file", iter(items), max_deliver=MAX_DELIVER)
-    leave_only(view.job_id)
-    send_bootstrap(view.job_id)
+    leave_only(view.id)
+    send_bootstrap(view.id)
     started = time.monotonic()
     env = {"JOBSYS_ACK_WAIT_S": "30", "JOBSYS_NAK_DELAY_S": "1"}
     with LocalSystem(workers=1, processors=2, concurrency=8, log_dir=tmp_path, env=env):
-        final = wait_until_final(view.job_id, timeout=FINAL_WITHIN_S)
+        final = wait_until_final(view.id, timeout=FINAL_WITHIN_S)
     took = time.monotonic() - started
     with connection() as conn:
         rows = conn.execute(
             "SELECT task_no, status, error, deliveries FROM job_tasks WHERE job_id = %s",
-            (view.job_id,),
+            (view.id,),
         ).fetchall()
     wrong = [dict(r) for r in rows if r["status"] != "failed"]
     assert wrong == [], f"tasks that did not end failed (job final after {took:.0f}s): {wrong}"
@@ -44,4 +44,4 @@ def test_tasks_that_fail_on_every_delivery_all_end_failed_with_their_error(
         assert r["error"].startswith(f"gave up after {MAX_DELIVER} deliveries: ")
         assert "FileNotFoundError" in r["error"] and "No such file" in r["error"]
     assert final.status == "failure" and final.failed == TASKS and final.lost == 0
-    assert_counters_match_ledger(view.job_id)
+    assert_counters_match_ledger(view.id)

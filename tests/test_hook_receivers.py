@@ -69,14 +69,14 @@ def _beside_slow_receivers(tmp_path: Path, mode: Mode) -> list[int]:
     leave_only(0)  # this test's processes serve its jobs alone
     with BadReceiver(mode) as receiver:
         hooked = [
-            jobsys.submit("echo", counted_items(1), on_complete=receiver.url).job_id
+            jobsys.submit("echo", counted_items(1), on_complete=receiver.url).id
             for _ in range(SLOW_HOOKS)
         ]
         with LocalSystem(workers=1, threads=8, processors=1, log_dir=tmp_path, env=env):
             receiver.wait_requests(SLOW_HOOKS, timeout=120)
             started = time.monotonic()
             big = jobsys.submit("echo", counted_items(BIG_JOB))
-            final = wait_until_final(big.job_id, timeout=BIG_JOB_WITHIN_S)
+            final = wait_until_final(big.id, timeout=BIG_JOB_WITHIN_S)
             took = time.monotonic() - started
             print(f"\n{BIG_JOB}-task job beside {SLOW_HOOKS} {mode} receivers: {took:.1f} s "
                   f"(their requests so far: {receiver.requests})")  # fmt: skip
@@ -115,15 +115,15 @@ def test_a_huge_hook_answer_is_not_read_into_the_worker(tmp_path: Path, status: 
         LocalSystem(workers=1, processors=1, log_dir=tmp_path, env=env) as system,
     ):
         view = jobsys.submit("echo", counted_items(5), on_complete=receiver.url)
-        assert wait_until_final(view.job_id, timeout=120).status == "success"
+        assert wait_until_final(view.id, timeout=120).status == "success"
         want = "delivered" if status == 200 else "failed"
-        _wait(lambda: (hook_state(view.job_id) or {}).get("state") == want, 60, "the attempt")
+        _wait(lambda: (hook_state(view.id) or {}).get("state") == want, 60, "the attempt")
         peak = _peak_rss_mb(system.workers[0].pid)
         print(f"\nworker peak RSS with a {HUGE_BYTES >> 20} MB answer ({status}): {peak:.0f} MB; "
               f"receiver sent {receiver.sent >> 20} MB before the worker left")  # fmt: skip
         assert peak < WORKER_PEAK_RSS_MB
     if status == 500:
-        (event,) = _events(view.job_id, "hook_gave_up")
+        (event,) = _events(view.id, "hook_gave_up")
         assert event["error"].startswith("HTTP 500: xxxx")
 
 
@@ -132,9 +132,9 @@ def test_a_job_without_tasks_sends_its_hook_at_once(tmp_path: Path) -> None:
     with HookServer() as server, LocalSystem(workers=1, processors=0, log_dir=tmp_path):
         view = jobsys.submit("echo", counted_items(0), on_complete=server.url)
         (got,) = server.wait_accepted(1, timeout=60)
-    assert got.body["job_id"] == view.job_id and got.body["status"] == "success"
+    assert got.body["job_id"] == view.id and got.body["status"] == "success"
     assert got.body["total"] == 0
-    assert hook_state(view.job_id)["state"] == "delivered"  # type: ignore[index]
+    assert hook_state(view.id)["state"] == "delivered"  # type: ignore[index]
 
 
 def test_a_receiver_gets_the_headers_of_its_origin_and_no_other() -> None:

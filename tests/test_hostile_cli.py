@@ -176,10 +176,10 @@ def test_control_characters_a_person_supplied_are_shown_escaped(tmp_path: Path) 
     view = jobsys.submit("echo", counted_items(1), name=name)
     items = tmp_path / "items.jsonl"
     items.write_text(json.dumps({"fail": True}) + "\n")
-    assert run_bootstrap(view.job_id) == "published"
-    for args in (["list", "--limit", "500"], ["status", str(view.job_id)],
-                 ["list", "--limit", "500", "--json"], ["status", str(view.job_id), "--json"],
-                 ["logs", str(view.job_id)], ["logs", str(view.job_id), "--json"],
+    assert run_bootstrap(view.id) == "published"
+    for args in (["list", "--limit", "500"], ["status", str(view.id)],
+                 ["list", "--limit", "500", "--json"], ["status", str(view.id), "--json"],
+                 ["logs", str(view.id)], ["logs", str(view.id), "--json"],
                  ["top", "--once"]):  # fmt: skip
         out = _run(*args)
         assert out.exit_code == 0, out.stderr

@@ -93,7 +93,7 @@ def test_recording_recovers_on_its_own_after_redis_refused_writes(
     view = jobsys.submit("echo", items)
     with LocalSystem(workers=1, threads=8, processors=2, log_dir=tmp_path) as system:
         deadline = time.monotonic() + 120
-        while jobsys.get_job(view.job_id).done < 3_000:
+        while jobsys.get_job(view.id).done < 3_000:
             assert time.monotonic() < deadline, "recording never got going"
             time.sleep(0.05)
         worker = system.workers[0]
@@ -109,19 +109,19 @@ def test_recording_recovers_on_its_own_after_redis_refused_writes(
         assert refused, "the processors' results never filled Redis"
         os.kill(worker.pid, signal.SIGCONT)
         time.sleep(FULL_AFTER_RESUME_S)
-        done_at_lift = jobsys.get_job(view.job_id).done
+        done_at_lift = jobsys.get_job(view.id).done
         client.config_set("maxmemory", 0)
         lifted_at = time.monotonic()
         try:
-            final = wait_until_final(view.job_id, timeout=RECOVERED_WITHIN_S)
+            final = wait_until_final(view.id, timeout=RECOVERED_WITHIN_S)
         except Exception:
-            raise AssertionError(f"{jobsys.get_job(view.job_id)}; {_queues(client)}") from None
+            raise AssertionError(f"{jobsys.get_job(view.id)}; {_queues(client)}") from None
         took = time.monotonic() - lifted_at
         system.check_alive()
     print(f"\nrecorded {done_at_lift:,} of {TASKS:,} when the limit was lifted; "
           f"final {took:.0f} s later")  # fmt: skip
     assert final.status == "success" and final.done == TASKS
-    assert_counters_match_ledger(view.job_id)
+    assert_counters_match_ledger(view.id)
 
 
 def test_doctor_says_what_redis_needs(private_redis: redis.Redis) -> None:

@@ -80,7 +80,7 @@ class Receivers:
 def submit_probe(during: str) -> Probe:
     """Submit one probe job now."""
     view = jobsys.submit("echo", counted_items(PROBE_TASKS), name=f"probe ({during})")
-    return Probe(view.job_id, time.time(), during)
+    return Probe(view.id, time.time(), during)
 
 
 def check_hooks(hooks: dict[int, str]) -> tuple[list[str], dict[str, int]]:
