@@ -186,6 +186,8 @@ class Faults:
     probes: list[Probe] = field(default_factory=list)
     peak_worker_rss_mb: float = 0.0
     probe_pending: bool = False
+    # Which worker outage runs (`stop_workers` or `redis_full`), for its figures.
+    outage_kind: str = "stop_workers"
 
     def __post_init__(self) -> None:
         self.next_fault = self.started + self.rng.uniform(1, 4)
@@ -331,6 +333,7 @@ class Faults:
         for p in self.stopped:
             p.send_signal(signal.SIGSTOP)
         self.workers_back_at = time.monotonic() + STOP_ACK_WAITS * self.ack_wait
+        self.outage_kind = "stop_workers"
         self.outage_started["workers"] = time.time()
         self.next_outage_pass = time.monotonic() + OUTAGE_RECONCILE_EVERY_S
         self.peak_waiting = 0
@@ -352,14 +355,14 @@ class Faults:
     def _outage_pass(self) -> None:
         try:
             reconcile_pass(trigger="chaos")
-            self.figures.setdefault("stop_workers", Counter())["harness_passes"] += 1
+            self.figures.setdefault(self.outage_kind, Counter())["harness_passes"] += 1
         except Exception as exc:
             print(f"chaos: reconcile pass during the outage failed: {exc!r}", flush=True)
 
     def _workers_back(self) -> None:
         self.peak_waiting = max(self.peak_waiting, sum(self._results_waiting().values()))
         # Results that waited in Redis for the recorder (their tasks held in NATS).
-        self.figures.setdefault("stop_workers", Counter())["results_waiting_peak"] += (
+        self.figures.setdefault(self.outage_kind, Counter())["results_waiting_peak"] += (
             self.peak_waiting
         )
         for p in self.stopped:
@@ -424,6 +427,7 @@ class Faults:
             client.close()
         self.workers_back_at = time.monotonic() + REDIS_FULL_ACK_WAITS * self.ack_wait
         self.redis_lift_at = self.workers_back_at + REDIS_FULL_AFTER_S
+        self.outage_kind = "redis_full"
         self.outage_started["workers"] = self.redis_full_since = time.time()
         self.next_outage_pass = time.monotonic() + OUTAGE_RECONCILE_EVERY_S
         self.peak_waiting = 0
