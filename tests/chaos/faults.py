@@ -69,8 +69,10 @@ FAULTS = (
     "delete_stream",
     "restart_postgres",
     "duplicate_results",
-    "stall_postgres",
+    # Before the Postgres stall: both are outages, and in a short run there is
+    # room for the first of each only if this one does not wait for the stall.
     "redis_full",
+    "stall_postgres",
 )
 # Not drawn while Postgres is down (they need it to pick a target, or are Postgres faults).
 NEEDS_POSTGRES = {"restart_postgres", "stall_postgres", "delete_stream", "stop_workers",
@@ -93,7 +95,7 @@ STALL_ACK_WAITS = 3
 STOP_ACK_WAITS = 5
 # Workers stopped this many ack_waits while Redis fills up and refuses writes
 # (longer than the 10 s a NATS flush waits: a flush in flight times out).
-REDIS_FULL_ACK_WAITS = 4
+REDIS_FULL_ACK_WAITS = 3
 # Redis stays full this long after the workers resume, then takes writes again.
 REDIS_FULL_AFTER_S = 5.0
 # Room above Redis's use when the workers stop: the results waiting fill it
@@ -286,7 +288,7 @@ class Faults:
             return False
         # An outage starts only if it can last its whole length in the window.
         lasts = {"stop_workers": STOP_ACK_WAITS, "stall_postgres": STALL_ACK_WAITS,
-                 "redis_full": REDIS_FULL_ACK_WAITS + 2}.get(kind, 0)  # fmt: skip
+                 "redis_full": REDIS_FULL_ACK_WAITS + 1}.get(kind, 0)  # fmt: skip
         return time.monotonic() + lasts * self.ack_wait <= self.ends
 
     # -- processes --------------------------------------------------------------
@@ -410,11 +412,11 @@ class Faults:
 
     def redis_full(self) -> dict[str, Any] | None:
         """Stop every worker and set Redis's limit just above its use (`noeviction`):
-        the processors' results fill it and it refuses writes. The workers resume
-        after REDIS_FULL_ACK_WAITS ack_waits; Redis takes writes REDIS_FULL_AFTER_S
+        the processors' results fill it and it refuses writes (at once, if no job
+        runs: the limit is then set below its use). The workers resume after
+        REDIS_FULL_ACK_WAITS ack_waits; Redis takes writes REDIS_FULL_AFTER_S
         later. A probe job is submitted once Redis refuses writes."""
-        if not self._started_jobs():
-            return None
+        room = REDIS_ROOM_BYTES if self._started_jobs() else -1
         client = redis.Redis.from_url(get_settings().redis_url)
         try:
             client.config_set("maxmemory-policy", "noeviction")
@@ -422,7 +424,7 @@ class Faults:
             self.stopped = [p for p in self.system.workers if p.poll() is None]
             for p in self.stopped:
                 p.send_signal(signal.SIGSTOP)
-            client.config_set("maxmemory", used + REDIS_ROOM_BYTES)
+            client.config_set("maxmemory", max(used + room, 1))
         finally:
             client.close()
         self.workers_back_at = time.monotonic() + REDIS_FULL_ACK_WAITS * self.ack_wait
