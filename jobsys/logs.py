@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from jobsys.display import redact
+from jobsys.display import printable, redact
 
 # Attributes every LogRecord has; anything else came in through `extra`
 # (but uvicorn's `color_message`, the same message with terminal colours).
@@ -39,7 +39,7 @@ class _Redacting(logging.Formatter):
         self.secrets = tuple(s for s in secrets if s)
 
     def redacted(self, line: str) -> str:
-        """`line` without secrets."""
+        """`line` without secrets (and, in text, nothing a terminal would act on)."""
         line = redact(line)
         for secret in self.secrets:
             line = line.replace(secret, "***")
@@ -73,7 +73,7 @@ class TextFormatter(_Redacting):
             line = f"{line} {extras}"
         if record.exc_info:
             line = f"{line} exc={self.formatException(record.exc_info)!r}"
-        return self.redacted(line)
+        return printable(self.redacted(line))
 
 
 def setup_logging(fmt: str = "text", level: str = "INFO", secrets: Iterable[str] = ()) -> None:

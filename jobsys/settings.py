@@ -17,10 +17,12 @@ so that crashed processes are recovered in seconds rather than minutes.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, field_validator
@@ -45,6 +47,8 @@ _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 RATE_PATTERN = r"^[1-9][0-9]{0,8}/(second|minute|hour)$"
 # An absolute dotted module name (``a``, ``a.b``).
 MODULE_NAME_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+# An HTTP header name (RFC 9110 token).
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 class Settings(BaseSettings):
@@ -158,13 +162,24 @@ class Settings(BaseSettings):
     secret: SecretStr | None = None
     secret_previous: SecretStr | None = None
 
-    # Completion hooks (jobsys/hooks.py). One attempt = one claim; a failed
+    # Completion hooks (jobsys/hooks/). One attempt = one claim; a failed
     # attempt waits backoff_s x 2^(attempt-1), at most backoff_max_s; after
     # max_attempts the hook is given up (defaults: ~42 minutes of trying).
     hook_max_attempts: int = Field(default=10, ge=1, le=100)
     hook_backoff_s: float = Field(default=5.0, gt=0)
     hook_backoff_max_s: float = Field(default=1_800.0, gt=0)
-    hook_timeout_s: float = Field(default=10.0, gt=0)
+    # The whole of one HTTP attempt -- connect, send, the answer's status and
+    # headers, and (for an error answer) the first KiB of its body -- must fit
+    # in this; a receiver that trickles or hangs is cut off here.
+    hook_timeout_s: float = Field(default=10.0, gt=0, le=3_600)
+    # Deliveries one worker process makes at once (its own threads and its own
+    # Dramatiq queue, `hooks`: never those of bootstraps and results).
+    hook_concurrency: int = Field(default=4, ge=1, le=256)
+    # Headers sent with the hooks of one origin only, as JSON:
+    # {"https://hooks.example.com": {"Authorization": "Bearer ..."}}. The way to
+    # give a receiver a credential: a secret in the target URL is stored and
+    # shown redacted (docs/hooks.md).
+    hook_headers: SecretStr | None = None
     # A sender that claimed a delivery and did not mark it within this long
     # died (or stalled): the delivery may be claimed again. Must be well over
     # hook_timeout_s, or a slow but live sender is doubled.
@@ -231,6 +246,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"{prefix!r} is not a module name (give e.g. mypkg,other.jobs)")
         return value
 
+    @field_validator("hook_headers")
+    @classmethod
+    def _hook_headers_are_headers_by_origin(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message names the problem, never a value (it may hold a credential).
+        if value is not None:
+            parse_hook_headers(value.get_secret_value())
+        return value
+
     @property
     def dramatiq_namespace(self) -> str:
         """Redis key prefix of this deployment's Dramatiq queues."""
@@ -271,6 +294,46 @@ def setting_sources() -> dict[str, str]:
             continue
         sources[field] = next((path for path, keys in files if name in keys), "default")
     return sources
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of an http(s) URL, lower case, default port left out."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    default = {"http": 80, "https": 443}.get(scheme)
+    netloc = (parts.hostname or "").lower()
+    if ":" in netloc:
+        netloc = f"[{netloc}]"  # an IPv6 address
+    if port is not None and port != default:
+        netloc = f"{netloc}:{port}"
+    return f"{scheme}://{netloc}"
+
+
+def parse_hook_headers(text: str) -> dict[str, dict[str, str]]:
+    """JOBSYS_HOOK_HEADERS read: {origin: {header: value}}; ValueError naming what is
+    wrong (never a value)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ValueError("must be a JSON object {origin: {header: value}}") from None
+    if not isinstance(data, dict):
+        raise ValueError("must be a JSON object {origin: {header: value}}")
+    out: dict[str, dict[str, str]] = {}
+    for origin, headers in data.items():
+        if not isinstance(origin, str) or not origin.lower().startswith(("http://", "https://")):
+            raise ValueError("each key must be an origin, e.g. https://hooks.example.com")
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and _HEADER_NAME_RE.match(k) and isinstance(v, str)
+            and not any(c in v for c in "\r\n\0")
+            for k, v in headers.items()
+        ):  # fmt: skip
+            raise ValueError(f"the headers of {origin_of(origin)} must be names to text values")
+        out[origin_of(origin)] = dict(headers)
+    return out
 
 
 @lru_cache(maxsize=1)

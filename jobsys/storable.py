@@ -21,6 +21,19 @@ _CUT_MARK = " ... [cut: {n:,} characters in all]"
 _STRICT_JSON = json.JSONEncoder(allow_nan=False, ensure_ascii=True)
 
 
+def storable_text(value: str) -> str:
+    """`value` if a text column can hold it as given (a name, a search text), else
+    ValueError saying why: no NUL, no lone surrogate (bytes that were not UTF-8,
+    as the command line hands them over)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid UTF-8 text") from None
+    return value
+
+
 def storable_error(text: object) -> str:
     """An error text Postgres can store: NUL escaped, lone surrogates escaped, cut to
     MAX_ERROR_CHARS; never empty."""

@@ -54,6 +54,7 @@ CREATE TABLE public.jobs (
     ledger_state text DEFAULT 'kept'::text NOT NULL,
     ledger_pruned_at timestamp with time zone,
     placed_count integer DEFAULT 0 NOT NULL,
+    hook_target text,
     CONSTRAINT jobs_cancelled_count_check CHECK ((cancelled_count >= 0)),
     CONSTRAINT jobs_done_count_check CHECK ((done_count >= 0)),
     CONSTRAINT jobs_failed_count_check CHECK ((failed_count >= 0)),

@@ -48,3 +48,10 @@ def odd_values(payload: dict[str, Any]) -> dict[str, Any]:
     `nan`/`inf` results, a `nul` or a `long_error` PermanentError; else the payload.
     (The built-in `echo` honours the same key; this stays for tests that name it.)"""
     return odd_result(payload)
+
+
+def read_file(payload: dict[str, Any]) -> dict[str, Any]:
+    """Read the file the payload names: a missing file raises FileNotFoundError, a
+    transient error as far as jobsys knows (delivered again until max_deliver)."""
+    with open(payload["path"], encoding="utf-8") as f:
+        return {"text": f.read()}

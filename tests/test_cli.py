@@ -61,7 +61,7 @@ def test_watch_exits_one_when_the_job_fails(system: object, tmp_path: Path) -> N
         (("status", "999999"), "job 999999 not found"),
         (("cancel", "999999"), "job 999999 not found"),
         (("submit", "nope", "--count", "3"), "unknown pipeline 'nope'"),
-        (("submit", "echo", "--count", "-1"), "--count must be 0 or more"),
+        (("submit", "echo", "--count", "-1"), "-1 is not in the range 0<=x<="),
         (("submit", "echo", "--count", "3", "--failure-threshold", "2"), "failure-threshold"),
         (("submit", "echo", "--items", "/no/such/file.jsonl"), "cannot read items file"),
         (("submit", "echo"), "give exactly one of --items FILE or --count N"),

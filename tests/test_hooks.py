@@ -200,6 +200,9 @@ def test_a_hook_whose_worker_is_killed_before_sending_is_still_delivered_once(
             # The killed worker's result batch comes back to the new worker: it
             # counts nothing (a late batch) and sends nothing more.
             _wait(lambda: _events(job.id, "late_results") != [], 60, "the redelivery")
+        # The receiver answered; the sender's mark commits a moment later (on a
+        # loaded machine, after the 1 s lease of this test: then it is due).
+        _wait(lambda: (_hook_row(job.id) or {}).get("state") == "delivered", 30, "the mark")
         assert resend_due(fast).resent == []
         time.sleep(1.0)
         system.check_alive()

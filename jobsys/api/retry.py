@@ -28,6 +28,7 @@ from jobsys.pg.db import connection
 from jobsys.pg.events import actor, record_event
 from jobsys.pg.queries import Q
 from jobsys.pipelines.resolve import resolve
+from jobsys.storable import storable_text
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,10 @@ def error_pattern(text: str | None) -> str | None:
         return None
     if not text or len(text) > MAX_PATTERN_CHARS or "\x00" in text:
         raise InvalidInput(f"error-like: must be 1 to {MAX_PATTERN_CHARS:,} characters, no NUL")
+    try:
+        storable_text(text)
+    except ValueError as exc:
+        raise InvalidInput(f"error-like: {exc}") from None
     return text if "%" in text else f"%{text}%"
 
 
@@ -83,8 +88,8 @@ def retry(
         # The child runs the parent's code: allowed now, as for a submit
         # (jobsys.pipelines.allow), or no child is made.
         resolve(parent["pipeline"])
-        if parent["on_complete"] is not None:
-            check_target(parent["on_complete"])
+        if parent["hook_target"] is not None:
+            check_target(parent["hook_target"])
         child = conn.execute(Q.insert_retry_job, {"parent_id": job_id}).fetchone()
         assert child is not None
         child_id: int = child["id"]

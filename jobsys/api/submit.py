@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from jobsys.api.enqueue import enqueue_bootstrap
 from jobsys.api.items import Items, checked_items, items_of, submit_item_limit
@@ -18,6 +18,7 @@ from jobsys.pg.events import actor, record_event
 from jobsys.pg.queries import Q
 from jobsys.pipelines.resolve import resolve
 from jobsys.settings import get_settings
+from jobsys.storable import storable_text
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +27,25 @@ log = logging.getLogger(__name__)
 _PROGRESS_EVERY = 10_000
 
 
+# Bounds of a job's options (the CLI's options say the same).
+MAX_TASK_TIMEOUT_S = 7 * 86_400
+MAX_IN_FLIGHT = 1_000_000
+
+
 class SubmitOptions(BaseModel):
     """What a submit may set besides its items; validated before anything is written."""
 
     pipeline: str = Field(min_length=1, max_length=500)
     name: str = Field(default="", max_length=10_000)
-    failure_threshold: float = Field(default=0.0, ge=0.0, le=1.0)
+    failure_threshold: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
     max_deliver: int = Field(ge=1, le=1_000)
-    task_timeout_s: float = Field(gt=0, le=7 * 86_400)
-    max_in_flight: int | None = Field(default=None, ge=1, le=1_000_000)
+    task_timeout_s: float = Field(gt=0, le=MAX_TASK_TIMEOUT_S, allow_inf_nan=False)
+    max_in_flight: int | None = Field(default=None, ge=1, le=MAX_IN_FLIGHT)
+
+    @field_validator("pipeline", "name")
+    @classmethod
+    def _storable(cls, value: str) -> str:
+        return storable_text(value)
 
 
 def _options(**kwargs: object) -> SubmitOptions:
@@ -109,7 +120,8 @@ def submit(
         assert job is not None
         job_id = job["id"]
         if hook is not None:
-            conn.execute(Q.set_on_complete, {"job_id": job_id, "target": hook.target})
+            params = {"job_id": job_id, "target": hook.target, "shown": hook.shown}
+            conn.execute(Q.set_on_complete, params)
         count = 0
         with conn.cursor().copy(Q.copy_tasks) as copy:
             for count, text in enumerate(checked_items(source, limit), start=1):

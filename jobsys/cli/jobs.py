@@ -13,9 +13,11 @@ from jobsys.api.items import counted_items, read_items
 from jobsys.api.job import wait_for, with_blocked
 from jobsys.api.read import hook_state
 from jobsys.api.retry import retries_of
+from jobsys.api.submit import MAX_IN_FLIGHT, MAX_TASK_TIMEOUT_S
 from jobsys.cli.output import (
     JOB_COLUMNS,
     JOB_ID,
+    FiniteFloat,
     echo_json,
     err_console,
     job_dict,
@@ -23,6 +25,10 @@ from jobsys.cli.output import (
     progress_bar,
     table,
 )
+from jobsys.display import printable
+
+# `--count N` at most (more tasks than this come from an items file).
+MAX_COUNT = 100_000_000
 
 
 def job_links(job_id: int) -> dict[str, Any]:
@@ -35,16 +41,18 @@ def job_links(job_id: int) -> dict[str, Any]:
 @click.option("--items", "items_path",
               type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
               help="JSON Lines file, one JSON object per task ('-': standard input).")  # fmt: skip
-@click.option("--count", type=int, help='Make N tasks {"n": i} instead of reading a file.')
+@click.option("--count", type=click.IntRange(0, MAX_COUNT),
+              help='Make N tasks {"n": i} instead of reading a file.')  # fmt: skip
 @click.option("--name", default="", help="A name for the job.")
-@click.option("--failure-threshold", type=float, default=0.0, show_default=True,
+@click.option("--failure-threshold", type=FiniteFloat(0, 1), default=0.0, show_default=True,
               help="Fraction of tasks that may fail before the job ends `failure`.")  # fmt: skip
-@click.option("--max-deliver", type=int, default=None,
+@click.option("--max-deliver", type=click.IntRange(1, 1_000), default=None,
               help="Deliveries per task (default JOBSYS_MAX_DELIVER).")  # fmt: skip
-@click.option("--task-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--task-timeout", type=FiniteFloat(0, MAX_TASK_TIMEOUT_S, min_open=True),
+              default=None,
               help="Seconds a task may run before it is stopped and retried "
                    "(default JOBSYS_TASK_TIMEOUT_S).")  # fmt: skip
-@click.option("--max-in-flight", type=click.IntRange(min=1), default=None,
+@click.option("--max-in-flight", type=click.IntRange(1, MAX_IN_FLIGHT), default=None,
               help="At most N of the job's tasks delivered and unacknowledged at once, "
                    "across all processors (default JOBSYS_MAX_ACK_PENDING).")  # fmt: skip
 @click.option("--on-complete", default=None, metavar="TARGET",
@@ -95,7 +103,9 @@ def submit(
     if as_json:
         echo_json({"job_id": view.job_id, "status": view.status, "total": view.total})
     else:
-        click.echo(f"job {view.job_id} {view.status}: {view.total} tasks of {view.pipeline}")
+        click.echo(
+            printable(f"job {view.job_id} {view.status}: {view.total} tasks of {view.pipeline}")
+        )
 
 
 @click.command()
@@ -161,7 +171,8 @@ def list_cmd(status_filter: str | None, limit: int, as_json: bool) -> None:
 
 @click.command()
 @click.argument("job_id", type=JOB_ID)
-@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+@click.option("--timeout", type=FiniteFloat(min=0, min_open=True), default=None,
+              help="Give up after this many seconds.")  # fmt: skip
 def watch(job_id: int, timeout: float | None) -> None:
     """Show a progress bar until JOB_ID is final; exit 0 on success, 1 otherwise.
 

@@ -9,6 +9,8 @@ from typing import Any
 import click
 
 import jobsys
+from jobsys.cli.output import JOB_ID
+from jobsys.display import printable, safe_json
 from jobsys.lifecycle.states import FINAL
 from jobsys.pg.events import read_events
 
@@ -20,17 +22,17 @@ def _text(event: dict[str, Any]) -> str:
     at = event["at"].astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     fields = " ".join(f"{k}={v}" for k, v in (event["detail"] or {}).items())
     line = f"{at} {event['level']:<7} {event['event']}"
-    return f"{line} {fields}" if fields else line
+    return printable(f"{line} {fields}" if fields else line)
 
 
 def _json(job_id: int, event: dict[str, Any]) -> str:
     out = {"id": event["id"], "job_id": job_id, "at": event["at"].isoformat(),
            "level": event["level"], "event": event["event"], "detail": event["detail"]}  # fmt: skip
-    return json.dumps(out, ensure_ascii=False)
+    return safe_json(json.dumps(out, ensure_ascii=False))
 
 
 @click.command()
-@click.argument("job_id", type=click.IntRange(min=1))
+@click.argument("job_id", type=JOB_ID)
 @click.option("--follow", "-f", is_flag=True,
               help="Keep printing new events until the job is final (Ctrl-C stops).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event and line.")

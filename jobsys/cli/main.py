@@ -19,7 +19,7 @@ import psycopg
 import redis.exceptions
 from pydantic import ValidationError
 
-from jobsys.display import one_line
+from jobsys.display import one_line, printable
 from jobsys.dramatiq.signing import require_secret
 from jobsys.errors import JobsysError
 from jobsys.logs import setup_logging
@@ -62,7 +62,8 @@ _CONNINFO_ERROR = re.compile(r"connection info string|connection option|URI|inva
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"jobsys: {message}", err=True)
+    # One line, nothing in it a terminal would act on (it may quote input).
+    click.echo(f"jobsys: {printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -88,7 +89,11 @@ class JobsysGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
+        except click.ClickException as exc:
+            # click quotes the value it refused: shown escaped, like all input.
+            exc.message = printable(exc.message)  # type: ignore[misc]
+            raise
+        except (click.exceptions.Exit, click.Abort):
             raise
         except JobsysError as exc:
             _fail(str(exc))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,10 +24,25 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from jobsys.models import JobView
+from jobsys.display import printable, safe_json
+from jobsys.models import PG_BIGINT_MAX, JobView
 
-# A job id argument: a positive integer.
-JOB_ID = click.IntRange(min=1)
+# A job id argument: a positive integer a job id can be (Postgres bigint).
+JOB_ID = click.IntRange(min=1, max=PG_BIGINT_MAX)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option in a range, never NaN or infinite (a range lets NaN through:
+    every comparison with it is false)."""
+
+    name = "finite float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
 
 # `--metrics-port` of the long-running commands; JOBSYS_METRICS_PORT is its default.
 METRICS_PORT = click.option(
@@ -57,8 +73,8 @@ def _default(value: Any) -> Any:
 
 
 def echo_json(value: Any) -> None:
-    """One JSON document on stdout."""
-    click.echo(json.dumps(value, default=_default, ensure_ascii=False))
+    """One JSON document on stdout (nothing in it a terminal would act on)."""
+    click.echo(safe_json(json.dumps(value, default=_default, ensure_ascii=False)))
 
 
 def job_dict(view: JobView) -> dict[str, Any]:
@@ -72,8 +88,9 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
     for col in columns:
         t.add_column(col)
     for row in rows:
-        # Text, not str: rich would read "[...]" in a job name or error as markup.
-        t.add_row(*(Text("" if v is None else str(v)) for v in row))
+        # Text, not str: rich would read "[...]" in a job name or error as markup;
+        # printable: a control character in one would act on the terminal.
+        t.add_row(*(Text("" if v is None else printable(str(v))) for v in row))
     console.print(t)
 
 

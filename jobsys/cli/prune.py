@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import click
 
-from jobsys.cli.output import echo_json, table
+from jobsys.cli.output import FiniteFloat, echo_json, table
 from jobsys.lifecycle.retention import prune
+
+# `--older-than` at most: a million days (Postgres intervals end at ~178 million years).
+MAX_DAYS = 1_000_000
 
 
 @click.command(name="prune")
-@click.option("--older-than", "older_than", type=click.FloatRange(min=0), default=None,
+@click.option("--older-than", "older_than", type=FiniteFloat(0, MAX_DAYS), default=None,
               metavar="DAYS",
               help="Jobs final for longer than this (default JOBSYS_RETAIN_DAYS).")  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,6 +20,7 @@ from jobsys.api.formats import csv_cells, jsonl_line
 from jobsys.api.statuses import parse_statuses
 from jobsys.api.tasks import group_errors, list_tasks
 from jobsys.cli.output import JOB_ID, echo_json, progress_bar, table
+from jobsys.errors import InvalidInput
 
 # Rows between progress bar updates.
 PROGRESS_EVERY = 5_000
@@ -25,19 +28,71 @@ PROGRESS_EVERY = 5_000
 TABLE_ERROR_CHARS = 300
 
 
+_KINDS = {
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a directory",
+}
+
+
+@dataclass
+class Target:
+    """Where `--output` writes: the file (a symlink's target), and the mode of the file
+    it replaces (None: a new file)."""
+
+    path: Path
+    replaces_mode: int | None
+
+
+def output_target(given: Path) -> Target:
+    """The regular file `--output` may write, or InvalidInput (one line): a device, a
+    FIFO, a socket or a directory is refused, and so is a directory that is missing.
+    Through a symlink, the file it points at is written and the link stays."""
+    path = Path(os.path.realpath(given))
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise InvalidInput(f"--output: cannot use {given} ({exc.strerror})") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a file")
+        raise InvalidInput(f"--output: {given} is {kind}, not a regular file: give a file "
+                           "to create or replace (or leave --output out for stdout)")  # fmt: skip
+    if not path.parent.is_dir():
+        raise InvalidInput(f"--output: directory {path.parent} does not exist")
+    return Target(path, stat.S_IMODE(st.st_mode) if st is not None else None)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def _open_output(path: Path | None, fmt: str) -> Iterator[IO[str]]:
-    """stdout, or a temporary file next to `path` renamed onto it only when complete."""
+def _open_output(target: Target | None, fmt: str) -> Iterator[IO[str]]:
+    """stdout, or a temporary file beside the target renamed onto it only when complete
+    (with the replaced file's mode, or the umask's for a new one)."""
     newline = "" if fmt == "csv" else None
-    if path is None:
+    if target is None:
         yield sys.stdout
         sys.stdout.flush()
         return
-    directory = path.resolve().parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
+    path = target.path
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as exc:
+        raise InvalidInput(f"--output: cannot write in {path.parent} ({exc.strerror})") from None
     try:
         with open(fd, "w", encoding="utf-8", newline=newline) as out:
             yield out
+            out.flush()
+            os.fsync(out.fileno())
+        mode = target.replaces_mode if target.replaces_mode is not None else 0o666 & ~_umask()
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -92,7 +147,8 @@ def _summary(export: Export, written: int, where: str) -> tuple[str, bool]:
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl",
               show_default=True)  # fmt: skip
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write here (complete or not at all) instead of stdout.")  # fmt: skip
+              help="Write this file (complete or not at all: a new file renamed into "
+                   "place) instead of stdout.")  # fmt: skip
 @click.option("--with-payload", is_flag=True, help="Add each task's payload.")
 @click.option("--latest", is_flag=True,
               help="Each task's latest outcome across JOB_ID and its retries.")  # fmt: skip
@@ -111,14 +167,17 @@ def results(
       jobsys results 42 --latest --status all   # after `jobsys retry 42`
     """
     statuses = parse_statuses(status, EXPORT_STATUSES)
+    target = output_target(output) if output is not None else None
     where = str(output) if output is not None else "stdout"
+    if target is not None and target.replaces_mode is not None:
+        where += f" (replaced the existing {output})"
     show_bar = sys.stderr.isatty() and (output is not None or not sys.stdout.isatty())
     try:
         with (
             open_export(
                 job_id, statuses, latest=latest, with_payload=with_payload, raw=True
             ) as export,
-            _open_output(output, fmt) as out,
+            _open_output(target, fmt) as out,
         ):
             expected = export.expected
             if show_bar:

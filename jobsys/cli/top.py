@@ -26,8 +26,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from jobsys.cli.output import wide_console
-from jobsys.display import one_line
+from jobsys.cli.output import FiniteFloat, wide_console
+from jobsys.display import one_line, printable
 from jobsys.lifecycle.blocked import blocked_reason
 from jobsys.nats.presence import Member, members
 from jobsys.ops.monitor import ActiveJob, Snapshot, active_jobs
@@ -114,7 +114,7 @@ def frame(
         share = job.settled / job.total if job.total else 1.0
         table.add_row(
             str(job.job_id),
-            Text((job.name[:24] if screen else job.name) or job.pipeline),
+            Text(printable((job.name[:24] if screen else job.name) or job.pipeline)),
             job.status,
             ProgressBar(total=max(job.total, 1), completed=job.settled, width=20),
             f"{share:.1%}",
@@ -167,7 +167,7 @@ def _quit_pressed(fd: int | None, timeout: float) -> bool:
 
 @click.command()
 @click.option("--once", is_flag=True, help="Print one frame and exit (for scripts).")
-@click.option("--interval", type=click.FloatRange(0.2, 3600), default=DEFAULT_INTERVAL_S,
+@click.option("--interval", type=FiniteFloat(0.2, 3600), default=DEFAULT_INTERVAL_S,
               show_default=True, help="Seconds between refreshes.")  # fmt: skip
 @click.option("--width", type=click.IntRange(40, 1000), default=None,
               help="Columns to draw with --once (default: the terminal's).")  # fmt: skip

@@ -14,20 +14,66 @@ enqueueing (deploy/redis/jobsys-acl.conf, docs/security.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.errors import ConnectionClosed
 
 from jobsys.credentials import redis_connection_kwargs
 from jobsys.settings import Settings, get_settings
 
 RESULTS_QUEUE = "results"
 CONTROL_QUEUE = "control"
+# Completion hooks have a queue of their own, consumed by a small pool of its
+# own in each worker (jobsys.worker.run): a receiver that hangs can only hold
+# up other hooks, never a bootstrap or a result batch.
+HOOKS_QUEUE = "hooks"
 # Connection timeouts: a Redis that stops answering fails a send (retried by
 # the caller) instead of hanging it.
 SOCKET_TIMEOUT_S = 10
 SOCKET_CONNECT_TIMEOUT_S = 5
 HEALTH_CHECK_INTERVAL_S = 15
+
+
+def refused_write(exc: BaseException) -> bool:
+    """Whether `exc` is Redis refusing a write it will take again later: at
+    `maxmemory` under `noeviction` (OOM), a replica (READONLY), a failed
+    snapshot with stop-writes-on-bgsave-error (MISCONF)."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError | redis.exceptions.ReadOnlyError):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith("MISCONF")
+
+
+class JobsysBroker(RedisBroker):
+    """Dramatiq's Redis broker, with an ack or nack that Redis refuses retried until it
+    is taken.
+
+    Every command of Dramatiq's Redis script starts with a write (the worker's
+    heartbeat), so at `maxmemory` under `noeviction` Redis refuses even acks.
+    Dramatiq retries an ack every few seconds only after a *connection* error;
+    any other error leaves the message unacked in Redis until the worker
+    restarts (then it runs again). Raised as a connection error, a refused ack
+    is retried until Redis takes writes again: the worker thread waits (nothing
+    could be recorded meanwhile anyway) and then goes on.
+    """
+
+    def _dispatch(self, command: str) -> Callable[..., Any]:
+        dispatch: Callable[..., Any] = super()._dispatch(command)
+        if command not in ("ack", "nack"):
+            return dispatch
+
+        def guarded(queue_name: str, *args: Any) -> Any:
+            try:
+                return dispatch(queue_name, *args)
+            except redis.ResponseError as exc:
+                if refused_write(exc):
+                    raise ConnectionClosed(exc) from None
+                raise
+
+        return guarded
 
 
 def make_broker(settings: Settings | None = None, maintenance: bool = True) -> RedisBroker:
@@ -43,7 +89,7 @@ def make_broker(settings: Settings | None = None, maintenance: bool = True) -> R
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
         **redis_connection_kwargs(settings),
     )
-    return RedisBroker(
+    return JobsysBroker(
         client=redis.Redis(connection_pool=pool),
         namespace=settings.dramatiq_namespace,
         heartbeat_timeout=settings.heartbeat_timeout_ms,

@@ -15,7 +15,7 @@ from typing import Any
 
 import dramatiq
 
-from jobsys.dramatiq.broker import CONTROL_QUEUE, RESULTS_QUEUE, setup_broker
+from jobsys.dramatiq.broker import CONTROL_QUEUE, HOOKS_QUEUE, RESULTS_QUEUE, setup_broker
 from jobsys.dramatiq.signing import SIGNATURE_OPTION, require_secret, signature
 
 # Actor names: the contract between this module and jobsys.worker.actors.
@@ -31,7 +31,7 @@ QUEUE_OF = {
     PROCESS_RESULTS: RESULTS_QUEUE,
     TEARDOWN_JOB: CONTROL_QUEUE,
     RECONCILE: CONTROL_QUEUE,
-    DELIVER_HOOK: CONTROL_QUEUE,
+    DELIVER_HOOK: HOOKS_QUEUE,
 }
 
 

@@ -15,7 +15,8 @@ per claim:
 1. claim: one guarded UPDATE ``pending|expired sending -> sending`` with a
    lease, committed; of concurrent senders exactly one gets the row;
 2. send: enqueue the message for the user's actor, or POST the job's final
-   status and counters with ``Idempotency-Key: job-<id>``;
+   status and counters with ``Idempotency-Key: job-<id>``, the whole attempt
+   within JOBSYS_HOOK_TIMEOUT_S (jobsys.hooks.post);
 3. mark: ``sending -> delivered`` (or back to ``pending`` with a backoff, or
    ``failed`` after the last allowed attempt), guarded by the attempt number,
    with a job event in the same transaction.
@@ -39,14 +40,16 @@ import time
 import uuid
 from typing import Any
 
+from jobsys.display import redact
 from jobsys.dramatiq.messages import send_hook, send_to_actor
 from jobsys.errors import InvalidInput
+from jobsys.hooks.post import PostFailed, post
 from jobsys.hooks.target import HookTarget, check_target
 from jobsys.models import JobView
 from jobsys.pg.db import connection
 from jobsys.pg.events import record_event
 from jobsys.pg.queries import Q
-from jobsys.settings import Settings, get_settings
+from jobsys.settings import Settings, get_settings, origin_of, parse_hook_headers
 from jobsys.testing.pauses import Pause, pause
 
 log = logging.getLogger(__name__)
@@ -107,21 +110,22 @@ def _send(target: HookTarget, job_id: int, payload: dict[str, Any], s: Settings)
         except Exception as exc:
             raise SendFailed(f"enqueue failed: {exc!r}") from exc
         return f"enqueued for {target.actor_name} on queue {target.queue_name}"
-    # Imported here: httpx costs ~0.3 s at import, and every CLI command
-    # imports this module (submit validates targets) but only senders post.
-    import httpx
-
-    headers = {"Idempotency-Key": idempotency_key(job_id), "User-Agent": "jobsys-hook"}
+    headers = {**headers_for(target.target, s), "Idempotency-Key": idempotency_key(job_id)}
     try:
-        response = httpx.post(
-            target.target, json=payload, headers=headers, timeout=s.hook_timeout_s
-        )
-    except httpx.HTTPError as exc:
-        raise SendFailed(f"{type(exc).__name__}: {exc}"[:MAX_ERROR_EXCERPT]) from exc
-    if not response.is_success:
-        excerpt = response.text[:MAX_ERROR_EXCERPT].replace("\n", " ")
-        raise SendFailed(f"HTTP {response.status_code}: {excerpt}")
-    return f"HTTP {response.status_code}"
+        answer = post(target.target, payload, headers, s.hook_timeout_s)
+    except PostFailed as exc:
+        raise SendFailed(str(exc)) from exc
+    if not answer.accepted:
+        excerpt = answer.excerpt[:MAX_ERROR_EXCERPT].decode("utf-8", "replace")
+        raise SendFailed(f"HTTP {answer.status}: {excerpt}".replace("\r", " ").replace("\n", " "))
+    return f"HTTP {answer.status}"
+
+
+def headers_for(url: str, s: Settings) -> dict[str, str]:
+    """The JOBSYS_HOOK_HEADERS of `url`'s origin (none for any other receiver)."""
+    if s.hook_headers is None:
+        return {}
+    return parse_hook_headers(s.hook_headers.get_secret_value()).get(origin_of(url), {})
 
 
 def _backoff_s(attempt: int, s: Settings) -> float:
@@ -190,6 +194,8 @@ def deliver(job_id: int, settings: Settings | None = None) -> str:
 
 
 def _failed(job_id: int, attempt: int, error: str, s: Settings) -> str:
+    # Stored and shown (last_error, the event): never a credential of the URL.
+    error = redact(error)
     give_up = attempt >= s.hook_max_attempts
     delay = 0.0 if give_up else _backoff_s(attempt, s)
     params = {"job_id": job_id, "attempt": attempt, "give_up": give_up, "delay_s": delay,

@@ -8,17 +8,22 @@ the one place that decides; it runs at submit and again before every send.
 from __future__ import annotations
 
 import importlib
+import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
 import dramatiq
 
+from jobsys.display import redact
 from jobsys.dramatiq.broker import setup_broker
 from jobsys.errors import InvalidInput
 from jobsys.pipelines.allow import check_reference
 
 MAX_TARGET_CHARS = 2_000
+# A DNS name: labels of letters, digits, "-" and "_" (service names), dot-separated.
+_DNS_NAME = re.compile(r"^(?!-)[\w-]{1,63}(?<!-)(\.(?!-)[\w-]{1,63}(?<!-))*\.?$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,25 @@ class HookTarget:
     actor_name: str | None = None
     queue_name: str | None = None
 
+    @property
+    def shown(self) -> str:
+        """The target as people may see it: a URL's credentials redacted."""
+        return redact(self.target) if self.kind == "http" else self.target
+
+
+def _is_host(host: str) -> bool:
+    """A DNS name (IDNA for non-ASCII) or an IP address; not `%00`, not `a b`."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    return bool(_DNS_NAME.match(ascii_host))
+
 
 def check_target(target: str) -> HookTarget:
     """Validate a hook target; the one place that decides what may be a target.
@@ -38,8 +62,8 @@ def check_target(target: str) -> HookTarget:
     allowed like a pipeline's module (its module under JOBSYS_PIPELINE_MODULES,
     `jobsys.pipelines.allow.check_reference`; checked before it is imported), import
     (on the submitting host and on the workers) and name a Dramatiq actor; a
-    URL must be http(s) with a host. Raises InvalidInput with a one-line
-    reason.
+    URL must be http(s) with a host (a DNS name or an IP address). Raises
+    InvalidInput with a one-line reason.
     """
     if not target or len(target) > MAX_TARGET_CHARS:
         raise InvalidInput(f"on-complete: must be 1 to {MAX_TARGET_CHARS:,} characters")
@@ -53,6 +77,8 @@ def check_target(target: str) -> HookTarget:
             raise InvalidInput(f"on-complete: invalid URL: {exc}") from None
         if not url.hostname:
             raise InvalidInput("on-complete: the URL has no host")
+        if not _is_host(url.hostname):
+            raise InvalidInput("on-complete: the URL's host is not a host name or IP address")
         return HookTarget("http", target)
     if "://" in target:
         raise InvalidInput("on-complete: a URL must be http:// or https://")

@@ -91,13 +91,28 @@ def _transport_is_tls(nc: NATS) -> bool:
 
 class GuardedClient(NATS):
     """nats-py's client, except that it never sends its CONNECT (credentials) in
-    plaintext to the server of a tls:// URL."""
+    plaintext to the server of a tls:// URL, and survives a PONG that comes after
+    its flush gave up."""
 
     def _connect_command(self) -> bytes:
         server = self._current_server
         if server is not None and server.uri.scheme == "tls" and not _transport_is_tls(self):
             raise TlsNotOffered()
         return super()._connect_command()
+
+    async def _process_pong(self) -> None:
+        # Each PONG answers the oldest PING. nats-py (2.16) resolves that PING's
+        # waiter even when a flush() that timed out had cancelled it; the
+        # InvalidStateError ends its read loop without a word, and the
+        # connection then looks up and never reads again: every request times
+        # out for ever. That happened to a worker frozen (SIGSTOP) for 70 s
+        # during a flush. A cancelled waiter is only dropped here.
+        if self._pongs and self._pongs[0].done():
+            self._pongs.pop(0)
+            self._pongs_received += 1
+            self._pings_outstanding = 0
+            return
+        await super()._process_pong()
 
 
 async def open_nats(url: str, settings: Settings, **options: Any) -> NATS:

@@ -38,12 +38,29 @@ DUPLICATE_WINDOW_S = 600.0
 STREAM_NAME_IN_USE = 10058
 
 
-def describe_stream(pipeline: str, task_timeout_s: float | None = None) -> str:
+# Deliveries JetStream allows beyond the job's max_deliver. nats-server before
+# 2.11 counts a redelivery that meets a pull request which just expired as a
+# delivery, though nobody got it, and makes it again only after ack_wait
+# (fixed upstream in 2.11: "Fixed delivery counts on failed deliveries").
+# Processors pull with short expiries, so a task's last allowed delivery could
+# be counted and never made: the task ended `lost` though every delivery it ran
+# had failed. Processors give up at the job's own max_deliver (read from the
+# stream's description: "gave up after N deliveries"); the consumer allows
+# this many more, so a delivery lost that way costs a redelivery, not the task.
+DELIVERY_SLACK = 2
+
+
+def describe_stream(
+    pipeline: str, task_timeout_s: float | None = None, max_deliver: int | None = None
+) -> str:
     """A job stream's description: what processors need to know to serve it
-    (they never read Postgres): the pipeline and the job's task time limit."""
+    (they never read Postgres): the pipeline, the job's task time limit and its
+    max_deliver."""
     described: dict[str, Any] = {"pipeline": pipeline}
     if task_timeout_s is not None:
         described["task_timeout_s"] = task_timeout_s
+    if max_deliver is not None:
+        described["max_deliver"] = max_deliver
     return json.dumps(described)
 
 
@@ -59,6 +76,15 @@ def pipeline_of_stream(description: str | None) -> str | None:
     """The pipeline named in a job stream's description, or None."""
     pipeline = _described(description).get("pipeline")
     return pipeline if isinstance(pipeline, str) else None
+
+
+def max_deliver_of_stream(description: str | None) -> int | None:
+    """The job's max_deliver in a job stream's description, or None (a stream made
+    before it was there: its consumer's max_deliver is the job's)."""
+    value = _described(description).get("max_deliver")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
 
 
 def task_timeout_of_stream(description: str | None) -> float | None:
@@ -91,7 +117,7 @@ async def ensure_job_stream(
     max_in_flight = job.get("max_in_flight") or settings.max_ack_pending
     stream = StreamConfig(
         name=names.stream,
-        description=describe_stream(job["pipeline"], job.get("task_timeout_s")),
+        description=describe_stream(job["pipeline"], job.get("task_timeout_s"), job["max_deliver"]),
         subjects=[names.subject, names.max_deliveries],
         # Work-queue retention: an acked task message is removed, so the
         # stream's message count is exactly what is still unacked.
@@ -119,7 +145,7 @@ async def ensure_job_stream(
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=settings.ack_wait_s,
-        max_deliver=job["max_deliver"],
+        max_deliver=job["max_deliver"] + DELIVERY_SLACK,
         max_ack_pending=max_in_flight,
         filter_subject=names.subject,
     )

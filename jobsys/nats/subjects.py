@@ -36,6 +36,11 @@ expired, 409 consumer gone or a limit) that ends the request.
 
 What processors hear of streams: ``$JS.EVENT.ADVISORY.STREAM.<CREATED|DELETED|UPDATED>.<stream>``
 and ``$JS.EVENT.ADVISORY.CONSUMER.CREATED.<stream>.<consumer>``.
+
+A result batch names the sender's inbox subject for it, ``<prefix>.<serial>``:
+the worker publishes there (empty) once the batch is recorded and acked, and
+on ``<prefix>.<serial>.again`` when it could not record it (send it again; a
+processor that does not know this subject does not hear it).
 """
 
 from __future__ import annotations
@@ -157,3 +162,18 @@ def serial_of_confirm(subject: str) -> int | None:
     """The batch serial of a confirmation subject, or None."""
     tail = subject.rsplit(".", 1)[-1]
     return int(tail) if tail.isdigit() else None
+
+
+# The last token of "not recorded, send it again" (see the module's docstring).
+AGAIN = "again"
+
+
+def again_subject(notify: str) -> str:
+    """Where a worker asks the sender of a batch (inbox `notify`) to send it again."""
+    return f"{notify}.{AGAIN}"
+
+
+def serial_of_again(subject: str) -> int | None:
+    """The batch serial of a "send it again" subject, or None."""
+    head, _, last = subject.rpartition(".")
+    return serial_of_confirm(head) if last == AGAIN else None

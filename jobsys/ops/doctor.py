@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import httpx
 import psycopg
+import redis
 from nats.errors import NoRespondersError
 from nats.js.errors import ServiceUnavailableError
 
@@ -37,6 +38,14 @@ FIX_SERVICES = "run `make services`"
 FIX_MIGRATE = "run `jobsys db migrate`"
 FIX_SERVER = "start `jobsys serve` there, or correct JOBSYS_SERVER_URL"
 _DB_MISSING = re.compile(r'database ".*" does not exist')
+# What jobsys needs of Redis's memory settings, and why (one line).
+REDIS_NEEDS = (
+    "jobsys needs maxmemory-policy noeviction: an evicting policy deletes queued "
+    "Dramatiq messages (result batches, bootstraps, hooks) to make room, losing them "
+    "silently; set `CONFIG SET maxmemory-policy noeviction` (and in redis.conf)"
+)
+# A Redis this full of its maxmemory is reported (at the limit it refuses writes).
+REDIS_FULL_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ def check_all(settings: Settings) -> list[Check]:
         schema,
         pooling,
         check_redis(settings.redis_url, settings),
+        check_redis_memory(settings.redis_url, settings),
         check_redis_access(settings),
         nats,
         check_nats_access(settings),
@@ -287,6 +297,49 @@ def check_redis(url: str, settings: Settings | None = None) -> Check:
     if error is not None:
         return Check("redis", False, f"no answer at {redact(url)} ({error}): {FIX_SERVICES}")
     return Check("redis", True, f"ping ok at {redact(url)}")
+
+
+def check_redis_memory(url: str, settings: Settings | None = None) -> Check:
+    """Is Redis set to refuse writes when full (`noeviction`) rather than evict, and
+    how full is it? (INFO memory; a user without INFO is told what to check.)"""
+    try:
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=TIMEOUT_S,
+            socket_connect_timeout=TIMEOUT_S,
+            **(redis_connection_kwargs(settings) if settings else {}),
+        )
+        try:
+            info = client.info("memory")
+        finally:
+            client.close()
+    except AccessSettingError as exc:
+        return Check("redis memory", False, str(exc))
+    except redis.exceptions.NoPermissionError:
+        return Check("redis memory", True, f"not checked (this user may not run INFO): "
+                     f"{REDIS_NEEDS}")  # fmt: skip
+    except Exception as exc:
+        return Check("redis memory", False, f"cannot read INFO memory ({one_line(exc)})")
+    policy = str(info.get("maxmemory_policy", "?"))
+    limit, used = int(info.get("maxmemory", 0)), int(info.get("used_memory", 0))
+    if policy != "noeviction":
+        return Check("redis memory", False, f"maxmemory-policy is {policy}: {REDIS_NEEDS}")
+    if not limit:
+        return Check("redis memory", True, "maxmemory-policy noeviction, no maxmemory")
+    share = used / limit
+    if share >= REDIS_FULL_SHARE:
+        return Check(
+            "redis memory",
+            False,
+            f"Redis holds {share:.0%} of its maxmemory ({used >> 20} of {limit >> 20} MiB): "
+            "at the limit it refuses writes and recording waits until it takes them again; "
+            "raise maxmemory",
+        )
+    return Check(
+        "redis memory",
+        True,
+        f"maxmemory-policy noeviction, {share:.0%} of maxmemory ({limit >> 20} MiB) used",
+    )
 
 
 def check_redis_access(settings: Settings) -> Check:

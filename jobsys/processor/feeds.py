@@ -33,7 +33,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jobsys.nats.admin import all_streams_info, pipeline_of_stream, task_timeout_of_stream
+from jobsys.nats.admin import (
+    all_streams_info,
+    max_deliver_of_stream,
+    pipeline_of_stream,
+    task_timeout_of_stream,
+)
 from jobsys.nats.subjects import JobNames, job_id_of_stream, parse_msg_id
 from jobsys.pipelines.allow import NotAllowed
 from jobsys.pipelines.resolve import resolve_spec
@@ -203,7 +208,10 @@ class Feeds:
             pipeline=pipeline_name,
             spec=spec,
             timeout_s=task_timeout_of_stream(description) or self.settings.task_timeout_s,
-            max_deliver=consumer.config.max_deliver or self.settings.max_deliver,
+            # The job's own (the consumer allows a few more: nats.admin.DELIVERY_SLACK).
+            max_deliver=max_deliver_of_stream(description)
+            or consumer.config.max_deliver
+            or self.settings.max_deliver,
         )
         feed = Feed(run, names, float(consumer.config.ack_wait or self.settings.ack_wait_s))
         if spec.batch_size:

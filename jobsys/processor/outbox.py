@@ -14,7 +14,12 @@ Postgres down, a backlog). There is no timer that lets a batch go. A batch
 not confirmed after JOBSYS_RESULT_RESEND_S is sent again (Redis may have
 lost it; a duplicate is recorded as nothing), then after twice as long, and
 so on up to JOBSYS_RESULT_RESEND_MAX_S between sends; a batch that cannot
-be sent at all (Redis down) is retried every few seconds.
+be sent at all (Redis down, or refusing writes at its memory limit) is
+retried every few seconds. A worker that could not record a batch says so
+(`again`): the batch is then sent again within JOBSYS_RESULT_RESEND_S,
+whatever its doubling had reached -- the worker's own retry is a copy Redis
+may have refused, and then this processor holds the only one. So once Redis
+accepts writes again, every batch is back in it within JOBSYS_RESULT_RESEND_S.
 
 Backpressure: while this processor holds JOBSYS_MAX_HELD_RESULTS results,
 its feeds fetch nothing more, so unfetched tasks wait in NATS, uncharged.
@@ -151,6 +156,21 @@ class Outbox:
         if self._release(serial):
             self.stats.batches_confirmed += 1
             metrics.RESULT_BATCHES_CONFIRMED.inc()
+
+    def again(self, serial: int) -> None:
+        """The worker could not record batch `serial` (a retry may still; Redis may
+        have refused that retry): send it again after JOBSYS_RESULT_RESEND_S at the
+        latest, unless it is confirmed first. The doubling starts over."""
+        held = self.held.get(serial)
+        if held is None or not held.sends:
+            return  # confirmed already, or not sent yet (it will be)
+        soon = time.monotonic() + self.settings.result_resend_s
+        if held.next_at > soon:
+            held.next_at = soon
+            held.sends = 1
+        log.info("batch not recorded: sending it again soon",
+                 extra={"job_id": held.job_id, "serial": serial, "in_s": held.next_at - soon
+                        + self.settings.result_resend_s})  # fmt: skip
 
     def _release(self, serial: int) -> bool:
         held = self.held.pop(serial, None)

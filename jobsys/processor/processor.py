@@ -41,6 +41,7 @@ from nats.js import JetStreamContext
 from jobsys import metrics
 from jobsys.models import TaskResult
 from jobsys.nats.connect import connect, jetstream
+from jobsys.nats.subjects import again_subject, serial_of_again
 from jobsys.processor.announce import Announcer
 from jobsys.processor.children import ChildSlot
 from jobsys.processor.execute import (
@@ -188,6 +189,7 @@ class Processor:
         # a new job can be served.
         await nc.subscribe("$JS.EVENT.ADVISORY.CONSUMER.CREATED.*.*", cb=self.feeds.on_advisory)
         await nc.subscribe(f"{notify_prefix}.*", cb=self._on_confirm)
+        await nc.subscribe(again_subject(f"{notify_prefix}.*"), cb=self._on_again)
         self._watch("stream listing", self.feeds.listing_loop())
         self._watch("dispatch", self.execution.dispatch_loop())
         self._watch("time limits", self.execution.watchdog_loop())
@@ -344,6 +346,12 @@ class Processor:
         # <inbox>.<serial>: the worker recorded the batch and acked its messages.
         with contextlib.suppress(ValueError):
             self.outbox.confirm(int(msg.subject.rsplit(".", 1)[1]))
+
+    async def _on_again(self, msg: Msg) -> None:
+        # <inbox>.<serial>.again: the worker could not record the batch.
+        serial = serial_of_again(msg.subject)
+        if serial is not None:
+            self.outbox.again(serial)
 
 
 def main(

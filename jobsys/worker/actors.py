@@ -28,7 +28,7 @@ from jobsys.lifecycle.teardown import run_teardown
 from jobsys.models import PG_BIGINT_MAX, ResultBatch, describe_error
 from jobsys.nats.acks import ack_current_replies
 from jobsys.nats.bridge import bridge, lookup_tasks
-from jobsys.nats.subjects import JobNames
+from jobsys.nats.subjects import JobNames, again_subject
 from jobsys.pg.db import connection
 from jobsys.pg.events import record_event
 from jobsys.reconciler import reconcile_pass
@@ -38,6 +38,9 @@ from jobsys.settings import get_settings
 setup_broker()
 
 log = logging.getLogger(__name__)
+
+# How long the worker tries to tell a processor to resend a batch it could not record.
+AGAIN_TIMEOUT_S = 5.0
 
 
 @dramatiq.actor(
@@ -59,12 +62,37 @@ def process_results(job_id: Any, results: Any, notify: Any = None) -> None:
     `notify` is the sending processor's inbox subject for this batch: it
     holds the batch's messages in progress until told (jobsys.processor).
     Every normal return tells it, rejected batches included (holding those
-    would not make them valid); a raise does not, so the batch stays held.
+    would not make them valid); a raise does not, so the batch stays held,
+    and the processor is asked to send it again (`<notify>.again`).
     """
     subject = notify if _is_inbox(notify) else None
-    job, ack = _apply(job_id, results)
-    if ack or subject is not None:
-        bridge().run(lambda nc, js: _ack_and_confirm(nc, js, job, ack, subject))
+    try:
+        job, ack = _apply(job_id, results)
+        if ack or subject is not None:
+            bridge().run(lambda nc, js: _ack_and_confirm(nc, js, job, ack, subject))
+    except Exception:
+        if subject is not None:
+            _ask_again(subject)
+        raise
+
+
+def _ask_again(subject: str) -> None:
+    """Tell the sender its batch is not recorded yet: it sends it again within
+    JOBSYS_RESULT_RESEND_S unless a retry records it first (jobsys.processor.outbox).
+
+    Dramatiq retries this actor by enqueueing a copy; Redis may refuse that
+    copy (at its memory limit), and then only the sender still has the batch.
+    Best effort: if NATS cannot take this either, the sender's own resend
+    timer still holds."""
+    try:
+        bridge().run(lambda nc, js: _publish(nc, again_subject(subject)), timeout=AGAIN_TIMEOUT_S)
+    except Exception as exc:
+        log.warning("could not ask a processor to resend a batch", extra={"error": repr(exc)})
+
+
+async def _publish(nc: Any, subject: str) -> None:
+    await nc.publish(subject, b"")
+    await nc.flush(timeout=AGAIN_TIMEOUT_S)
 
 
 def _is_inbox(value: Any) -> bool:

@@ -3,7 +3,11 @@
 Dramatiq's own master process exits when one of its children is SIGKILLed
 instead of replacing it (DESIGN.md). jobsys's supervisor restarts any child
 that dies, so a Procfile `worker:` line survives a killed child. Each child
-runs a Dramatiq `Worker` in-process with jobsys's structured logging.
+runs Dramatiq in-process with jobsys's structured logging: one `Worker` of
+`--threads` threads for bootstraps, results, teardowns and reconcile passes,
+and one of JOBSYS_HOOK_CONCURRENCY threads for completion hooks alone (queue
+`hooks`). Hook receivers are other people's servers: however many hang, they
+hold only hook threads, never the ones that start and record jobs.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from prometheus_client import multiprocess
 
 import jobsys.worker.actors  # noqa: F401 - declares the actors on the broker
 from jobsys import metrics
+from jobsys.dramatiq.broker import HOOKS_QUEUE
 from jobsys.dramatiq.messages import QUEUE_OF
 from jobsys.dramatiq.signing import require_secret
+from jobsys.settings import get_settings
 from jobsys.worker.announce import WorkerBeat
 from jobsys.worker.verify import VerifySignatures
 
@@ -49,19 +55,27 @@ def run_worker(threads: int, metrics_port: int | None = None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    worker = dramatiq.Worker(
-        broker,
-        worker_threads=threads,
-        queues=set(QUEUE_OF.values()),
-        worker_timeout=POLL_MAX_MS,
-    )
-    worker.start()
+    queues = set(QUEUE_OF.values())
+    hook_threads = get_settings().hook_concurrency
+    # Two Dramatiq workers in one process, each with its own consumers,
+    # prefetch and threads (Dramatiq's docs advise one Worker per process; what
+    # the two share is the broker and its middleware, which keep no per-worker
+    # state: each Worker adds consumers only for the queues it was given).
+    workers = [
+        dramatiq.Worker(broker, worker_threads=threads, queues=queues - {HOOKS_QUEUE},
+                        worker_timeout=POLL_MAX_MS),
+        dramatiq.Worker(broker, worker_threads=hook_threads, queues={HOOKS_QUEUE},
+                        worker_timeout=POLL_MAX_MS),
+    ]  # fmt: skip
+    for w in workers:
+        w.start()
     beat = WorkerBeat(threads).start()
-    log.info("worker started", extra={"threads": threads})
+    log.info("worker started", extra={"threads": threads, "hook_threads": hook_threads})
     stop.wait()
     log.info("worker stopping: finishing in-flight messages")
     # In-flight actors finish; prefetched messages go back to the queue.
-    worker.stop(timeout=STOP_TIMEOUT_MS)
+    for w in workers:
+        w.stop(timeout=STOP_TIMEOUT_MS)
     beat.stop()
     broker.close()
     log.info("worker stopped")

@@ -8,10 +8,13 @@
 -- the returned row is the answer to "did I win?". %(to)s = 'by_threshold' means
 -- "success or failure by the failure threshold" and then the job must also be
 -- complete. Every move is logged in job_events in the same statement.
--- A move to a final status of a job with a completion hook (on_complete)
--- also writes the hook's delivery into the outbox (job_hooks), in this same
--- statement: every path to a final status (finalize, reconciler, revoke)
--- records it, and only the one winning move can (job_hooks' primary key).
+-- A move to a final status of a job with a completion hook also writes the
+-- hook's delivery into the outbox (job_hooks), in this same statement: every
+-- path to a final status (finalize, reconciler, revoke) records it, and only
+-- the one winning move can (job_hooks' primary key). The outbox gets the
+-- target as given (hook_target: the sender needs its credentials; a job
+-- submitted before it existed has only on_complete); the event, the target
+-- as shown (on_complete, redacted).
 WITH moved AS (
     UPDATE jobs SET
         status = CASE
@@ -26,7 +29,7 @@ WITH moved AS (
       AND status = ANY(%(from)s::text[])
       AND (%(to)s <> 'by_threshold' OR done_count + failed_count + lost_count >= total_count)
     RETURNING id, status, total_count, done_count, failed_count, lost_count, cancelled_count,
-              on_complete
+              on_complete, coalesce(hook_target, on_complete) AS hook_target
 ), logged AS (
     INSERT INTO job_events (job_id, level, event, detail)
     SELECT id, 'info', 'status',
@@ -34,16 +37,17 @@ WITH moved AS (
     FROM moved
 ), hooked AS (
     INSERT INTO job_hooks (job_id, target)
-    SELECT id, on_complete FROM moved
-    WHERE on_complete IS NOT NULL AND status IN ('success', 'failure', 'revoked')
+    SELECT id, hook_target FROM moved
+    WHERE hook_target IS NOT NULL AND status IN ('success', 'failure', 'revoked')
     ON CONFLICT (job_id) DO NOTHING
-    RETURNING job_id, target
+    RETURNING job_id
 ), hook_logged AS (
     INSERT INTO job_events (job_id, level, event, detail)
-    SELECT job_id, 'info', 'hook_due', jsonb_build_object('target', target) FROM hooked
+    SELECT h.job_id, 'info', 'hook_due', jsonb_build_object('target', m.on_complete)
+    FROM hooked h JOIN moved m ON m.id = h.job_id
 )
 SELECT id, status, total_count, done_count, failed_count, lost_count, cancelled_count,
-       on_complete IS NOT NULL AND status IN ('success', 'failure', 'revoked') AS has_hook
+       hook_target IS NOT NULL AND status IN ('success', 'failure', 'revoked') AS has_hook
 FROM moved;
 
 -- name: insert_job

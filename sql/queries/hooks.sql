@@ -4,8 +4,10 @@
 -- on the row its claim returned, and marks it only while its claim holds.
 
 -- name: set_on_complete
--- The hook target of a job being submitted (same transaction as insert_job).
-UPDATE jobs SET on_complete = %(target)s WHERE id = %(job_id)s AND status = 'queued';
+-- The hook target of a job being submitted (same transaction as insert_job):
+-- as given (read by the final transition only) and as shown (redacted).
+UPDATE jobs SET hook_target = %(target)s, on_complete = %(shown)s
+WHERE id = %(job_id)s AND status = 'queued';
 
 -- name: claim_hook
 -- Claim a final job's delivery for one attempt: a pending row that is due,
@@ -62,6 +64,8 @@ ORDER BY next_at
 LIMIT %(limit)s;
 
 -- name: get_hook
--- One job's hook delivery, for `jobsys status`.
-SELECT target, state, attempts, created_at, next_at, delivered_at, last_error
-FROM job_hooks WHERE job_id = %(job_id)s;
+-- One job's hook delivery, for `jobsys status`: its target as shown (redacted).
+SELECT j.on_complete AS target, h.state, h.attempts, h.created_at, h.next_at,
+       h.delivered_at, h.last_error
+FROM job_hooks h JOIN jobs j ON j.id = h.job_id
+WHERE h.job_id = %(job_id)s;

@@ -4,17 +4,19 @@
 -- name: lock_retry_parent
 -- The parent job, share-locked until the retry commits: retention's move of
 -- its ledger to 'pruning' waits for us, so the ledger we copy is whole.
-SELECT id, status, ledger_state, ledger_pruned_at, pipeline, on_complete,
+SELECT id, status, ledger_state, ledger_pruned_at, pipeline,
+       coalesce(hook_target, on_complete) AS hook_target,
        failed_count, lost_count, cancelled_count
 FROM jobs WHERE id = %(job_id)s FOR SHARE;
 
 -- name: insert_retry_job
 -- The child job: the parent's pipeline, threshold, deliveries, time limit,
--- in-flight cap and hook, linked to the parent and to the chain's first job.
+-- in-flight cap and hook (as given and as shown), linked to the parent and to
+-- the chain's first job.
 INSERT INTO jobs (name, pipeline, total_count, failure_threshold, max_deliver, task_timeout_s,
-                  max_in_flight, parent_id, root_id, on_complete)
+                  max_in_flight, parent_id, root_id, on_complete, hook_target)
 SELECT name, pipeline, 0, failure_threshold, max_deliver, task_timeout_s, max_in_flight, id,
-       coalesce(root_id, id), on_complete
+       coalesce(root_id, id), on_complete, coalesce(hook_target, on_complete)
 FROM jobs WHERE id = %(parent_id)s
 RETURNING id, root_id;
 

@@ -13,6 +13,14 @@ For every job:
   deaths, one that uses up deliveries by itself (transient, poison, hung)
   needs one. Otherwise its pipeline returned a result and it was lost anyway.
 
+For every job with a hook on a bad receiver (tests.chaos.hooks): its
+delivery is in the outbox; a receiver that answers 200 (then trickles, or
+sends a huge body) got it; each attempt on one that never finishes its
+headers ended at its deadline; a huge error answer is kept as a short excerpt.
+No worker's peak RSS passes WORKER_PEAK_RSS_MB. Every probe job started
+within PROBE_START_S of the moment it could (its submit, or the end of the
+outage it was submitted into).
+
 For every job nobody cancelled, every task ends as its payload asked
 (`tests.chaos.mix.judge`): done; failed with the right reason (NaN or
 Infinity: not storable as JSON; NUL: stored escaped; a long error: cut;
@@ -33,6 +41,7 @@ from jobsys.nats.subjects import JobNames
 from jobsys.pg.db import connection
 from jobsys.settings import get_settings
 from tests.chaos.faults import Faults
+from tests.chaos.hooks import WORKER_PEAK_RSS_MB, check_hooks, check_probes
 from tests.chaos.mix import MIX_KINDS, RETURNS_AT_ONCE, SMALL_MAX_DELIVER, JobPlan, judge
 from tests.chaos.report import Report
 
@@ -66,6 +75,16 @@ def check(plans: list[JobPlan], views: dict[int, JobView], faults: Faults, repor
         if bridge().run(partial(_stream_exists, names)):
             found.append(f"job {plan.job_id}: stream left after final")
         report.violations += found[:MAX_PER_JOB]
+    hooks = {p.job_id: p.hook for p in plans if p.hook and views[p.job_id].status in FINAL}
+    found, report.hooks = check_hooks(hooks)
+    report.violations += found
+    found, report.probe_longest_wait_s = check_probes(faults.probes, faults.outages)
+    report.probes = len(faults.probes)
+    report.violations += found
+    report.worker_peak_rss_mb = round(faults.peak_worker_rss_mb)
+    if faults.peak_worker_rss_mb > WORKER_PEAK_RSS_MB:
+        report.violations.append(f"a worker's peak RSS reached {faults.peak_worker_rss_mb:.0f} MB "
+                                 f"(bound {WORKER_PEAK_RSS_MB} MB)")  # fmt: skip
     with connection() as conn:
         for r in conn.execute(
             "SELECT trigger, count(*) AS n FROM reconcile_runs GROUP BY trigger"

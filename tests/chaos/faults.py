@@ -13,6 +13,7 @@
 | `restart_postgres` | Postgres stopped `immediate` (a crash) and started again |
 | `duplicate_results` | copies of result batches waiting in Redis enqueued again |
 | `stall_postgres` | Postgres down for STALL_ACK_WAITS ack_waits |
+| `redis_full` | every worker stopped and Redis full (`noeviction`), see `redis_full` |
 
 Every kind is injected once as early as it can bite (in this order; a kind
 that needs something to act on, like a started job or a batch waiting in
@@ -53,6 +54,7 @@ from jobsys.ops.runner import LocalSystem
 from jobsys.pg.db import close_pool, connection
 from jobsys.reconciler import reconcile_pass
 from jobsys.settings import get_settings
+from tests.chaos.hooks import Probe, submit_probe, worker_peak_rss_mb
 from tests.chaos.mix import SMALL_MAX_DELIVER, JobPlan
 from tests.chaos.servers import PrivateServers
 
@@ -67,12 +69,20 @@ FAULTS = (
     "delete_stream",
     "restart_postgres",
     "duplicate_results",
+    # Before the Postgres stall: both are outages, and in a short run there is
+    # room for the first of each only if this one does not wait for the stall.
+    "redis_full",
     "stall_postgres",
 )
 # Not drawn while Postgres is down (they need it to pick a target, or are Postgres faults).
-NEEDS_POSTGRES = {"restart_postgres", "stall_postgres", "delete_stream", "stop_workers"}
+NEEDS_POSTGRES = {"restart_postgres", "stall_postgres", "delete_stream", "stop_workers",
+                  "redis_full"}  # fmt: skip
 # Not drawn while the workers are stopped.
-WORKER_FAULTS = {"kill_worker", "stop_workers"}
+WORKER_FAULTS = {"kill_worker", "stop_workers", "redis_full"}
+# Not drawn while Redis is full: they would end it early (a restart resets its
+# limit), or need it to take a message.
+REDIS_FAULTS = {"restart_redis", "flush_redis", "redis_full", "delete_stream", "duplicate_item",
+                "duplicate_results"}  # fmt: skip
 # A Postgres outage this many ack_waits long: results cannot be recorded for
 # that long, so without holding them every waiting task would be redelivered.
 STALL_ACK_WAITS = 3
@@ -83,6 +93,14 @@ STALL_ACK_WAITS = 3
 # max_deliver x (hold + ack_wait) = 4 ack_waits. Holding while the processor
 # lives must lose nothing, however long.
 STOP_ACK_WAITS = 5
+# Workers stopped this many ack_waits while Redis fills up and refuses writes
+# (longer than the 10 s a NATS flush waits: a flush in flight times out).
+REDIS_FULL_ACK_WAITS = 3
+# Redis stays full this long after the workers resume, then takes writes again.
+REDIS_FULL_AFTER_S = 5.0
+# Room above Redis's use when the workers stop: the results waiting fill it
+# within seconds (a chaos result is ~100 bytes; each processor holds 2,000).
+REDIS_ROOM_BYTES = 256 * 1024
 # The harness's own reconcile passes while no worker runs the scheduler's.
 OUTAGE_RECONCILE_EVERY_S = 5.0
 # At the end of the faults, the last outage pass is waited for this long.
@@ -96,7 +114,7 @@ NOT_FIGURES = {"job_id", "task"}
 # Outages are drawn half as often as the other kinds: at one fault every ~4 s,
 # a 10-minute run then has ~8 of each (~200 s of stopped workers, ~120 s of
 # Postgres down), and the system still gets time to work between them.
-OUTAGES = {"stop_workers", "stall_postgres"}
+OUTAGES = {"stop_workers", "stall_postgres", "redis_full"}
 OUTAGE_WEIGHT = 0.5
 # Gap between faults (seconds), drawn uniformly.
 GAP_S = (1.5, 6.0)
@@ -154,12 +172,24 @@ class Faults:
     stopped: list[subprocess.Popen[bytes]] = field(default_factory=list)
     ours: set[int] = field(default_factory=set)
     next_fault: float = 0.0
+    next_rss: float = 0.0
     next_outage_pass: float = 0.0
     armed: set[str] = field(default_factory=set)
     next_armed: float = 0.0
     peak_waiting: int = 0
     next_sample: float = 0.0
     outage_pass: threading.Thread | None = None
+    # When Redis takes writes again (monotonic), during `redis_full`.
+    redis_lift_at: float | None = None
+    redis_full_since: float = 0.0  # wall clock
+    # Outages as (kind, start, end), wall clock: probe jobs are judged from their end.
+    outages: list[tuple[str, float, float]] = field(default_factory=list)
+    outage_started: dict[str, float] = field(default_factory=dict)
+    probes: list[Probe] = field(default_factory=list)
+    peak_worker_rss_mb: float = 0.0
+    probe_pending: bool = False
+    # Which worker outage runs (`stop_workers` or `redis_full`), for its figures.
+    outage_kind: str = "stop_workers"
 
     def __post_init__(self) -> None:
         self.next_fault = self.started + self.rng.uniform(1, 4)
@@ -182,6 +212,14 @@ class Faults:
             self._postgres_back()
         if self.workers_back_at is not None and now >= self.workers_back_at:
             self._workers_back()
+        if self.redis_lift_at is not None and self.workers_up and now >= self.redis_lift_at:
+            self._redis_takes_writes()
+        if self.redis_lift_at is not None and self.pg_up:
+            self.probe_into_full_redis()
+        if now >= self.next_rss:
+            self.next_rss = now + SAMPLE_EVERY_S * 5
+            pids = [p.pid for p in self.system.workers if p.poll() is None]
+            self.peak_worker_rss_mb = max(self.peak_worker_rss_mb, worker_peak_rss_mb(pids))
         if self.workers_back_at is not None and now >= self.next_sample:
             self.next_sample = now + SAMPLE_EVERY_S
             self.peak_waiting = max(self.peak_waiting, sum(self._results_waiting().values()))
@@ -204,6 +242,8 @@ class Faults:
             self._postgres_back()
         if self.workers_back_at is not None:
             self._workers_back()
+        if self.redis_lift_at is not None:
+            self._redis_takes_writes()
         if self.outage_pass is not None:
             self.outage_pass.join(OUTAGE_PASS_JOIN_S)
 
@@ -244,8 +284,11 @@ class Faults:
             return False
         if self.workers_back_at is not None and kind in WORKER_FAULTS:
             return False
+        if self.redis_lift_at is not None and kind in REDIS_FAULTS:
+            return False
         # An outage starts only if it can last its whole length in the window.
-        lasts = {"stop_workers": STOP_ACK_WAITS, "stall_postgres": STALL_ACK_WAITS}.get(kind, 0)
+        lasts = {"stop_workers": STOP_ACK_WAITS, "stall_postgres": STALL_ACK_WAITS,
+                 "redis_full": REDIS_FULL_ACK_WAITS + 1}.get(kind, 0)  # fmt: skip
         return time.monotonic() + lasts * self.ack_wait <= self.ends
 
     # -- processes --------------------------------------------------------------
@@ -292,6 +335,8 @@ class Faults:
         for p in self.stopped:
             p.send_signal(signal.SIGSTOP)
         self.workers_back_at = time.monotonic() + STOP_ACK_WAITS * self.ack_wait
+        self.outage_kind = "stop_workers"
+        self.outage_started["workers"] = time.time()
         self.next_outage_pass = time.monotonic() + OUTAGE_RECONCILE_EVERY_S
         self.peak_waiting = 0
         return {
@@ -312,14 +357,14 @@ class Faults:
     def _outage_pass(self) -> None:
         try:
             reconcile_pass(trigger="chaos")
-            self.figures.setdefault("stop_workers", Counter())["harness_passes"] += 1
+            self.figures.setdefault(self.outage_kind, Counter())["harness_passes"] += 1
         except Exception as exc:
             print(f"chaos: reconcile pass during the outage failed: {exc!r}", flush=True)
 
     def _workers_back(self) -> None:
         self.peak_waiting = max(self.peak_waiting, sum(self._results_waiting().values()))
         # Results that waited in Redis for the recorder (their tasks held in NATS).
-        self.figures.setdefault("stop_workers", Counter())["results_waiting_peak"] += (
+        self.figures.setdefault(self.outage_kind, Counter())["results_waiting_peak"] += (
             self.peak_waiting
         )
         for p in self.stopped:
@@ -328,6 +373,7 @@ class Faults:
         print(f"chaos: workers resumed; up to {self.peak_waiting} results waited", flush=True)
         self.stopped = []
         self.workers_back_at = None
+        self.outages.append(("workers", self.outage_started.pop("workers", 0.0), time.time()))
 
     # -- servers ----------------------------------------------------------------
 
@@ -355,12 +401,75 @@ class Faults:
         self.servers.stop_postgres("immediate")
         close_pool()
         self.pg_back_at = time.monotonic() + STALL_ACK_WAITS * self.ack_wait
+        self.outage_started["postgres"] = time.time()
         return {"seconds": int(STALL_ACK_WAITS * self.ack_wait)}
 
     def _postgres_back(self) -> None:
         self.servers.start_postgres()
         close_pool()
         self.pg_back_at = None
+        self.outages.append(("postgres", self.outage_started.pop("postgres", 0.0), time.time()))
+
+    def redis_full(self) -> dict[str, Any] | None:
+        """Stop every worker and set Redis's limit just above its use (`noeviction`):
+        the processors' results fill it and it refuses writes (at once, if no job
+        runs: the limit is then set below its use). The workers resume after
+        REDIS_FULL_ACK_WAITS ack_waits; Redis takes writes REDIS_FULL_AFTER_S
+        later. A probe job is submitted once Redis refuses writes."""
+        room = REDIS_ROOM_BYTES if self._started_jobs() else -1
+        client = redis.Redis.from_url(get_settings().redis_url)
+        try:
+            client.config_set("maxmemory-policy", "noeviction")
+            used = int(client.info("memory")["used_memory"])
+            self.stopped = [p for p in self.system.workers if p.poll() is None]
+            for p in self.stopped:
+                p.send_signal(signal.SIGSTOP)
+            client.config_set("maxmemory", max(used + room, 1))
+        finally:
+            client.close()
+        self.workers_back_at = time.monotonic() + REDIS_FULL_ACK_WAITS * self.ack_wait
+        self.redis_lift_at = self.workers_back_at + REDIS_FULL_AFTER_S
+        self.outage_kind = "redis_full"
+        self.outage_started["workers"] = self.redis_full_since = time.time()
+        self.next_outage_pass = time.monotonic() + OUTAGE_RECONCILE_EVERY_S
+        self.peak_waiting = 0
+        self.probe_pending = True
+        return {"workers": len(self.stopped), "seconds": int(REDIS_FULL_ACK_WAITS * self.ack_wait
+                                                             + REDIS_FULL_AFTER_S)}  # fmt: skip
+
+    def probe_into_full_redis(self) -> None:
+        """Once Redis refuses writes during `redis_full`, submit a probe job into it."""
+        if not self.probe_pending or self.redis_lift_at is None:
+            return
+        client = redis.Redis.from_url(get_settings().redis_url)
+        try:
+            info = client.info("memory")
+        except redis.RedisError:
+            return
+        finally:
+            client.close()
+        if int(info["used_memory"]) < int(info["maxmemory"]):
+            return
+        self.probe_pending = False
+        self.figures.setdefault("redis_full", Counter())["refused_writes"] += 1
+        try:
+            self.probes.append(submit_probe("redis_full"))
+        except Exception as exc:
+            print(f"chaos: probe into a full Redis not submitted: {exc!r}", flush=True)
+
+    def _redis_takes_writes(self) -> None:
+        client = redis.Redis.from_url(get_settings().redis_url)
+        try:
+            client.config_set("maxmemory", 0)
+        except redis.RedisError as exc:
+            print(f"chaos: Redis limit not lifted: {exc!r}", flush=True)
+            return
+        finally:
+            client.close()
+        self.redis_lift_at = None
+        self.probe_pending = False
+        self.outages.append(("redis", self.redis_full_since, time.time()))
+        print("chaos: Redis takes writes again", flush=True)
 
     # -- result batches in Redis -----------------------------------------------
 

@@ -78,6 +78,8 @@ class JobPlan:
     cancel_at: float | None  # monotonic
     cancelled: bool = False
     kinds: dict[str, int] = field(default_factory=dict)
+    # The bad receiver its completion hook goes to (tests.chaos.hooks), if any.
+    hook: str | None = None
 
     def kind_of(self, task_no: int) -> str:
         """What task `task_no` was asked to do."""
@@ -115,8 +117,16 @@ def _payloads(rng: random.Random, n: int, profile: str) -> tuple[list[str], dict
     return lines, special
 
 
-def submit_job(rng: random.Random, j: int, tasks: int, now: float, seconds: float) -> JobPlan:
-    """Submit the `j`-th job of the run (profile by turn) and return its plan."""
+def submit_job(
+    rng: random.Random,
+    j: int,
+    tasks: int,
+    now: float,
+    seconds: float,
+    hook: tuple[str, str] | None = None,
+) -> JobPlan:
+    """Submit the `j`-th job of the run (profile by turn), with `hook` = (URL, kind) as
+    its completion hook if given, and return its plan."""
     profile = PROFILE_ORDER[j % len(PROFILE_ORDER)]
     max_deliver, timeout = PROFILES[profile]
     lines, special = _payloads(rng, tasks, profile)
@@ -127,6 +137,7 @@ def submit_job(rng: random.Random, j: int, tasks: int, now: float, seconds: floa
         failure_threshold=0.5,
         max_deliver=max_deliver,
         task_timeout_s=timeout,
+        on_complete=hook[0] if hook else None,
     )
     cancellable = j >= len(PROFILE_ORDER)
     cancel_at = (
@@ -137,7 +148,7 @@ def submit_job(rng: random.Random, j: int, tasks: int, now: float, seconds: floa
         kinds[kind] = kinds.get(kind, 0) + 1
     return JobPlan(
         job.id, tasks, profile, max_deliver, timeout, special, time.time(), cancel_at,
-        kinds=kinds,
+        kinds=kinds, hook=hook[1] if hook else None,
     )  # fmt: skip
 
 

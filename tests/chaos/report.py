@@ -17,7 +17,8 @@ FIGURES = (
     "seconds", "jobs", "tasks", "small_max_deliver_jobs", "settle_s", "lost",
     "lost_after_processor_deaths", "duplicated", "tasks_run_again", "max_deliveries",
     "max_deliveries_plain", "plain_runs_unexplained", "processor_deaths", "exits_on_their_own",
-    "scheduler_passes", "harness_passes",
+    "scheduler_passes", "harness_passes", "probes", "probe_longest_wait_s",
+    "worker_peak_rss_mb",
 )  # fmt: skip
 
 
@@ -56,6 +57,11 @@ class Report:
     exits_on_their_own: Counter[str] = field(default_factory=Counter)
     # Kinds injected fewer times than asked (`--min-each`): the run proves too little.
     shortfalls: list[str] = field(default_factory=list)
+    # Hook outcomes by receiver kind and state, probe jobs, the workers' peak RSS.
+    hooks: dict[str, int] = field(default_factory=dict)
+    probes: int = 0
+    probe_longest_wait_s: float = 0.0
+    worker_peak_rss_mb: int = 0
 
     @property
     def ok(self) -> bool:
@@ -98,6 +104,10 @@ class Report:
             "processor_deaths": self.processor_deaths,
             "exits_on_their_own": sum(self.exits_on_their_own.values()),
             "exits_on_their_own_by_kind": dict(self.exits_on_their_own),
+            "hooks": self.hooks,
+            "probes": self.probes,
+            "probe_longest_wait_s": round(self.probe_longest_wait_s, 1),
+            "worker_peak_rss_mb": self.worker_peak_rss_mb,
             "violations": self.violations,
             "shortfalls": self.shortfalls,
             "ok": self.ok,
@@ -126,6 +136,8 @@ def print_report(report: Report) -> None:
         label = "mix" if kind in MIX_KINDS else "tasks"
         outcome = _outcome_text(report.outcomes.get(kind, Counter()))
         table.add_row(f"{label}: {kind}", f"{report.mix.get(kind, 0)} ({outcome})")
+    for kind, n in sorted(report.hooks.items()):
+        table.add_row(f"hook: {kind}", str(n))
     for status, n in sorted(report.finals.items()):
         table.add_row(f"final: {status}", str(n))
     for kind, n in sorted(report.findings.items()):

@@ -26,6 +26,7 @@ from jobsys.reconciler import reconcile_pass
 from jobsys.settings import reset_settings
 from tests.chaos.check import check
 from tests.chaos.faults import Faults
+from tests.chaos.hooks import PROBE_EVERY_S, Receivers, submit_probe
 from tests.chaos.mix import JobPlan, submit_job
 from tests.chaos.report import Report, print_report
 from tests.chaos.servers import PrivateServers
@@ -50,6 +51,11 @@ HARNESS_ENV = {
     # time: capped at 2 minutes here (10 by default), so that after the last
     # fault every held result is re-sent well within the settle timeout.
     "JOBSYS_RESULT_RESEND_MAX_S": "120",
+    # Hooks to the harness's bad receivers (tests.chaos.hooks): a short
+    # deadline and few attempts, so every hook ends within the run.
+    "JOBSYS_HOOK_TIMEOUT_S": "3",
+    "JOBSYS_HOOK_BACKOFF_S": "1",
+    "JOBSYS_HOOK_MAX_ATTEMPTS": "3",
 }
 # After the faults, the harness runs a reconcile pass this often (as cron would)
 # until every job is final.
@@ -72,6 +78,7 @@ def run(
     migrate()
     system = LocalSystem(workers=2, threads=4, processors=2, concurrency=8, schedulers=1,
                          log_dir=root / "logs").start()  # fmt: skip
+    receivers = Receivers().__enter__()
     # Two random streams: the job mix is the same for a seed however the faults fall.
     mix_rng = random.Random(f"{seed}:jobs")
     plans: list[JobPlan] = []
@@ -90,8 +97,12 @@ def run(
         # During the faults the reconciler runs as deployed: the scheduler
         # subprocess enqueues a pass every 10 s and a worker runs it (and the
         # harness runs passes itself while the workers are stopped).
+        next_probe = started + PROBE_EVERY_S
         while time.monotonic() - started < seconds:
             now = time.monotonic()
+            if faults.pg_up and now >= next_probe:
+                next_probe = now + PROBE_EVERY_S
+                faults.probes.append(_with_retries(lambda: submit_probe("hooks hanging")))
             if faults.pg_up:
                 # Like a user, the harness submits and cancels only while
                 # Postgres is up (waiting here would delay its return), and
@@ -99,17 +110,19 @@ def run(
                 # a result transaction holds its job's row, a cancel would
                 # wait for it, and the harness that must resume it with it.
                 _submit_and_cancel(mix_rng, plans, submit_at, now, started, tasks, seconds,
-                                   cancels=faults.workers_up)  # fmt: skip
+                                   receivers, cancels=faults.workers_up)  # fmt: skip
             faults.tick(now)
             time.sleep(0.1)
         faults.end()
         # Jobs due during the last stall are submitted now, so every planned job runs.
-        _submit_and_cancel(mix_rng, plans, submit_at, float("inf"), started, tasks, seconds)
+        _submit_and_cancel(mix_rng, plans, submit_at, float("inf"), started, tasks, seconds,
+                           receivers)  # fmt: skip
 
         # Faults stop; everything runs; the reconciler also sweeps from here
         # as cron would, until all is final.
         settle_start = time.monotonic()
         final = _settle(plans, faults, settle_timeout)
+        _settle_probes(faults, settle_timeout)
         report.settle_s = time.monotonic() - settle_start
         # Past the grace a final job's teardown has, a pass deletes what it left.
         time.sleep(float(HARNESS_ENV["JOBSYS_STRAY_GRACE_S"]))
@@ -118,6 +131,7 @@ def run(
         check(plans, final, faults, report)
     finally:
         faults.end()
+        receivers.__exit__()
         system.stop(timeout=20)
         servers.stop_all()
         if report.violations or keep:
@@ -136,11 +150,13 @@ def _submit_and_cancel(
     started: float,
     tasks: int,
     seconds: float,
+    receivers: Receivers,
     cancels: bool = True,
 ) -> None:
     while submit_at and now - started >= submit_at[0]:
         submit_at.pop(0)
-        plans.append(_with_retries(lambda: submit_job(rng, len(plans), tasks, now, seconds)))
+        hook = receivers.target_for(len(plans))
+        plans.append(_with_retries(partial(submit_job, rng, len(plans), tasks, now, seconds, hook)))
     if not cancels:
         return
     for plan in plans:
@@ -175,6 +191,16 @@ def _settle(plans: list[JobPlan], faults: Faults, timeout: float) -> dict[int, J
             next_reconcile = time.monotonic() + SETTLE_RECONCILE_EVERY_S
         time.sleep(0.5)
     return views
+
+
+def _settle_probes(faults: Faults, timeout: float) -> None:
+    """Until every probe job is final (they are small: this is quick)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        views = [_with_retries(partial(jobsys.get_job, p.job_id)) for p in faults.probes]
+        if all(v.status in FINAL for v in views):
+            return
+        time.sleep(0.5)
 
 
 def main() -> None:

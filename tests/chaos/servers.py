@@ -13,11 +13,20 @@ import psycopg
 from devtools.process import wait_until_up
 from devtools.servers import SERVICES, Postgres, start_postgres, stop_postgres
 
+REDIS_BIN = SERVICES["redis"].binary(Path("/usr/bin/redis-server"))
 
-def _free_port() -> int:
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def redis_command(port: int, data: Path) -> list[str]:
+    """A redis-server on 127.0.0.1:port, no persistence, files in `data`."""
+    return [str(REDIS_BIN), "--bind", "127.0.0.1", "--port", str(port),
+            "--save", "", "--appendonly", "no", "--dir", str(data)]  # fmt: skip
 
 
 class PrivateServers:
@@ -25,9 +34,8 @@ class PrivateServers:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.nats_port, self.redis_port, self.pg_port = _free_port(), _free_port(), _free_port()
+        self.nats_port, self.redis_port, self.pg_port = free_port(), free_port(), free_port()
         self.nats_bin = SERVICES["nats"].binary(Path("/usr/sbin/nats-server"))
-        self.redis_bin = SERVICES["redis"].binary(Path("/usr/bin/redis-server"))
         self.pg_entry: dict[str, Any] | None = None
         self.nats: subprocess.Popen[bytes] | None = None
         self.redis: subprocess.Popen[bytes] | None = None
@@ -56,8 +64,7 @@ class PrivateServers:
 
     def start_redis(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        cmd = [str(self.redis_bin), "--bind", "127.0.0.1", "--port", str(self.redis_port),
-               "--save", "", "--appendonly", "no", "--dir", str(self.root)]  # fmt: skip
+        cmd = redis_command(self.redis_port, self.root)
         log = (self.root / "redis.log").open("ab")
         self.redis = subprocess.Popen(cmd, stdout=log, stderr=log)
         self._wait("redis", self.env["JOBSYS_REDIS_URL"])

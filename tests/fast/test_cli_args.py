@@ -14,7 +14,7 @@ from jobsys.cli.main import main
     [
         (["submit", "echo"], "give exactly one of --items FILE or --count N"),
         (["submit", "echo", "--count", "1", "--items", "f"], "give exactly one of --items"),
-        (["status", "0"], "0 is not in the range x>=1"),
+        (["status", "0"], "0 is not in the range 1<=x<="),
         (["cancel", "abc"], "'abc' is not a valid integer"),
         (["list", "--status", "nope"], "'nope' is not one of"),
         (["process", "--concurrency", "0"], "0 is not in the range 1<=x<=1024"),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
 
-from jobsys.display import host_port, nats_servers, one_line, redact
+from jobsys.display import host_port, nats_servers, one_line, printable, redact, safe_json
 from jobsys.logs import JsonFormatter, TextFormatter
 
 SECRET = "s3cr3t-Pa55"
@@ -72,3 +73,35 @@ def test_one_line_is_the_first_line_cut_short() -> None:
     assert one_line(ValueError("first\nsecond")) == "first"
     assert one_line("x" * 500).endswith("...") and len(one_line("x" * 500)) == 160
     assert one_line(TimeoutError()) == "timed out"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("http://user:S3cretPW@h:9/hook?token=T0k&api_key=K3y&page=2",
+         "http://user:***@h:9/hook?token=***&api_key=***&page=2"),
+        # A user part alone stands for a token in an http(s) URL.
+        ("https://ghp_T0ken@hooks.example.com/x", "https://***@hooks.example.com/x"),
+        ("https://h/x?X-Amz-Signature=abc&X-Amz-Credential=def&sig=1&monkey=2&bypass=3",
+         "https://h/x?X-Amz-Signature=***&X-Amz-Credential=***&sig=***&monkey=2&bypass=3"),
+        ("https://h/x?access_token=a#frag", "https://h/x?access_token=***#frag"),
+    ],
+)  # fmt: skip
+def test_redact_hides_the_credentials_of_a_hook_url(text: str, shown: str) -> None:
+    assert redact(text) == shown
+
+
+def test_printable_escapes_what_a_terminal_would_act_on() -> None:
+    assert printable("a\x1b[2J\x1b[31mEVIL") == "a\\x1b[2J\\x1b[31mEVIL"
+    assert printable("l1\nl2\r\tx\x7f\x9b") == "l1\\nl2\\r\\tx\\x7f\\x9b"
+    assert printable("ab\u202ecd\u2066") == "ab\\u202ecd\\u2066"
+    assert printable("bad\udcff") == "bad\\udcff"
+    assert printable("é [red] \\ ok") == "é [red] \\ ok"
+    assert one_line("x\x1by") == "x\\x1by"
+
+
+def test_safe_json_is_the_same_json_with_nothing_raw_a_terminal_acts_on() -> None:
+    value = {"name": "a\x1b\x7f\x9b\u202e é"}
+    text = safe_json(json.dumps(value, ensure_ascii=False))
+    assert json.loads(text) == value
+    assert not any(c in text for c in "\x1b\x7f\x9b\u202e") and "é" in text
