@@ -26,7 +26,7 @@ def storable_text(value: str) -> str:
     ValueError saying why: no NUL, no lone surrogate (bytes that were not UTF-8,
     as the command line hands them over)."""
     if "\x00" in value:
-        raise ValueError("must not contain NUL")
+        raise ValueError("NUL characters cannot be stored")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

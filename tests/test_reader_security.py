@@ -76,6 +76,9 @@ def leaker() -> Iterator[str]:
     yield name
     with _connect() as conn:
         conn.execute(f'REVOKE TEMPORARY ON DATABASE "{db}" FROM "{name}"')
+        # The test's temp function outlives its session until Postgres reaps
+        # the temp schema; DROP OWNED takes it (and anything else) now.
+        conn.execute(f'DROP OWNED BY "{name}"')
         conn.execute(f'DROP ROLE "{name}"')
 
 

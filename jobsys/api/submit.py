@@ -100,8 +100,6 @@ def submit(
     # (unsigned) would wait for the reconciler for nothing.
     require_secret()
     hook = check_target(on_complete) if on_complete is not None else None
-    if "\x00" in opts.name or "\x00" in opts.pipeline:
-        raise InvalidInput("name: NUL characters cannot be stored in a job name")
     source = items_of(items)
     limit = submit_item_limit()
     with connection() as conn, conn.transaction():
