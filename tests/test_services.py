@@ -287,8 +287,10 @@ def test_doctor_says_how_to_fix_unreachable_services() -> None:
     by = {c.service: c for c in checks}
     for down in ("postgres", "schema", "pooling", "redis", "redis memory", "nats"):
         assert not by[down].ok, by[down]
-    assert by["redis access"].message == by["nats access"].message == (
-        "plaintext (no TLS); no credentials"
+    assert (
+        by["redis access"].message
+        == by["nats access"].message
+        == ("plaintext (no TLS); no credentials")
     )
     for check in (by["postgres"], by["redis"], by["nats"]):
         assert check.message.endswith("run `make services`"), check.message
