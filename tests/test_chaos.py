@@ -40,13 +40,14 @@ def _chaos(seconds: int, jobs: int, tasks: int, seed: int) -> dict[str, object]:
         capture_output=True,
         text=True,
         env=env,
-        timeout=seconds + 600,
+        timeout=seconds * 2 + 600,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, f"chaos printed no report:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     report: dict[str, object] = json.loads(lines[-1])
     assert report["violations"] == [], report
-    assert proc.returncode == 0
+    assert report["shortfalls"] == [], report
+    assert proc.returncode == 0, proc.stdout[-3000:]
     return report
 
 

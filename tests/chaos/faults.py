@@ -247,6 +247,10 @@ class Faults:
         if self.outage_pass is not None:
             self.outage_pass.join(OUTAGE_PASS_JOIN_S)
 
+    def owed(self) -> list[str]:
+        """Fault kinds not injected yet (a window that ends with some owed proves less)."""
+        return [k for k in FAULTS if self.counts[k] == 0]
+
     def inject_next(self, now: float) -> bool:
         """Inject one fault: the first kind not yet injected that bites, else one at random."""
         allowed = [k for k in FAULTS if self._allowed(k)]
