@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     lost_after_s: float = Field(default=120.0, gt=0)
     queued_stale_s: float = Field(default=60.0, gt=0)
     cancel_grace_s: float = Field(default=60.0, gt=0)
+    # Tasks a revoke cancels per transaction: a big cancel is many short
+    # transactions (counters exact after each), never one long lock.
+    cancel_chunk_rows: int = Field(default=10_000, ge=1, le=1_000_000)
     # A final job's stream is its teardown's to delete for this long; after
     # that the reconciler deletes it as a stray (a teardown lost with Redis).
     stray_grace_s: float = Field(default=30.0, ge=0)

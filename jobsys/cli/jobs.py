@@ -114,7 +114,9 @@ def submit(
 def cancel(job_id: int, as_json: bool) -> None:
     """Cancel JOB_ID: stop its remote work and end it `revoked`.
 
-    A job that already finished is left as it is (changed: false).
+    A job that already finished is left as it is (changed: false). A big job
+    comes back `canceling`: its work has stopped, and the workers cancel its
+    remaining pending tasks in chunks and end it `revoked`.
 
     \b
     Example:
@@ -123,6 +125,9 @@ def cancel(job_id: int, as_json: bool) -> None:
     result = jobsys.cancel(job_id)
     if as_json:
         echo_json({"job_id": result.job_id, "status": result.status, "changed": result.changed})
+    elif result.changed and result.status == "canceling":
+        click.echo(f"job {job_id} canceling: its work stopped; the workers cancel its pending "
+                   f"tasks and revoke it (`jobsys watch {job_id}`)")  # fmt: skip
     elif result.changed:
         click.echo(f"job {job_id} cancelled: {result.status}")
     else:

@@ -2,9 +2,21 @@
 
 The last step of a cancel, after its stream is deleted (jobsys.api.cancel,
 the teardown actor, or the reconciler past the cancel grace period).
+
+A job of a million tasks is not cancelled in one transaction: its pending
+tasks are cancelled in chunks of `JOBSYS_CANCEL_CHUNK_ROWS` by task number,
+each chunk with its counter in one short transaction, so the counters equal
+the ledger at every commit and no lock is held for long; the last transaction
+sweeps whatever is still pending (a fill that raced the cancel) and moves the
+job to revoked. Any number of revokers may run at once (the cancel, the
+teardown actor, the reconciler): a task is cancelled and counted once,
+because only a pending row moves and its move and count commit together.
 """
 
 from __future__ import annotations
+
+import logging
+import time
 
 from psycopg import Rollback
 
@@ -13,10 +25,48 @@ from jobsys.lifecycle.states import Status
 from jobsys.pg.db import connection
 from jobsys.pg.events import record_event
 from jobsys.pg.queries import Q
+from jobsys.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+# Task numbers start at 0: the first chunk starts after this.
+BEFORE_FIRST_TASK = -1
 
 
-def revoke(job_id: int, reason: str) -> Status | None:
-    """canceling -> revoked with every pending task cancelled; None if it was not canceling."""
+class CountMismatch(RuntimeError):
+    """A chunk moved tasks of a job no longer canceling (must never commit)."""
+
+
+def revoke(job_id: int, reason: str, *, until: float | None = None) -> Status | None:
+    """canceling -> revoked with every pending task cancelled, in chunks.
+
+    Returns REVOKED when done, CANCELING if `until` (a `time.monotonic()`
+    deadline) came first (the caller hands the rest to the teardown actor),
+    None if the job was not canceling.
+    """
+    rows = get_settings().cancel_chunk_rows
+    after: int | None = BEFORE_FIRST_TASK
+    cancelled = 0
+    while after is not None:
+        if until is not None and time.monotonic() >= until:
+            log.info("revoke continues elsewhere", extra={"job_id": job_id, "cancelled": cancelled})
+            return Status.CANCELING
+        with connection() as conn, conn.transaction():
+            chunk = conn.execute(
+                Q.cancel_pending_chunk, {"job_id": job_id, "after": after, "rows": rows}
+            ).fetchone()
+            assert chunk is not None  # a bare SELECT: always one row
+            if not chunk["canceling"]:
+                if chunk["cancelled"]:
+                    raise CountMismatch(f"job {job_id}: tasks moved while not canceling")
+                return None
+        cancelled += chunk["cancelled"]
+        after = chunk["last"]
+    return _revoked(job_id, reason, cancelled)
+
+
+def _revoked(job_id: int, reason: str, cancelled: int) -> Status | None:
+    """The last transaction: what is still pending cancelled, the job revoked."""
     with connection() as conn, finishing(conn) as fin:
         # Tasks first, then the job row: the same lock order as a result
         # batch, so a late batch and a revoke never deadlock.
@@ -24,6 +74,8 @@ def revoke(job_id: int, reason: str) -> Status | None:
         status = fin.revoke(job_id, reason)
         if status is None:
             raise Rollback()
-        record_event(conn, job_id, "tasks_cancelled", count=row["cancelled"] if row else 0)
+        # Every chunk's count, whichever revoker cancelled it.
+        record_event(conn, job_id, "tasks_cancelled",
+                     count=row["cancelled_in_all"] if row else cancelled)  # fmt: skip
         return status
     return None
