@@ -106,3 +106,21 @@ def record_finding(run_id: int, finding: Finding) -> int:
              "action": str(finding.action), "seen": seen}  # fmt: skip
     log.log(level, "reconcile finding", extra=extra)
     return seen
+
+
+def read_latest_findings(job_ids: list[int]) -> dict[tuple[int, str], dict[str, Any]]:
+    """Each job's latest finding of each kind ({(job_id, kind): {id, action, reason}}),
+    in one query: what lets a pass skip writing a finding that did not change."""
+    if not job_ids:
+        return {}
+    with connection() as conn:
+        rows = conn.execute(Q.latest_findings, {"job_ids": job_ids}).fetchall()
+    return {(r["job_id"], r["kind"]): dict(r) for r in rows}
+
+
+def refresh_findings(run_id: int, finding_ids: list[int]) -> None:
+    """Count unchanged findings as seen by pass `run_id`: one statement for all."""
+    if not finding_ids:
+        return
+    with connection() as conn:
+        conn.execute(Q.refresh_findings, {"run_id": run_id, "ids": finding_ids})

@@ -36,6 +36,10 @@ class Action(StrEnum):
     ERROR = "error"  # the action raised (the detail holds the error)
 
 
+# Findings whose handler acts on nothing (it only says why): judged from the
+# pass's own look, without the job's lock or a second look.
+NO_ACTION = frozenset({Kind.WAITING})
+
 # Findings that need only the database: a job that has only these is not
 # looked at in NATS again under its lock.
 DB_ONLY = frozenset(

@@ -22,8 +22,6 @@ from jobsys.lifecycle.blocked import blocked_reason
 from jobsys.lifecycle.finalize import finishing
 from jobsys.lifecycle.states import Status
 from jobsys.nats.bridge import bridge
-from jobsys.nats.presence import Member, members
-from jobsys.nats.presence import now as presence_now
 from jobsys.nats.subjects import JobNames, parse_msg_id
 from jobsys.pg.db import Conn, connection
 from jobsys.pg.locks import Lock, job_lock
@@ -169,8 +167,8 @@ def waiting(seen: Seen) -> Handled:
     """
     nats = seen.nats
     held = (nats.num_ack_pending or 0) if nats is not None else 0
-    team = _team()
-    at = presence_now()
+    team = seen.team.members()
+    at = seen.team.at
     blocked = blocked_reason(seen.job_id, Status.STARTED, team, at) if team is not None else None
     serving = [m for m in team or [] if m.alive(at) and seen.job_id in m.jobs]
     if held > 0:
@@ -186,12 +184,3 @@ def waiting(seen: Seen) -> Handled:
     else:
         reason = "waiting for processors"
     return Handled(Action.NONE, {"reason": reason, "held": held, "serving": len(serving)})
-
-
-def _team() -> list[Member] | None:
-    """The announced workers and processors; None when they cannot be read."""
-    try:
-        return members()
-    except Exception as exc:
-        log.info("presence not readable", extra={"error": repr(exc)})
-        return None

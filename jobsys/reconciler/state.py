@@ -7,7 +7,8 @@ consumer info; `diagnose` reads nothing else.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import logging
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -15,8 +16,12 @@ from nats.js.api import ConsumerInfo, StreamInfo
 
 from jobsys.lifecycle.states import Status
 from jobsys.nats.admin import parse_server_time
+from jobsys.nats.presence import Member, members
+from jobsys.nats.presence import now as presence_now
 from jobsys.nats.subjects import JobNames
 from jobsys.settings import Settings
+
+log = logging.getLogger(__name__)
 
 COUNTERS = ("done", "failed", "lost", "cancelled")
 
@@ -146,11 +151,13 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Seen:
-    """What a handler gets: one job as seen under its lock, and the settings."""
+    """What a handler gets: one job as seen (under its lock, or by the pass for a
+    finding that acts on nothing), the settings, and the pass's look at the team."""
 
     job: JobState
     nats: NatsView | None
     settings: Settings
+    team: TeamLook = field(default_factory=lambda: TeamLook())
 
     @property
     def job_id(self) -> int:
@@ -161,3 +168,24 @@ class Seen:
     def names(self) -> JobNames:
         """The job's NATS names."""
         return JobNames.of(self.settings.namespace, self.job.id)
+
+
+class TeamLook:
+    """The announced workers and processors, read once however many jobs ask (a
+    pass reads the presence bucket once, not once per waiting job)."""
+
+    def __init__(self) -> None:
+        self._read = False
+        self._members: list[Member] | None = None
+        self.at = presence_now()
+
+    def members(self) -> list[Member] | None:
+        """The announced members; None when they cannot be read."""
+        if not self._read:
+            self._read = True
+            try:
+                self._members = members()
+            except Exception as exc:
+                log.info("presence not readable", extra={"error": repr(exc)})
+            self.at = presence_now()
+        return self._members

@@ -86,6 +86,22 @@ UPDATE jobs SET progress_at = now() WHERE id = %(job_id)s AND status = ANY(%(fro
 -- Start recording one reconciler pass.
 INSERT INTO reconcile_runs (trigger) VALUES (%(trigger)s) RETURNING id, started_at;
 
+-- name: latest_findings
+-- The latest finding of each kind of each of these jobs (the findings index
+-- is (job_id, id DESC)): a pass writes a finding only when it differs.
+SELECT DISTINCT ON (job_id, kind) id, job_id, kind, action, reason
+FROM reconcile_findings
+WHERE job_id = ANY(%(job_ids)s)
+ORDER BY job_id, kind, id DESC;
+
+-- name: refresh_findings
+-- Findings a pass saw again unchanged: counted (seen + 1, last seen now, this
+-- pass) in one statement for the whole pass; their detail stays as first
+-- recorded with that reason.
+UPDATE reconcile_findings
+SET seen = seen + 1, at = now(), run_id = %(run_id)s
+WHERE id = ANY(%(ids)s);
+
 -- name: record_reconcile_finding
 -- One finding of a pass. If the job's latest finding of this kind has the
 -- same action and reason, it is counted on that row (seen + 1, last seen
