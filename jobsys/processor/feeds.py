@@ -12,9 +12,14 @@ or cancelled) stops its feed at once, and its queued tasks never start.
 
 Each feed pulls its job's tasks, as many as execution wants ahead for that
 job, after taking fair tickets (jobsys.processor.tickets), and not at all
-while the outbox is full (backpressure). Pull requests are sent by hand on
-a subscription with a callback (nats-py's `fetch` waits on each message
-with a timer of its own): each message goes to execution as it arrives.
+while the outbox is full (backpressure). A feed whose pull came back empty
+(its tasks wait on a retry delay, or another processor holds them) turns
+to a probe: one long pull request for one message that holds no ticket
+(its message takes one when it comes), so thousands of waiting jobs cost
+the server one waiting request each and the tickets go to feeds with work.
+Pull requests are sent by hand on a subscription with a callback (nats-py's
+`fetch` waits on each message with a timer of its own): each message goes to
+execution as it arrives.
 """
 
 from __future__ import annotations
@@ -56,6 +61,14 @@ log = logging.getLogger(__name__)
 FETCH_TIMEOUT_S = 0.5
 PULL_SLACK_S = 1.0
 STATUS_HEADER = "Status"
+# The server's answer when a pull request expired (any other ends it early).
+EXPIRED_STATUS = "408"
+# An empty feed's probe waits this long at the server for one message; the
+# server hands it the message the moment one is there, so this bounds only
+# how often an idle job costs a request, not how soon its work is seen.
+IDLE_PROBE_S = 30.0
+# After a pull that failed or was ended early by the server (not expired),
+# the feed rests this long, doubling up to the second figure.
 IDLE_BACKOFF_S = (0.1, 2.0)
 LISTING_EVERY_S = 2.0
 BACKPRESSURE_POLL_S = 0.05
@@ -63,10 +76,14 @@ BACKPRESSURE_POLL_S = 0.05
 
 @dataclass(eq=False)
 class _Pull:
-    """One pull request: `n` messages asked for (a ticket each), `got` so far."""
+    """One pull request: `n` messages asked for, `held` tickets taken for them in
+    advance (a probe takes none), `got` so far, and the server's status if it
+    ended the request."""
 
     n: int
+    held: int
     got: int = 0
+    status: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -281,16 +298,22 @@ class Feeds:
                 await self.execution.wait_for_room(run)
                 if not run.active:
                     break
-                want = max(1, self.execution.ahead(run) - self.execution.queued(run.job_id))
-                # A feed whose last pull came back empty probes with one
-                # ticket, so idle jobs do not sit on tickets busy ones need.
-                n = await self.tickets.take(1 if idle else want)
-                pull = feed.pull = _Pull(n)
-                request = {"batch": n, "expires": int(FETCH_TIMEOUT_S * 1e9)}
+                if idle:
+                    # The last pull came back empty: probe for one message
+                    # without a ticket, so idle jobs never sit on tickets (or
+                    # wait in their queue) ahead of jobs with work.
+                    pull = feed.pull = _Pull(1, held=0)
+                    expires_s = IDLE_PROBE_S
+                else:
+                    want = max(1, self.execution.ahead(run) - self.execution.queued(run.job_id))
+                    n = await self.tickets.take(want)
+                    pull = feed.pull = _Pull(n, held=n)
+                    expires_s = FETCH_TIMEOUT_S
+                request = {"batch": pull.n, "expires": int(expires_s * 1e9)}
                 try:
                     await self.nc.publish(next_subject, json.dumps(request).encode(), reply=inbox)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(pull.done.wait(), FETCH_TIMEOUT_S + PULL_SLACK_S)
+                        await asyncio.wait_for(pull.done.wait(), expires_s + PULL_SLACK_S)
                 except asyncio.CancelledError:
                     # Dropped mid-pull: tickets not handed back here are gone
                     # for good, and once all are gone no feed can fetch.
@@ -302,9 +325,11 @@ class Feeds:
                     await asyncio.sleep(rest)
                     rest = min(rest * 2, IDLE_BACKOFF_S[1])
                     continue
-                self._end_pull(feed, pull)
-                idle = pull.got == 0
-                if idle:
+                came = self._end_pull(feed, pull)
+                idle = came == 0
+                if idle and pull.status not in (None, EXPIRED_STATUS):
+                    # Ended early by the server (consumer gone, too many
+                    # waiting requests): do not ask again at once.
                     await asyncio.sleep(rest)
                     rest = min(rest * 2, IDLE_BACKOFF_S[1])
                 else:
@@ -313,12 +338,15 @@ class Feeds:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    def _end_pull(self, feed: Feed, pull: _Pull) -> None:
-        """The request is answered, expired or abandoned: unused tickets go back."""
+    def _end_pull(self, feed: Feed, pull: _Pull) -> int:
+        """The request is answered, expired or abandoned: unused tickets go back.
+        Returns how many messages it brought."""
         if feed.pull is pull:
             feed.pull = None
-        self.tickets.give(pull.n - pull.got)
+        came = pull.got
+        self.tickets.give(max(pull.held - came, 0))
         pull.got = pull.n  # late messages of it now take tickets of their own
+        return came
 
     async def _on_msg(self, feed: Feed, msg: Msg) -> None:
         status = msg.headers.get(STATUS_HEADER) if msg.headers else None
@@ -327,10 +355,13 @@ class Feeds:
             # 408 expired, 404 nothing there, 409 consumer deleted or a limit:
             # the request is over either way.
             if pull is not None:
+                pull.status = status
                 pull.done.set()
             return
         if pull is not None and pull.got < pull.n:
             pull.got += 1
+            if pull.got > pull.held:
+                self.tickets.force(1)  # a probe's message: it took no ticket ahead
             if pull.got >= pull.n:
                 pull.done.set()
         else:
