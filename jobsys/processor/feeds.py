@@ -6,8 +6,11 @@ never read Postgres. The description is not trusted: anyone who can create
 a stream can write one, so a stream whose pipeline this processor does not
 allow (jobsys.pipelines.allow) is not served, whatever it says; that is logged once
 per stream. New streams are heard of at once through JetStream's
-advisories (stream and consumer created/deleted); a periodic listing catches
-anything missed (e.g. while NATS restarted). A deleted stream (job finished
+advisories (stream and consumer created/deleted); a periodic listing of the
+namespace's job streams catches anything missed (e.g. while NATS
+restarted). A listing can miss a live stream (it is paged by offset), so a
+feed it did not show is dropped only when asking for that stream says it
+is gone. A deleted stream (job finished
 or cancelled) stops its feed at once, and its queued tasks never start.
 
 Each feed pulls its job's tasks, as many as execution wants ahead for that
@@ -44,7 +47,7 @@ from jobsys.nats.admin import (
     pipeline_of_stream,
     task_timeout_of_stream,
 )
-from jobsys.nats.subjects import JobNames, job_id_of_stream, parse_msg_id
+from jobsys.nats.subjects import JobNames, job_id_of_stream, parse_msg_id, tasks_wildcard
 from jobsys.pipelines.allow import NotAllowed
 from jobsys.pipelines.resolve import resolve_spec
 from jobsys.processor.execute import Execution, JobRun, Task
@@ -150,19 +153,22 @@ class Feeds:
             await self.add(job_id)
 
     async def listing_loop(self) -> None:
-        """Backstop for missed advisories (a side task of the processor)."""
+        """Backstop for missed advisories (a side task of the processor). Lists
+        only this namespace's job streams; a feed missing from a listing is
+        dropped only once its stream is confirmed gone (`_gone`)."""
+        namespace = self.settings.namespace
         while True:
             try:
                 seen = set()
-                for info in await all_streams_info(self.js):
-                    job_id = job_id_of_stream(self.settings.namespace, info.config.name or "")
+                for info in await all_streams_info(self.js, tasks_wildcard(namespace)):
+                    job_id = job_id_of_stream(namespace, info.config.name or "")
                     if job_id is None:
                         continue
                     seen.add(job_id)
                     if job_id not in self.feeds:
                         await self.add(job_id, info.config.description)
-                for job_id in list(self.feeds):
-                    if job_id not in seen:
+                for job_id in [j for j in self.feeds if j not in seen]:
+                    if await self._gone(job_id):
                         self.drop(job_id, "stream gone")
                 for judged in (self.refused, self.unavailable):
                     for job_id in [j for j in judged if j not in seen]:
@@ -170,6 +176,17 @@ class Feeds:
             except Exception as exc:
                 log.warning("stream listing failed", extra={"error": repr(exc)})
             await asyncio.sleep(LISTING_EVERY_S)
+
+    async def _gone(self, job_id: int) -> bool:
+        """Whether the job's stream is gone, asked of the server for that stream
+        (a paged listing can miss a live one). Unsure (an error) is not gone."""
+        try:
+            await self.js.stream_info(JobNames.of(self.settings.namespace, job_id).stream)
+        except NotFoundError:
+            return True
+        except Exception as exc:
+            log.info("cannot confirm a stream", extra={"job_id": job_id, "error": repr(exc)})
+        return False
 
     async def add(self, job_id: int, description: str | None = None) -> None:
         """Serve the job if its stream and consumer are there and its pipeline is
