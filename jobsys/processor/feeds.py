@@ -28,6 +28,7 @@ execution as it arrives.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import json
@@ -132,6 +133,9 @@ class Feeds:
         # Streams whose pipeline could not be loaded here, said once (retried).
         self.unavailable: dict[int, str] = {}
         self.backpressure_waits = 0
+        # Tasks of each job handed to execution and not settled yet (the
+        # outbox sends a job's batch at once when this falls to 0).
+        self.holding: collections.Counter[int] = collections.Counter()
 
     # -- which jobs to serve -------------------------------------------------
 
@@ -388,7 +392,17 @@ class Feeds:
             return
         task = self._task(feed, msg)
         if task is not None:
+            self.holding[feed.run.job_id] += 1
             self.execution.submit_one(task)
+
+    def settled(self, job_id: int) -> bool:
+        """One task of the job is settled; whether it was the last one held here."""
+        left = self.holding[job_id] - 1
+        if left > 0:
+            self.holding[job_id] = left
+            return False
+        del self.holding[job_id]
+        return True
 
     def _task(self, feed: Feed, msg: Msg) -> Task | None:
         ids = parse_msg_id((msg.headers or {}).get("Nats-Msg-Id"))

@@ -309,6 +309,7 @@ class Processor:
     def _settle(self, task: Task, kind: str, value: Any) -> None:
         """A task's outcome here: a result to record, a retry, or nothing ran."""
         self.tickets.give(1)
+        last = self.feeds.settled(task.run.job_id)
         reply = task.msg.reply
         if kind == DROPPED:
             self.stats.skipped += 1
@@ -340,7 +341,7 @@ class Processor:
             self.stats.failed += 1
         # Held until recorded, however long: no deadline any more.
         self.keepalive.until(reply, NO_DEADLINE)
-        self.outbox.add(task.run.job_id, item)
+        self.outbox.add(task.run.job_id, item, last=last)
 
     async def _on_confirm(self, msg: Msg) -> None:
         # <inbox>.<serial>: the worker recorded the batch and acked its messages.
