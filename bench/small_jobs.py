@@ -6,9 +6,12 @@ threads, as jobsys's one worker and one processor of 8 slots).
   `jobsys.submit`, first submit to the last job final (jobs/s), vs N Dramatiq
   groups of 20 run back to back, first run to the last result;
 - a 1-task job: submit to final, p50 of 20 on an otherwise idle system, vs a
-  Dramatiq group of 1 (run to its result).
+  Dramatiq group of 1 (run to its result);
+- behind waiting jobs: 10,000 started jobs (1,000 quick) whose one task
+  waits in NATS on a long retry delay, then a new 1-task job, submit to
+  final (p50 and max of 5).
 
-    python -m bench.small_jobs [--quick]
+    python -m bench.small_jobs [--quick] [--waiting-only]
 """
 
 from __future__ import annotations
@@ -30,9 +33,14 @@ LATENCY_RUNS = 20
 # Finished jobs are looked for this often (a faster poll would load Postgres).
 POLL_S = 0.005
 WAIT_S = 900
+WAITING, WAITING_QUICK = 10_000, 1_000
+WAITING_RUNS = 5
+# The waiting jobs' transient failures are handed back for this long.
+WAITING_NAK_DELAY_S = "3600"
 # The targets of issue 20.
 MANY_TARGET = 1.5
 LATENCY_TARGET_MS = 50
+WAITING_TARGET_MS = 1_000
 
 
 def _jobsys(jobs: int) -> dict[str, Any]:
@@ -118,6 +126,53 @@ def _dramatiq(jobs: int) -> dict[str, Any]:
     }
 
 
+def behind_waiting(waiting: int) -> dict[str, Any]:
+    """A new 1-task job's submit->final behind `waiting` started jobs whose tasks wait."""
+    import jobsys
+    from bench.flow import LOG_DIR
+    from jobsys.api.read import wait_until_final
+    from jobsys.ops.runner import LocalSystem
+    from jobsys.pg.db import connection
+
+    env_ = {"JOBSYS_NAK_DELAY_S": WAITING_NAK_DELAY_S}
+    system = LocalSystem(workers=1, processors=1, log_dir=LOG_DIR / "waiting", env=env_)
+    with system:
+        t0 = time.perf_counter()
+        ids = [
+            jobsys.submit("echo", [{"transient": True}], name=f"w{i}", max_deliver=5).id
+            for i in range(waiting)
+        ]
+        # Every waiting job bootstrapped, then time for the processor to
+        # run each task once and hand it back (nak with a long delay).
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            with connection() as conn:
+                row = conn.execute(
+                    "SELECT count(*) AS n FROM jobs WHERE id = ANY(%(ids)s) AND status = 'started'",
+                    {"ids": ids},
+                ).fetchone()
+            if row is not None and row["n"] == waiting:
+                break
+            time.sleep(1)
+        time.sleep(10)  # the first deliveries, nak'ed: every feed is empty now
+        setup_s = time.perf_counter() - t0
+        latencies = []
+        for _ in range(WAITING_RUNS):
+            t1 = time.perf_counter()
+            job = jobsys.submit("echo", [{"i": 0}])
+            wait_until_final(job.id, timeout=WAIT_S, poll_s=POLL_S)
+            latencies.append((time.perf_counter() - t1) * 1000)
+        system.check_alive()
+    return {
+        "waiting": waiting,
+        "setup_s": setup_s,
+        "p50_ms": statistics.median(latencies),
+        "max_ms": max(latencies),
+        "latencies_ms": [round(x, 1) for x in latencies],
+        "load": load(),
+    }
+
+
 def load() -> list[str]:
     """The machine's load averages (1, 5, 15 minutes)."""
     return Path("/proc/loadavg").read_text().split()[:3]
@@ -143,7 +198,18 @@ def run(quick: bool) -> list[dict[str, Any]]:
     name = f"{m['jobs']} jobs x {TASKS_PER_JOB} echo tasks"
     ratio = j["jobs_per_s"] / d["jobs_per_s"]
     lat = "1-task job submit->final"
+    w = behind_waiting(WAITING_QUICK if quick else WAITING)
+    behind = f"1-task job behind {w['waiting']:,} waiting jobs"
     return [
+        row(
+            behind,
+            f"submit->final p50 of {WAITING_RUNS}",
+            w["p50_ms"],
+            "ms",
+            f"<= {WAITING_TARGET_MS}; load {' '.join(w['load'])}",
+            w["p50_ms"] <= WAITING_TARGET_MS,
+        ),
+        row(behind, f"submit->final max of {WAITING_RUNS}", w["max_ms"], "ms"),
         row(name, "jobsys", j["jobs_per_s"], "jobs/s", f"load {' '.join(m['load_jobsys'])}"),
         row(
             name,
@@ -169,10 +235,14 @@ def run(quick: bool) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--waiting-only", action="store_true")
     args = parser.parse_args(argv)
     env.setup()
     try:
-        print(json.dumps(measure(args.quick), indent=1))
+        if args.waiting_only:
+            print(json.dumps(behind_waiting(WAITING_QUICK if args.quick else WAITING), indent=1))
+        else:
+            print(json.dumps(measure(args.quick), indent=1))
     finally:
         env.teardown()
     return 0
