@@ -277,6 +277,14 @@ class Feeds:
         self.outbox.job_gone(job_id)
         log.info("stopped serving job", extra={"job_id": job_id, "reason": why})
 
+    def wake_probes(self) -> None:
+        """NATS came back: the probes it held are forgotten; every empty feed asks
+        again now rather than after IDLE_PROBE_S."""
+        for feed in self.feeds.values():
+            pull = feed.pull
+            if pull is not None and pull.held == 0:
+                pull.done.set()
+
     def stop_all(self) -> None:
         """Shutdown: stop every fetch (queued tasks are handed back by execution)."""
         for feed in self.feeds.values():
