@@ -21,6 +21,8 @@ import logging
 import os
 import re
 import sys
+import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,6 +52,11 @@ MAX_ITEM_DEPTH = 100
 MESSAGE_HEADROOM = 512
 # How long submit waits to connect to NATS to learn its `max_payload`.
 MAX_PAYLOAD_TIMEOUT_S = 3.0
+# A server's max_payload, once asked, is trusted this long: submits in a row
+# open no NATS connection each (a server's limit changes only on a restart
+# with another configuration; a wrong guess is still caught at bootstrap,
+# which fails the task whose message the server refuses).
+MAX_PAYLOAD_CACHE_S = 60.0
 
 # `--items -` and items_of("-"): standard input, named so in errors.
 STDIN = "-"
@@ -271,7 +278,26 @@ class ItemLimit:
         return item
 
 
+# url -> (max_payload, when asked, time.monotonic()); failures are not kept.
+_max_payloads: dict[str, tuple[int, float]] = {}
+_max_payloads_lock = threading.Lock()
+
+
 def server_max_payload(url: str) -> int:
+    """The `max_payload` the NATS server at `url` announces, asked at most every
+    MAX_PAYLOAD_CACHE_S (see `ask_max_payload`)."""
+    now = time.monotonic()
+    with _max_payloads_lock:
+        known = _max_payloads.get(url)
+    if known is not None and now - known[1] < MAX_PAYLOAD_CACHE_S:
+        return known[0]
+    value = ask_max_payload(url)
+    with _max_payloads_lock:
+        _max_payloads[url] = (value, now)
+    return value
+
+
+def ask_max_payload(url: str) -> int:
     """The `max_payload` the NATS server at `url` announces (one short connection).
 
     Not the process's long-lived connection: that one retries a down server

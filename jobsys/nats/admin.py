@@ -201,8 +201,14 @@ async def stream_exists(js: JetStreamContext, names: JobNames) -> bool:
     return True
 
 
-async def all_streams_info(js: JetStreamContext) -> list[StreamInfo]:
-    """Every stream of the account with its state.
+async def all_streams_info(js: JetStreamContext, subject: str | None = None) -> list[StreamInfo]:
+    """Every stream of the account with its state (only those whose subjects
+    match `subject`, when given: see `subjects.tasks_wildcard`).
+
+    A listing is paged by offset: a stream deleted before the page boundary
+    while it is read shifts the next page, so a stream can be missing from
+    it although it existed all along. Absence from a listing is never proof
+    that a stream is gone: ask for that stream (`stream_info`) to be sure.
 
     The server answers a listing in pages (256 streams each); nats-py's
     `streams_info()` returns one page, so follow the offsets to the end.
@@ -220,7 +226,9 @@ async def all_streams_info(js: JetStreamContext) -> list[StreamInfo]:
         # The raw API answer: nats-py keeps no public way to read `missing`.
         page = await js._api_request(
             f"{js._prefix}.STREAM.LIST",
-            json.dumps({"offset": offset}).encode(),
+            json.dumps(
+                {"offset": offset} if subject is None else {"offset": offset, "subject": subject}
+            ).encode(),
             timeout=js._timeout,
         )
         streams = page.get("streams") or []

@@ -4,6 +4,7 @@ from the settings (jobsys.credentials)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -18,11 +19,15 @@ log = logging.getLogger(__name__)
 
 
 async def connect(
-    url: str | None = None, name: str = "jobsys", settings: Settings | None = None
+    url: str | None = None,
+    name: str = "jobsys",
+    settings: Settings | None = None,
+    reconnected: Callable[[], object] | None = None,
 ) -> NATS:
     """A connection that reconnects forever, with the credentials and TLS of the settings
     (jobsys.credentials). While no server answers at first it keeps trying; credentials
-    or TLS that a server refuses raise ServiceUnavailable at once (retrying cannot help)."""
+    or TLS that a server refuses raise ServiceUnavailable at once (retrying cannot help).
+    `reconnected` is called each time the connection is back after a loss."""
     settings = settings or get_settings()
     url = url or settings.nats_url
 
@@ -48,6 +53,8 @@ async def connect(
         nonlocal down
         down = False
         log.info("nats reconnected")
+        if reconnected is not None:
+            reconnected()
 
     try:
         nc = await open_nats(

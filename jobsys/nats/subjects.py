@@ -89,6 +89,12 @@ def stream_prefix(namespace: str) -> str:
     return f"{namespace}_job_"
 
 
+def tasks_wildcard(namespace: str) -> str:
+    """Matches the task subject of every job of a namespace (and no other's): a
+    stream listing filtered by it holds only the namespace's job streams."""
+    return f"{namespace}.tasks.>"
+
+
 def job_id_of_stream(namespace: str, stream: str) -> int | None:
     """The job id a stream of `namespace` belongs to, or None if not one of ours."""
     prefix = stream_prefix(namespace)

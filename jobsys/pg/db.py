@@ -34,8 +34,15 @@ FIRST_CONNECT_TIMEOUT_S = 5
 # Postgres restart, short enough that a CLI user gets the one-line error.
 POOL_TIMEOUT_S = 10.0
 
+# Per-job locks (jobsys.pg.locks) hold a connection of their own for a whole
+# bootstrap or reconcile. They come from a pool apart from the main one, so
+# a lock holder waiting for a connection to work with never waits on
+# connections other lock holders keep; this many times the main pool's size
+# (a lock is held while its holder works on a main-pool connection).
+LOCK_POOL_FACTOR = 2
+
 _lock = threading.Lock()
-_pool: ConnectionPool | None = None
+_pools: dict[str, ConnectionPool] = {}
 _pool_pid: int | None = None
 
 
@@ -59,28 +66,34 @@ def connect_kwargs() -> dict[str, Any]:
     return {"prepare_threshold": None}
 
 
-def get_pool() -> ConnectionPool:
-    """This process's connection pool, created on first use."""
-    global _pool, _pool_pid
+def get_pool(purpose: str = "main") -> ConnectionPool:
+    """This process's connection pool for `purpose` ("main", or "locks" for
+    `lock_connection`), created on first use."""
+    global _pool_pid
     with _lock:
-        if _pool is None or _pool_pid != os.getpid():
+        if _pool_pid != os.getpid():
+            _pools.clear()  # a fork's: the parent's connections are not ours
+            _pool_pid = os.getpid()
+        pool = _pools.get(purpose)
+        if pool is None:
             settings = get_settings()
-            check_first_connect(settings.database_url)
-            _pool = ConnectionPool(
+            if not _pools:
+                check_first_connect(settings.database_url)
+            size = settings.db_pool_size * (LOCK_POOL_FACTOR if purpose == "locks" else 1)
+            pool = _pools[purpose] = ConnectionPool(
                 settings.database_url,
                 min_size=1,
-                max_size=settings.db_pool_size,
+                max_size=size,
                 configure=_configure,
                 # A Postgres restart leaves dead connections in the pool;
                 # check each one before handing it out.
                 check=ConnectionPool.check_connection,
                 open=True,
-                name="jobsys",
+                name=f"jobsys-{purpose}",
                 kwargs=connect_kwargs(),
                 timeout=POOL_TIMEOUT_S,
             )
-            _pool_pid = os.getpid()
-        return _pool
+        return pool
 
 
 class PostgresRefused(ServiceUnavailable):
@@ -108,12 +121,13 @@ def check_first_connect(url: str) -> None:
 
 
 def close_pool() -> None:
-    """Close this process's pool (tests and clean shutdown)."""
-    global _pool, _pool_pid
+    """Close this process's pools (tests and clean shutdown)."""
+    global _pool_pid
     with _lock:
-        if _pool is not None and _pool_pid == os.getpid():
-            _pool.close()
-        _pool = None
+        if _pool_pid == os.getpid():
+            for pool in _pools.values():
+                pool.close()
+        _pools.clear()
         _pool_pid = None
 
 
@@ -121,6 +135,14 @@ def close_pool() -> None:
 def connection() -> Iterator[Conn]:
     """A pooled autocommit connection; use ``with conn.transaction():`` to group writes."""
     with get_pool().connection() as conn:
+        yield cast(Conn, conn)
+
+
+@contextmanager
+def lock_connection() -> Iterator[Conn]:
+    """A pooled autocommit connection to hold a per-job lock on (jobsys.pg.locks):
+    no new connection per lock, and no wait on the main pool."""
+    with get_pool("locks").connection() as conn:
         yield cast(Conn, conn)
 
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from enum import StrEnum
 
-from jobsys.pg.db import Conn, connect_direct
+from jobsys.pg.db import Conn, connect_direct, lock_connection
 from jobsys.settings import get_settings
 
 
@@ -57,11 +57,11 @@ def job_lock(kind: Lock, job_id: int, conn: Conn | None = None) -> Iterator[bool
     Held until the block ends (released even if it raises). `conn` lets a
     caller that locks many jobs in turn reuse one connection for all of them
     (it must be an autocommit connection used for nothing else during the
-    block: the lock lives in a transaction open on it); otherwise a
-    connection of its own is opened for the block.
+    block: the lock lives in a transaction open on it); otherwise one of the
+    lock pool's connections is held for the block (`db.lock_connection`).
     """
     if conn is None:
-        with connect_direct(autocommit=True) as own, job_lock(kind, job_id, own) as held:
+        with lock_connection() as own, job_lock(kind, job_id, own) as held:
             yield held
         return
     with ExitStack() as stack:

@@ -6,20 +6,29 @@ never read Postgres. The description is not trusted: anyone who can create
 a stream can write one, so a stream whose pipeline this processor does not
 allow (jobsys.pipelines.allow) is not served, whatever it says; that is logged once
 per stream. New streams are heard of at once through JetStream's
-advisories (stream and consumer created/deleted); a periodic listing catches
-anything missed (e.g. while NATS restarted). A deleted stream (job finished
+advisories (stream and consumer created/deleted); a periodic listing of the
+namespace's job streams catches anything missed (e.g. while NATS
+restarted). A listing can miss a live stream (it is paged by offset), so a
+feed it did not show is dropped only when asking for that stream says it
+is gone. A deleted stream (job finished
 or cancelled) stops its feed at once, and its queued tasks never start.
 
 Each feed pulls its job's tasks, as many as execution wants ahead for that
 job, after taking fair tickets (jobsys.processor.tickets), and not at all
-while the outbox is full (backpressure). Pull requests are sent by hand on
-a subscription with a callback (nats-py's `fetch` waits on each message
-with a timer of its own): each message goes to execution as it arrives.
+while the outbox is full (backpressure). A feed whose pull came back empty
+(its tasks wait on a retry delay, or another processor holds them) turns
+to a probe: one long pull request for one message that holds no ticket
+(its message takes one when it comes), so thousands of waiting jobs cost
+the server one waiting request each and the tickets go to feeds with work.
+Pull requests are sent by hand on a subscription with a callback (nats-py's
+`fetch` waits on each message with a timer of its own): each message goes to
+execution as it arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import json
@@ -39,7 +48,7 @@ from jobsys.nats.admin import (
     pipeline_of_stream,
     task_timeout_of_stream,
 )
-from jobsys.nats.subjects import JobNames, job_id_of_stream, parse_msg_id
+from jobsys.nats.subjects import JobNames, job_id_of_stream, parse_msg_id, tasks_wildcard
 from jobsys.pipelines.allow import NotAllowed
 from jobsys.pipelines.resolve import resolve_spec
 from jobsys.processor.execute import Execution, JobRun, Task
@@ -56,6 +65,14 @@ log = logging.getLogger(__name__)
 FETCH_TIMEOUT_S = 0.5
 PULL_SLACK_S = 1.0
 STATUS_HEADER = "Status"
+# The server's answer when a pull request expired (any other ends it early).
+EXPIRED_STATUS = "408"
+# An empty feed's probe waits this long at the server for one message; the
+# server hands it the message the moment one is there, so this bounds only
+# how often an idle job costs a request, not how soon its work is seen.
+IDLE_PROBE_S = 30.0
+# After a pull that failed or was ended early by the server (not expired),
+# the feed rests this long, doubling up to the second figure.
 IDLE_BACKOFF_S = (0.1, 2.0)
 LISTING_EVERY_S = 2.0
 BACKPRESSURE_POLL_S = 0.05
@@ -63,10 +80,14 @@ BACKPRESSURE_POLL_S = 0.05
 
 @dataclass(eq=False)
 class _Pull:
-    """One pull request: `n` messages asked for (a ticket each), `got` so far."""
+    """One pull request: `n` messages asked for, `held` tickets taken for them in
+    advance (a probe takes none), `got` so far, and the server's status if it
+    ended the request."""
 
     n: int
+    held: int
     got: int = 0
+    status: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -112,6 +133,9 @@ class Feeds:
         # Streams whose pipeline could not be loaded here, said once (retried).
         self.unavailable: dict[int, str] = {}
         self.backpressure_waits = 0
+        # Tasks of each job handed to execution and not settled yet (the
+        # outbox sends a job's batch at once when this falls to 0).
+        self.holding: collections.Counter[int] = collections.Counter()
 
     # -- which jobs to serve -------------------------------------------------
 
@@ -133,19 +157,22 @@ class Feeds:
             await self.add(job_id)
 
     async def listing_loop(self) -> None:
-        """Backstop for missed advisories (a side task of the processor)."""
+        """Backstop for missed advisories (a side task of the processor). Lists
+        only this namespace's job streams; a feed missing from a listing is
+        dropped only once its stream is confirmed gone (`_gone`)."""
+        namespace = self.settings.namespace
         while True:
             try:
                 seen = set()
-                for info in await all_streams_info(self.js):
-                    job_id = job_id_of_stream(self.settings.namespace, info.config.name or "")
+                for info in await all_streams_info(self.js, tasks_wildcard(namespace)):
+                    job_id = job_id_of_stream(namespace, info.config.name or "")
                     if job_id is None:
                         continue
                     seen.add(job_id)
                     if job_id not in self.feeds:
                         await self.add(job_id, info.config.description)
-                for job_id in list(self.feeds):
-                    if job_id not in seen:
+                for job_id in [j for j in self.feeds if j not in seen]:
+                    if await self._gone(job_id):
                         self.drop(job_id, "stream gone")
                 for judged in (self.refused, self.unavailable):
                     for job_id in [j for j in judged if j not in seen]:
@@ -153,6 +180,17 @@ class Feeds:
             except Exception as exc:
                 log.warning("stream listing failed", extra={"error": repr(exc)})
             await asyncio.sleep(LISTING_EVERY_S)
+
+    async def _gone(self, job_id: int) -> bool:
+        """Whether the job's stream is gone, asked of the server for that stream
+        (a paged listing can miss a live one). Unsure (an error) is not gone."""
+        try:
+            await self.js.stream_info(JobNames.of(self.settings.namespace, job_id).stream)
+        except NotFoundError:
+            return True
+        except Exception as exc:
+            log.info("cannot confirm a stream", extra={"job_id": job_id, "error": repr(exc)})
+        return False
 
     async def add(self, job_id: int, description: str | None = None) -> None:
         """Serve the job if its stream and consumer are there and its pipeline is
@@ -239,6 +277,14 @@ class Feeds:
         self.outbox.job_gone(job_id)
         log.info("stopped serving job", extra={"job_id": job_id, "reason": why})
 
+    def wake_probes(self) -> None:
+        """NATS came back: the probes it held are forgotten; every empty feed asks
+        again now rather than after IDLE_PROBE_S."""
+        for feed in self.feeds.values():
+            pull = feed.pull
+            if pull is not None and pull.held == 0:
+                pull.done.set()
+
     def stop_all(self) -> None:
         """Shutdown: stop every fetch (queued tasks are handed back by execution)."""
         for feed in self.feeds.values():
@@ -281,16 +327,22 @@ class Feeds:
                 await self.execution.wait_for_room(run)
                 if not run.active:
                     break
-                want = max(1, self.execution.ahead(run) - self.execution.queued(run.job_id))
-                # A feed whose last pull came back empty probes with one
-                # ticket, so idle jobs do not sit on tickets busy ones need.
-                n = await self.tickets.take(1 if idle else want)
-                pull = feed.pull = _Pull(n)
-                request = {"batch": n, "expires": int(FETCH_TIMEOUT_S * 1e9)}
+                if idle:
+                    # The last pull came back empty: probe for one message
+                    # without a ticket, so idle jobs never sit on tickets (or
+                    # wait in their queue) ahead of jobs with work.
+                    pull = feed.pull = _Pull(1, held=0)
+                    expires_s = IDLE_PROBE_S
+                else:
+                    want = max(1, self.execution.ahead(run) - self.execution.queued(run.job_id))
+                    n = await self.tickets.take(want)
+                    pull = feed.pull = _Pull(n, held=n)
+                    expires_s = FETCH_TIMEOUT_S
+                request = {"batch": pull.n, "expires": int(expires_s * 1e9)}
                 try:
                     await self.nc.publish(next_subject, json.dumps(request).encode(), reply=inbox)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(pull.done.wait(), FETCH_TIMEOUT_S + PULL_SLACK_S)
+                        await asyncio.wait_for(pull.done.wait(), expires_s + PULL_SLACK_S)
                 except asyncio.CancelledError:
                     # Dropped mid-pull: tickets not handed back here are gone
                     # for good, and once all are gone no feed can fetch.
@@ -302,9 +354,11 @@ class Feeds:
                     await asyncio.sleep(rest)
                     rest = min(rest * 2, IDLE_BACKOFF_S[1])
                     continue
-                self._end_pull(feed, pull)
-                idle = pull.got == 0
-                if idle:
+                came = self._end_pull(feed, pull)
+                idle = came == 0
+                if idle and pull.status not in (None, EXPIRED_STATUS):
+                    # Ended early by the server (consumer gone, too many
+                    # waiting requests): do not ask again at once.
                     await asyncio.sleep(rest)
                     rest = min(rest * 2, IDLE_BACKOFF_S[1])
                 else:
@@ -313,12 +367,15 @@ class Feeds:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    def _end_pull(self, feed: Feed, pull: _Pull) -> None:
-        """The request is answered, expired or abandoned: unused tickets go back."""
+    def _end_pull(self, feed: Feed, pull: _Pull) -> int:
+        """The request is answered, expired or abandoned: unused tickets go back.
+        Returns how many messages it brought."""
         if feed.pull is pull:
             feed.pull = None
-        self.tickets.give(pull.n - pull.got)
+        came = pull.got
+        self.tickets.give(max(pull.held - came, 0))
         pull.got = pull.n  # late messages of it now take tickets of their own
+        return came
 
     async def _on_msg(self, feed: Feed, msg: Msg) -> None:
         status = msg.headers.get(STATUS_HEADER) if msg.headers else None
@@ -327,10 +384,13 @@ class Feeds:
             # 408 expired, 404 nothing there, 409 consumer deleted or a limit:
             # the request is over either way.
             if pull is not None:
+                pull.status = status
                 pull.done.set()
             return
         if pull is not None and pull.got < pull.n:
             pull.got += 1
+            if pull.got > pull.held:
+                self.tickets.force(1)  # a probe's message: it took no ticket ahead
             if pull.got >= pull.n:
                 pull.done.set()
         else:
@@ -340,7 +400,17 @@ class Feeds:
             return
         task = self._task(feed, msg)
         if task is not None:
+            self.holding[feed.run.job_id] += 1
             self.execution.submit_one(task)
+
+    def settled(self, job_id: int) -> bool:
+        """One task of the job is settled; whether it was the last one held here."""
+        left = self.holding[job_id] - 1
+        if left > 0:
+            self.holding[job_id] = left
+            return False
+        del self.holding[job_id]
+        return True
 
     def _task(self, feed: Feed, msg: Msg) -> Task | None:
         ids = parse_msg_id((msg.headers or {}).get("Nats-Msg-Id"))

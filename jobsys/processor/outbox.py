@@ -1,7 +1,8 @@
 """The result outbox: batch, send, hold until recorded, re-send, backpressure.
 
 Outcomes of one job are gathered into batches (up to the batch size, or
-whatever is there after JOBSYS_RESULT_FLUSH_MS) and sent to the
+whatever is there after JOBSYS_RESULT_FLUSH_MS, or at once when none of the
+job's tasks is left here to wait for) and sent to the
 `process_results` actor with this processor's confirmation subject. The
 processor never acks a task itself: the worker acks after it committed the
 batch, then confirms on that subject.
@@ -114,8 +115,11 @@ class Outbox:
         """Whether feeds must stop fetching (backpressure)."""
         return self.results >= self.settings.max_held_results
 
-    def add(self, job_id: int, result: TaskResult) -> None:
-        """One task's outcome; its message stays held until the batch is confirmed."""
+    def add(self, job_id: int, result: TaskResult, last: bool = False) -> None:
+        """One task's outcome; its message stays held until the batch is confirmed.
+        `last`: nothing else of the job is fetched or running here now, so no
+        more is coming to wait for: the batch goes at once (a small job's one
+        result does not wait JOBSYS_RESULT_FLUSH_MS)."""
         buf = self._buffers.get(job_id)
         if buf is None:
             buf = self._buffers[job_id] = _Buffer(time.monotonic())
@@ -123,7 +127,7 @@ class Outbox:
         buf.replies.append(result.reply)
         self.results += 1
         metrics.RESULTS_HELD.set(self.results)
-        if len(buf.results) >= self.batch_size or job_id in self._orphans:
+        if last or len(buf.results) >= self.batch_size or job_id in self._orphans:
             self._seal(job_id)
 
     def _seal(self, job_id: int) -> None:

@@ -153,7 +153,9 @@ class Processor:
         self._stop_event = asyncio.Event()
         if self._stopping.is_set():
             self._stop_event.set()
-        nc = self._nc = await connect(self.settings.nats_url, name="jobsys-processor")
+        nc = self._nc = await connect(
+            self.settings.nats_url, name="jobsys-processor", reconnected=self._reconnected
+        )
         js = jetstream(nc, self.settings)
         self.keepalive = KeepAlive(nc)
         notify_prefix = nc.new_inbox()
@@ -306,9 +308,17 @@ class Processor:
             child = self._duration_children[pipeline] = metrics.TASK_DURATION.labels(pipeline)
         return child
 
+    def _reconnected(self) -> None:
+        # The server forgot the pull requests waiting on it (the empty feeds'
+        # long probes): they are sent again now, not when they would expire.
+        feeds = getattr(self, "feeds", None)
+        if feeds is not None:
+            feeds.wake_probes()
+
     def _settle(self, task: Task, kind: str, value: Any) -> None:
         """A task's outcome here: a result to record, a retry, or nothing ran."""
         self.tickets.give(1)
+        last = self.feeds.settled(task.run.job_id)
         reply = task.msg.reply
         if kind == DROPPED:
             self.stats.skipped += 1
@@ -340,7 +350,7 @@ class Processor:
             self.stats.failed += 1
         # Held until recorded, however long: no deadline any more.
         self.keepalive.until(reply, NO_DEADLINE)
-        self.outbox.add(task.run.job_id, item)
+        self.outbox.add(task.run.job_id, item, last=last)
 
     async def _on_confirm(self, msg: Msg) -> None:
         # <inbox>.<serial>: the worker recorded the batch and acked its messages.

@@ -18,7 +18,7 @@ from nats.js.errors import NotFoundError
 
 from jobsys.nats.admin import all_streams_info
 from jobsys.nats.bridge import bridge
-from jobsys.nats.subjects import JobNames, job_id_of_stream
+from jobsys.nats.subjects import JobNames, job_id_of_stream, tasks_wildcard
 from jobsys.pg.db import connection
 from jobsys.pg.queries import Q
 from jobsys.reconciler.state import JobState, NatsView
@@ -71,7 +71,7 @@ async def _observe_all(
     js: JetStreamContext, namespace: str, started: list[int]
 ) -> tuple[dict[int, NatsView], dict[str, int]]:
     streams: dict[str, StreamInfo] = {}
-    for info in await all_streams_info(js):
+    for info in await all_streams_info(js, tasks_wildcard(namespace)):
         if info.config.name:
             streams[info.config.name] = info
     job_streams = {
@@ -85,7 +85,10 @@ async def _observe_all(
         names = JobNames.of(namespace, job_id)
         stream = streams.get(names.stream)
         if stream is None:
-            return job_id, NatsView.of(None, None, None)
+            # A paged listing can miss a live stream: ask for this one before
+            # calling it missing (a missing stream is re-created).
+            async with gate:
+                return job_id, await observe_job(js, names)
         async with gate:
             consumer = await _consumer_info(js, names)
         return job_id, NatsView.of(stream, consumer, None)

@@ -16,6 +16,9 @@ through four profiles:
 | hung | 3 | 2 s | two tasks that never return |
 | small | 2 | default | -- (a small max_deliver: a recorder outage bites) |
 
+Beside each of those jobs, TINY_PER_JOB tiny jobs of 1-3 tasks (profile
+`tiny`, plain's settings): many small jobs, and a churn of their streams.
+
 A task's kind (`plain`, `fail`, `transient`, an `odd` kind, a crash kind,
 `hang`) says how it must end (`judge`). The job mix draws from its own
 random stream, so a seed gives the same jobs however the faults fall.
@@ -45,6 +48,11 @@ PROFILES: dict[str, tuple[int, float | None]] = {
     "small": (2, None),
 }
 PROFILE_ORDER = tuple(PROFILES)
+# Besides each job of the turns above, this many tiny jobs (1-3 tasks, the
+# plain profile's tasks): many small jobs at once, and their streams made
+# and deleted all the time (a churn of short jobs' streams).
+TINY_PER_JOB = 3
+TINY_TASKS = (1, 3)
 HUNG_PER_JOB = 2
 # Kinds a task can ask for that the chaos report counts as faults of the mix.
 MIX_KINDS = (*ODD_KINDS, *CRASH_KINDS, "hang")
@@ -150,6 +158,21 @@ def submit_job(
         job.id, tasks, profile, max_deliver, timeout, special, time.time(), cancel_at,
         kinds=kinds, hook=hook[1] if hook else None,
     )  # fmt: skip
+
+
+def submit_tiny(rng: random.Random, j: int, now: float) -> JobPlan:
+    """Submit a tiny job (profile `tiny`: 1-3 tasks, plain's max_deliver) and return
+    its plan; it is never cancelled."""
+    n = rng.randint(*TINY_TASKS)
+    max_deliver, timeout = PROFILES["plain"]
+    lines, special = _payloads(rng, n, "plain")
+    job = jobsys.submit("fault-echo", iter(lines), name=f"chaos {j} tiny",
+                        failure_threshold=0.5, max_deliver=max_deliver)  # fmt: skip
+    kinds: dict[str, int] = {}
+    for kind in special.values():
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return JobPlan(job.id, n, "tiny", max_deliver, timeout, special, time.time(), None,
+                   kinds=kinds)  # fmt: skip
 
 
 def judge(plan: JobPlan, kind: str, status: str, error: str | None, deliveries: int) -> bool:

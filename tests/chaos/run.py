@@ -27,7 +27,7 @@ from jobsys.settings import reset_settings
 from tests.chaos.check import check
 from tests.chaos.faults import Faults
 from tests.chaos.hooks import PROBE_EVERY_S, Receivers, submit_probe
-from tests.chaos.mix import JobPlan, submit_job
+from tests.chaos.mix import TINY_PER_JOB, JobPlan, submit_job, submit_tiny
 from tests.chaos.report import Report, print_report
 from tests.chaos.servers import PrivateServers
 
@@ -167,8 +167,12 @@ def _submit_and_cancel(
 ) -> None:
     while submit_at and now - started >= submit_at[0]:
         submit_at.pop(0)
-        hook = receivers.target_for(len(plans))
-        plans.append(_with_retries(partial(submit_job, rng, len(plans), tasks, now, seconds, hook)))
+        # The mix's own turn (profiles, hooks) counts its jobs, not the tiny ones.
+        j = sum(1 for plan in plans if plan.profile != "tiny")
+        hook = receivers.target_for(j)
+        plans.append(_with_retries(partial(submit_job, rng, j, tasks, now, seconds, hook)))
+        for _ in range(TINY_PER_JOB):
+            plans.append(_with_retries(partial(submit_tiny, rng, len(plans), now)))
     if not cancels:
         return
     for plan in plans:

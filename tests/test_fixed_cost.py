@@ -1,0 +1,50 @@
+"""A job's fixed cost: no new connection per job or per submit (issue 20).
+
+Regression: every bootstrap's job lock opened a Postgres connection of its
+own, and every submit opened a NATS connection just to read the server's
+max_payload.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import jobsys
+from jobsys.api import items
+from jobsys.pg.db import connection
+from jobsys.pg.locks import Lock, job_lock
+
+LOCKS = 20
+
+HOLDER = """
+SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+WHERE l.locktype = 'advisory' AND a.datname = current_database()
+"""
+
+
+def test_job_locks_in_a_row_are_held_on_reused_connections() -> None:
+    holders: set[int] = set()
+    for job_id in range(-LOCKS, 0):
+        with job_lock(Lock.BOOTSTRAP, job_id) as held:
+            assert held
+            with connection() as conn:
+                holders |= {row["pid"] for row in conn.execute(HOLDER).fetchall()}
+    # A pool may open a second connection while warming; not one per lock.
+    assert 1 <= len(holders) <= 2, f"{len(holders)} server sessions held {LOCKS} locks"
+
+
+def test_submits_in_a_row_open_one_nats_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[str] = []
+    real = items.open_nats
+
+    def counting(url: str, *args: Any, **kwargs: Any) -> Any:
+        opened.append(url)
+        return real(url, *args, **kwargs)  # the real server is connected to
+
+    monkeypatch.setattr(items, "open_nats", counting)
+    monkeypatch.setattr(items, "_max_payloads", {}, raising=False)
+    for i in range(5):
+        jobsys.submit("echo", [{"i": i}], name=f"cost{i}")
+    assert len(opened) == 1, f"{len(opened)} NATS connections for 5 submits"
