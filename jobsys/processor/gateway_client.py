@@ -72,9 +72,13 @@ class GatewayClient:
             raise GatewayGone(detail)
         raise GatewayUnavailable(f"{path}: {answer.status_code} {detail}")
 
-    async def claim(self, pipelines: list[str] | None) -> dict[str, Any]:
-        """The started jobs of `pipelines` (None: every one the token names)."""
-        return await self._post("/api/gateway/claim", {"pipelines": pipelines})
+    async def claim(
+        self, pipelines: list[str] | None, known: list[int], wait_s: float
+    ) -> dict[str, Any]:
+        """The started jobs of `pipelines` (None: every one the token names), once they
+        differ from `known` or after `wait_s`."""
+        body = {"pipelines": pipelines, "known": known[:100], "wait_s": wait_s}
+        return await self._post("/api/gateway/claim", body)
 
     async def lease(self, job_id: int, n: int, wait_s: float, processor: str) -> dict[str, Any]:
         """Up to `n` of the job's tasks, waiting up to `wait_s` for a first one."""

@@ -7,8 +7,9 @@ the task gateway (jobsys.server.work) as its transport, so the machine it
 runs on needs a URL and a `process` token, and no NATS, Redis or Postgres
 setting. In place of the native parts:
 
-- feeds: it claims the started jobs of its pipelines every CLAIM_EVERY_S and
-  leases their tasks (a lease call per job, as many as execution wants ahead);
+- feeds: it claims the started jobs of its pipelines (a long poll, answered
+  as soon as they change) and leases their tasks (a lease call per job, as
+  many as execution wants ahead, times AHEAD_FACTOR);
   a pipeline not allowed here (JOBSYS_PIPELINE_MODULES) is refused, as a
   native processor refuses it;
 - keep-alive: every held lease (queued, running, or its outcome not yet
@@ -73,8 +74,18 @@ from jobsys.version import version
 
 log = logging.getLogger(__name__)
 
-# How often the started jobs of this processor's pipelines are claimed.
-CLAIM_EVERY_S = 2.0
+# Claims are long polls: the server answers when the started jobs of this
+# processor's pipelines change, or after CLAIM_WAIT_S; at most one claim per
+# CLAIM_MIN_S; after a failed one, CLAIM_RETRY_S.
+CLAIM_WAIT_S = 20.0
+CLAIM_MIN_S = 0.2
+CLAIM_RETRY_S = 2.0
+# A remote processor keeps this many times what a native one would fetched
+# ahead (an HTTP round trip per lease costs more than a NATS pull).
+AHEAD_FACTOR = 4
+# Outcomes per report call, at least (a report is one HTTP call and two
+# Postgres statements on the server, whatever its size).
+REPORT_BATCH_MIN = 1_000
 # A lease call waits this long on the server for a first task.
 LEASE_WAIT_S = 1.0
 # An empty lease rests the job's feed, doubling up to the second figure.
@@ -88,6 +99,7 @@ REPORT_RETRY_MAX_S = 5.0
 # How long the last reports may take at shutdown.
 FINAL_REPORT_S = 10.0
 BACKPRESSURE_POLL_S = 0.05
+ROOM_POLL_S = 0.01
 # One extend names at most this many handles.
 EXTEND_CHUNK = 5_000
 
@@ -138,6 +150,10 @@ class Reports:
         self.pending += 1
         if len(batch.items) >= self.batch_size:
             self._seal(job_id)
+
+    def flush(self, job_id: int) -> None:
+        """Report what is buffered of the job now (nothing more of it is coming soon)."""
+        self._seal(job_id)
 
     def _seal(self, job_id: int) -> None:
         batch = self._open.pop(job_id, None)
@@ -257,7 +273,7 @@ class RemoteProcessor:
         self._stop_event = asyncio.Event()
         if self._stopping.is_set():
             self._stop_event.set()
-        self.reports = Reports(self.client, self.settings, self.batch_size)
+        self.reports = Reports(self.client, self.settings, max(self.batch_size, REPORT_BATCH_MIN))
         self.execution = Execution(
             self._settle,
             self.settings.max_result_bytes,
@@ -347,21 +363,25 @@ class RemoteProcessor:
 
     async def _claim_loop(self) -> None:
         while True:
+            started = time.monotonic()
+            known = sorted(set(self.feeds) | set(self.refused))
             try:
-                answer = await self.client.claim(self.pipelines)
+                answer = await self.client.claim(self.pipelines, known, CLAIM_WAIT_S)
             except GatewayUnavailable as exc:
                 log.info("claim failed (tried again)", extra={"error": str(exc)})
-            else:
-                self.lease_s = float(answer.get("lease_s") or self.lease_s)
-                seen = set()
-                for job in answer.get("jobs") or []:
-                    seen.add(job["job_id"])
-                    self._serve(job)
-                for job_id in [j for j in self.feeds if j not in seen]:
-                    self._drop(job_id, "no longer claimable")
-                for job_id in [j for j in self.refused if j not in seen]:
-                    del self.refused[job_id]
-            await asyncio.sleep(CLAIM_EVERY_S)
+                await asyncio.sleep(CLAIM_RETRY_S)
+                continue
+            self.lease_s = float(answer.get("lease_s") or self.lease_s)
+            seen = set()
+            for job in answer.get("jobs") or []:
+                seen.add(job["job_id"])
+                self._serve(job)
+            for job_id in [j for j in self.feeds if j not in seen]:
+                self._drop(job_id, "no longer claimable")
+            for job_id in [j for j in self.refused if j not in seen]:
+                del self.refused[job_id]
+            # At most one claim per CLAIM_MIN_S, however often the jobs change.
+            await asyncio.sleep(max(CLAIM_MIN_S - (time.monotonic() - started), 0))
 
     def _serve(self, job: dict[str, Any]) -> None:
         job_id = int(job["job_id"])
@@ -424,10 +444,13 @@ class RemoteProcessor:
             if self.reports.full:
                 await asyncio.sleep(BACKPRESSURE_POLL_S)
                 continue
-            await self.execution.wait_for_room(run)
+            ahead = self.execution.ahead(run) * AHEAD_FACTOR
+            # The next lease goes out when half of what is leased ahead started.
+            while self.execution.queued(run.job_id) * 2 >= ahead and run.active:
+                await asyncio.sleep(ROOM_POLL_S)
             if not run.active:
                 return
-            want = max(1, self.execution.ahead(run) - self.execution.queued(run.job_id))
+            want = max(1, ahead - self.execution.queued(run.job_id))
             n = await self.tickets.take(want)
             try:
                 answer = await self.client.lease(run.job_id, n, LEASE_WAIT_S, self.id)
@@ -472,6 +495,18 @@ class RemoteProcessor:
 
     def _settle(self, task: Task, kind: str, value: Any) -> None:
         """A task's outcome here: reported to the server (or forgotten if dropped)."""
+        self._outcome(task, kind, value)
+        job_id = task.run.job_id
+        if not self.execution.queued(job_id) and not any(
+            s.call is not None
+            and s.call.run.job_id == job_id
+            and len(s.call.answered) < len(s.call.tasks)
+            for s in self.execution.slots
+        ):
+            # The job's last task here: no reason to wait for the flush timer.
+            self.reports.flush(job_id)
+
+    def _outcome(self, task: Task, kind: str, value: Any) -> None:
         self.tickets.give(1)
         handle = task.msg.reply
         job_id = task.run.job_id

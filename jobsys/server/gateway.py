@@ -31,17 +31,29 @@ import contextlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from jobsys.api.leasing import Terms, job_terms
 from jobsys.models import TaskResult
 from jobsys.nats.connect import connect, jetstream
-from jobsys.nats.subjects import JobNames, again_subject, parse_msg_id, serial_of_again
+from jobsys.nats.subjects import (
+    CONSUMER_CREATED_ADVISORIES,
+    STREAM_ADVISORIES,
+    JobNames,
+    again_subject,
+    job_id_of_stream,
+    parse_msg_id,
+    serial_of_again,
+    stream_of_advisory,
+)
 from jobsys.processor.keepalive import NO_DEADLINE, KeepAlive
 from jobsys.processor.outbox import Outbox
 from jobsys.server.leases import Handle, make_handle
@@ -53,6 +65,8 @@ log = logging.getLogger(__name__)
 LAPSE_TICK_S = 0.5
 # How long a pull subscription of a job nobody leased from is kept.
 IDLE_PULL_S = 60.0
+# Jobs whose terms one server process keeps.
+TERMS_CACHED = 10_000
 
 
 @dataclass
@@ -97,6 +111,12 @@ class Gateway:
         self._js: JetStreamContext | None = None
         self.keepalive: KeepAlive | None = None
         self.outbox: Outbox | None = None
+        # Set (and replaced) whenever a job of the namespace became servable or
+        # stopped being so: what a waiting claim waits for.
+        self._jobs_changed = asyncio.Event()
+        # Each job's pipeline and delivery limit, which never change: one query
+        # per job per server process, not one per call.
+        self._terms: OrderedDict[int, Terms] = OrderedDict()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -111,6 +131,10 @@ class Gateway:
             lambda serial: f"{prefix}.{serial}",
         )  # fmt: skip
         await nc.subscribe(f"{prefix}.*", cb=self._on_confirm)
+        # A job becomes servable when bootstrap made its consumer, and stops when
+        # its stream is deleted: waiting claims hear of both at once.
+        await nc.subscribe(CONSUMER_CREATED_ADVISORIES, cb=self._on_jobs_changed)
+        await nc.subscribe(STREAM_ADVISORIES, cb=self._on_jobs_changed)
         await nc.subscribe(again_subject(f"{prefix}.*"), cb=self._on_again)
         for name, coro in (
             ("keep-alive", self.keepalive.run()),
@@ -159,6 +183,30 @@ class Gateway:
         """Results not yet recorded fill the outbox: lease nothing more (backpressure)."""
         return self.outbox is not None and self.outbox.full
 
+    # -- which jobs ------------------------------------------------------------
+
+    async def _on_jobs_changed(self, msg: Msg) -> None:
+        parsed = stream_of_advisory(msg.subject)
+        if parsed is None or job_id_of_stream(self.settings.namespace, parsed[1]) is None:
+            return
+        changed, self._jobs_changed = self._jobs_changed, asyncio.Event()
+        changed.set()
+
+    async def terms(self, job_id: int) -> Terms:
+        """The job's serving terms (cached; `status` is as first read); raises JobNotFound."""
+        terms = self._terms.get(job_id)
+        if terms is None:
+            terms = await anyio.to_thread.run_sync(job_terms, job_id)
+            self._terms[job_id] = terms
+            if len(self._terms) > TERMS_CACHED:
+                self._terms.popitem(last=False)
+        return terms
+
+    def changes(self) -> asyncio.Event:
+        """Set when a job of the namespace next becomes servable or stops being so
+        (take it before looking, wait on it after)."""
+        return self._jobs_changed
+
     # -- leasing ---------------------------------------------------------------
 
     async def lease(self, job_id: int, n: int, wait_s: float, holder: str) -> list[Leased] | None:
@@ -169,6 +217,7 @@ class Gateway:
         names = JobNames.of(self.settings.namespace, job_id)
         if pull is None:
             try:
+                await self._js.consumer_info(names.stream, names.consumer)
                 sub = await self._js.pull_subscribe_bind(
                     durable=names.consumer, stream=names.stream
                 )
@@ -263,6 +312,11 @@ class Gateway:
         self.keepalive.hold(h.reply, self.settings.ack_wait_s)
         self.keepalive.until(h.reply, NO_DEADLINE)
         self.outbox.add(job_id, result)
+
+    def flush(self, job_id: int) -> None:
+        """A report is over: its results go out now (it was batched by the processor)."""
+        assert self.outbox is not None
+        self.outbox.flush(job_id)
 
     async def retry(self, handles: list[Handle], delay_s: float) -> int:
         """Hand back the messages of `handles` this process holds (transient failures

@@ -19,7 +19,10 @@ for what the server holds, and jobsys.server.leases for the handles.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -27,7 +30,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from jobsys.api.leasing import claimable_jobs, job_terms, note
+from jobsys.api.leasing import MAX_CLAIMED, claimable_jobs, note
 from jobsys.dramatiq.signing import require_secret
 from jobsys.errors import InvalidInput, ServiceUnavailable
 from jobsys.models import TaskResult
@@ -48,8 +51,11 @@ Caller = Annotated[Principal, Depends(caller)]
 JobId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 # One extend or report names at most this many leases.
 MAX_ITEMS = 10_000
-# How long a lease call may wait for a first task.
+# How long a lease call may wait for a first task, and a claim for a change.
 MAX_WAIT_S = 10.0
+MAX_CLAIM_WAIT_S = 30.0
+# A waiting claim looks again this often even if no advisory woke it.
+CLAIM_POLL_S = 1.0
 ProcessorId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")]
 
 
@@ -82,24 +88,40 @@ def secrets_of() -> list[bytes]:
 
 
 class ClaimBody(BaseModel):
-    """Which pipelines the processor serves (none: every one its token names)."""
+    """Which pipelines the processor serves (none: every one its token names); the
+    jobs it serves already, and how long to wait for that set to change."""
 
     model_config = ConfigDict(extra="forbid")
 
     pipelines: list[Annotated[str, Field(min_length=1, max_length=500)]] | None = Field(
         default=None, max_length=100
     )
+    known: list[int] = Field(default_factory=list, max_length=MAX_CLAIMED)
+    wait_s: float = Field(default=0.0, ge=0, le=MAX_CLAIM_WAIT_S)
 
 
 @api(router.post, "/claim", Scope.PROCESS)
-async def claim(body: ClaimBody, who: Caller) -> dict[str, Any]:
-    """The started jobs of the asked pipelines (least recently progressed first)."""
+async def claim(body: ClaimBody, who: Caller, gw: Gw) -> dict[str, Any]:
+    """The started jobs of the asked pipelines (least recently progressed first).
+    With `wait_s`, a long poll: answered as soon as the jobs differ from `known`
+    (a job started or ended), at the latest after `wait_s`."""
     asked = set(body.pipelines) if body.pipelines is not None else set(who.pipelines or ())
     beyond = sorted(p for p in asked if not who.reaches(p))
     if beyond:
         raise Forbidden(f"token {who.name} does not reach pipeline {beyond[0]!r}")
-    jobs = await anyio.to_thread.run_sync(claimable_jobs, asked) if asked else []
     settings = get_settings()
+    known = set(body.known)
+    deadline = time.monotonic() + body.wait_s
+    while True:
+        changes = gw.changes()
+        jobs = await anyio.to_thread.run_sync(claimable_jobs, asked) if asked else []
+        left = deadline - time.monotonic()
+        if {t.job_id for t in jobs} != known or left <= 0:
+            break
+        # Woken by NATS's advisories; a look now and then in case the status
+        # commit came after the advisory.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changes.wait(), min(left, CLAIM_POLL_S))
     return {
         "jobs": [t.as_dict() for t in jobs],
         "lease_s": settings.gateway_lease_s,
@@ -125,17 +147,18 @@ async def lease(job_id: JobId, body: LeaseBody, who: Caller, gw: Gw) -> dict[str
     """Lease up to `max_tasks` of the job's tasks: each with its payload (the item's
     JSON text), its delivery count and its lease handle. `active` is false once the
     job no longer serves tasks (finished, canceling, or not started)."""
-    terms = await anyio.to_thread.run_sync(job_terms, job_id)
+    terms = await gw.terms(job_id)
     reach(who, terms.pipeline, f"job {job_id}")
     settings = get_settings()
+    # A job serves tasks while its consumer exists (started, until teardown).
     answer: dict[str, Any] = {
         "job_id": job_id,
-        "active": terms.status == "started",
+        "active": True,
         "lease_s": gw.lease_s,
         "backpressure": gw.full,
         "tasks": [],
     }
-    if not answer["active"] or gw.full:
+    if gw.full:
         return answer
     n = min(body.max_tasks, settings.gateway_max_tasks)
     leased = await gw.lease(job_id, n, body.wait_s, holder_of(who, body.processor))
@@ -237,7 +260,7 @@ async def report(job_id: JobId, body: ReportBody, who: Caller, gw: Gw) -> dict[s
     """Count outcomes of the job's leased tasks exactly once (as native results are).
     `accepted` items are queued for recording; `refused` lists the others, each with
     its index and reason; `handed_back` counts tasks given back to NATS."""
-    terms = await anyio.to_thread.run_sync(job_terms, job_id)
+    terms = await gw.terms(job_id)
     reach(who, terms.pipeline, f"job {job_id}")
     keys = secrets_of()
     settings = get_settings()
@@ -264,6 +287,8 @@ async def report(job_id: JobId, body: ReportBody, who: Caller, gw: Gw) -> dict[s
             back.append(h)
         else:
             later.append(h)
+    if accepted:
+        gw.flush(job_id)
     handed_back = await gw.retry(back, 0.0) + await gw.retry(later, settings.nak_delay_s)
     if refused:
         log.warning("report items refused", extra={"job_id": job_id, "count": len(refused),
