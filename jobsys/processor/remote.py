@@ -484,6 +484,9 @@ class RemoteProcessor:
                 return
             if tasks:
                 rest = IDLE_BACKOFF_S[0]
+            elif answer.get("backpressure"):
+                # The server holds too many unrecorded results: soon, not idle.
+                await asyncio.sleep(BACKPRESSURE_POLL_S)
             else:
                 await asyncio.sleep(rest)
                 rest = min(rest * 2, IDLE_BACKOFF_S[1])

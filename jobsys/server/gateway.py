@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 LAPSE_TICK_S = 0.5
 # How long a pull subscription of a job nobody leased from is kept.
 IDLE_PULL_S = 60.0
+# The gateway's outbox stops leases at this many times JOBSYS_MAX_HELD_RESULTS.
+HELD_FACTOR = 10
 # Jobs whose terms one server process keeps.
 TERMS_CACHED = 10_000
 
@@ -126,8 +128,13 @@ class Gateway:
         self._js = jetstream(nc, self.settings)
         self.keepalive = KeepAlive(nc)
         prefix = nc.new_inbox()
+        # The gateway holds the results of every remote processor it serves: its
+        # backpressure starts at HELD_FACTOR times a processor's.
+        held = self.settings.max_held_results * HELD_FACTOR
         self.outbox = Outbox(
-            self.settings, self.keepalive, self.settings.result_batch_size,
+            self.settings.model_copy(update={"max_held_results": held}),
+            self.keepalive,
+            self.settings.result_batch_size,
             lambda serial: f"{prefix}.{serial}",
         )  # fmt: skip
         await nc.subscribe(f"{prefix}.*", cb=self._on_confirm)
