@@ -84,6 +84,17 @@ def secrets_of() -> list[bytes]:
     return keys
 
 
+async def signed(job_id: int, event: str, who: Principal, **detail: Any) -> None:
+    """The job's event of what the token did. Best effort: the tasks are leased (or
+    the results queued) already, and failing the call for the event's sake (Postgres
+    down) would only strand them until their lease lapses; the log says it instead."""
+    try:
+        await anyio.to_thread.run_sync(lambda: note(job_id, event, who.actor, **detail))
+    except Exception as exc:
+        log.warning("job event not written", extra={"job_id": job_id, "event": event,
+                    "token": who.fingerprint, **detail, "error": repr(exc)})  # fmt: skip
+
+
 # -- claim -----------------------------------------------------------------------
 
 
@@ -175,10 +186,7 @@ async def lease(job_id: JobId, body: LeaseBody, who: Caller, gw: Gw) -> dict[str
         for t in leased
     ]
     if leased:
-        await anyio.to_thread.run_sync(
-            lambda: note(job_id, "tasks_leased", who.actor, count=len(leased),
-                         processor=body.processor)
-        )  # fmt: skip
+        await signed(job_id, "tasks_leased", who, count=len(leased), processor=body.processor)
     return answer
 
 
@@ -294,10 +302,8 @@ async def report(job_id: JobId, body: ReportBody, who: Caller, gw: Gw) -> dict[s
         log.warning("report items refused", extra={"job_id": job_id, "count": len(refused),
                                                   "token": who.fingerprint})  # fmt: skip
     if body.results:
-        await anyio.to_thread.run_sync(
-            lambda: note(job_id, "results_reported", who.actor, accepted=accepted,
-                         retried=len(later), handed_back=len(back), refused=len(refused))
-        )  # fmt: skip
+        await signed(job_id, "results_reported", who, accepted=accepted, retried=len(later),
+                     handed_back=len(back), refused=len(refused))  # fmt: skip
     return {"accepted": accepted, "retried": len(later), "handed_back": handed_back,
             "refused": refused}  # fmt: skip
 
