@@ -433,6 +433,42 @@ def test_the_server_killed_mid_job_and_restarted_loses_and_doubles_nothing(
         srv.stop()
 
 
+def test_a_server_process_adopts_the_leases_of_a_killed_one_so_their_tasks_stay_put(
+    services: str, workers: LocalSystem, hand_token: str, tmp_path: Path
+) -> None:
+    # Two server processes (a restart, or --workers 2); the one that granted the
+    # lease is SIGKILLed and the processor extends it through the other.
+    env = {"JOBSYS_GATEWAY_LEASE_S": str(LEASE_S)}
+    first, second = Server(tmp_path, env=env).start(), Server(tmp_path, env=env).start()
+    try:
+        job_id = sha_job(1)
+        started(job_id)
+        (task,) = lease_all(first, hand_token, job_id, 1)
+        assert first.proc is not None
+        first.proc.kill()
+        first.proc.wait()
+        # Extended for longer than ack_wait (3 s in the tests): without adoption
+        # NATS would deliver the task again.
+        for _ in range(4):
+            answer = second.call(hand_token, "POST", "/api/gateway/leases/extend",
+                                 json={"leases": [task["lease"]]})  # fmt: skip
+            assert answer.json()["extended"] == 1, answer.text
+            time.sleep(1.2)
+        assert lease(second, hand_token, job_id, 1)["tasks"] == []
+        item = {"lease": task["lease"], "status": "done", "result": {"kept": True}}
+        assert report(second, hand_token, job_id, [item]).json()["accepted"] == 1
+        assert wait_until_final(job_id, timeout=120).status == "success"
+        assert ledger(job_id) == {"done": 1}
+        with connection() as conn:
+            row = conn.execute(
+                "SELECT deliveries FROM job_tasks WHERE job_id = %(j)s", {"j": job_id}
+            ).fetchone()
+        assert row is not None and row["deliveries"] == 1
+    finally:
+        first.stop()
+        second.stop()
+
+
 def test_a_killed_remote_processors_leased_tasks_come_back_after_the_lease_and_run_elsewhere(
     server: Server, workers: LocalSystem, tmp_path: Path
 ) -> None:

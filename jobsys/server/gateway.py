@@ -20,8 +20,10 @@ was the task's last delivery, which fails it; a permanent one fails it.
 Leases live in the server process that granted them. A report or an extend
 reaching a server that does not hold the lease (restarted, or another
 `--workers` process) is still safe: a report counts through the handle's
-reply subject; an extend says the lease is unknown, and NATS delivers the
-task again after ack_wait.
+reply subject; an extend adopts the lease (unless it ended here: lapsed,
+reported, handed back), so a restarted server keeps running tasks in
+progress. A server that stops hands nothing back: its leases' processors
+go on and extend with the next one.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from jobsys.api.leasing import Terms, job_terms
+from jobsys.errors import ServiceUnavailable
 from jobsys.models import TaskResult
 from jobsys.nats.connect import connect, jetstream
 from jobsys.nats.subjects import (
@@ -67,6 +70,8 @@ LAPSE_TICK_S = 0.5
 IDLE_PULL_S = 60.0
 # The gateway's outbox stops leases at this many times JOBSYS_MAX_HELD_RESULTS.
 HELD_FACTOR = 10
+# Settled replies one server process remembers (extends after that are adopted).
+SETTLED_KEPT = 200_000
 # Jobs whose terms one server process keeps.
 TERMS_CACHED = 10_000
 
@@ -119,6 +124,9 @@ class Gateway:
         # Each job's pipeline and delivery limit, which never change: one query
         # per job per server process, not one per call.
         self._terms: OrderedDict[int, Terms] = OrderedDict()
+        # Replies whose lease ended here (lapsed, reported, handed back): an extend
+        # of one is not a lease to adopt. The latest SETTLED_KEPT.
+        self._settled: OrderedDict[str, None] = OrderedDict()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -158,16 +166,16 @@ class Gateway:
                       extra={"task": task.get_name()})  # fmt: skip
 
     async def close(self) -> None:
-        """Hand back every leased task, give unsent results a last try, disconnect."""
+        """Give unsent results a last try, disconnect. Leases are not handed back: their
+        processors are still running them, and will extend them with the next server
+        process (which adopts them) or report them; otherwise NATS delivers them
+        again after ack_wait."""
         for task in self._side:
             task.cancel()
         await asyncio.gather(*self._side, return_exceptions=True)
         if self._nc is None:
             return
         with contextlib.suppress(Exception):
-            for reply in list(self.leases):
-                await self._nc.publish(reply, b"-NAK")
-            self.leases.clear()
             if self.outbox is not None:
                 await self.outbox.close()
             await self._nc.flush(timeout=5)
@@ -230,6 +238,8 @@ class Gateway:
                 )
             except NotFoundError:
                 return None
+            except Exception as exc:
+                raise ServiceUnavailable(f"NATS did not answer: {exc!r}") from None
             pull = self._pulls[job_id] = _Pull(sub, asyncio.Lock(), time.monotonic())
         async with pull.lock:
             pull.used = time.monotonic()
@@ -240,6 +250,9 @@ class Gateway:
             except NotFoundError:
                 await self._forget_pull(job_id)
                 return None
+            except Exception as exc:
+                await self._forget_pull(job_id)
+                raise ServiceUnavailable(f"NATS did not hand out tasks: {exc!r}") from None
         now = time.monotonic()
         out: list[Leased] = []
         for msg in msgs:
@@ -271,17 +284,46 @@ class Gateway:
                 await pull.sub.unsubscribe()
 
     def extend(self, handles: list[Handle], holder: str) -> tuple[int, int]:
-        """Restart the leases of `handles` (held by `holder`): (extended, unknown)."""
+        """Restart the leases of `handles` (held by `holder`): (extended, unknown).
+
+        A handle this process holds no lease of, and never settled (its lease
+        lapsed, or it was reported or handed back here), was granted by a server
+        process before this one (a restart): it is adopted, held in progress
+        from now on, so its task is not delivered again while it runs."""
+        assert self.keepalive is not None
         deadline = time.monotonic() + self.lease_s
         extended = unknown = 0
+        adopted: list[str] = []
         for h in handles:
             lease = self.leases.get(h.reply)
+            if lease is None and h.reply not in self._settled:
+                lease = self.leases[h.reply] = Lease(h.job_id, h.task_no, deadline, holder)
+                self.keepalive.hold(h.reply, self.settings.ack_wait_s)
+                adopted.append(h.reply)
             if lease is None or lease.holder != holder:
                 unknown += 1
                 continue
             lease.deadline = deadline
             extended += 1
+        if adopted:
+            # In progress now, not at the ticker's next round: the old process's
+            # last ping may be most of an ack_wait ago.
+            asyncio.get_running_loop().create_task(self._ping(adopted))
         return extended, unknown
+
+    async def _ping(self, replies: list[str]) -> None:
+        assert self._nc is not None
+        with contextlib.suppress(Exception):
+            for reply in replies:
+                await self._nc.publish(reply, b"+WPI")
+            await self._nc.flush(timeout=5)
+
+    def _settle(self, reply: str) -> None:
+        """`reply`'s lease is over here for good (lapsed, reported, handed back)."""
+        self.leases.pop(reply, None)
+        self._settled[reply] = None
+        if len(self._settled) > SETTLED_KEPT:
+            self._settled.popitem(last=False)
 
     async def _lapse_loop(self) -> None:
         while True:
@@ -298,7 +340,7 @@ class Gateway:
     async def _hand_back(self, replies: list[str], verb: bytes) -> None:
         assert self._nc is not None and self.keepalive is not None
         for reply in replies:
-            self.leases.pop(reply, None)
+            self._settle(reply)
             self.keepalive.release(reply)
         try:
             for reply in replies:
@@ -313,7 +355,7 @@ class Gateway:
     def record(self, job_id: int, h: Handle, result: TaskResult) -> None:
         """An outcome to count: into the outbox; its message held until recorded."""
         assert self.keepalive is not None and self.outbox is not None
-        self.leases.pop(h.reply, None)
+        self._settle(h.reply)
         # A lease that lapsed, or was granted by another server process, is
         # held from now on too: the result must not be delivered again.
         self.keepalive.hold(h.reply, self.settings.ack_wait_s)

@@ -204,10 +204,11 @@ class ExtendBody(BaseModel):
 
 @api(router.post, "/leases/extend", Scope.PROCESS)
 async def extend(body: ExtendBody, who: Caller, gw: Gw) -> dict[str, Any]:
-    """Each lease of the caller restarts (`lease_s` from now). `unknown` counts handles
-    this server holds no lease of (lapsed, reported, or granted before a restart):
-    their tasks may be delivered to another processor, but a report still counts
-    if the task is still pending. A handle this server did not make is refused."""
+    """Each lease of the caller restarts (`lease_s` from now); a lease granted before
+    the server restarted is adopted. `unknown` counts handles whose lease ended
+    (lapsed, reported, handed back) or is another processor's: their tasks may be
+    delivered to another processor, but a report still counts if the task is still
+    pending. A handle this server did not make is refused."""
     keys = secrets_of()
     handles: list[Handle] = []
     refused = 0
