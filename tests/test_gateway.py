@@ -154,7 +154,9 @@ def workers(services: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture(scope="module")
 def server(services: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {"JOBSYS_GATEWAY_LEASE_S": str(LEASE_S), "JOBSYS_SERVE_RATE_LIMIT": "100000/second"}
+    # Failed logins unlimited: the 401 tests make many from one address.
+    env = {"JOBSYS_GATEWAY_LEASE_S": str(LEASE_S), "JOBSYS_SERVE_RATE_LIMIT": "100000/second",
+           "JOBSYS_SERVE_AUTH_FAILURES": "100000/minute"}  # fmt: skip
     srv = Server(tmp_path_factory.mktemp("serve"), env=env).start()
     yield srv
     srv.stop()
