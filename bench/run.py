@@ -30,7 +30,8 @@ from typing import Any
 from bench import env  # sets JOBSYS_* before jobsys is imported
 
 OTHER_MODULES = ("bench.small_jobs", "bench.cancel_latency", "bench.reconcile_pass",
-                 "bench.views", "bench.export", "bench.prune", "bench.console")  # fmt: skip
+                 "bench.views", "bench.export", "bench.prune", "bench.console",
+                 "bench.gateway")  # fmt: skip
 SECTIONS = ("counting", "e2e", "bootstrap", "many", "others")
 E2E_REPEATS = 2
 

@@ -208,6 +208,11 @@ class Settings(BaseSettings):
     # counters come from one query this often (per server process), run only
     # while a page is open.
     console_refresh_s: float = Field(default=2.0, ge=0.2, le=300)
+    # The task gateway (jobsys/server/gateway.py): a remote processor's lease
+    # on the tasks it took lapses this long after its last extend, and they
+    # go back to NATS; one lease call takes at most gateway_max_tasks.
+    gateway_lease_s: float = Field(default=30.0, ge=1, le=3_600)
+    gateway_max_tasks: int = Field(default=1_000, ge=1, le=10_000)
     # Where `jobsys serve` is reached (https://host:port), for `jobsys doctor`;
     # and the CA that signed its certificate when it is not a public one.
     server_url: str | None = None

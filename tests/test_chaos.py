@@ -73,6 +73,9 @@ def test_short_chaos_run_keeps_every_invariant() -> None:
     report = _chaos(seconds=90, jobs=8, tasks=2_500, seed=20261123)
     _every_kind_at_least(report, 1)
     assert report["duplicated"] == 0
+    # The remote processor took part: it leased tasks through the gateway and
+    # its outcomes were taken (they count like any, exactly once).
+    assert report["remote_leased"] and report["remote_reported"], report
 
 
 @pytest.mark.slow

@@ -193,6 +193,32 @@ REQUESTS: dict[tuple[str, str], Callable[[int], Request]] = {
     ),
     # Revokes a token made for the purpose just before the call.
     ("DELETE", "/api/tokens/{name}"): lambda job: ("/api/tokens/{name}", {}),
+    # The task gateway (tests/test_gateway.py runs jobs through it); `job` is final.
+    ("POST", "/api/gateway/claim"): lambda job: ("/api/gateway/claim", {"json": {}}),
+    ("POST", "/api/gateway/jobs/{job_id}/lease"): lambda job: (
+        f"/api/gateway/jobs/{job}/lease",
+        {"json": {"max_tasks": 5, "wait_s": 0}},
+    ),
+    ("POST", "/api/gateway/leases/extend"): lambda job: (
+        "/api/gateway/leases/extend",
+        {"json": {"leases": []}},
+    ),
+    ("POST", "/api/gateway/jobs/{job_id}/report"): lambda job: (
+        f"/api/gateway/jobs/{job}/report",
+        {"json": {"results": []}},
+    ),
+    ("POST", "/api/gateway/announce"): lambda job: (
+        "/api/gateway/announce",
+        {
+            "json": {
+                "id": "matrix",
+                "host": "h",
+                "pid": 1,
+                "version": "0",
+                "started_at": "2026-01-01T00:00:00Z",
+            }
+        },
+    ),
 }
 
 

@@ -144,6 +144,7 @@ def main() -> None:
         # The pool's retries are noise to a person: its failure is reported as
         # one line with the cause (jobsys.pg.db.check_first_connect).
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
-    if ctx.invoked_subcommand in SERVICE_COMMANDS:
-        # A service that cannot sign (or check) messages must not start.
+    if ctx.invoked_subcommand in SERVICE_COMMANDS and ctx.invoked_subcommand != "process":
+        # A service that cannot sign (or check) messages must not start. (`process`
+        # checks for itself: a remote one, --server, signs nothing and holds no secret.)
         require_secret(settings)

@@ -25,6 +25,11 @@ def _can(member: Member) -> str:
     return ", ".join(member.pipelines + modules) if member.kind == "processor" else "-"
 
 
+def _kind(member: Member) -> str:
+    # A remote processor says so, with the name of the token it calls with.
+    return f"{member.kind} (remote, token {member.token})" if member.remote else member.kind
+
+
 def _cannot(member: Member) -> str:
     return "; ".join(f"job {r.job_id} {r.pipeline}: {r.reason}" for r in member.refused) or "-"
 
@@ -35,6 +40,8 @@ def processors(as_json: bool) -> None:
     """List the processors and workers that announced themselves: alive, stopped, or
     gone (not seen for 20 s; forgotten after an hour), with host, pid, version,
     slots, the jobs each serves, and the pipelines it can and cannot serve, and why.
+    A remote processor (`jobsys process --server`) is listed as remote, with the
+    name of its token; `jobsys serve` records its presence for it.
 
     \b
     Examples:
@@ -47,7 +54,7 @@ def processors(as_json: bool) -> None:
         echo_json([member_dict(m, at) for m in team])
         return
     rows = [
-        [m.kind, m.host, m.pid, m.version, m.condition(at), f"{m.seen_ago(at) or 0:.0f}s ago",
+        [_kind(m), m.host, m.pid, m.version, m.condition(at), f"{m.seen_ago(at) or 0:.0f}s ago",
          m.slots, ",".join(map(str, m.jobs)) or "-", _can(m), _cannot(m)]
         for m in team
     ]  # fmt: skip

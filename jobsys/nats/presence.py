@@ -82,6 +82,10 @@ class Member(BaseModel):
     pipelines: list[str] = Field(default_factory=list, max_length=10_000)
     modules: list[str] = Field(default_factory=list, max_length=1_000)
     refused: list[Refusal] = Field(default_factory=list, max_length=10_000)
+    # A remote processor (`jobsys process --server`): the gateway writes its
+    # entry for it, with the name of the token it calls with.
+    remote: bool = False
+    token: str | None = Field(default=None, max_length=64)
     # When NATS stored the latest entry (set by the reader, not the member).
     seen_at: datetime | None = None
 

@@ -81,13 +81,35 @@ class LocalSystem:
         self._n_processors = processors
         self._n_schedulers = schedulers
         self._spawned = 0
+        # Processes of other kinds (`jobsys serve`, remote processors), by kind.
+        self._extra: dict[str, tuple[list[str], dict[str, str], list[subprocess.Popen[bytes]]]] = {}
 
-    def _spawn(self, cmd: list[str], kind: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, cmd: list[str], kind: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._spawned += 1
         log_path = self.log_dir / f"{kind}-{self._spawned}.log"
         with log_path.open("ab") as out:
-            return subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+            return subprocess.Popen(cmd, env=env or self.env, stdout=out, stderr=subprocess.STDOUT)
+
+    def add_group(
+        self, kind: str, cmd: list[str], count: int = 1, env: dict[str, str] | None = None
+    ) -> list[subprocess.Popen[bytes]]:
+        """Start `count` processes of another kind (e.g. `jobsys serve`, or remote
+        processors with an environment of their own); they are listed by `groups`,
+        restarted like the others and stopped with them."""
+        procs: list[subprocess.Popen[bytes]] = []
+        self._extra[kind] = (cmd, env or self.env, procs)
+        for _ in range(count):
+            self._start_extra(kind)
+        return procs
+
+    def _start_extra(self, kind: str) -> subprocess.Popen[bytes]:
+        cmd, env, procs = self._extra[kind]
+        proc = self._spawn(cmd, kind, env)
+        procs.append(proc)
+        return proc
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         """Start one more worker process."""
@@ -113,6 +135,10 @@ class LocalSystem:
             ("worker", self.workers, self.start_worker),
             ("processor", self.processors, self.start_processor),
             ("scheduler", self.schedulers, self.start_scheduler),
+            *(
+                (kind, procs, lambda kind=kind: self._start_extra(kind))
+                for kind, (_, _, procs) in self._extra.items()
+            ),
         ]
 
     def start(self) -> LocalSystem:

@@ -130,6 +130,11 @@ class Outbox:
         if last or len(buf.results) >= self.batch_size or job_id in self._orphans:
             self._seal(job_id)
 
+    def flush(self, job_id: int) -> None:
+        """Send what is buffered of the job now, without waiting for the flush timer
+        (the task gateway: a remote processor's report is a batch already)."""
+        self._seal(job_id)
+
     def _seal(self, job_id: int) -> None:
         buf = self._buffers.pop(job_id, None)
         if buf is None or not buf.results:

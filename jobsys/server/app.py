@@ -21,6 +21,7 @@ background tasks such as the console's shared refresh) goes into `lifespan`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,11 +36,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobsys.api.overview import live_jobs
 from jobsys.dramatiq.broker import setup_broker
+from jobsys.dramatiq.signing import SecretMissing, require_secret
 from jobsys.pg.db import close_pool, get_pool
-from jobsys.server import admin, console, jobs
+from jobsys.server import admin, console, jobs, work
 from jobsys.server.auth import Authenticate
 from jobsys.server.console.live import Hub
 from jobsys.server.console.render import error_page
+from jobsys.server.gateway import Gateway
 from jobsys.server.limits import BodyLimit, Limiter
 from jobsys.server.problems import Problem, problem_response
 from jobsys.server.problems import install as install_problems
@@ -47,10 +50,12 @@ from jobsys.server.routes import SCOPE_KEY
 from jobsys.server.tokens import GRANTS
 from jobsys.settings import Settings, get_settings
 
+log = logging.getLogger(__name__)
+
 TITLE = "jobsys"
 API_VERSION = "1"
 # The routers of the app, in the order their routes are matched.
-ROUTERS: list[APIRouter] = [jobs.router, admin.router]
+ROUTERS: list[APIRouter] = [jobs.router, admin.router, work.router]
 # How long /healthz waits for a Postgres connection before it says the server is degraded.
 HEALTH_TIMEOUT_S = 2.0
 
@@ -98,13 +103,29 @@ class SecurityHeaders:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """What the server holds while it runs: the Dramatiq broker it sends with (only
     sends: no maintenance, so its Redis user needs nothing else), a Postgres pool,
-    and the console's shared refresh (idle while no page is open)."""
+    and the console's shared refresh (idle while no page is open), and the task
+    gateway (jobsys.server.gateway; it connects to NATS in the background, so the
+    rest of the API serves while NATS is away)."""
     setup_broker(maintenance=False)
+    gateway = app.state.gateway = _gateway(app.state.settings)
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(app.state.hub.run)
+        if gateway is not None:
+            tasks.start_soon(gateway.start)
         yield
         tasks.cancel_scope.cancel()
+    if gateway is not None:
+        await gateway.close()
     await anyio.to_thread.run_sync(close_pool)
+
+
+def _gateway(settings: Settings) -> Gateway | None:
+    """The task gateway, if there is a secret to make lease handles with."""
+    try:
+        return Gateway(settings, require_secret(settings))
+    except SecretMissing as exc:
+        log.warning("task gateway off", extra={"reason": str(exc)})
+        return None
 
 
 def _healthy() -> bool:
@@ -131,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problems(app, pages=error_page)
     limiter = Limiter(settings)
     app.state.limiter = limiter
+    app.state.settings = settings
     app.state.hub = Hub(settings.console_refresh_s, live_jobs)
 
     @app.get("/healthz", tags=["health"], openapi_extra={SCOPE_KEY: "none", "security": []})

@@ -6,7 +6,8 @@ For every job:
   nothing pending; no stream is left after a reconcile pass;
 - every `failed` task has a reason (a non-empty error);
 - a task ends `lost` only if NATS delivered it max_deliver times (the ledger
-  records the MAX_DELIVERIES advisory's count), and only if processors died
+  records the MAX_DELIVERIES advisory's count), and only if processors (native
+  or remote, or the gateway holding a remote one's leases) died
   (or NATS restarted, losing a delivery in flight) during its job often
   enough to cut every one of those deliveries: a task
   whose pipeline returns at once (plain, fail, odd values) needs max_deliver
@@ -45,6 +46,8 @@ from tests.chaos.hooks import WORKER_PEAK_RSS_MB, check_hooks, check_probes
 from tests.chaos.mix import MIX_KINDS, RETURNS_AT_ONCE, SMALL_MAX_DELIVER, JobPlan, judge
 from tests.chaos.report import Report
 
+# The kinds of process whose death cuts the deliveries they hold.
+DELIVERY_HOLDERS = ("processor", "remote", "serve")
 # Violations named per job at most (the first ones say enough).
 MAX_PER_JOB = 5
 # Slack between the harness's clock readings and Postgres's timestamps.
@@ -55,8 +58,11 @@ def check(plans: list[JobPlan], views: dict[int, JobView], faults: Faults, repor
     """Check every invariant; fill `report` (violations and figures)."""
     report.faults.update(faults.counts)
     report.fault_figures = {k: dict(v) for k, v in faults.figures.items()}
-    processor_deaths = [d.at for d in faults.deaths if d.kind == "processor"]
+    # A remote processor's death, and the gateway's (it holds the remote
+    # processor's leased messages), cut deliveries as a processor's does.
+    processor_deaths = [d.at for d in faults.deaths if d.kind in DELIVERY_HOLDERS]
     report.processor_deaths = len(processor_deaths)
+    report.remote_leased, report.remote_reported = _remote_work()
     # What can cut a delivery: a processor's death, and a NATS restart.
     deaths = processor_deaths + faults.nats_restarts
     report.exits_on_their_own.update(d.kind for d in faults.deaths if not d.ours)
@@ -127,6 +133,18 @@ def _job_rows(job_id: int) -> tuple[dict[str, int], list[dict[str, Any]], list[s
             "SELECT detail->>'to' AS to FROM job_events WHERE job_id = %s "
             "AND event = 'status' ORDER BY id", (job_id,)).fetchall()]  # fmt: skip
     return ledger, [dict(t) for t in tasks], history
+
+
+def _remote_work() -> tuple[int, int]:
+    """Tasks leased, and outcomes accepted, through the task gateway (its events)."""
+    with connection() as conn:
+        row = conn.execute(
+            "SELECT coalesce(sum((detail->>'count')::int) FILTER (WHERE event = 'tasks_leased'), 0)"
+            " AS leased, coalesce(sum((detail->>'accepted')::int)"
+            " FILTER (WHERE event = 'results_reported'), 0) AS reported"
+            " FROM job_events WHERE event IN ('tasks_leased', 'results_reported')"
+        ).fetchone()
+    return (int(row["leased"]), int(row["reported"])) if row else (0, 0)
 
 
 def _check_job(plan: JobPlan, view: JobView, deaths: list[float], report: Report) -> list[str]:

@@ -4,6 +4,8 @@
 |---|---|
 | `kill_worker` | SIGKILL one worker (restarted at once, as a Procfile runner would) |
 | `kill_processor` | SIGKILL one processor (its execution children die with it) |
+| `kill_serve` | SIGKILL `jobsys serve`, the task gateway (restarted at once on its port) |
+| `kill_remote` | SIGKILL the remote processor (`jobsys process --server`; its leases lapse) |
 | `restart_nats` | SIGTERM NATS and start it again (JetStream data kept) |
 | `stop_workers` | SIGSTOP every worker for STOP_ACK_WAITS ack_waits, then SIGCONT |
 | `duplicate_item` | a result batch waiting in Redis re-sent, signed, with one task twice in it |
@@ -61,6 +63,8 @@ from tests.chaos.servers import PrivateServers
 FAULTS = (
     "kill_worker",
     "kill_processor",
+    "kill_serve",
+    "kill_remote",
     "restart_nats",
     "stop_workers",
     "duplicate_item",
@@ -311,6 +315,15 @@ class Faults:
 
     def kill_processor(self) -> dict[str, Any] | None:
         return self._kill_one(self.system.processors)
+
+    def _group(self, kind: str) -> list[subprocess.Popen[bytes]]:
+        return next((procs for k, procs, _ in self.system.groups() if k == kind), [])
+
+    def kill_serve(self) -> dict[str, Any] | None:
+        return self._kill_one(self._group("serve"))
+
+    def kill_remote(self) -> dict[str, Any] | None:
+        return self._kill_one(self._group("remote"))
 
     def restart_the_dead(self) -> None:
         """Restart every worker, processor and scheduler that died (a Procfile runner's job)."""

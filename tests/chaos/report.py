@@ -18,7 +18,7 @@ FIGURES = (
     "lost_after_processor_deaths", "duplicated", "tasks_run_again", "max_deliveries",
     "max_deliveries_plain", "plain_runs_unexplained", "processor_deaths", "exits_on_their_own",
     "scheduler_passes", "harness_passes", "probes", "probe_longest_wait_s",
-    "worker_peak_rss_mb",
+    "worker_peak_rss_mb", "remote_leased", "remote_reported",
 )  # fmt: skip
 
 
@@ -54,6 +54,9 @@ class Report:
     # Plain tasks delivered more often than 1 + the processor deaths during their job.
     plain_runs_unexplained: int = 0
     processor_deaths: int = 0
+    # Tasks the remote processor leased, and outcomes it reported, through the gateway.
+    remote_leased: int = 0
+    remote_reported: int = 0
     exits_on_their_own: Counter[str] = field(default_factory=Counter)
     # Kinds injected fewer times than asked (`--min-each`): the run proves too little.
     shortfalls: list[str] = field(default_factory=list)
@@ -102,6 +105,8 @@ class Report:
             "max_deliveries_plain": self.max_deliveries_plain,
             "plain_runs_unexplained": self.plain_runs_unexplained,
             "processor_deaths": self.processor_deaths,
+            "remote_leased": self.remote_leased,
+            "remote_reported": self.remote_reported,
             "exits_on_their_own": sum(self.exits_on_their_own.values()),
             "exits_on_their_own_by_kind": dict(self.exits_on_their_own),
             "hooks": self.hooks,

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import TypeVar
 
 import jobsys
+from devtools.process import free_port
 from jobsys.lifecycle.states import FINAL
 from jobsys.logs import setup_logging
 from jobsys.models import JobView
-from jobsys.ops.runner import LocalSystem
+from jobsys.ops.runner import LocalSystem, serve_cmd
 from jobsys.pg.migrate import migrate
 from jobsys.reconciler import reconcile_pass
+from jobsys.server.tokens import create_token
 from jobsys.settings import reset_settings
 from tests.chaos.check import check
 from tests.chaos.faults import Faults
@@ -56,7 +58,13 @@ HARNESS_ENV = {
     "JOBSYS_HOOK_TIMEOUT_S": "3",
     "JOBSYS_HOOK_BACKOFF_S": "1",
     "JOBSYS_HOOK_MAX_ATTEMPTS": "3",
+    # A killed remote processor's leases lapse within two ack_waits.
+    "JOBSYS_GATEWAY_LEASE_S": "10",
+    # The remote processor's calls are not what is tested here.
+    "JOBSYS_SERVE_RATE_LIMIT": "100000/second",
 }
+# What the remote processor's machine lacks (it has only the server's URL and a token).
+REMOTE_LACKS = ("JOBSYS_NATS_URL", "JOBSYS_REDIS_URL", "JOBSYS_DATABASE_URL", "JOBSYS_SECRET")
 # After the faults, the harness runs a reconcile pass this often (as cron would)
 # until every job is final.
 SETTLE_RECONCILE_EVERY_S = 5.0
@@ -81,6 +89,7 @@ def run(
     migrate()
     system = LocalSystem(workers=2, threads=4, processors=2, concurrency=8, schedulers=1,
                          log_dir=root / "logs").start()  # fmt: skip
+    _add_gateway(system)
     receivers = Receivers().__enter__()
     # Two random streams: the job mix is the same for a seed however the faults fall.
     mix_rng = random.Random(f"{seed}:jobs")
@@ -152,6 +161,19 @@ def run(
         else:
             shutil.rmtree(root, ignore_errors=True)
     return report
+
+
+def _add_gateway(system: LocalSystem) -> None:
+    """`jobsys serve` and one remote processor (for `fault-echo`, beside the native
+    ones) that talks only to it: both restarted like the rest when they die."""
+    port = free_port()
+    system.add_group("serve", serve_cmd(port))
+    token, _ = create_token(f"chaos-remote-{uuid.uuid4().hex[:6]}", "process", ["fault-echo"])
+    env = {k: v for k, v in os.environ.items() if k not in REMOTE_LACKS}
+    env["JOBSYS_TOKEN"] = token
+    cmd = [sys.executable, "-m", "jobsys.cli", "process", "--server",
+           f"http://127.0.0.1:{port}", "--concurrency", "4"]  # fmt: skip
+    system.add_group("remote", cmd, env=env)
 
 
 def _submit_and_cancel(

@@ -150,7 +150,7 @@ def test_every_operation_of_the_document_says_its_scope_and_needs_a_bearer_token
                 continue
             assert op["security"] == [{"bearer": []}], (method, path)
             assert op["responses"]["401"]["content"]["application/problem+json"]
-    assert seen == {"none", "any", "read", "submit", "admin"}
+    assert seen == {"none", "any", "read", "submit", "admin", "process"}
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert "HTTPValidationError" not in doc["components"]["schemas"]
 
