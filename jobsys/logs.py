@@ -87,3 +87,7 @@ def setup_logging(fmt: str = "text", level: str = "INFO", secrets: Iterable[str]
     root.setLevel(level.upper())
     # nats-py logs every reconnect attempt at error level; ours say it once.
     logging.getLogger("nats").setLevel(logging.CRITICAL)
+    # httpx logs every request at info: a remote processor's log would be one
+    # line per lease, extend and report; its failures come through ours.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
