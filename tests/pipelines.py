@@ -50,8 +50,46 @@ def odd_values(payload: dict[str, Any]) -> dict[str, Any]:
     return odd_result(payload)
 
 
+@pipeline("tests-read-file", give_up_on=())
 def read_file(payload: dict[str, Any]) -> dict[str, Any]:
-    """Read the file the payload names: a missing file raises FileNotFoundError, a
-    transient error as far as jobsys knows (delivered again until max_deliver)."""
+    """Read the file the payload names: a missing file raises FileNotFoundError, which
+    this pipeline declares transient (``give_up_on=()``: delivered again until max_deliver)."""
     with open(payload["path"], encoding="utf-8") as f:
         return {"text": f.read()}
+
+
+def read_file_plainly(payload: dict[str, Any]) -> dict[str, Any]:
+    """`read_file` declaring nothing: a missing file (FileNotFoundError) or a missing
+    `path` key (KeyError) is given up on at once by default."""
+    with open(payload["path"], encoding="utf-8") as f:
+        return {"text": f.read()}
+
+
+class QuotaExceeded(Exception):
+    """A pipeline's own exception (a service said no for now)."""
+
+
+@pipeline("tests-fetch", retry_on=(ConnectionError, QuotaExceeded), give_up_on=(OSError,))
+def fetch(payload: dict[str, Any]) -> dict[str, Any]:
+    """Fail as the payload's `raise` asks: "refused" (ConnectionError: retried, the most
+    specific match), "quota" (retried), "missing" (FileNotFoundError, an OSError: given
+    up), "bug" (RuntimeError: named by neither, given up)."""
+    kind = payload.get("raise")
+    if kind == "refused":
+        raise ConnectionRefusedError(111, "Connection refused")
+    if kind == "quota":
+        raise QuotaExceeded("quota of 50/s used up")
+    if kind == "missing":
+        raise FileNotFoundError(2, "No such file or directory", payload.get("path", "?"))
+    if kind == "bug":
+        raise RuntimeError("a bug")
+    return payload
+
+
+@pipeline("tests-screen", batch_size=8, batch_wait_s=0.05)
+def screen(payloads: list[dict[str, Any]]) -> list[Any]:
+    """The README's batch example without its setup: an item without `text` fails with
+    ValueError("no text"), which a pipeline declaring nothing gives up on at once."""
+    return [
+        {"hits": p["text"].count("x")} if "text" in p else ValueError("no text") for p in payloads
+    ]

@@ -48,10 +48,12 @@ def describe_exception(exc: BaseException) -> str:
     return storable_error(f"{name}: {text}" if text else name)
 
 
-def _failure(exc: Exception) -> Outcome:
+def _failure(exc: Exception, spec: PipelineSpec) -> Outcome:
+    """A pipeline's exception as an outcome: FAILED if the pipeline gives up on it
+    (PermanentError, or its `give_up_on`), else RETRY."""
     if isinstance(exc, PermanentError):
         return FAILED, storable_error(str(exc) or "failed")
-    return RETRY, describe_exception(exc)
+    return (FAILED if spec.gives_up(exc) else RETRY), describe_exception(exc)
 
 
 def _payload(data: bytes) -> dict[str, Any]:
@@ -64,10 +66,10 @@ def _payload(data: bytes) -> dict[str, Any]:
     return payload
 
 
-def checked(value: Any, max_bytes: int) -> Outcome:
+def checked(value: Any, max_bytes: int, spec: PipelineSpec) -> Outcome:
     """A pipeline's return value as an outcome: done if storable, else failed with why."""
     if isinstance(value, Exception):
-        return _failure(value)
+        return _failure(value, spec)
     text, error = encode_result(value, max_bytes)
     if text is None:
         return FAILED, storable_error(error)
@@ -119,9 +121,9 @@ class Runner:
         fn = spec.fn
         for i, data in enumerate(payloads):
             try:
-                outcome = checked(fn(_payload(data)), max_bytes)
+                outcome = checked(fn(_payload(data)), max_bytes, spec)
             except Exception as exc:
-                outcome = _failure(exc)
+                outcome = _failure(exc, spec)
             report(i, *outcome)
 
     def _run_batch(
@@ -148,12 +150,12 @@ class Runner:
                     f"batch pipeline returned {len(values)} results for {len(items)} items"
                 )
         except Exception as exc:
-            permanent = isinstance(exc, PermanentError)
+            permanent = spec.gives_up(exc)
             report(RAISED, "raised", (permanent, describe_exception(exc)))
             return
         for i, value in zip(where, values, strict=True):
             try:
-                outcome = checked(value, max_bytes)
+                outcome = checked(value, max_bytes, spec)
             except Exception as exc:  # a result json cannot even look at
                 outcome = FAILED, describe_exception(exc)
             report(i, *outcome)

@@ -10,8 +10,10 @@ old job's backlog, not behind it.
 
 What a failure costs (the retry policy):
 
-- a task's own exception: `PermanentError` fails it; any other is transient
-  (delivered again by NATS until max_deliver, then failed, saying so);
+- a task's own exception: one its pipeline gives up on fails it
+  (`PipelineSpec.gives_up`, decided in the slot where it was raised); any
+  other is transient (delivered again by NATS until max_deliver, then
+  failed, saying so);
 - the slot died (signal, os._exit, segfault, OOM) or ran past the job's
   time limit (it is killed and replaced): the task it was running is charged
   a transient failure that names the death; the tasks queued behind it in
