@@ -107,7 +107,12 @@ class Settings(BaseSettings):
     ack_wait_s: float = Field(default=30.0, gt=0)
     max_deliver: int = Field(default=5, ge=1)
     max_ack_pending: int = Field(default=20_000, ge=1)
-    nak_delay_s: float = Field(default=1.0, ge=0)
+    # Backoff between deliveries of a task that failed transiently: this many
+    # seconds after its first failure, doubling after each, at most
+    # retry_delay_max_s, plus up to 25% jitter. A job's own (`jobsys submit
+    # --retry-delay`) or its pipeline's (`@pipeline(retry_delay=...)`) wins.
+    retry_delay_s: float = Field(default=1.0, ge=0)
+    retry_delay_max_s: float = Field(default=300.0, ge=0)
     publish_window: int = Field(default=1_000, ge=1)
 
     # Processor behaviour.

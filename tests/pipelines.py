@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import time
 from typing import Any
 
 from jobsys.errors import PermanentError
@@ -93,3 +95,32 @@ def screen(payloads: list[dict[str, Any]]) -> list[Any]:
     return [
         {"hits": p["text"].count("x")} if "text" in p else ValueError("no text") for p in payloads
     ]
+
+
+# Where `flaky` appends one line per delivery: "<n> <epoch seconds>" (set by the test).
+DELIVERY_LOG_ENV = "JOBSYS_TEST_DELIVERY_LOG"
+
+
+def flaky(payload: dict[str, Any]) -> dict[str, Any]:
+    """A service that is down: records when this delivery started, then raises
+    ConnectionError (retried by default)."""
+    path = os.environ.get(DELIVERY_LOG_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{payload.get('n')} {time.time()}\n")
+    raise ConnectionError("service unavailable")
+
+
+def three_causes(payload: dict[str, Any]) -> dict[str, Any]:
+    """Fail for one of three causes, with details that differ per task (a path, a
+    key, an object's address), as real failures do; print and log a line first."""
+    n = payload["n"]
+    print(f"pipeline says: working on item {n}")
+    logging.getLogger("tests.three_causes").warning("pipeline logs: item %d", n)
+    cause = n % 3
+    if cause == 0:
+        with open(f"/nonexistent/jobsys/photos/{n}.jpg", "rb") as f:
+            return {"size": len(f.read())}
+    if cause == 1:
+        return {"value": payload[f"field_{n}"]}
+    raise ValueError(f"cannot use {object()!r} for item {n}")

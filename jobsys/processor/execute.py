@@ -41,7 +41,7 @@ from typing import Any, Protocol
 from nats.aio.msg import Msg
 
 from jobsys.pipelines.registry import PipelineSpec
-from jobsys.processor.calls import DONE, END, FAILED, RAISED, RETRY
+from jobsys.processor.calls import DONE, END, FAILED, RAISED, RETRY, Failure
 
 # Outcomes of tasks that did not run, besides calls.DONE / FAILED / RETRY:
 DROPPED = "dropped"  # their job is no longer served (stream deleted): forget them
@@ -76,6 +76,9 @@ class JobRun:
     spec: PipelineSpec
     timeout_s: float
     max_deliver: int
+    # (base, max) seconds between deliveries of a transient failure: the
+    # job's, else its pipeline's; None: the processor's settings.
+    retry_delay: tuple[float, float] | None = None
     active: bool = True
     # Seconds per task, smoothed; None until the first outcome.
     task_s: float | None = None
@@ -454,16 +457,18 @@ class Execution:
                     slot.kill(f"{TIMED_OUT} {call.run.timeout_s:g} s")
 
 
-def retry_decision(task: Task, kind: str, reason: str) -> tuple[str, str]:
+def retry_decision(task: Task, kind: str, reason: str | Failure) -> tuple[str, str | Failure]:
     """(what to do, why): "fail" (count it failed) or "retry" (nak: NATS redelivers).
 
     A transient failure on the task's last delivery fails it, saying how
-    many deliveries it had and what the last one died of.
+    many deliveries it had and what the last one died of (an exception's
+    type and traceback are kept).
     """
     if kind == FAILED:
         return "fail", reason
     if kind == RETRY and task.deliveries >= task.run.max_deliver:
-        return "fail", f"gave up after {task.deliveries} deliveries: {reason}"
+        told = f"gave up after {task.deliveries} deliveries: {reason}"
+        return "fail", reason.retold(told) if isinstance(reason, Failure) else told
     return "retry", reason
 
 

@@ -46,6 +46,7 @@ from jobsys.nats.admin import (
     all_streams_info,
     max_deliver_of_stream,
     pipeline_of_stream,
+    retry_delay_of_stream,
     task_timeout_of_stream,
 )
 from jobsys.nats.subjects import JobNames, job_id_of_stream, parse_msg_id, tasks_wildcard
@@ -250,6 +251,7 @@ class Feeds:
             max_deliver=max_deliver_of_stream(description)
             or consumer.config.max_deliver
             or self.settings.max_deliver,
+            retry_delay=retry_delay_of_stream(description) or spec.retry_delay,
         )
         feed = Feed(run, names, float(consumer.config.ack_wait or self.settings.ack_wait_s))
         if spec.batch_size:

@@ -8,7 +8,7 @@ import pytest
 
 from jobsys.errors import PermanentError, TransientError
 from jobsys.pipelines.registry import PipelineSpec, pipeline
-from jobsys.processor.calls import FAILED, RETRY, Runner
+from jobsys.processor.calls import FAILED, RETRY, Failure, Runner
 
 
 class QuotaExceeded(Exception):
@@ -85,7 +85,12 @@ def test_a_slot_reports_a_give_up_exception_failed_and_a_transient_one_retry() -
 
     runner._specs["t"] = PipelineSpec("t", lambda p: p["key"])
     runner.run("t", [b"{}"], 1000, report)
-    assert out == [(0, FAILED, "KeyError: 'key'")]
+    ((index, kind, failure),) = out
+    assert (index, kind, str(failure)) == (0, FAILED, "KeyError: 'key'")
+    # The exception's type and a traceback starting in the pipeline, not in jobsys.
+    assert isinstance(failure, Failure) and failure.error_type == "KeyError"
+    assert failure.trace is not None and failure.trace.endswith("KeyError: 'key'\n")
+    assert "calls.py" not in failure.trace and "test_retry_rules.py" in failure.trace
     out.clear()
 
     def flaky(p: dict[str, object]) -> None:
@@ -93,4 +98,6 @@ def test_a_slot_reports_a_give_up_exception_failed_and_a_transient_one_retry() -
 
     runner._specs["t"] = PipelineSpec("t", flaky)
     runner.run("t", [b"{}"], 1000, report)
-    assert out == [(0, RETRY, "ConnectionResetError: reset by peer")]
+    assert [(i, k, str(v)) for i, k, v in out] == [
+        (0, RETRY, "ConnectionResetError: reset by peer")
+    ]
