@@ -241,6 +241,8 @@ def profile_counting(quick: bool) -> dict[str, Any]:
         "errors": [None] * 100,
         "deliveries": [1] * 100,
         "seqs": list(range(1, 101)),
+        "error_types": [None] * 100,
+        "error_traces": [None] * 100,
     }
     with connection() as conn, conn.transaction() as tx:
         # Published as a first fill into a fresh stream would: task n at sequence

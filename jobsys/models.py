@@ -198,6 +198,8 @@ class JobView(BaseModel):
     # Backoff between deliveries of a transient failure (None: the pipeline's or settings').
     retry_delay_s: float | None = None
     retry_delay_max_s: float | None = None
+    # At most this many of its tasks start per second (None: no limit of its own).
+    rate_per_s: float | None = None
     parent_id: int | None = None
     root_id: int | None = None
     on_complete: str | None = None
@@ -235,6 +237,7 @@ class JobView(BaseModel):
             max_in_flight=row.get("max_in_flight"),
             retry_delay_s=row.get("retry_delay_s"),
             retry_delay_max_s=row.get("retry_delay_max_s"),
+            rate_per_s=row.get("rate_per_s"),
             parent_id=row.get("parent_id"),
             root_id=row.get("root_id"),
             on_complete=row.get("on_complete"),

@@ -18,7 +18,7 @@ from jobsys.pg.db import connection
 from jobsys.pg.events import actor, record_event
 from jobsys.pg.queries import Q
 from jobsys.pipelines.resolve import resolve
-from jobsys.settings import get_settings
+from jobsys.settings import get_settings, parse_task_rate
 from jobsys.storable import storable_text
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,19 @@ MAX_IN_FLIGHT = 1_000_000
 MAX_RETRY_DELAY_S = 86_400.0
 
 RetryDelay = float | tuple[float, float] | str
+
+
+def rate_of(value: str | float | None) -> float | None:
+    """A job's rate limit as tasks per second (``"20/s"``, ``"600/m"``, a number);
+    None stays None. Raises InvalidInput with one line."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a rate like 20/s, got {value!r}")
+        return parse_task_rate(str(value))
+    except ValueError as exc:
+        raise InvalidInput(f"rate: {exc}") from None
 
 
 def retry_delay_of(value: RetryDelay | None) -> tuple[float, float] | None:
@@ -100,6 +113,7 @@ def submit(
     task_timeout_s: float | None = None,
     max_in_flight: int | None = None,
     retry_delay: RetryDelay | None = None,
+    rate: str | float | None = None,
     on_progress: Callable[[int], None] | None = None,
     on_complete: str | None = None,
     by: Mapping[str, str] | None = None,
@@ -118,7 +132,10 @@ def submit(
     JOBSYS_MAX_ACK_PENDING). `retry_delay` is the backoff between deliveries
     of a task that failed transiently: BASE seconds, doubling up to MAX, as
     ``(base, max)``, seconds or ``"BASE[,MAX]"`` (default: the pipeline's
-    `retry_delay`, else JOBSYS_RETRY_DELAY_S / JOBSYS_RETRY_DELAY_MAX_S).
+    `retry_delay`, else JOBSYS_RETRY_DELAY_S / JOBSYS_RETRY_DELAY_MAX_S). `rate`
+    caps how many of the job's tasks start per second across all processors
+    (``"20/s"``, ``"600/m"`` or a number per second), besides its pipeline's
+    limit in JOBSYS_RATE_LIMITS.
     `on_complete` is a completion hook target (`jobsys.hooks.target.check_target`).
     `by` says who asked (an API token's fingerprint and name); it is written
     into the job's `job_submitted` event.
@@ -133,6 +150,7 @@ def submit(
         max_in_flight=max_in_flight,
     )
     delay = retry_delay_of(retry_delay)
+    rate_per_s = rate_of(rate)
     resolve(opts.pipeline)
     # Checked before anything is written: a job whose bootstrap cannot be sent
     # (unsigned) would wait for the reconciler for nothing.
@@ -153,6 +171,7 @@ def submit(
                 "max_in_flight": opts.max_in_flight,
                 "retry_delay_s": delay[0] if delay else None,
                 "retry_delay_max_s": delay[1] if delay else None,
+                "rate_per_s": rate_per_s,
             },
         ).fetchone()
         assert job is not None

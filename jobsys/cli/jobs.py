@@ -59,6 +59,10 @@ def job_links(job_id: int) -> dict[str, Any]:
               help="Backoff between deliveries of a task that failed transiently: BASE "
                    "seconds, doubling up to MAX, plus up to 25% jitter (default: the "
                    "pipeline's, else JOBSYS_RETRY_DELAY_S,JOBSYS_RETRY_DELAY_MAX_S).")  # fmt: skip
+@click.option("--rate", default=None, metavar="N/s",
+              help="At most N of the job's tasks start per second, across all "
+                   "processors (also N/m, N/h); a short burst is allowed "
+                   "(JOBSYS_RATE_BURST_S).")  # fmt: skip
 @click.option("--on-complete", default=None, metavar="TARGET",
               help="When the job is final: module:actor or an http(s) URL, once.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
@@ -72,6 +76,7 @@ def submit(
     task_timeout: float | None,
     max_in_flight: int | None,
     retry_delay: str | None,
+    rate: str | None,
     on_complete: str | None,
     as_json: bool,
 ) -> None:
@@ -95,6 +100,7 @@ def submit(
         "task_timeout_s": task_timeout,
         "max_in_flight": max_in_flight,
         "retry_delay": retry_delay,
+        "rate": rate,
         "on_complete": on_complete,
     }
     big = items_path is not None or (count or 0) >= 50_000

@@ -55,10 +55,12 @@ def describe_stream(
     task_timeout_s: float | None = None,
     max_deliver: int | None = None,
     retry_delay: tuple[float, float] | None = None,
+    rate_per_s: float | None = None,
 ) -> str:
     """A job stream's description: what processors need to know to serve it
     (they never read Postgres): the pipeline, the job's task time limit, its
-    max_deliver and its retry delay (base, max seconds) if it has one."""
+    max_deliver, its retry delay (base, max seconds) and its rate limit (tasks
+    per second) if it has them."""
     described: dict[str, Any] = {"pipeline": pipeline}
     if task_timeout_s is not None:
         described["task_timeout_s"] = task_timeout_s
@@ -66,6 +68,8 @@ def describe_stream(
         described["max_deliver"] = max_deliver
     if retry_delay is not None:
         described["retry_delay"] = list(retry_delay)
+    if rate_per_s is not None:
+        described["rate_per_s"] = rate_per_s
     return json.dumps(described)
 
 
@@ -113,6 +117,14 @@ def retry_delay_of_stream(description: str | None) -> tuple[float, float] | None
     return (base, cap) if 0 <= base <= cap else None
 
 
+def rate_of_stream(description: str | None) -> float | None:
+    """The job's rate limit (tasks per second) in a job stream's description, or None."""
+    value = _described(description).get("rate_per_s")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
+
+
 def job_retry_delay(job: Mapping[str, Any]) -> tuple[float, float] | None:
     """A job row's retry delay as (base, max) seconds, or None if it has none."""
     base = job.get("retry_delay_s")
@@ -144,7 +156,11 @@ async def ensure_job_stream(
     stream = StreamConfig(
         name=names.stream,
         description=describe_stream(
-            job["pipeline"], job.get("task_timeout_s"), job["max_deliver"], job_retry_delay(job)
+            job["pipeline"],
+            job.get("task_timeout_s"),
+            job["max_deliver"],
+            job_retry_delay(job),
+            job.get("rate_per_s"),
         ),
         subjects=[names.subject, names.max_deliveries],
         # Work-queue retention: an acked task message is removed, so the

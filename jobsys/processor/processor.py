@@ -59,6 +59,7 @@ from jobsys.processor.execute import (
 from jobsys.processor.feeds import Feeds
 from jobsys.processor.keepalive import NO_DEADLINE, KeepAlive
 from jobsys.processor.outbox import Outbox
+from jobsys.processor.rates import Rates
 from jobsys.processor.retries import RetryNotes
 from jobsys.processor.threads import ThreadSlot
 from jobsys.processor.tickets import Tickets
@@ -175,6 +176,9 @@ class Processor:
             lambda coro, name: self.spawn(coro, name, fatal=True),
             self._started,
         )
+        self.execution.rates = self.rates = Rates(
+            self.settings, self.execution.queued, self.execution.wake, self.spawn
+        )
         slot_kind = ChildSlot if self.pool == "processes" else ThreadSlot
         slots: list[Slot] = [slot_kind(self.execution, i) for i in range(self.concurrency)]
         self.execution.slots = slots
@@ -277,6 +281,8 @@ class Processor:
         await asyncio.gather(*self._side.values(), return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.outbox.close()
+        with contextlib.suppress(Exception):
+            await self.rates.close()
         with contextlib.suppress(Exception):
             await self.retry_notes.flush()
         self.retry_notes.close()
