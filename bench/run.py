@@ -31,7 +31,7 @@ from bench import env  # sets JOBSYS_* before jobsys is imported
 
 OTHER_MODULES = ("bench.small_jobs", "bench.cancel_latency", "bench.reconcile_pass",
                  "bench.views", "bench.export", "bench.prune", "bench.console",
-                 "bench.gateway")  # fmt: skip
+                 "bench.gateway", "bench.rate_limit")  # fmt: skip
 SECTIONS = ("counting", "e2e", "bootstrap", "many", "others")
 E2E_REPEATS = 2
 
