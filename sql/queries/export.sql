@@ -83,10 +83,15 @@ WHERE t.job_id = %(job_id)s AND t.task_no = n.task_no AND t.status = 'pending'
 
 -- name: waits_for_retry
 -- Whether every pending task of a job waits for its next delivery after a
--- transient failure (and there is one). Stops at the first task that does
--- not wait: cheap for a job that is running.
-SELECT EXISTS (SELECT 1 FROM job_tasks
-               WHERE job_id = %(job_id)s AND status = 'pending' AND next_attempt_at > now())
-   AND NOT EXISTS (SELECT 1 FROM job_tasks
-                   WHERE job_id = %(job_id)s AND status = 'pending'
-                     AND (next_attempt_at IS NULL OR next_attempt_at <= now())) AS waits;
+-- transient failure (and there is one). CASE looks first for a task that
+-- does not wait and stops at the first: cheap for a job that is running
+-- (scanning for a waiting one first would read all its pending tasks).
+SELECT CASE
+         WHEN EXISTS (SELECT 1 FROM job_tasks
+                      WHERE job_id = %(job_id)s AND status = 'pending'
+                        AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
+         THEN false
+         ELSE EXISTS (SELECT 1 FROM job_tasks
+                      WHERE job_id = %(job_id)s AND status = 'pending'
+                        AND next_attempt_at > now())
+       END AS waits;
