@@ -31,7 +31,7 @@ from bench import env  # sets JOBSYS_* before jobsys is imported
 
 OTHER_MODULES = ("bench.small_jobs", "bench.cancel_latency", "bench.reconcile_pass",
                  "bench.views", "bench.export", "bench.prune", "bench.console",
-                 "bench.gateway")  # fmt: skip
+                 "bench.gateway", "bench.rate_limit")  # fmt: skip
 SECTIONS = ("counting", "e2e", "bootstrap", "many", "others")
 E2E_REPEATS = 2
 
@@ -241,6 +241,8 @@ def profile_counting(quick: bool) -> dict[str, Any]:
         "errors": [None] * 100,
         "deliveries": [1] * 100,
         "seqs": list(range(1, 101)),
+        "error_types": [None] * 100,
+        "error_traces": [None] * 100,
     }
     with connection() as conn, conn.transaction() as tx:
         # Published as a first fill into a fresh stream would: task n at sequence

@@ -134,7 +134,10 @@ def behind_waiting(waiting: int) -> dict[str, Any]:
     from jobsys.ops.runner import LocalSystem
     from jobsys.pg.db import connection
 
-    env_ = {"JOBSYS_NAK_DELAY_S": WAITING_NAK_DELAY_S}
+    env_ = {
+        "JOBSYS_RETRY_DELAY_S": WAITING_NAK_DELAY_S,
+        "JOBSYS_RETRY_DELAY_MAX_S": WAITING_NAK_DELAY_S,
+    }
     system = LocalSystem(workers=1, processors=1, log_dir=LOG_DIR / "waiting", env=env_)
     with system:
         t0 = time.perf_counter()

@@ -238,6 +238,8 @@ def result_throughput(url: str, tasks: int) -> tuple[float, float]:
                             "deliveries": [1] * len(nos),
                             # Checked by the caller (no stream sequences recorded here).
                             "seqs": [None] * len(nos),
+                            "error_types": [None] * len(nos),
+                            "error_traces": [None] * len(nos),
                         },
                     )
                 conn.execute("SELECT pg_stat_force_next_flush()")

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from jobsys.storable import storable_error
+from jobsys.storable import storable_error, storable_trace
 
 # Most results one batch may carry (processors send ~100); a bigger batch is
 # not something any version of the processor sends.
@@ -34,10 +34,20 @@ PG_INT_MAX = 2**31 - 1
 PG_BIGINT_MAX = 2**63 - 1
 # A rejected item's reason is cut to this many characters (it goes into an event).
 MAX_REASON_CHARS = 300
+# An exception's class name, as stored, is at most this long.
+MAX_TYPE_CHARS = 200
 
 
 def _storable_or_none(value: str | None) -> str | None:
     return None if value is None else storable_error(value)
+
+
+def _type_or_none(value: str | None) -> str | None:
+    return None if value is None else storable_error(value)[:MAX_TYPE_CHARS]
+
+
+def _trace_or_none(value: str | None) -> str | None:
+    return None if value is None else storable_trace(value)
 
 
 class TaskResult(BaseModel):
@@ -58,6 +68,10 @@ class TaskResult(BaseModel):
     error: Annotated[str | None, AfterValidator(_storable_or_none)] = None
     reply: Annotated[str, Field(min_length=1, max_length=512)]
     deliveries: Annotated[int, Field(ge=1, le=PG_INT_MAX, strict=True)] = 1
+    # A failure an exception said: its class (``module.Name``) and its
+    # traceback, cut (jobsys.processor.calls.Failure). Made storable, never rejected.
+    error_type: Annotated[str | None, AfterValidator(_type_or_none)] = None
+    error_trace: Annotated[str | None, AfterValidator(_trace_or_none)] = None
 
     @model_validator(mode="after")
     def _shape_matches_status(self) -> TaskResult:
@@ -88,6 +102,19 @@ def describe_error(exc: ValidationError, whole: str = "item") -> str:
     where = ".".join(str(p) for p in first["loc"])
     text = f"{exc.error_count()} error(s); first at {where or whole}: {first['msg']}"
     return storable_error(text)[:MAX_REASON_CHARS]
+
+
+# A retry note (jobsys.processor.retries): [task, deliveries, next attempt in
+# epoch seconds, error]. Display only; a malformed batch of notes is dropped.
+RetryNote = tuple[
+    Annotated[int, Field(ge=0, le=PG_INT_MAX, strict=True)],
+    Annotated[int, Field(ge=1, le=PG_INT_MAX, strict=True)],
+    Annotated[float, Field(ge=0, lt=1e11, allow_inf_nan=False)],
+    Annotated[str, AfterValidator(storable_error)],
+]
+RETRY_NOTES: TypeAdapter[list[RetryNote]] = TypeAdapter(
+    Annotated[list[RetryNote], Field(min_length=1, max_length=MAX_BATCH_ITEMS)]
+)
 
 
 class ResultBatch(BaseModel):
@@ -168,6 +195,11 @@ class JobView(BaseModel):
     # Per-job processor limits (None: the processors' defaults apply).
     task_timeout_s: float | None = None
     max_in_flight: int | None = None
+    # Backoff between deliveries of a transient failure (None: the pipeline's or settings').
+    retry_delay_s: float | None = None
+    retry_delay_max_s: float | None = None
+    # At most this many of its tasks start per second (None: no limit of its own).
+    rate_per_s: float | None = None
     parent_id: int | None = None
     root_id: int | None = None
     on_complete: str | None = None
@@ -203,6 +235,9 @@ class JobView(BaseModel):
             progress_at=row["progress_at"],
             task_timeout_s=row.get("task_timeout_s"),
             max_in_flight=row.get("max_in_flight"),
+            retry_delay_s=row.get("retry_delay_s"),
+            retry_delay_max_s=row.get("retry_delay_max_s"),
+            rate_per_s=row.get("rate_per_s"),
             parent_id=row.get("parent_id"),
             root_id=row.get("root_id"),
             on_complete=row.get("on_complete"),

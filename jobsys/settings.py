@@ -45,6 +45,38 @@ SYSTEM_ENV_FILE = Path("/etc/jobsys/env")
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 # A rate: "100/second", "30/minute", "1000/hour".
 RATE_PATTERN = r"^[1-9][0-9]{0,8}/(second|minute|hour)$"
+# A task rate limit: "20/s", "1.5/s", "600/m", "3600/h" (or a bare number, per second).
+_TASK_RATE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(?:/\s*(s|m|h))?\s*$")
+_PER_SECOND = {"s": 1.0, "m": 60.0, "h": 3600.0}
+# Task rates above this are refused (no limit at all is the way to say "fast").
+MAX_TASK_RATE = 1_000_000.0
+
+
+def parse_task_rate(text: str) -> float:
+    """Tasks per second of a rate limit written ``N/s`` (``N/m``, ``N/h``, or a bare
+    N per second); ValueError with one line if it is not one."""
+    match = _TASK_RATE_RE.match(text)
+    if match is None:
+        raise ValueError(f"expected a rate like 20/s, 600/m or 3600/h, got {text!r}")
+    rate = float(match.group(1)) / _PER_SECOND[match.group(2) or "s"]
+    if not 0 < rate <= MAX_TASK_RATE:
+        raise ValueError(f"a rate must be above 0 and at most {MAX_TASK_RATE:,.0f}/s: {text!r}")
+    return rate
+
+
+def parse_rate_limits(text: str) -> dict[str, float]:
+    """JOBSYS_RATE_LIMITS (``thumb=50/s,geocode=10/s``) as {pipeline: tasks per second}."""
+    limits: dict[str, float] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, sep, rate = part.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected PIPELINE=RATE, got {part.strip()!r}")
+        limits[name.strip()] = parse_task_rate(rate)
+    return limits
+
+
 # An absolute dotted module name (``a``, ``a.b``).
 MODULE_NAME_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 # An HTTP header name (RFC 9110 token).
@@ -107,7 +139,12 @@ class Settings(BaseSettings):
     ack_wait_s: float = Field(default=30.0, gt=0)
     max_deliver: int = Field(default=5, ge=1)
     max_ack_pending: int = Field(default=20_000, ge=1)
-    nak_delay_s: float = Field(default=1.0, ge=0)
+    # Backoff between deliveries of a task that failed transiently: this many
+    # seconds after its first failure, doubling after each, at most
+    # retry_delay_max_s, plus up to 25% jitter. A job's own (`jobsys submit
+    # --retry-delay`) or its pipeline's (`@pipeline(retry_delay=...)`) wins.
+    retry_delay_s: float = Field(default=1.0, ge=0)
+    retry_delay_max_s: float = Field(default=300.0, ge=0)
     publish_window: int = Field(default=1_000, ge=1)
 
     # Processor behaviour.
@@ -131,6 +168,11 @@ class Settings(BaseSettings):
     # transient failure. Jobs store their own (`jobsys submit --task-timeout`);
     # this is the default for a submit that gives none.
     task_timeout_s: float = Field(default=600.0, gt=0)
+    # Rate limits per pipeline, across all processors: "thumb=50/s,geocode=10/s"
+    # (a job's own is `jobsys submit --rate`). A limit lets a burst of this
+    # many seconds' worth of tasks start at once (at least one task).
+    rate_limits: str = ""
+    rate_burst_s: float = Field(default=0.25, gt=0, le=60)
 
     # Dramatiq's Redis broker: recover a killed worker's messages in seconds.
     heartbeat_timeout_ms: int = Field(default=10_000, ge=1_000)
@@ -261,6 +303,17 @@ class Settings(BaseSettings):
         if value is not None:
             parse_hook_headers(value.get_secret_value())
         return value
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _rate_limits_parse(cls, value: str) -> str:
+        parse_rate_limits(value)
+        return value
+
+    @property
+    def pipeline_rates(self) -> dict[str, float]:
+        """JOBSYS_RATE_LIMITS as {pipeline: tasks per second}."""
+        return parse_rate_limits(self.rate_limits)
 
     @property
     def dramatiq_namespace(self) -> str:

@@ -49,6 +49,22 @@ def storable_error(text: object) -> str:
     return value
 
 
+# A failed task's traceback is kept cut to its last this many characters
+# (the innermost frames, where it was raised, are at the end).
+MAX_TRACE_CHARS = 4_000
+_TRACE_CUT_MARK = "[cut: {n:,} characters in all] ...\n"
+
+
+def storable_trace(text: str) -> str:
+    """A traceback Postgres can store: as `storable_error`, but cut from the start
+    (the frame that raised is the last line), to MAX_TRACE_CHARS."""
+    value = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(value) > MAX_TRACE_CHARS:
+        mark = _TRACE_CUT_MARK.format(n=len(value))
+        value = mark + value[len(value) - (MAX_TRACE_CHARS - len(mark)) :]
+    return value
+
+
 def encode_result(value: Any, max_bytes: int) -> tuple[str | None, str | None]:
     """(JSON text, None) if `value` can be stored as the task's result, else (None, reason).
 

@@ -35,7 +35,7 @@ os.environ.update(
         "JOBSYS_NATS_URL": _base.nats_url,
         # Short timings so redelivery and recovery happen within a test.
         "JOBSYS_ACK_WAIT_S": os.environ.get("JOBSYS_ACK_WAIT_S", "3"),
-        "JOBSYS_NAK_DELAY_S": "0.2",
+        "JOBSYS_RETRY_DELAY_S": "0.2",
         "JOBSYS_RESULT_FLUSH_MS": "50",
         "JOBSYS_HEARTBEAT_TIMEOUT_MS": "5000",
         # The suite's own pipelines and hook targets (tests.pipelines,

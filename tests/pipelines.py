@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import time
 from typing import Any
 
 from jobsys.errors import PermanentError
@@ -50,8 +52,75 @@ def odd_values(payload: dict[str, Any]) -> dict[str, Any]:
     return odd_result(payload)
 
 
+@pipeline("tests-read-file", give_up_on=())
 def read_file(payload: dict[str, Any]) -> dict[str, Any]:
-    """Read the file the payload names: a missing file raises FileNotFoundError, a
-    transient error as far as jobsys knows (delivered again until max_deliver)."""
+    """Read the file the payload names: a missing file raises FileNotFoundError, which
+    this pipeline declares transient (``give_up_on=()``: delivered again until max_deliver)."""
     with open(payload["path"], encoding="utf-8") as f:
         return {"text": f.read()}
+
+
+def read_file_plainly(payload: dict[str, Any]) -> dict[str, Any]:
+    """`read_file` declaring nothing: a missing file (FileNotFoundError) or a missing
+    `path` key (KeyError) is given up on at once by default."""
+    with open(payload["path"], encoding="utf-8") as f:
+        return {"text": f.read()}
+
+
+class QuotaExceeded(Exception):
+    """A pipeline's own exception (a service said no for now)."""
+
+
+@pipeline("tests-fetch", retry_on=(ConnectionError, QuotaExceeded), give_up_on=(OSError,))
+def fetch(payload: dict[str, Any]) -> dict[str, Any]:
+    """Fail as the payload's `raise` asks: "refused" (ConnectionError: retried, the most
+    specific match), "quota" (retried), "missing" (FileNotFoundError, an OSError: given
+    up), "bug" (RuntimeError: named by neither, given up)."""
+    kind = payload.get("raise")
+    if kind == "refused":
+        raise ConnectionRefusedError(111, "Connection refused")
+    if kind == "quota":
+        raise QuotaExceeded("quota of 50/s used up")
+    if kind == "missing":
+        raise FileNotFoundError(2, "No such file or directory", payload.get("path", "?"))
+    if kind == "bug":
+        raise RuntimeError("a bug")
+    return payload
+
+
+@pipeline("tests-screen", batch_size=8, batch_wait_s=0.05)
+def screen(payloads: list[dict[str, Any]]) -> list[Any]:
+    """The README's batch example without its setup: an item without `text` fails with
+    ValueError("no text"), which a pipeline declaring nothing gives up on at once."""
+    return [
+        {"hits": p["text"].count("x")} if "text" in p else ValueError("no text") for p in payloads
+    ]
+
+
+# Where `flaky` appends one line per delivery: "<n> <epoch seconds>" (set by the test).
+DELIVERY_LOG_ENV = "JOBSYS_TEST_DELIVERY_LOG"
+
+
+def flaky(payload: dict[str, Any]) -> dict[str, Any]:
+    """A service that is down: records when this delivery started, then raises
+    ConnectionError (retried by default)."""
+    path = os.environ.get(DELIVERY_LOG_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{payload.get('n')} {time.time()}\n")
+    raise ConnectionError("service unavailable")
+
+
+def three_causes(payload: dict[str, Any]) -> dict[str, Any]:
+    """Fail for one of three causes, with details that differ per task (a path, a
+    key, an object's address), as real failures do; print and log a line first."""
+    n = payload["n"]
+    print(f"pipeline says: working on item {n}")
+    logging.getLogger("tests.three_causes").warning("pipeline logs: item %d", n)
+    cause = n % 3
+    if cause == 0:
+        with open(f"/nonexistent/jobsys/photos/{n}.jpg", "rb") as f:
+            return {"size": len(f.read())}
+    if cause == 1:
+        return {"value": payload[f"field_{n}"]}
+    raise ValueError(f"cannot use {object()!r} for item {n}")

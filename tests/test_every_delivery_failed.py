@@ -34,7 +34,7 @@ def test_tasks_that_fail_on_every_delivery_all_end_failed_with_their_error(
     leave_only(view.id)
     send_bootstrap(view.id)
     started = time.monotonic()
-    env = {"JOBSYS_ACK_WAIT_S": "30", "JOBSYS_NAK_DELAY_S": "1"}
+    env = {"JOBSYS_ACK_WAIT_S": "30", "JOBSYS_RETRY_DELAY_S": "1"}
     with LocalSystem(workers=1, processors=2, concurrency=8, log_dir=tmp_path, env=env):
         final = wait_until_final(view.id, timeout=FINAL_WITHIN_S)
     took = time.monotonic() - started

@@ -51,7 +51,7 @@ def delivered_once(job_ids: list[int]) -> int:
 
 @pytest.mark.timeout(900)
 def test_a_new_job_is_served_behind_a_thousand_waiting_ones(tmp_path: Path) -> None:
-    env = {"JOBSYS_NAK_DELAY_S": LONG_NAK_DELAY_S}
+    env = {"JOBSYS_RETRY_DELAY_S": LONG_NAK_DELAY_S, "JOBSYS_RETRY_DELAY_MAX_S": LONG_NAK_DELAY_S}
     with LocalSystem(workers=1, processors=1, concurrency=8, log_dir=tmp_path, env=env) as system:
         waiting: list[int] = []
         try:

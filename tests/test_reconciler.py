@@ -485,7 +485,8 @@ def test_a_late_result_holding_the_task_lock_wins_and_the_reconcile_counts_nothi
             Q.record_results,
             {"job_id": job_id, "task_nos": [0], "statuses": ["done"],
              "results": [json.dumps(item["result"])], "errors": [None],
-             "deliveries": [item["deliveries"]], "seqs": [None]},
+             "deliveries": [item["deliveries"]], "seqs": [None],
+             "error_types": [None], "error_traces": [None]},
         ).fetchone()  # fmt: skip
         assert row is not None and row["moved_done"] == 1
         # The reconcile now blocks on task 0's row lock until the result commits.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -17,7 +18,7 @@ from jobsys.pg.db import connection
 from jobsys.pg.events import actor, record_event
 from jobsys.pg.queries import Q
 from jobsys.pipelines.resolve import resolve
-from jobsys.settings import get_settings
+from jobsys.settings import get_settings, parse_task_rate
 from jobsys.storable import storable_text
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,51 @@ _PROGRESS_EVERY = 10_000
 # Bounds of a job's options (the CLI's options say the same).
 MAX_TASK_TIMEOUT_S = 7 * 86_400
 MAX_IN_FLIGHT = 1_000_000
+MAX_RETRY_DELAY_S = 86_400.0
+
+RetryDelay = float | tuple[float, float] | str
+
+
+def rate_of(value: str | float | None) -> float | None:
+    """A job's rate limit as tasks per second (``"20/s"``, ``"600/m"``, a number);
+    None stays None. Raises InvalidInput with one line."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a rate like 20/s, got {value!r}")
+        return parse_task_rate(str(value))
+    except ValueError as exc:
+        raise InvalidInput(f"rate: {exc}") from None
+
+
+def retry_delay_of(value: RetryDelay | None) -> tuple[float, float] | None:
+    """A retry delay given as seconds, ``(base, max)`` or the text ``BASE[,MAX]`` as
+    (base, max) seconds (a lone BASE: max JOBSYS_RETRY_DELAY_MAX_S, at least BASE);
+    None stays None. Raises InvalidInput with one line."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        if isinstance(value, str):
+            parts = [float(p) for p in value.split(",")]
+        elif isinstance(value, int | float):
+            parts = [float(value)]
+        else:
+            parts = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise InvalidInput(f"retry-delay: expected BASE[,MAX] seconds, got {value!r}") from None
+    if len(parts) == 1:
+        parts.append(max(get_settings().retry_delay_max_s, parts[0]))
+    if len(parts) != 2 or not all(math.isfinite(p) for p in parts):
+        raise InvalidInput(f"retry-delay: expected BASE[,MAX] seconds, got {value!r}")
+    base, cap = parts
+    if not 0 <= base <= cap <= MAX_RETRY_DELAY_S:
+        raise InvalidInput(
+            f"retry-delay: need 0 <= BASE <= MAX <= {MAX_RETRY_DELAY_S:g} s, got {value!r}"
+        )
+    return base, cap
 
 
 class SubmitOptions(BaseModel):
@@ -66,6 +112,8 @@ def submit(
     max_deliver: int | None = None,
     task_timeout_s: float | None = None,
     max_in_flight: int | None = None,
+    retry_delay: RetryDelay | None = None,
+    rate: str | float | None = None,
     on_progress: Callable[[int], None] | None = None,
     on_complete: str | None = None,
     by: Mapping[str, str] | None = None,
@@ -81,7 +129,13 @@ def submit(
     exists. `task_timeout_s` (default
     JOBSYS_TASK_TIMEOUT_S) stops a task running longer; `max_in_flight` caps
     the job's delivered, unacknowledged tasks across all processors (default
-    JOBSYS_MAX_ACK_PENDING).
+    JOBSYS_MAX_ACK_PENDING). `retry_delay` is the backoff between deliveries
+    of a task that failed transiently: BASE seconds, doubling up to MAX, as
+    ``(base, max)``, seconds or ``"BASE[,MAX]"`` (default: the pipeline's
+    `retry_delay`, else JOBSYS_RETRY_DELAY_S / JOBSYS_RETRY_DELAY_MAX_S). `rate`
+    caps how many of the job's tasks start per second across all processors
+    (``"20/s"``, ``"600/m"`` or a number per second), besides its pipeline's
+    limit in JOBSYS_RATE_LIMITS.
     `on_complete` is a completion hook target (`jobsys.hooks.target.check_target`).
     `by` says who asked (an API token's fingerprint and name); it is written
     into the job's `job_submitted` event.
@@ -95,6 +149,8 @@ def submit(
         task_timeout_s=settings.task_timeout_s if task_timeout_s is None else task_timeout_s,
         max_in_flight=max_in_flight,
     )
+    delay = retry_delay_of(retry_delay)
+    rate_per_s = rate_of(rate)
     resolve(opts.pipeline)
     # Checked before anything is written: a job whose bootstrap cannot be sent
     # (unsigned) would wait for the reconciler for nothing.
@@ -113,6 +169,9 @@ def submit(
                 "max_deliver": opts.max_deliver,
                 "task_timeout_s": opts.task_timeout_s,
                 "max_in_flight": opts.max_in_flight,
+                "retry_delay_s": delay[0] if delay else None,
+                "retry_delay_max_s": delay[1] if delay else None,
+                "rate_per_s": rate_per_s,
             },
         ).fetchone()
         assert job is not None

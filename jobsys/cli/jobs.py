@@ -55,6 +55,14 @@ def job_links(job_id: int) -> dict[str, Any]:
 @click.option("--max-in-flight", type=click.IntRange(1, MAX_IN_FLIGHT), default=None,
               help="At most N of the job's tasks delivered and unacknowledged at once, "
                    "across all processors (default JOBSYS_MAX_ACK_PENDING).")  # fmt: skip
+@click.option("--retry-delay", default=None, metavar="BASE[,MAX]",
+              help="Backoff between deliveries of a task that failed transiently: BASE "
+                   "seconds, doubling up to MAX, plus up to 25% jitter (default: the "
+                   "pipeline's, else JOBSYS_RETRY_DELAY_S,JOBSYS_RETRY_DELAY_MAX_S).")  # fmt: skip
+@click.option("--rate", default=None, metavar="N/s",
+              help="At most N of the job's tasks start per second, across all "
+                   "processors (also N/m, N/h); a short burst is allowed "
+                   "(JOBSYS_RATE_BURST_S).")  # fmt: skip
 @click.option("--on-complete", default=None, metavar="TARGET",
               help="When the job is final: module:actor or an http(s) URL, once.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
@@ -67,6 +75,8 @@ def submit(
     max_deliver: int | None,
     task_timeout: float | None,
     max_in_flight: int | None,
+    retry_delay: str | None,
+    rate: str | None,
     on_complete: str | None,
     as_json: bool,
 ) -> None:
@@ -89,6 +99,8 @@ def submit(
         "max_deliver": max_deliver,
         "task_timeout_s": task_timeout,
         "max_in_flight": max_in_flight,
+        "retry_delay": retry_delay,
+        "rate": rate,
         "on_complete": on_complete,
     }
     big = items_path is not None or (count or 0) >= 50_000

@@ -18,7 +18,7 @@ import click
 from jobsys.api.export import EXPORT_STATUSES, Export, open_export
 from jobsys.api.formats import csv_cells, jsonl_line
 from jobsys.api.statuses import parse_statuses
-from jobsys.api.tasks import group_errors, list_tasks
+from jobsys.api.tasks import TaskRow, group_errors, list_tasks
 from jobsys.cli.output import JOB_ID, echo_json, progress_bar, table
 from jobsys.errors import InvalidInput
 
@@ -201,7 +201,10 @@ def results(
 @click.argument("job_id", type=JOB_ID)
 @click.option("--status", default="failed", show_default=True,
               help="failed, lost, cancelled, done, pending, or a comma list.")  # fmt: skip
-@click.option("--by-error", is_flag=True, help="Group by error text: count and an example task.")
+@click.option("--by-error", is_flag=True,
+              help="Group by cause (exception type and the message with numbers, "
+                   "paths, addresses and quoted values taken out): count and an "
+                   "example task.")  # fmt: skip
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True,
               help="Tasks (or, with --by-error, error groups) to show.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -228,16 +231,25 @@ def tasks(job_id: int, status: str, by_error: bool, limit: int, as_json: bool) -
         table(
             f"job {job_id}: {listing.count:,} {what} task(s), "
             f"{listing.distinct_errors:,} distinct error(s)",
-            ["tasks", "statuses", "example task", "error"],
-            [[g.tasks, ",".join(g.statuses), g.example_task, g.error[:TABLE_ERROR_CHARS]]
+            ["tasks", "statuses", "type", "error (normalised)", "example task", "its error"],
+            [[g.tasks, ",".join(g.statuses), g.error_type or "", g.error[:TABLE_ERROR_CHARS],
+              g.example_task, g.example_error[:TABLE_ERROR_CHARS]]
              for g in listing.errors],
         )  # fmt: skip
         return
     assert listing.tasks is not None
     table(
         f"job {job_id}: {len(listing.tasks):,} of {listing.count:,} {what} task(s)",
-        ["task", "status", "deliveries", "finished", "error"],
-        [[t.task, t.status, t.deliveries,
-          t.finished_at.strftime("%Y-%m-%d %H:%M:%S") if t.finished_at else "",
-          (t.error or "")[:TABLE_ERROR_CHARS]] for t in listing.tasks],
+        ["task", "status", "deliveries", "finished / next attempt", "error"],
+        [[t.task, t.status, t.deliveries, _when(t),
+          (t.error or t.last_error or "")[:TABLE_ERROR_CHARS]] for t in listing.tasks],
     )  # fmt: skip
+
+
+def _when(task: TaskRow) -> str:
+    """When a task finished, or when a pending one that failed is delivered again."""
+    if task.finished_at is not None:
+        return task.finished_at.strftime("%Y-%m-%d %H:%M:%S")
+    if task.next_attempt_at is not None:
+        return "next " + task.next_attempt_at.strftime("%Y-%m-%d %H:%M:%S")
+    return ""

@@ -24,6 +24,7 @@ PROCESS_RESULTS = "process_results"
 TEARDOWN_JOB = "teardown_job"
 RECONCILE = "reconcile"
 DELIVER_HOOK = "deliver_hook"
+NOTE_RETRIES = "note_retries"
 
 # Which queue each actor consumes.
 QUEUE_OF = {
@@ -32,6 +33,7 @@ QUEUE_OF = {
     TEARDOWN_JOB: CONTROL_QUEUE,
     RECONCILE: CONTROL_QUEUE,
     DELIVER_HOOK: HOOKS_QUEUE,
+    NOTE_RETRIES: RESULTS_QUEUE,
 }
 
 
@@ -69,6 +71,12 @@ def send_teardown(job_id: int) -> None:
 def send_results(job_id: int, items: list[dict[str, Any]], notify: str) -> None:
     """Send one result batch of `job_id`; `notify` is the sender's confirmation subject."""
     send(PROCESS_RESULTS, job_id, items, notify)
+
+
+def send_retry_notes(job_id: int, notes: list[list[Any]]) -> None:
+    """Tell a worker which tasks of `job_id` wait for a redelivery: ``[task, deliveries,
+    next attempt (epoch seconds), error]`` each (jobsys.processor.retries)."""
+    send(NOTE_RETRIES, job_id, notes)
 
 
 def send_reconcile() -> None:

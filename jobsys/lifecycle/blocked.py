@@ -6,7 +6,10 @@ that serves it and a worker to record its results. A processor that refused
 the job's pipeline says why (not allowed here, cannot be imported...). The
 judging is pure (`blocked_reason`); `why_blocked` reads the members first.
 `jobsys status --json` (`blocked`), `watch`, `top` and the reconciler's
-`waiting` finding all say it the same way.
+`waiting` finding all say it the same way. A started job that could move
+but whose every pending task waits for its next delivery after a transient
+failure (the processors' retry notes, jobsys.processor.retries) says
+WAITING_FOR_RETRY.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ from jobsys.display import one_line
 from jobsys.lifecycle.states import FINAL, Status
 from jobsys.models import JobView
 from jobsys.nats.presence import Member, members, now
+from jobsys.pg.db import connection
+from jobsys.pg.queries import Q
 
 # A waiting caller (`watch`, `Job.wait`) says why a job does not move once it
 # has waited this long: a fresh job is picked up within about a second.
 BLOCKED_AFTER_S = 3.0
+WAITING_FOR_RETRY = "waiting for retry delay"
 
 
 def _count(n: int, noun: str) -> str:
@@ -64,4 +70,15 @@ def why_blocked(view: JobView) -> str | None:
     except Exception as exc:
         cause = one_line(exc) or type(exc).__name__
         return f"cannot see workers and processors: NATS not reachable ({cause})"
-    return blocked_reason(view.job_id, view.status, team, now())
+    reason = blocked_reason(view.job_id, view.status, team, now())
+    if reason is None and view.status == Status.STARTED and waits_for_retry(view.job_id):
+        return WAITING_FOR_RETRY
+    return reason
+
+
+def waits_for_retry(job_id: int) -> bool:
+    """Whether the job has pending tasks and every one waits for a redelivery after a
+    transient failure (its next attempt, as a processor noted it, is still to come)."""
+    with connection() as conn:
+        row = conn.execute(Q.waits_for_retry, {"job_id": job_id}).fetchone()
+    return bool(row and row["waits"])

@@ -51,16 +51,25 @@ DELIVERY_SLACK = 2
 
 
 def describe_stream(
-    pipeline: str, task_timeout_s: float | None = None, max_deliver: int | None = None
+    pipeline: str,
+    task_timeout_s: float | None = None,
+    max_deliver: int | None = None,
+    retry_delay: tuple[float, float] | None = None,
+    rate_per_s: float | None = None,
 ) -> str:
     """A job stream's description: what processors need to know to serve it
-    (they never read Postgres): the pipeline, the job's task time limit and its
-    max_deliver."""
+    (they never read Postgres): the pipeline, the job's task time limit, its
+    max_deliver, its retry delay (base, max seconds) and its rate limit (tasks
+    per second) if it has them."""
     described: dict[str, Any] = {"pipeline": pipeline}
     if task_timeout_s is not None:
         described["task_timeout_s"] = task_timeout_s
     if max_deliver is not None:
         described["max_deliver"] = max_deliver
+    if retry_delay is not None:
+        described["retry_delay"] = list(retry_delay)
+    if rate_per_s is not None:
+        described["rate_per_s"] = rate_per_s
     return json.dumps(described)
 
 
@@ -96,6 +105,35 @@ def task_timeout_of_stream(description: str | None) -> float | None:
     return None
 
 
+def retry_delay_of_stream(description: str | None) -> tuple[float, float] | None:
+    """The job's retry delay (base, max seconds) in a job stream's description, or
+    None (none given at submit: the pipeline's or the processor's settings apply)."""
+    value = _described(description).get("retry_delay")
+    if not isinstance(value, list) or len(value) != 2:
+        return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        return None
+    base, cap = float(value[0]), float(value[1])
+    return (base, cap) if 0 <= base <= cap else None
+
+
+def rate_of_stream(description: str | None) -> float | None:
+    """The job's rate limit (tasks per second) in a job stream's description, or None."""
+    value = _described(description).get("rate_per_s")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
+
+
+def job_retry_delay(job: Mapping[str, Any]) -> tuple[float, float] | None:
+    """A job row's retry delay as (base, max) seconds, or None if it has none."""
+    base = job.get("retry_delay_s")
+    if base is None:
+        return None
+    cap = job.get("retry_delay_max_s")
+    return (float(base), float(cap if cap is not None else base))
+
+
 async def ensure_job_stream(
     js: JetStreamContext, names: JobNames, job: Mapping[str, Any], settings: Settings
 ) -> None:
@@ -117,7 +155,13 @@ async def ensure_job_stream(
     max_in_flight = job.get("max_in_flight") or settings.max_ack_pending
     stream = StreamConfig(
         name=names.stream,
-        description=describe_stream(job["pipeline"], job.get("task_timeout_s"), job["max_deliver"]),
+        description=describe_stream(
+            job["pipeline"],
+            job.get("task_timeout_s"),
+            job["max_deliver"],
+            job_retry_delay(job),
+            job.get("rate_per_s"),
+        ),
         subjects=[names.subject, names.max_deliveries],
         # Work-queue retention: an acked task message is removed, so the
         # stream's message count is exactly what is still unacked.

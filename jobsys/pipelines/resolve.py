@@ -9,8 +9,8 @@ gives it a batch size and setup; its name is not a way to reach it. The
 fault-injecting pipelines of jobsys.testing.faults run only where
 ``JOBSYS_FAULT_PIPELINES=true``.
 
-Raising `PermanentError` marks the task failed; any other exception is
-transient and the task is delivered again (up to max_deliver).
+What an exception costs (given up on, or delivered again up to max_deliver)
+is the pipeline's retry rules: `PipelineSpec.gives_up`.
 """
 
 from __future__ import annotations

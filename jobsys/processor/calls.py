@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import json
 import threading
+import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from jobsys.errors import PermanentError
 from jobsys.pipelines.registry import PipelineSpec
 from jobsys.pipelines.resolve import resolve_spec
-from jobsys.storable import encode_result, storable_error
+from jobsys.processor.output import running
+from jobsys.storable import encode_result, storable_error, storable_trace
 
 # Outcome kinds of one task.
 DONE = "done"  # value: the result (a plain JSON object)
@@ -41,6 +44,49 @@ Outcome = tuple[str, Any]
 Report = Callable[[int, str, Any], None]
 
 
+@dataclass(frozen=True)
+class Failure:
+    """Why a task failed, when an exception says it: the text stored as its error
+    (`reason`), the exception's class (`error_type`, ``module.Name`` unless a
+    builtin) and its traceback, cut (`trace`). Its str() is the reason, so it goes
+    wherever a reason text goes."""
+
+    reason: str
+    error_type: str | None = None
+    trace: str | None = None
+
+    def __str__(self) -> str:
+        return self.reason
+
+    def retold(self, reason: str) -> Failure:
+        """The same failure told differently ("gave up after 5 deliveries: ...")."""
+        return Failure(reason, self.error_type, self.trace)
+
+
+def exception_type(exc: BaseException) -> str:
+    """``module.QualName`` of the exception's class; just the name for a builtin."""
+    cls = type(exc)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def failure_of(exc: BaseException, reason: str | None = None) -> Failure:
+    """`exc` as a Failure: its description (or `reason`), type and cut traceback
+    (without this module's own frame: it starts in the pipeline)."""
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    try:
+        trace = "".join(traceback.format_exception(type(exc), exc, tb))
+    except Exception:  # an exception whose str() raises
+        trace = f"{exception_type(exc)} (traceback not readable)"
+    return Failure(
+        reason if reason is not None else describe_exception(exc),
+        exception_type(exc),
+        storable_trace(trace),
+    )
+
+
 def describe_exception(exc: BaseException) -> str:
     """`Type: message`, made storable."""
     text = str(exc)
@@ -48,10 +94,12 @@ def describe_exception(exc: BaseException) -> str:
     return storable_error(f"{name}: {text}" if text else name)
 
 
-def _failure(exc: Exception) -> Outcome:
+def _failure(exc: Exception, spec: PipelineSpec) -> Outcome:
+    """A pipeline's exception as an outcome: FAILED if the pipeline gives up on it
+    (PermanentError, or its `give_up_on`), else RETRY."""
     if isinstance(exc, PermanentError):
-        return FAILED, storable_error(str(exc) or "failed")
-    return RETRY, describe_exception(exc)
+        return FAILED, failure_of(exc, storable_error(str(exc) or "failed"))
+    return (FAILED if spec.gives_up(exc) else RETRY), failure_of(exc)
 
 
 def _payload(data: bytes) -> dict[str, Any]:
@@ -64,10 +112,10 @@ def _payload(data: bytes) -> dict[str, Any]:
     return payload
 
 
-def checked(value: Any, max_bytes: int) -> Outcome:
+def checked(value: Any, max_bytes: int, spec: PipelineSpec) -> Outcome:
     """A pipeline's return value as an outcome: done if storable, else failed with why."""
     if isinstance(value, Exception):
-        return _failure(value)
+        return _failure(value, spec)
     text, error = encode_result(value, max_bytes)
     if text is None:
         return FAILED, storable_error(error)
@@ -100,8 +148,17 @@ class Runner:
                 self._contexts[spec.name] = spec.setup()
             return self._contexts[spec.name]
 
-    def run(self, name: str, payloads: list[bytes], max_bytes: int, report: Report) -> None:
-        """Run one call and report every outcome (see the module docstring)."""
+    def run(
+        self,
+        name: str,
+        payloads: list[bytes],
+        max_bytes: int,
+        report: Report,
+        job_id: int | None = None,
+        task_nos: tuple[int, ...] = (),
+    ) -> None:
+        """Run one call and report every outcome (see the module docstring). What the
+        pipeline prints or logs is labelled with `job_id` and its task numbers."""
         try:
             spec = self.spec(name)
         except Exception as exc:
@@ -109,19 +166,27 @@ class Runner:
                 report(i, RETRY, storable_error(f"pipeline {name!r} unavailable: {exc}"))
             return
         if spec.is_batch:
-            self._run_batch(spec, payloads, max_bytes, report)
+            with running(job_id, task_nos):
+                self._run_batch(spec, payloads, max_bytes, report)
         else:
-            self._run_each(spec, payloads, max_bytes, report)
+            self._run_each(spec, payloads, max_bytes, report, job_id, task_nos)
 
     def _run_each(
-        self, spec: PipelineSpec, payloads: list[bytes], max_bytes: int, report: Report
+        self,
+        spec: PipelineSpec,
+        payloads: list[bytes],
+        max_bytes: int,
+        report: Report,
+        job_id: int | None,
+        task_nos: tuple[int, ...],
     ) -> None:
         fn = spec.fn
         for i, data in enumerate(payloads):
-            try:
-                outcome = checked(fn(_payload(data)), max_bytes)
-            except Exception as exc:
-                outcome = _failure(exc)
+            with running(job_id, task_nos[i : i + 1]):
+                try:
+                    outcome = checked(fn(_payload(data)), max_bytes, spec)
+                except Exception as exc:
+                    outcome = _failure(exc, spec)
             report(i, *outcome)
 
     def _run_batch(
@@ -148,12 +213,12 @@ class Runner:
                     f"batch pipeline returned {len(values)} results for {len(items)} items"
                 )
         except Exception as exc:
-            permanent = isinstance(exc, PermanentError)
-            report(RAISED, "raised", (permanent, describe_exception(exc)))
+            permanent = spec.gives_up(exc)
+            report(RAISED, "raised", (permanent, failure_of(exc)))
             return
         for i, value in zip(where, values, strict=True):
             try:
-                outcome = checked(value, max_bytes)
+                outcome = checked(value, max_bytes, spec)
             except Exception as exc:  # a result json cannot even look at
-                outcome = FAILED, describe_exception(exc)
+                outcome = FAILED, failure_of(exc)
             report(i, *outcome)

@@ -5,7 +5,8 @@ already imported, so a replacement is ready in milliseconds and shares the
 server's memory pages. Each child talks to the processor over its own
 socket pair, in frames (a 4-byte length, then a pickle):
 
-- processor -> child: one call, ``(serial, pipeline, max_result_bytes, [payload bytes])``;
+- processor -> child: one call, ``(serial, pipeline, max_result_bytes, [payload bytes],
+  job_id, (task numbers))``;
 - child -> processor: ``(serial, index, kind, value)`` for each task's outcome
   as soon as it is known, ``(serial, RAISED, "raised", (permanent, why))`` if a
   batch call raised as a whole, then ``(serial, END, "", None)``.
@@ -34,6 +35,7 @@ from typing import Any
 
 from jobsys.processor.calls import END, Runner
 from jobsys.processor.execute import Call, Execution, SlotBase
+from jobsys.processor.output import install as install_output
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,8 @@ def child_main(sock: socket.socket) -> None:
     """An execution process: run calls from `sock` until the processor closes it."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # What pipelines print or log here reaches the processor's log, labelled.
+    install_output(configure_logging=True)
     runner = Runner()
     pack, dumps = _HEADER.pack, pickle.dumps
     while True:
@@ -133,13 +137,13 @@ def child_main(sock: socket.socket) -> None:
         body = _recv_exact(sock, _HEADER.unpack(header)[0])
         if body is None:
             return
-        serial, name, max_bytes, payloads = pickle.loads(body)
+        serial, name, max_bytes, payloads, job_id, task_nos = pickle.loads(body)
 
         def report(index: int, kind: str, value: Any, serial: int = serial) -> None:
             frame = dumps((serial, index, kind, value), protocol=5)
             sock.sendall(pack(len(frame)) + frame)
 
-        runner.run(name, payloads, max_bytes, report)
+        runner.run(name, payloads, max_bytes, report, job_id, task_nos)
         report(END, "", None)
 
 
@@ -218,6 +222,8 @@ class ChildSlot(SlotBase):
                 call.run.pipeline,
                 self.execution.max_result_bytes,
                 [t.msg.data for t in call.tasks],
+                call.run.job_id,
+                tuple(t.task_no for t in call.tasks),
             ),
             protocol=5,
         )

@@ -10,8 +10,10 @@ old job's backlog, not behind it.
 
 What a failure costs (the retry policy):
 
-- a task's own exception: `PermanentError` fails it; any other is transient
-  (delivered again by NATS until max_deliver, then failed, saying so);
+- a task's own exception: one its pipeline gives up on fails it
+  (`PipelineSpec.gives_up`, decided in the slot where it was raised); any
+  other is transient (delivered again by NATS until max_deliver, then
+  failed, saying so);
 - the slot died (signal, os._exit, segfault, OOM) or ran past the job's
   time limit (it is killed and replaced): the task it was running is charged
   a transient failure that names the death; the tasks queued behind it in
@@ -34,12 +36,15 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nats.aio.msg import Msg
 
 from jobsys.pipelines.registry import PipelineSpec
-from jobsys.processor.calls import DONE, END, FAILED, RAISED, RETRY
+from jobsys.processor.calls import DONE, END, FAILED, RAISED, RETRY, Failure
+
+if TYPE_CHECKING:
+    from jobsys.processor.rates import Gate, Rates
 
 # Outcomes of tasks that did not run, besides calls.DONE / FAILED / RETRY:
 DROPPED = "dropped"  # their job is no longer served (stream deleted): forget them
@@ -74,6 +79,12 @@ class JobRun:
     spec: PipelineSpec
     timeout_s: float
     max_deliver: int
+    # (base, max) seconds between deliveries of a transient failure: the
+    # job's, else its pipeline's; None: the processor's settings.
+    retry_delay: tuple[float, float] | None = None
+    # Its rate limit here (jobsys.processor.rates), if it has one: a task
+    # starts only with one of its tokens.
+    gate: Gate | None = None
     active: bool = True
     # Seconds per task, smoothed; None until the first outcome.
     task_s: float | None = None
@@ -216,6 +227,8 @@ class Execution:
         self.spawn = spawn
         self.max_result_bytes = max_result_bytes
         self.slots: list[Slot] = []
+        # The rate limits of the jobs served (set by the processor; None: none).
+        self.rates: Rates | None = None
         self._queues: OrderedDict[int, _JobQueue] = OrderedDict()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -231,7 +244,9 @@ class Execution:
         per_task = run.task_s if run.task_s is not None else FIRST_GUESS_S
         want = math.ceil(n_slots * AHEAD_TARGET_S / max(per_task, 1e-6))
         want = max(want, n_slots, 2 * (run.spec.batch_size or 0))
-        return min(want, max(FETCH_MAX, 2 * (run.spec.batch_size or 0)))
+        want = min(want, max(FETCH_MAX, 2 * (run.spec.batch_size or 0)))
+        # A rate-limited job: no more than a moment of its rate (others may start them).
+        return min(want, run.gate.ahead_cap()) if run.gate is not None else want
 
     def queued(self, job_id: int) -> int:
         """Tasks of the job waiting for a slot."""
@@ -254,10 +269,14 @@ class Execution:
         if not q.tasks and not q.pinned:
             q.since = time.monotonic()
         q.tasks.append(task)
+        if task.run.gate is not None:
+            task.run.gate.wanted.set()
         self._wake.set()
 
     def forget(self, job_id: int) -> None:
         """Stop serving a job: its queued tasks will not start (settled DROPPED)."""
+        if self.rates is not None:
+            self.rates.drop(job_id)
         q = self._queues.pop(job_id, None)
         if q is None:
             return
@@ -371,6 +390,18 @@ class Execution:
                 CHUNK_MAX,
                 math.ceil(len(q.tasks) / idle),
             )
+        gate = q.run.gate
+        if gate is not None:
+            # Its tasks wait here (fetched, kept in progress) for tokens: the
+            # slot goes to another job meanwhile; the gate wakes dispatch.
+            n = gate.spend(n)
+            if n == 0:
+                return [], None
+            # When each limited start was allowed (tests and drills read it).
+            log.debug(
+                "rate-limited tasks start",
+                extra={"job_id": q.run.job_id, "tasks": n, "at": f"{time.time():.6f}"},
+            )
         tasks = [q.tasks.popleft() for _ in range(n)]
         q.since = now
         return tasks, None
@@ -452,16 +483,18 @@ class Execution:
                     slot.kill(f"{TIMED_OUT} {call.run.timeout_s:g} s")
 
 
-def retry_decision(task: Task, kind: str, reason: str) -> tuple[str, str]:
+def retry_decision(task: Task, kind: str, reason: str | Failure) -> tuple[str, str | Failure]:
     """(what to do, why): "fail" (count it failed) or "retry" (nak: NATS redelivers).
 
     A transient failure on the task's last delivery fails it, saying how
-    many deliveries it had and what the last one died of.
+    many deliveries it had and what the last one died of (an exception's
+    type and traceback are kept).
     """
     if kind == FAILED:
         return "fail", reason
     if kind == RETRY and task.deliveries >= task.run.max_deliver:
-        return "fail", f"gave up after {task.deliveries} deliveries: {reason}"
+        told = f"gave up after {task.deliveries} deliveries: {reason}"
+        return "fail", reason.retold(told) if isinstance(reason, Failure) else told
     return "retry", reason
 
 

@@ -46,6 +46,8 @@ from jobsys.nats.admin import (
     all_streams_info,
     max_deliver_of_stream,
     pipeline_of_stream,
+    rate_of_stream,
+    retry_delay_of_stream,
     task_timeout_of_stream,
 )
 from jobsys.nats.subjects import JobNames, job_id_of_stream, parse_msg_id, tasks_wildcard
@@ -250,6 +252,10 @@ class Feeds:
             max_deliver=max_deliver_of_stream(description)
             or consumer.config.max_deliver
             or self.settings.max_deliver,
+            retry_delay=retry_delay_of_stream(description) or spec.retry_delay,
+            gate=self.execution.rates.gate_for(job_id, pipeline_name, rate_of_stream(description))
+            if self.execution.rates is not None
+            else None,
         )
         feed = Feed(run, names, float(consumer.config.ack_wait or self.settings.ack_wait_s))
         if spec.batch_size:

@@ -43,6 +43,8 @@ from jobsys.models import TaskResult
 from jobsys.nats.connect import connect, jetstream
 from jobsys.nats.subjects import again_subject, serial_of_again
 from jobsys.processor.announce import Announcer
+from jobsys.processor.backoff import retry_delay_s
+from jobsys.processor.calls import Failure
 from jobsys.processor.children import ChildSlot
 from jobsys.processor.execute import (
     DONE,
@@ -57,6 +59,8 @@ from jobsys.processor.execute import (
 from jobsys.processor.feeds import Feeds
 from jobsys.processor.keepalive import NO_DEADLINE, KeepAlive
 from jobsys.processor.outbox import Outbox
+from jobsys.processor.rates import Rates
+from jobsys.processor.retries import RetryNotes
 from jobsys.processor.threads import ThreadSlot
 from jobsys.processor.tickets import Tickets
 from jobsys.settings import Settings, get_settings
@@ -99,10 +103,13 @@ def result_item(task: Task, kind: str, value: Any) -> TaskResult:
             reply=task.msg.reply,
             deliveries=task.deliveries,
         )
+    failure = value if isinstance(value, Failure) else None
     return TaskResult(
         task=task.task_no,
         status="failed",
         error=storable_error(value),
+        error_type=failure.error_type if failure else None,
+        error_trace=failure.trace if failure else None,
         reply=task.msg.reply,
         deliveries=task.deliveries,
     )
@@ -158,6 +165,7 @@ class Processor:
         )
         js = jetstream(nc, self.settings)
         self.keepalive = KeepAlive(nc)
+        self.retry_notes = RetryNotes()
         notify_prefix = nc.new_inbox()
         self.outbox = Outbox(
             self.settings, self.keepalive, self.batch_size, lambda s: f"{notify_prefix}.{s}"
@@ -167,6 +175,9 @@ class Processor:
             self.settings.max_result_bytes,
             lambda coro, name: self.spawn(coro, name, fatal=True),
             self._started,
+        )
+        self.execution.rates = self.rates = Rates(
+            self.settings, self.execution.queued, self.execution.wake, self.spawn
         )
         slot_kind = ChildSlot if self.pool == "processes" else ThreadSlot
         slots: list[Slot] = [slot_kind(self.execution, i) for i in range(self.concurrency)]
@@ -198,6 +209,7 @@ class Processor:
         self._watch("outbox", self.outbox.run())
         self._watch("keep-alive", self.keepalive.run())
         self._watch("announce", self._announcer(js).run())
+        self._watch("retry notes", self.retry_notes.run())
         log.info(
             "processor started",
             extra={
@@ -269,6 +281,11 @@ class Processor:
         await asyncio.gather(*self._side.values(), return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.outbox.close()
+        with contextlib.suppress(Exception):
+            await self.rates.close()
+        with contextlib.suppress(Exception):
+            await self.retry_notes.flush()
+        self.retry_notes.close()
         self.stats.deaths = self.execution.deaths
         self.stats.splits = self.execution.splits
         ob = self.outbox.stats
@@ -340,7 +357,11 @@ class Processor:
             if decision == "retry":
                 self.stats.retried += 1
                 self.keepalive.release(reply)
-                self.spawn(task.msg.nak(delay=self.settings.nak_delay_s), "nak a task")
+                delay = self.retry_delay(task)
+                self.spawn(task.msg.nak(delay=delay), "nak a task")
+                self.retry_notes.add(
+                    task.run.job_id, task.task_no, task.deliveries, delay, storable_error(value)
+                )
                 return
         item = result_item(task, kind, value)
         if kind == DONE:
@@ -351,6 +372,15 @@ class Processor:
         # Held until recorded, however long: no deadline any more.
         self.keepalive.until(reply, NO_DEADLINE)
         self.outbox.add(task.run.job_id, item, last=last)
+
+    def retry_delay(self, task: Task) -> float:
+        """Seconds before NATS delivers again `task`, which failed transiently: the
+        backoff of its job (else pipeline, else settings) after this many deliveries."""
+        s = self.settings
+        base, cap = task.run.retry_delay or (s.retry_delay_s, s.retry_delay_max_s)
+        # A pipeline may give only a base (its cap is then inf): the settings' cap.
+        cap = min(cap, max(s.retry_delay_max_s, base))
+        return retry_delay_s(task.deliveries, base, cap)
 
     async def _on_confirm(self, msg: Msg) -> None:
         # <inbox>.<serial>: the worker recorded the batch and acked its messages.

@@ -528,7 +528,8 @@ class RemoteProcessor:
                                       "result": value})  # fmt: skip
             return
         decision, reason = retry_decision(task, kind, value)
-        error_type, message = split_reason(reason)
+        # A Failure (jobsys.processor.calls) reads as its reason text here.
+        error_type, message = split_reason(str(reason))
         transient = decision == "retry"
         if transient:
             self.stats.retried += 1

@@ -20,6 +20,7 @@ from typing import Any
 
 from jobsys.processor.calls import END, Runner
 from jobsys.processor.execute import Call, Execution, SlotBase
+from jobsys.processor.output import install as install_output
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class ThreadSlot(SlotBase):
     async def start(self) -> None:
         """Start the thread."""
         self._loop = asyncio.get_running_loop()
+        # What pipelines print or log on these threads is labelled in the log.
+        install_output(configure_logging=False)
         self._thread = threading.Thread(
             target=self._serve, name=f"jobsys-task-{self.index}", daemon=True
         )
@@ -66,7 +69,14 @@ class ThreadSlot(SlotBase):
             def report(index: int, kind: str, value: Any, call: Call = call) -> None:
                 self._post(call, index, kind, value)
 
-            _RUNNER.run(call.run.pipeline, payloads, self.execution.max_result_bytes, report)
+            _RUNNER.run(
+                call.run.pipeline,
+                payloads,
+                self.execution.max_result_bytes,
+                report,
+                call.run.job_id,
+                tuple(t.task_no for t in call.tasks),
+            )
             self._post(call, END, "", None)
 
     def _post(self, call: Call, index: int, kind: str, value: Any) -> None:

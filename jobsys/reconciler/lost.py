@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jobsys.lifecycle.blocked import blocked_reason
+from jobsys.lifecycle.blocked import WAITING_FOR_RETRY, blocked_reason, waits_for_retry
 from jobsys.lifecycle.finalize import finishing
 from jobsys.lifecycle.states import Status
 from jobsys.nats.bridge import bridge
@@ -171,7 +171,10 @@ def waiting(seen: Seen) -> Handled:
     at = seen.team.at
     blocked = blocked_reason(seen.job_id, Status.STARTED, team, at) if team is not None else None
     serving = [m for m in team or [] if m.alive(at) and seen.job_id in m.jobs]
-    if held > 0:
+    if held > 0 and waits_for_retry(seen.job_id):
+        # A nak'ed task waiting for its delay is held by NATS too: say which.
+        reason = WAITING_FOR_RETRY
+    elif held > 0:
         # NATS's own word that something consumes: it wins over announcements
         # (a processor may run without announcing, e.g. an older version).
         reason = "processors hold messages: running, or results not yet recorded"

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
@@ -43,8 +44,18 @@ REFUSALS = (psycopg.DataError, psycopg.IntegrityError)
 _MAX_DETAIL_CHARS = 200
 
 
-# One task's outcome as stored: (task_no, status, result json text, error, deliveries).
-ResultRow = tuple[int, str, str | None, str | None, int]
+# One task's outcome as stored: (task_no, status, result json text, error,
+# deliveries), and for a failure an exception said, (..., error type, traceback).
+ResultRow = (
+    tuple[int, str, str | None, str | None, int]
+    | tuple[int, str, str | None, str | None, int, str | None, str | None]
+)
+
+
+def _detail(row: Sequence[Any], index: int) -> Any:
+    """A row's error type (5) or traceback (6); None for a five-field row."""
+    return row[index] if len(row) > index else None
+
 
 # One reported outcome and the stream sequence its reply names (None: not checked
 # against the recorded one: the caller checked it against the stream).
@@ -96,6 +107,8 @@ def _record(
         "results": [r[2] for r in rows],
         "errors": [r[3] for r in rows],
         "deliveries": [r[4] for r in rows],
+        "error_types": [_detail(r, 5) for r in rows],
+        "error_traces": [_detail(r, 6) for r in rows],
         "seqs": list(seqs),
     }
     out = Recorded()
@@ -116,7 +129,8 @@ def _outcome(r: TaskResult, max_bytes: int) -> ResultRow:
     """The row one reported outcome stores; a result that cannot be stored fails its task."""
     if r.status == "failed":
         # Already storable if it came through TaskResult's validation; cheap to be sure.
-        return r.task, "failed", None, storable_error(r.error), r.deliveries
+        reason = storable_error(r.error)
+        return r.task, "failed", None, reason, r.deliveries, r.error_type, r.error_trace
     text, error = encode_result(r.result, max_bytes)
     if text is None:
         return r.task, "failed", None, error, r.deliveries
@@ -141,7 +155,11 @@ def rows_of(items: Sequence[Item], max_bytes: int) -> tuple[list[ResultRow], lis
             by_key[(r.task, seq)] = row
             continue
         keep = row if prev[1] != "done" and row[1] == "done" else prev
-        by_key[(r.task, seq)] = (keep[0], keep[1], keep[2], keep[3], max(prev[4], row[4]))
+        deliveries = max(prev[4], row[4])
+        if len(keep) > 5:
+            by_key[(r.task, seq)] = (*keep[:4], deliveries, _detail(keep, 5), _detail(keep, 6))
+        else:
+            by_key[(r.task, seq)] = (keep[0], keep[1], keep[2], keep[3], deliveries)
     return list(by_key.values()), [seq for _, seq in by_key]
 
 
@@ -180,7 +198,7 @@ def record_or_split(
             out.add(record_or_split(conn, job_id, rows[mid:], seqs[mid:]))
             return out
         reason = _refusal(exc)
-    task, _status, _result, _error, deliveries = rows[0]
+    task, deliveries = rows[0][0], rows[0][4]
     try:
         out = _record(conn, job_id, [(task, "failed", None, reason, deliveries)], seqs)
     except REFUSALS:

@@ -14,7 +14,7 @@ processor's outbox (jobsys.processor.outbox): batched, sent to the
 progress until a worker recorded and acked them, sent again if Redis lost
 them. So a remote result is counted by the very code that counts a native
 one: bound to the leased message, moved `pending -> done|failed` once. A
-transient failure is handed back to NATS (with JOBSYS_NAK_DELAY_S) unless it
+transient failure is handed back to NATS (after a backoff from JOBSYS_RETRY_DELAY_S) unless it
 was the task's last delivery, which fails it; a permanent one fails it.
 
 Leases live in the server process that granted them. A report or an extend

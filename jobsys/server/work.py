@@ -35,6 +35,7 @@ from jobsys.dramatiq.signing import require_secret
 from jobsys.errors import InvalidInput, ServiceUnavailable
 from jobsys.models import TaskResult
 from jobsys.nats.presence import Member, announce, open_bucket
+from jobsys.processor.backoff import retry_delay_s
 from jobsys.server.auth import caller, reach
 from jobsys.server.gateway import Gateway
 from jobsys.server.leases import MAX_HANDLE_CHARS, BadHandle, Handle, read_handle
@@ -298,7 +299,11 @@ async def report(job_id: JobId, body: ReportBody, who: Caller, gw: Gw) -> dict[s
             later.append(h)
     if accepted:
         gw.flush(job_id)
-    handed_back = await gw.retry(back, 0.0) + await gw.retry(later, settings.nak_delay_s)
+    handed_back = await gw.retry(back, 0.0)
+    for h in later:
+        # Backoff after its deliveries so far (jobsys.processor.backoff; the settings').
+        delay = retry_delay_s(h.delivered, settings.retry_delay_s, settings.retry_delay_max_s)
+        handed_back += await gw.retry([h], delay)
     if refused:
         log.warning("report items refused", extra={"job_id": job_id, "count": len(refused),
                                                   "token": who.fingerprint})  # fmt: skip
@@ -324,7 +329,8 @@ def _outcome(item: ReportItem, h: Handle, max_deliver: int) -> TaskResult | str:
         # The server judges the last delivery, whatever the processor thinks.
         error = storable_error(f"gave up after {deliveries} deliveries: {error}")
     return TaskResult(task=h.task_no, status="failed", error=error, reply=h.reply,
-                      deliveries=deliveries)  # fmt: skip
+                      deliveries=deliveries, error_type=item.error_type,
+                      error_trace=item.traceback)  # fmt: skip
 
 
 def _one_line(exc: Exception) -> str:

@@ -9,8 +9,9 @@ Payload keys, besides echo's `sleep_ms`, `fail` and `transient`:
 `hang_s` sleeps that many seconds (a hung call when longer than the job's
 task timeout); `hang: true` never returns; `crash` kills the process running
 it (`"kill"` SIGKILL, `"exit"` os._exit(3), `"segfault"` a real SIGSEGV;
-`true` means `"kill"`); `transient_p` fails transiently with that
-probability; `odd` returns or raises a value hard to store (`ODD_KINDS`).
+`true` means `"kill"`); `give_up: true` raises ValueError, which a
+pipeline declaring no retry rules gives up on at once; `transient_p` fails
+transiently with that probability; `odd` returns or raises a value hard to store (`ODD_KINDS`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ CRASH_KINDS = ("kill", "exit", "segfault")
 # than an error text is kept (jobsys.storable.MAX_ERROR_CHARS).
 ODD_KINDS = ("nan", "inf", "nul", "long_error")
 LONG_ERROR_CHARS = 20_000
+# What a `give_up: true` task raises (a ValueError: failed at its first delivery).
+GIVE_UP_TEXT = "payload asked to give up"
 # A `hang: true` task sleeps in steps of this long, for ever.
 HANG_STEP_S = 3600
 
@@ -60,6 +63,8 @@ def shape(payload: dict[str, Any]) -> None:
         _crash(payload["crash"])
     if payload.get("fail") is True:
         raise PermanentError("payload asked to fail")
+    if payload.get("give_up") is True:
+        raise ValueError(GIVE_UP_TEXT)
     if payload.get("transient") is True:
         raise TransientError("payload asked for a transient failure")
     p = payload.get("transient_p")

@@ -25,12 +25,13 @@ from jobsys.hooks.deliver import deliver
 from jobsys.lifecycle.revoke import revoke
 from jobsys.lifecycle.states import Status
 from jobsys.lifecycle.teardown import run_teardown
-from jobsys.models import PG_BIGINT_MAX, ResultBatch, describe_error
+from jobsys.models import PG_BIGINT_MAX, RETRY_NOTES, ResultBatch, describe_error
 from jobsys.nats.acks import ack_current_replies
 from jobsys.nats.bridge import bridge, lookup_tasks
 from jobsys.nats.subjects import JobNames, again_subject
 from jobsys.pg.db import connection
 from jobsys.pg.events import record_event
+from jobsys.pg.queries import Q
 from jobsys.reconciler import reconcile_pass
 from jobsys.recording.apply import apply_results
 from jobsys.settings import get_settings
@@ -146,6 +147,34 @@ def _apply(job_id: Any, results: Any) -> tuple[int, list[str]]:
 def _event_job_id(value: Any) -> int | None:
     # Only a value the job_id column can hold (not a bool, not out of range).
     return value if type(value) is int and 1 <= value <= PG_BIGINT_MAX else None
+
+
+@dramatiq.actor(
+    actor_name=messages.NOTE_RETRIES, queue_name=messages.QUEUE_OF[messages.NOTE_RETRIES],
+    max_retries=3, min_backoff=500, max_backoff=5_000, time_limit=60_000,
+)  # fmt: skip
+def note_retries(job_id: Any, notes: Any) -> None:
+    """Write on pending tasks when they are delivered again and why they failed
+    (jobsys.processor.retries; display only, nothing is counted)."""
+    job = _event_job_id(job_id)
+    try:
+        valid = RETRY_NOTES.validate_python(notes)
+    except ValidationError as exc:
+        log.warning("retry notes dropped", extra={"job_id": job, "reason": describe_error(exc)})
+        return
+    if job is None:
+        return
+    with connection() as conn:
+        conn.execute(
+            Q.note_retries,
+            {
+                "job_id": job,
+                "tasks": [n[0] for n in valid],
+                "deliveries": [n[1] for n in valid],
+                "next_at": [n[2] for n in valid],
+                "errors": [n[3] for n in valid],
+            },
+        )
 
 
 @dramatiq.actor(

@@ -53,9 +53,10 @@ FROM moved;
 -- name: insert_job
 -- A new job row, queued.
 INSERT INTO jobs (name, pipeline, total_count, failure_threshold, max_deliver,
-                  task_timeout_s, max_in_flight)
+                  task_timeout_s, max_in_flight, retry_delay_s, retry_delay_max_s, rate_per_s)
 VALUES (%(name)s, %(pipeline)s, %(total)s, %(failure_threshold)s, %(max_deliver)s,
-        %(task_timeout_s)s, %(max_in_flight)s)
+        %(task_timeout_s)s, %(max_in_flight)s, %(retry_delay_s)s, %(retry_delay_max_s)s,
+        %(rate_per_s)s)
 RETURNING id, created_at;
 
 -- name: set_job_total
@@ -70,7 +71,7 @@ COPY job_tasks (job_id, task_no, payload) FROM STDIN;
 -- One job with its counters.
 SELECT id, name, pipeline, status, total_count, published_count, done_count, failed_count,
        lost_count, cancelled_count, failure_threshold, max_deliver,
-       task_timeout_s, max_in_flight,
+       task_timeout_s, max_in_flight, retry_delay_s, retry_delay_max_s, rate_per_s,
        created_at, started_at, finished_at, progress_at,
        parent_id, root_id, on_complete, ledger_state, ledger_pruned_at
 FROM jobs WHERE id = %(job_id)s;
@@ -80,7 +81,7 @@ FROM jobs WHERE id = %(job_id)s;
 -- (an API token limited to them).
 SELECT id, name, pipeline, status, total_count, published_count, done_count, failed_count,
        lost_count, cancelled_count, failure_threshold, max_deliver, task_timeout_s, max_in_flight,
-       created_at, started_at, finished_at, progress_at,
+       retry_delay_s, retry_delay_max_s, rate_per_s, created_at, started_at, finished_at, progress_at,
        parent_id, root_id, on_complete, ledger_state, ledger_pruned_at
 FROM jobs
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
@@ -122,8 +123,9 @@ RETURNING status;
 -- moved: a replay, a late result, an unknown job) and the unbound items.
 WITH input AS (
     SELECT * FROM unnest(%(task_nos)s::int[], %(statuses)s::text[], %(results)s::text[],
-                         %(errors)s::text[], %(deliveries)s::int[], %(seqs)s::bigint[])
-        AS i(task_no, status, result, error, deliveries, seq)
+                         %(errors)s::text[], %(deliveries)s::int[], %(seqs)s::bigint[],
+                         %(error_types)s::text[], %(error_traces)s::text[])
+        AS i(task_no, status, result, error, deliveries, seq, error_type, error_trace)
 ), locked AS (
     SELECT t.task_no, t.status, coalesce(t.stream_seq, t.task_no + 1) AS place
     FROM job_tasks t
@@ -139,6 +141,7 @@ WITH input AS (
 ), moved AS (
     UPDATE job_tasks t
     SET status = i.status, result = i.result::json, error = i.error,
+        error_type = i.error_type, error_trace = i.error_trace,
         deliveries = greatest(t.deliveries, i.deliveries), finished_at = now()
     FROM input i JOIN locked l USING (task_no)
     WHERE t.job_id = %(job_id)s AND t.task_no = i.task_no AND t.status = 'pending'

@@ -51,21 +51,47 @@ ORDER BY p.task_no;
 
 -- name: list_tasks
 -- Some of a job's tasks of the given statuses, with their errors, in task order.
-SELECT task_no, status, error, deliveries, finished_at, origin_task
+SELECT task_no, status, error, deliveries, finished_at, origin_task, next_attempt_at,
+       last_error, error_type, error_trace
 FROM job_tasks
 WHERE job_id = %(job_id)s AND status = ANY(%(statuses)s::text[])
 ORDER BY task_no
 LIMIT %(limit)s;
 
--- name: group_task_errors
--- A job's tasks of the given statuses grouped by error text: how many, an
--- example task, which statuses; the most frequent first. `groups` is the
--- number of distinct errors (before the limit).
-SELECT coalesce(error, '') AS error, count(*) AS tasks, min(task_no) AS example_task,
-       array_agg(DISTINCT status ORDER BY status) AS statuses,
-       count(*) OVER () AS groups
+-- name: task_errors
+-- Every error of a job's tasks of the given statuses, with its exception type,
+-- counted by distinct (status, type, text): what `jobsys tasks --by-error`
+-- groups (jobsys.api.error_groups normalises the text in Python).
+SELECT status, error_type, coalesce(error, '') AS error, count(*) AS tasks,
+       min(task_no) AS example_task
 FROM job_tasks
 WHERE job_id = %(job_id)s AND status = ANY(%(statuses)s::text[])
-GROUP BY coalesce(error, '')
-ORDER BY tasks DESC, error
-LIMIT %(limit)s;
+GROUP BY status, error_type, coalesce(error, '');
+
+-- name: note_retries
+-- Pending tasks that failed transiently: when NATS delivers them again, how
+-- many deliveries they had and why the last one failed (a processor's notes;
+-- display only). A task no longer pending, or a note older than one already
+-- written (fewer deliveries), changes nothing.
+UPDATE job_tasks t
+SET next_attempt_at = to_timestamp(n.next_at), last_error = n.error,
+    deliveries = n.deliveries
+FROM unnest(%(tasks)s::int[], %(deliveries)s::int[], %(next_at)s::float8[],
+            %(errors)s::text[]) AS n(task_no, deliveries, next_at, error)
+WHERE t.job_id = %(job_id)s AND t.task_no = n.task_no AND t.status = 'pending'
+  AND n.deliveries >= t.deliveries;
+
+-- name: waits_for_retry
+-- Whether every pending task of a job waits for its next delivery after a
+-- transient failure (and there is one). CASE looks first for a task that
+-- does not wait and stops at the first: cheap for a job that is running
+-- (scanning for a waiting one first would read all its pending tasks).
+SELECT CASE
+         WHEN EXISTS (SELECT 1 FROM job_tasks
+                      WHERE job_id = %(job_id)s AND status = 'pending'
+                        AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
+         THEN false
+         ELSE EXISTS (SELECT 1 FROM job_tasks
+                      WHERE job_id = %(job_id)s AND status = 'pending'
+                        AND next_attempt_at > now())
+       END AS waits;

@@ -112,6 +112,7 @@ LIMIT %(limit)s;
 -- One task in full: its ledger row (every column, so the console shows what
 -- later migrations add, such as an exception type and traceback) and its
 -- payload and result as the text stored.
-SELECT t.*, t.payload::text AS payload_text, t.result::text AS result_text
+SELECT t.*, t.payload::text AS payload_text, t.result::text AS result_text,
+       t.error_trace AS traceback
 FROM job_tasks t
 WHERE t.job_id = %(job_id)s AND t.task_no = %(task_no)s;

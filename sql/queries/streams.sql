@@ -4,7 +4,8 @@
 -- name: job_stream_state
 -- What filling a job's stream needs: its status, pipeline and consumer
 -- settings, how far publishing got, and which stream incarnation that was.
-SELECT id, status, pipeline, max_deliver, task_timeout_s, max_in_flight, total_count,
+SELECT id, status, pipeline, max_deliver, task_timeout_s, max_in_flight, retry_delay_s,
+       retry_delay_max_s, rate_per_s, total_count,
        published_count, stream_created
 FROM jobs WHERE id = %(job_id)s;
 

@@ -201,7 +201,7 @@ def _check_job(plan: JobPlan, view: JobView, deaths: list[float], report: Report
             found.append(
                 f"{where}: ended {status} (deliveries {deliveries}, error {str(error)[:200]!r})"
             )
-        if kind in MIX_KINDS or kind in ("fail", "transient"):
+        if kind in MIX_KINDS or kind in ("fail", "give_up", "transient"):
             report.outcomes.setdefault(kind, Counter())[outcome] += 1
     report.redelivered += sum(1 for t in tasks if t["deliveries"] > 1)
     report.max_deliveries = max([report.max_deliveries, *(t["deliveries"] for t in tasks)])

@@ -4,23 +4,26 @@ what each task must end as.
 Every job is `fault-echo` (jobsys.testing.faults; the run sets
 JOBSYS_FAULT_PIPELINES) and
 holds, besides plain tasks (`sleep_ms` 0-5 ms), tasks that fail
-permanently, tasks that fail transiently half the time, and at least one
-task of each hard-to-store kind (`odd`: a NaN or Infinity result, a NUL in
-the error text, an error far over the storable length). Jobs take turns
-through four profiles:
+permanently, tasks that raise an exception the pipeline gives up on
+(`give_up`: a ValueError, failed at its first delivery), tasks that fail
+transiently half the time (delivered again after a backoff), and at least
+one task of each hard-to-store kind (`odd`: a NaN or Infinity result, a NUL
+in the error text, an error far over the storable length). Jobs take turns
+through five profiles:
 
-| profile | max_deliver | task time limit | special tasks |
-|---|---|---|---|
-| plain | 20 | default | -- |
-| poison | 3 | default | one task per crash kind: SIGKILL, `os._exit(3)`, a segfault |
-| hung | 3 | 2 s | two tasks that never return |
-| small | 2 | default | -- (a small max_deliver: a recorder outage bites) |
+| profile | max_deliver | task time limit | retry delay | rate | special tasks |
+|---|---|---|---|---|---|
+| plain | 20 | default | 0.1 s doubling to 1 s | -- | -- |
+| poison | 3 | default | run's | -- | one task per crash kind: SIGKILL, `os._exit(3)`, a segfault |
+| hung | 3 | 2 s | run's | -- | two tasks that never return |
+| small | 2 | default | run's | -- | -- (a small max_deliver: a recorder outage bites) |
+| limited | 5 | default | run's | 200/s | -- (a rate-limited job beside the others) |
 
 Beside each of those jobs, TINY_PER_JOB tiny jobs of 1-3 tasks (profile
 `tiny`, plain's settings): many small jobs, and a churn of their streams.
 
-A task's kind (`plain`, `fail`, `transient`, an `odd` kind, a crash kind,
-`hang`) says how it must end (`judge`). The job mix draws from its own
+A task's kind (`plain`, `fail`, `give_up`, `transient`, an `odd` kind, a
+crash kind, `hang`) says how it must end (`judge`). The job mix draws from its own
 random stream, so a seed gives the same jobs however the faults fall.
 """
 
@@ -34,7 +37,7 @@ from typing import Any
 
 import jobsys
 from jobsys.storable import MAX_ERROR_CHARS
-from jobsys.testing.faults import CRASH_KINDS, LONG_ERROR_CHARS, ODD_KINDS
+from jobsys.testing.faults import CRASH_KINDS, GIVE_UP_TEXT, LONG_ERROR_CHARS, ODD_KINDS
 
 PLAIN_MAX_DELIVER = 20
 # Jobs with at most this max_deliver are the ones a recorder outage could exhaust.
@@ -46,7 +49,11 @@ PROFILES: dict[str, tuple[int, float | None]] = {
     "poison": (3, None),
     "hung": (3, HUNG_TIMEOUT_S),
     "small": (2, None),
+    "limited": (5, None),
 }
+# Per profile: its jobs' retry delay (`--retry-delay`) and rate limit (`--rate`).
+RETRY_DELAYS: dict[str, str] = {"plain": "0.1,1"}
+RATES: dict[str, str] = {"limited": "200/s"}
 PROFILE_ORDER = tuple(PROFILES)
 # Besides each job of the turns above, this many tiny jobs (1-3 tasks, the
 # plain profile's tasks): many small jobs at once, and their streams made
@@ -58,12 +65,13 @@ HUNG_PER_JOB = 2
 MIX_KINDS = (*ODD_KINDS, *CRASH_KINDS, "hang")
 # Kinds that run their pipeline to a result (done, or a permanent failure) on
 # the first delivery; the others may use up deliveries by themselves.
-RETURNS_AT_ONCE = {"plain", "fail", *ODD_KINDS}
+RETURNS_AT_ONCE = {"plain", "fail", "give_up", *ODD_KINDS}
 # A share of the jobs is cancelled at a random moment; never the first of each
 # profile, so every kind of task has its outcome checked in every run.
 CANCEL_P = 0.2
 
 FAIL_TEXT = "payload asked to fail"
+GIVE_UP_ERROR = f"ValueError: {GIVE_UP_TEXT}"
 DEATH = {
     "kill": "execution process killed by signal 9 (SIGKILL)",
     "exit": "execution process exited with code 3",
@@ -118,6 +126,9 @@ def _payloads(rng: random.Random, n: int, profile: str) -> tuple[list[str], dict
         elif rng.random() < fail_p:
             item["fail"] = True
             special[i] = "fail"
+        elif rng.random() < 0.02:
+            item["give_up"] = True
+            special[i] = "give_up"
         elif rng.random() < 0.05:
             item["transient_p"] = 0.5
             special[i] = "transient"
@@ -145,6 +156,8 @@ def submit_job(
         failure_threshold=0.5,
         max_deliver=max_deliver,
         task_timeout_s=timeout,
+        retry_delay=RETRY_DELAYS.get(profile),
+        rate=RATES.get(profile),
         on_complete=hook[0] if hook else None,
     )
     cancellable = j >= len(PROFILE_ORDER)
@@ -184,6 +197,10 @@ def judge(plan: JobPlan, kind: str, status: str, error: str | None, deliveries: 
         return status == "done"
     if kind == "fail":
         return status == "failed" and err == FAIL_TEXT
+    if kind == "give_up":
+        # Failed at once: never "gave up after N deliveries" (a fault may still
+        # have cut a delivery before its failure was recorded).
+        return status == "failed" and err == GIVE_UP_ERROR
     if kind == "transient":
         # Half its runs fail: it may, rarely, fail all max_deliver of them.
         return status == "done" or (gave_up and "transient failure" in err)

@@ -41,7 +41,10 @@ HARNESS_ENV = {
     "JOBSYS_ACK_WAIT_S": "5",
     # The job mix runs `fault-echo` (jobsys.testing.faults).
     "JOBSYS_FAULT_PIPELINES": "true",
-    "JOBSYS_NAK_DELAY_S": "0.2",
+    "JOBSYS_RETRY_DELAY_S": "0.2",
+    # Backoff doubles from 0.2 s; capped low so a task that fails many times
+    # in a row (20 deliveries for `plain` jobs) still ends within the run.
+    "JOBSYS_RETRY_DELAY_MAX_S": "2",
     "JOBSYS_HEARTBEAT_TIMEOUT_MS": "5000",
     "JOBSYS_MAINTENANCE_CHANCE": "100000",
     "JOBSYS_LOST_AFTER_S": "60",
