@@ -120,3 +120,53 @@ def test_set_changes_a_running_jobs_share(four_slots: LocalSystem, tmp_path: Pat
     assert refused.stderr.strip().splitlines() == [
         f"jobsys: job {first} is success: its share cannot change"
     ]
+
+
+def jobs_count() -> int:
+    with connection() as conn:
+        row = conn.execute("SELECT count(*) AS n FROM jobs").fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def test_bad_priorities_and_weights_are_refused_at_every_entry_before_anything_is_written() -> None:
+    before = jobs_count()
+    for options, said in [
+        ({"priority": 1.5}, "priority: must be an integer, not 1.5"),
+        ({"priority": float("inf")}, "priority: must be a finite integer, not inf"),
+        ({"weight": 0}, "weight: must be between 1 and 1000, not 0"),
+        ({"weight": "3"}, "weight: must be an integer, not str"),
+    ]:
+        with pytest.raises(jobsys.InvalidInput) as refused:
+            jobsys.submit("echo", counted_items(1), **options)  # type: ignore[arg-type]
+        assert str(refused.value) == said
+    for args in (["--priority", "1.5"], ["--weight", "0"], ["--priority", "nan"]):
+        answer = jobsys_cli("submit", "echo", "--count", "1", *args)
+        assert answer.returncode == 2, answer.stderr
+        assert answer.stderr.strip().splitlines()[-1].startswith("Error: Invalid value for '--")
+    assert jobs_count() == before
+
+
+def test_set_on_a_queued_job_changes_only_its_share_and_says_who_from_what() -> None:
+    # No worker runs here: the job stays queued (bootstrap will describe its
+    # stream from the row as it is then).
+    job_id = jobsys.submit("echo", counted_items(3), priority=2, weight=5).id
+    listed = json.loads(jobsys_cli("list", "--json", check=True).stdout)
+    assert [(j["priority"], j["weight"]) for j in listed if j["job_id"] == job_id] == [(2, 5)]
+    table = jobsys_cli("list", check=True).stdout
+    assert "prio" in table and "weight" in table
+    before = get_job(job_id)
+    result = jobsys.set_share(job_id, priority=-1)
+    assert (result.priority, result.weight, result.was_priority) == (-1, 5, 2)
+    assert not result.stream_updated
+    after = get_job(job_id)
+    assert (after.priority, after.weight) == (-1, 5)
+    assert after.model_dump(exclude={"priority"}) == before.model_dump(exclude={"priority"})
+    [event] = [e for e in read_events(job_id) if e["event"] == "job_share_set"]
+    assert event["detail"] == {"priority": -1, "weight": 5, "was_priority": 2, "was_weight": 5}
+    unknown = jobsys_cli("set", "99999999", "--weight", "2")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == "jobsys: job 99999999 not found"
+    nothing = jobsys_cli("set", str(job_id))
+    assert nothing.returncode == 2 and "give --priority N and/or --weight W" in nothing.stderr
+    jobsys.cancel(job_id)
