@@ -71,6 +71,9 @@ def check(plans: list[JobPlan], views: dict[int, JobView], faults: Faults, repor
     for plan in plans:
         for kind, n in plan.kinds.items():
             report.mix[kind] += n
+        report.shares[f"priority {plan.priority}"] += 1
+        report.shares[f"weight {plan.weight}"] += 1
+        report.shares["changed by set"] += plan.reshared
         view = views[plan.job_id]
         report.finals[view.status] += 1
         if view.status not in FINAL:

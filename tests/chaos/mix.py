@@ -113,6 +113,7 @@ class JobPlan:
     # When (monotonic) its share is changed mid-run, and to what; None: never.
     reshare_at: float | None = None
     reshare_to: tuple[int, int] = (0, 1)
+    reshared: bool = False
 
     def kind_of(self, task_no: int) -> str:
         """What task `task_no` was asked to do."""
@@ -223,6 +224,7 @@ def reshare(plan: JobPlan) -> None:
     except jobsys.InvalidInput:
         return
     plan.priority, plan.weight = priority, weight
+    plan.reshared = True
 
 
 def judge(plan: JobPlan, kind: str, status: str, error: str | None, deliveries: int) -> bool:
