@@ -146,7 +146,12 @@ def share_of_stream(description: str | None) -> tuple[int, int]:
     absent or not integers in bounds (a stream made before jobs had them, or
     a description written by someone else: it only orders this processor's
     own slots, so a bad value is ignored, not refused)."""
-    described = _described(description)
+    return share_of(_described(description))
+
+
+def share_of(described: Mapping[str, Any]) -> tuple[int, int]:
+    """(priority, weight) from a mapping that may hold them (a stream's
+    description, a gateway's claim answer); defaults for what is missing or bad."""
     return (
         _int_between(described.get("priority"), -SHARE_BOUND, SHARE_BOUND, 0),
         _int_between(described.get("weight"), 1, SHARE_BOUND, 1),

@@ -10,7 +10,7 @@ import pytest
 
 from jobsys.api.share import check_priority, check_weight
 from jobsys.errors import InvalidInput
-from jobsys.nats.admin import describe_stream, share_of_stream
+from jobsys.nats.admin import describe_stream, share_of, share_of_stream
 from jobsys.processor.shares import Shares
 from jobsys.processor.tickets import Tickets
 
@@ -128,6 +128,8 @@ def test_the_stream_description_carries_the_share() -> None:
     # Written by someone else: ignored, not refused.
     assert share_of_stream('{"pipeline": "echo", "priority": 1e9, "weight": 0}') == (0, 1)
     assert share_of_stream('{"priority": true, "weight": "3"}') == (0, 1)
+    # A gateway's claim answer, as a remote processor reads it.
+    assert share_of({"job_id": 4, "pipeline": "echo", "priority": -2, "weight": 9}) == (-2, 9)
 
 
 @pytest.mark.parametrize(
