@@ -19,7 +19,7 @@ Pure logic (no asyncio, no NATS): tests/fast/test_shares.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 
@@ -57,10 +57,12 @@ class Shares:
         """The job is no longer served here."""
         self._shares.pop(job_id, None)
 
-    def order(self, job_ids: Iterable[int]) -> list[int]:
+    def order(self, job_ids: Iterable[int]) -> Iterator[int]:
         """The jobs with work, in the order they should get the next slot: highest
         priority first, then lowest pass. Jobs behind the priority's virtual time
-        (they had no work) are brought up to it first."""
+        (they had no work) are brought up to it first. Lazily: the first is
+        found in one pass; the rest are sorted only if the caller asks for them
+        (the first had no call ready)."""
         ranked = []
         for job_id in job_ids:
             share = self._shares.get(job_id)
@@ -71,8 +73,14 @@ class Shares:
             if now is not None and share.passed < now:
                 share.passed = now
             ranked.append((-share.priority, share.passed, job_id))
+        if not ranked:
+            return
+        first = min(ranked)
+        yield first[2]
+        ranked.remove(first)
         ranked.sort()
-        return [job_id for _, _, job_id in ranked]
+        for _, _, job_id in ranked:
+            yield job_id
 
     def charge(self, job_id: int, cost: float) -> None:
         """The job got a slot for a call expected to take `cost` slot-seconds."""

@@ -20,7 +20,7 @@ def _run(
 ) -> collections.Counter[int]:
     got: collections.Counter[int] = collections.Counter()
     for _ in range(slots):
-        job = shares.order(with_work)[0]
+        job = next(shares.order(with_work))
         shares.charge(job, cost)
         got[job] += 1
     return got
@@ -49,7 +49,7 @@ def test_shares_follow_slot_time_not_call_count() -> None:
     shares.set(2, 0, 1)
     calls: collections.Counter[int] = collections.Counter()
     for _ in range(500):
-        job = shares.order([1, 2])[0]
+        job = next(shares.order([1, 2]))
         shares.charge(job, 4.0 if job == 1 else 1.0)
         calls[job] += 1
     assert calls[2] == pytest.approx(4 * calls[1], abs=4)
@@ -90,6 +90,17 @@ def test_changing_a_weight_changes_the_share_from_then_on() -> None:
     shares.set(2, 0, 4)
     got = _run(shares, [1, 2], 500)
     assert got[2] == pytest.approx(400, abs=3)
+
+
+def test_the_whole_order_is_priority_then_pass() -> None:
+    shares = Shares()
+    shares.set(1, 0, 1)
+    shares.set(2, 1, 1)
+    shares.set(3, 0, 1)
+    shares.set(4, -1, 1)
+    shares.charge(1, 1.0)
+    assert list(shares.order([1, 2, 3, 4])) == [2, 3, 1, 4]
+    assert list(shares.order([])) == []
 
 
 def test_an_unknown_job_is_served_at_the_defaults() -> None:
