@@ -134,7 +134,7 @@ def test_tickets_go_to_higher_priority_waiters_first() -> None:
 
 
 def test_the_stream_description_carries_the_share() -> None:
-    assert share_of_stream(describe_stream("echo", 5.0, 3, 2, 7)) == (2, 7)
+    assert share_of_stream(describe_stream("echo", 5.0, 3, priority=2, weight=7)) == (2, 7)
     assert share_of_stream(describe_stream("echo")) == (0, 1)
     # Written by someone else: ignored, not refused.
     assert share_of_stream('{"pipeline": "echo", "priority": 1e9, "weight": 0}') == (0, 1)
