@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from jobsys.api.job import Job, get
     from jobsys.api.read import get_job, list_jobs
     from jobsys.api.retry import retry
+    from jobsys.api.share import ShareResult, set_share
     from jobsys.api.submit import submit
     from jobsys.api.tasks import group_errors, list_tasks
     from jobsys.errors import (
@@ -43,6 +44,8 @@ _WHERE = {
     "get_job": "jobsys.api.read",
     "list_jobs": "jobsys.api.read",
     "retry": "jobsys.api.retry",
+    "ShareResult": "jobsys.api.share",
+    "set_share": "jobsys.api.share",
     "submit": "jobsys.api.submit",
     "group_errors": "jobsys.api.tasks",
     "list_tasks": "jobsys.api.tasks",
@@ -66,6 +69,7 @@ __all__ = [
     "JobsysError",
     "LedgerPruned",
     "PermanentError",
+    "ShareResult",
     "TransientError",
     "WaitTimedOut",
     "cancel",
@@ -77,6 +81,7 @@ __all__ = [
     "prune",
     "results",
     "retry",
+    "set_share",
     "submit",
 ]
 

@@ -200,6 +200,9 @@ class JobView(BaseModel):
     retry_delay_max_s: float | None = None
     # At most this many of its tasks start per second (None: no limit of its own).
     rate_per_s: float | None = None
+    # Its share of execution slots: higher priority first, then by weight.
+    priority: int = 0
+    weight: int = 1
     parent_id: int | None = None
     root_id: int | None = None
     on_complete: str | None = None
@@ -238,6 +241,8 @@ class JobView(BaseModel):
             retry_delay_s=row.get("retry_delay_s"),
             retry_delay_max_s=row.get("retry_delay_max_s"),
             rate_per_s=row.get("rate_per_s"),
+            priority=row.get("priority", 0),
+            weight=row.get("weight", 1),
             parent_id=row.get("parent_id"),
             root_id=row.get("root_id"),
             on_complete=row.get("on_complete"),

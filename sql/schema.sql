@@ -58,6 +58,8 @@ CREATE TABLE public.jobs (
     retry_delay_s double precision,
     retry_delay_max_s double precision,
     rate_per_s double precision,
+    priority integer DEFAULT 0 NOT NULL,
+    weight integer DEFAULT 1 NOT NULL,
     CONSTRAINT jobs_cancelled_count_check CHECK ((cancelled_count >= 0)),
     CONSTRAINT jobs_check CHECK ((retry_delay_max_s >= retry_delay_s)),
     CONSTRAINT jobs_done_count_check CHECK ((done_count >= 0)),
@@ -68,12 +70,14 @@ CREATE TABLE public.jobs (
     CONSTRAINT jobs_max_deliver_check CHECK ((max_deliver >= 1)),
     CONSTRAINT jobs_max_in_flight_check CHECK ((max_in_flight >= 1)),
     CONSTRAINT jobs_placed_count_check CHECK ((placed_count >= 0)),
+    CONSTRAINT jobs_priority_check CHECK (((priority >= '-1000'::integer) AND (priority <= 1000))),
     CONSTRAINT jobs_published_count_check CHECK ((published_count >= 0)),
     CONSTRAINT jobs_rate_per_s_check CHECK ((rate_per_s > (0)::double precision)),
     CONSTRAINT jobs_retry_delay_s_check CHECK ((retry_delay_s >= (0)::double precision)),
     CONSTRAINT jobs_status_check CHECK ((status = ANY (ARRAY['queued'::text, 'started'::text, 'canceling'::text, 'success'::text, 'failure'::text, 'revoked'::text]))),
     CONSTRAINT jobs_task_timeout_s_check CHECK ((task_timeout_s > (0)::double precision)),
-    CONSTRAINT jobs_total_count_check CHECK ((total_count >= 0))
+    CONSTRAINT jobs_total_count_check CHECK ((total_count >= 0)),
+    CONSTRAINT jobs_weight_check CHECK (((weight >= 1) AND (weight <= 1000)))
 );
 
 COMMENT ON COLUMN public.jobs.stream_created IS 'NATS creation time of the stream the tasks below published_count were published to.';

@@ -124,3 +124,15 @@ def three_causes(payload: dict[str, Any]) -> dict[str, Any]:
     if cause == 1:
         return {"value": payload[f"field_{n}"]}
     raise ValueError(f"cannot use {object()!r} for item {n}")
+
+
+# How long a `stamp` task takes.
+STAMP_S = 0.05
+
+
+def stamp(payload: dict[str, Any]) -> dict[str, Any]:
+    """Take STAMP_S (a slot busy that long) and return when it started (wall clock),
+    so a test can tell from the results which job had the slots when."""
+    started = time.time()
+    time.sleep(STAMP_S)
+    return {"n": payload.get("n"), "started": started}

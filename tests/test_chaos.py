@@ -72,6 +72,10 @@ def test_short_chaos_run_keeps_every_invariant() -> None:
     # 15 s -- cannot all overlap, and each starts only if it fits; ~2 min here.
     report = _chaos(seconds=90, jobs=8, tasks=2_500, seed=20261123)
     _every_kind_at_least(report, 1)
+    # The mix had jobs of several priorities and weights sharing the processors.
+    shares = report["shares"]
+    assert sum(1 for key in shares if key.startswith("priority ")) >= 2, shares
+    assert sum(1 for key in shares if key.startswith("weight ")) >= 2, shares
     assert report["duplicated"] == 0
     # The remote processor took part: it leased tasks through the gateway and
     # its outcomes were taken (they count like any, exactly once).

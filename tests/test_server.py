@@ -175,6 +175,11 @@ REQUESTS: dict[tuple[str, str], Callable[[int], Request]] = {
     ),
     ("GET", "/api/jobs/{job_id}"): lambda job: (f"/api/jobs/{job}", {}),
     ("POST", "/api/jobs/{job_id}/cancel"): lambda job: (f"/api/jobs/{job}/cancel", {}),
+    # On an active job of its own (a final job's share cannot change).
+    ("POST", "/api/jobs/{job_id}/share"): lambda job: (
+        f"/api/jobs/{submit('echo', counted_items(1)).id}/share",
+        {"json": {"priority": 1, "weight": 2}},
+    ),
     ("POST", "/api/jobs/{job_id}/retry"): lambda job: (
         f"/api/jobs/{job}/retry",
         {"json": {"status": ["failed"]}},
@@ -239,11 +244,14 @@ def test_every_call_without_a_good_token_is_refused_with_401_before_anything_run
         {"Authorization": "Bearer not-a-token"},
         {"Authorization": f"Bearer {unknown}"},
     ]
+    # The requests are made first: one makes a job of its own to act on.
+    requests = [
+        (method, *REQUESTS[(method, template)](finished))
+        for method, template, scope in [*operations(document), ("GET", "/openapi.json", "any")]
+        if scope != "none"
+    ]
     before = footprint(finished)
-    for method, template, scope in [*operations(document), ("GET", "/openapi.json", "any")]:
-        if scope == "none":
-            continue
-        path, kwargs = REQUESTS[(method, template)](finished)
+    for method, path, kwargs in requests:
         path = path.replace("{name}", "nobody")
         for header in headers:
             with server.client(**header) as client:
@@ -462,6 +470,49 @@ def test_cancel_and_retry_over_http_name_the_token_in_the_events(
     assert_problem(
         server.call(token, "POST", "/api/jobs/99999999/cancel"), 404, "job 99999999 not found"
     )
+
+
+def test_priority_and_weight_over_http_are_checked_shown_and_changed(
+    server: Server, finished: int
+) -> None:
+    token = new_token(Scope.SUBMIT)
+    made = server.call(
+        token, "POST", "/api/jobs",
+        json={"pipeline": "echo", "items": [{"sleep_ms": 200}] * 200, "priority": -3, "weight": 7},
+    )  # fmt: skip
+    assert made.status_code == 201, made.text
+    job_id = made.json()["job_id"]
+    shown = server.call(token, "GET", f"/api/jobs/{job_id}").json()
+    assert (shown["priority"], shown["weight"]) == (-3, 7)
+    before = count("SELECT count(*) FROM jobs")
+    for bad, text in [
+        ({"priority": 1.5}, "priority: Input should be a valid integer"),
+        ({"priority": "2"}, "priority: Input should be a valid integer"),
+        ({"weight": True}, "weight: Input should be a valid integer"),
+        ({"weight": 0}, "weight: Input should be greater than or equal to 1"),
+        ({"priority": 1001}, "priority: Input should be less than or equal to 1000"),
+    ]:
+        body = {"pipeline": "echo", "count": 1, **bad}
+        assert_problem(server.call(token, "POST", "/api/jobs", json=body), 422, text)
+    # Not JSON's numbers: refused before any option is read.
+    inf = server.call(
+        token, "POST", "/api/jobs", content=b'{"pipeline": "echo", "count": 1, "weight": 1e400}',
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    assert_problem(inf, 422, "weight")
+    assert count("SELECT count(*) FROM jobs") == before
+    changed = server.call(token, "POST", f"/api/jobs/{job_id}/share", json={"weight": 2})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["weight"] == 2 and changed.json()["was_weight"] == 7
+    assert changed.json()["priority"] == -3
+    assert_problem(
+        server.call(token, "POST", f"/api/jobs/{finished}/share", json={"priority": 1}),
+        422, f"job {finished} is success: its share cannot change",
+    )  # fmt: skip
+    assert_problem(
+        server.call(token, "POST", f"/api/jobs/{job_id}/share", json={"weight": 1.0e9}), 422
+    )
+    server.call(token, "POST", f"/api/jobs/{job_id}/cancel")
 
 
 def test_an_ndjson_upload_is_streamed_into_one_job(server: Server) -> None:

@@ -26,6 +26,9 @@ class Terms:
     status: str
     max_deliver: int
     task_timeout_s: float
+    # Its share of slots (a remote processor orders its slots by them too).
+    priority: int = 0
+    weight: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape of a claim's job."""
@@ -34,6 +37,8 @@ class Terms:
             "pipeline": self.pipeline,
             "max_deliver": self.max_deliver,
             "task_timeout_s": self.task_timeout_s,
+            "priority": self.priority,
+            "weight": self.weight,
         }
 
 
@@ -45,11 +50,14 @@ def _terms(row: dict[str, Any], status: str) -> Terms:
         status=status,
         max_deliver=row["max_deliver"] or settings.max_deliver,
         task_timeout_s=row["task_timeout_s"] or settings.task_timeout_s,
+        priority=row.get("priority", 0),
+        weight=row.get("weight", 1),
     )
 
 
 def claimable_jobs(pipelines: Iterable[str], limit: int = MAX_CLAIMED) -> list[Terms]:
-    """Started jobs of `pipelines`, least recently progressed first."""
+    """Started jobs of `pipelines`, highest priority first, then least recently
+    progressed."""
     with connection() as conn:
         rows = conn.execute(
             Q.claimable_jobs, {"pipelines": sorted(pipelines), "limit": limit}

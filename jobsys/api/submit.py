@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from jobsys.api.enqueue import enqueue_bootstrap
 from jobsys.api.items import Items, checked_items, items_of, submit_item_limit
 from jobsys.api.job import Job
+from jobsys.api.share import DEFAULT_PRIORITY, DEFAULT_WEIGHT, check_priority, check_weight
 from jobsys.dramatiq.signing import require_secret
 from jobsys.errors import InvalidInput
 from jobsys.hooks.target import check_target
@@ -114,6 +115,8 @@ def submit(
     max_in_flight: int | None = None,
     retry_delay: RetryDelay | None = None,
     rate: str | float | None = None,
+    priority: int = DEFAULT_PRIORITY,
+    weight: int = DEFAULT_WEIGHT,
     on_progress: Callable[[int], None] | None = None,
     on_complete: str | None = None,
     by: Mapping[str, str] | None = None,
@@ -136,6 +139,9 @@ def submit(
     caps how many of the job's tasks start per second across all processors
     (``"20/s"``, ``"600/m"`` or a number per second), besides its pipeline's
     limit in JOBSYS_RATE_LIMITS.
+    `priority` (an integer, default 0) and `weight`
+    (an integer >= 1, default 1) are its share of the processors' slots
+    (`jobsys.api.share`): higher priority first, then in proportion to weight.
     `on_complete` is a completion hook target (`jobsys.hooks.target.check_target`).
     `by` says who asked (an API token's fingerprint and name); it is written
     into the job's `job_submitted` event.
@@ -151,6 +157,8 @@ def submit(
     )
     delay = retry_delay_of(retry_delay)
     rate_per_s = rate_of(rate)
+    priority = check_priority(priority)
+    weight = check_weight(weight)
     resolve(opts.pipeline)
     # Checked before anything is written: a job whose bootstrap cannot be sent
     # (unsigned) would wait for the reconciler for nothing.
@@ -172,6 +180,8 @@ def submit(
                 "retry_delay_s": delay[0] if delay else None,
                 "retry_delay_max_s": delay[1] if delay else None,
                 "rate_per_s": rate_per_s,
+                "priority": priority,
+                "weight": weight,
             },
         ).fetchone()
         assert job is not None

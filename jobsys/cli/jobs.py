@@ -1,4 +1,4 @@
-"""`jobsys submit`, `cancel`, `status`, `list`, `watch`: a job from submit to its end."""
+"""`jobsys submit`, `cancel`, `set`, `status`, `list`, `watch`: a job from submit to its end."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from jobsys.api.items import counted_items, read_items
 from jobsys.api.job import wait_for, with_blocked
 from jobsys.api.read import hook_state
 from jobsys.api.retry import retries_of
+from jobsys.api.share import MAX_PRIORITY, MAX_WEIGHT, MIN_PRIORITY, MIN_WEIGHT
 from jobsys.api.submit import MAX_IN_FLIGHT, MAX_TASK_TIMEOUT_S
 from jobsys.cli.output import (
     JOB_COLUMNS,
@@ -65,6 +66,12 @@ def job_links(job_id: int) -> dict[str, Any]:
                    "(JOBSYS_RATE_BURST_S).")  # fmt: skip
 @click.option("--on-complete", default=None, metavar="TARGET",
               help="When the job is final: module:actor or an http(s) URL, once.")  # fmt: skip
+@click.option("--priority", type=click.IntRange(MIN_PRIORITY, MAX_PRIORITY), default=0,
+              show_default=True,
+              help="When slots are short, higher-priority jobs' tasks start first.")  # fmt: skip
+@click.option("--weight", type=click.IntRange(MIN_WEIGHT, MAX_WEIGHT), default=1,
+              show_default=True,
+              help="Among jobs of one priority, slots are shared by weight.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 def submit(
     pipeline: str,
@@ -78,6 +85,8 @@ def submit(
     retry_delay: str | None,
     rate: str | None,
     on_complete: str | None,
+    priority: int,
+    weight: int,
     as_json: bool,
 ) -> None:
     """Create a job of PIPELINE over an items file or N generated tasks.
@@ -89,6 +98,7 @@ def submit(
       find . -name '*.jpg' | jq -Rc '{path: .}' | jobsys submit mypkg.images:resize --items -
       jobsys submit mypkg.tasks:resize --items photos.jsonl --json
       jobsys submit echo --count 100 --on-complete https://example.com/hooks/jobsys
+      jobsys submit echo --count 1000 --priority 1 --weight 3
     """
     if (items_path is None) == (count is None):
         raise click.UsageError("give exactly one of --items FILE or --count N")
@@ -102,6 +112,8 @@ def submit(
         "retry_delay": retry_delay,
         "rate": rate,
         "on_complete": on_complete,
+        "priority": priority,
+        "weight": weight,
     }
     big = items_path is not None or (count or 0) >= 50_000
     if as_json or not big or not sys.stderr.isatty():
@@ -144,6 +156,40 @@ def cancel(job_id: int, as_json: bool) -> None:
         click.echo(f"job {job_id} cancelled: {result.status}")
     else:
         click.echo(f"job {job_id} is already {result.status}: nothing changed")
+
+
+@click.command(name="set")
+@click.argument("job_id", type=JOB_ID)
+@click.option("--priority", type=click.IntRange(MIN_PRIORITY, MAX_PRIORITY), default=None,
+              help="The job's new priority.")  # fmt: skip
+@click.option("--weight", type=click.IntRange(MIN_WEIGHT, MAX_WEIGHT), default=None,
+              help="The job's new weight.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the job's share now and before as JSON.")  # fmt: skip
+def set_cmd(job_id: int, priority: int | None, weight: int | None, as_json: bool) -> None:
+    """Change an active JOB_ID's share of the processors' slots (priority, weight).
+
+    The processors serving it follow within about a second. A final job is
+    refused; the change is recorded in the job's events (`jobsys logs`).
+
+    \b
+    Example:
+      jobsys set 42 --priority 2 --weight 5
+    """
+    if priority is None and weight is None:
+        raise click.UsageError("give --priority N and/or --weight W")
+    result = jobsys.set_share(job_id, priority=priority, weight=weight)
+    if as_json:
+        echo_json({
+            "job_id": result.job_id, "status": result.status,
+            "priority": result.priority, "weight": result.weight,
+            "was_priority": result.was_priority, "was_weight": result.was_weight,
+        })  # fmt: skip
+    else:
+        click.echo(
+            f"job {job_id} {result.status}: priority {result.was_priority} -> {result.priority}, "
+            f"weight {result.was_weight} -> {result.weight}"
+        )
 
 
 @click.command()

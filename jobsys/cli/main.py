@@ -31,6 +31,7 @@ from jobsys.version import version
 COMMANDS = {
     "submit": "jobs:submit",
     "cancel": "jobs:cancel",
+    "set": "jobs:set_cmd",
     "status": "jobs:status",
     "list": "jobs:list_cmd",
     "watch": "jobs:watch",

@@ -103,6 +103,8 @@ def job_rows(views: Sequence[JobView]) -> list[list[Any]]:
             v.name,
             v.pipeline,
             v.status,
+            v.priority,
+            v.weight,
             v.total,
             v.done,
             v.failed,
@@ -114,8 +116,8 @@ def job_rows(views: Sequence[JobView]) -> list[list[Any]]:
     ]
 
 
-JOB_COLUMNS = ["id", "parent", "name", "pipeline", "status", "total", "done", "failed", "lost",
-               "progress", "created"]  # fmt: skip
+JOB_COLUMNS = ["id", "parent", "name", "pipeline", "status", "prio", "weight", "total", "done",
+               "failed", "lost", "progress", "created"]  # fmt: skip
 
 
 @contextmanager

@@ -105,7 +105,8 @@ def frame(
     )
     table = Table(expand=screen, pad_edge=False, box=None, header_style="bold")
     for name, justify in (("job", "right"), ("name", "left"), ("status", "left"),
-                          ("progress", "left"), ("%", "right"), ("done", "right"),
+                          ("prio", "right"), ("wt", "right"), ("progress", "left"),
+                          ("%", "right"), ("done", "right"),
                           ("failed", "right"), ("lost", "right"), ("total", "right"),
                           ("tasks/s", "right"), ("eta", "right"), ("age", "right"),
                           ("reconciler", "left"), ("blocked", "left")):  # fmt: skip
@@ -116,6 +117,8 @@ def frame(
             str(job.job_id),
             Text(printable((job.name[:24] if screen else job.name) or job.pipeline)),
             job.status,
+            str(job.priority),
+            str(job.weight),
             ProgressBar(total=max(job.total, 1), completed=job.settled, width=20),
             f"{share:.1%}",
             f"{job.done:,}",

@@ -56,11 +56,14 @@ def describe_stream(
     max_deliver: int | None = None,
     retry_delay: tuple[float, float] | None = None,
     rate_per_s: float | None = None,
+    priority: int | None = None,
+    weight: int | None = None,
 ) -> str:
     """A job stream's description: what processors need to know to serve it
     (they never read Postgres): the pipeline, the job's task time limit, its
     max_deliver, its retry delay (base, max seconds) and its rate limit (tasks
-    per second) if it has them."""
+    per second) if it has them, and its share of execution slots (priority,
+    weight)."""
     described: dict[str, Any] = {"pipeline": pipeline}
     if task_timeout_s is not None:
         described["task_timeout_s"] = task_timeout_s
@@ -70,6 +73,10 @@ def describe_stream(
         described["retry_delay"] = list(retry_delay)
     if rate_per_s is not None:
         described["rate_per_s"] = rate_per_s
+    if priority is not None:
+        described["priority"] = priority
+    if weight is not None:
+        described["weight"] = weight
     return json.dumps(described)
 
 
@@ -134,6 +141,58 @@ def job_retry_delay(job: Mapping[str, Any]) -> tuple[float, float] | None:
     return (float(base), float(cap if cap is not None else base))
 
 
+def share_of_stream(description: str | None) -> tuple[int, int]:
+    """The job's (priority, weight) in a job stream's description; (0, 1) when
+    absent or not integers in bounds (a stream made before jobs had them, or
+    a description written by someone else: it only orders this processor's
+    own slots, so a bad value is ignored, not refused)."""
+    return share_of(_described(description))
+
+
+def share_of(described: Mapping[str, Any]) -> tuple[int, int]:
+    """(priority, weight) from a mapping that may hold them (a stream's
+    description, a gateway's claim answer); defaults for what is missing or bad."""
+    return (
+        _int_between(described.get("priority"), -SHARE_BOUND, SHARE_BOUND, 0),
+        _int_between(described.get("weight"), 1, SHARE_BOUND, 1),
+    )
+
+
+# Bounds of priority (±) and weight (1..) a processor accepts from a description
+# (the same as Postgres's checks, sql/018_priority_weight.sql).
+SHARE_BOUND = 1_000
+
+
+def _int_between(value: Any, low: int, high: int, otherwise: int) -> int:
+    """`value` if it is an integer in [low, high], else `otherwise`."""
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+        return value
+    return otherwise
+
+
+async def set_stream_share(
+    js: JetStreamContext, names: JobNames, priority: int, weight: int
+) -> bool:
+    """Write a job's priority and weight into its stream's description (`jobsys set`);
+    processors hear of it by the stream's UPDATED advisory (and their listing).
+    False if the stream is not there (the job has none yet, or any more: bootstrap
+    and the reconciler write the description from the job's row)."""
+    try:
+        info = await js.stream_info(names.stream)
+    except NotFoundError:
+        return False
+    config = info.config
+    described = _described(config.description)
+    described["priority"] = priority
+    described["weight"] = weight
+    config.description = json.dumps(described)
+    try:
+        await js.update_stream(config)
+    except NotFoundError:
+        return False
+    return True
+
+
 async def ensure_job_stream(
     js: JetStreamContext, names: JobNames, job: Mapping[str, Any], settings: Settings
 ) -> None:
@@ -161,6 +220,8 @@ async def ensure_job_stream(
             job["max_deliver"],
             job_retry_delay(job),
             job.get("rate_per_s"),
+            job.get("priority"),
+            job.get("weight"),
         ),
         subjects=[names.subject, names.max_deliveries],
         # Work-queue retention: an acked task message is removed, so the

@@ -35,6 +35,9 @@ class ActiveJob:
     finding: str | None = None
     finding_action: str | None = None
     finding_at: datetime | None = None
+    # Its share of the processors' slots (jobsys.api.share).
+    priority: int = 0
+    weight: int = 1
 
     @property
     def settled(self) -> int:
@@ -84,6 +87,8 @@ def _job(row: dict[str, Any]) -> ActiveJob:
         finding=row["finding"],
         finding_action=row["finding_action"],
         finding_at=row["finding_at"],
+        priority=row.get("priority", 0),
+        weight=row.get("weight", 1),
     )
 
 

@@ -5,8 +5,9 @@ A *slot* runs one call at a time: an isolated child process
 (jobsys.processor.threads). A *call* is a group of tasks of one job: for a
 plain pipeline a chunk run one after the other (one IPC for the chunk, an
 outcome streamed back per task), for a batch pipeline one call of the
-function. Jobs are served round robin, so a new job's tasks start next to an
-old job's backlog, not behind it.
+function. Which job's call a free slot runs is decided by the jobs' shares
+(jobsys.processor.shares): highest priority first, then in proportion to
+weight, so a new job's tasks start next to an old job's backlog, not behind it.
 
 What a failure costs (the retry policy):
 
@@ -42,6 +43,7 @@ from nats.aio.msg import Msg
 
 from jobsys.pipelines.registry import PipelineSpec
 from jobsys.processor.calls import DONE, END, FAILED, RAISED, RETRY, Failure
+from jobsys.processor.shares import Shares
 
 if TYPE_CHECKING:
     from jobsys.processor.rates import Gate, Rates
@@ -88,6 +90,9 @@ class JobRun:
     active: bool = True
     # Seconds per task, smoothed; None until the first outcome.
     task_s: float | None = None
+    # Its share of slots (from the stream's description; `Execution.share`).
+    priority: int = 0
+    weight: int = 1
 
     def measured(self, seconds: float) -> None:
         """Fold one task's run time into the estimate."""
@@ -230,6 +235,7 @@ class Execution:
         # The rate limits of the jobs served (set by the processor; None: none).
         self.rates: Rates | None = None
         self._queues: OrderedDict[int, _JobQueue] = OrderedDict()
+        self.shares = Shares()
         self._wake = asyncio.Event()
         self._stopping = False
         self._serial = 0
@@ -273,10 +279,16 @@ class Execution:
             task.run.gate.wanted.set()
         self._wake.set()
 
+    def share(self, run: JobRun, priority: int, weight: int) -> None:
+        """The job's priority and weight (when it is first served, and when they change)."""
+        run.priority, run.weight = priority, weight
+        self.shares.set(run.job_id, priority, weight)
+
     def forget(self, job_id: int) -> None:
         """Stop serving a job: its queued tasks will not start (settled DROPPED)."""
         if self.rates is not None:
             self.rates.drop(job_id)
+        self.shares.forget(job_id)
         q = self._queues.pop(job_id, None)
         if q is None:
             return
@@ -327,6 +339,7 @@ class Execution:
         q = self._queues.get(run.job_id)
         if q is None:
             q = self._queues[run.job_id] = _JobQueue(run)
+            self.shares.set(run.job_id, run.priority, run.weight)
         return q
 
     # -- handing out calls -----------------------------------------------------
@@ -351,23 +364,27 @@ class Execution:
         idle = [s for s in self.slots if s.ready and s.call is None]
         retry_in: float | None = None
         now = time.monotonic()
-        while idle and self._queues:
+        while idle:
+            # Each free slot goes to the first job in the shares' order that has
+            # a call to run now (a batch still filling is passed over).
+            with_work = [j for j, q in self._queues.items() if q.tasks or q.pinned]
             progressed = False
-            for job_id in list(self._queues):
-                if not idle:
-                    break
+            for job_id in self.shares.order(with_work):
                 q = self._queues[job_id]
                 tasks, wait = self._take(q, now, len(idle))
                 if wait is not None:
                     retry_in = wait if retry_in is None else min(retry_in, wait)
                 if not tasks:
                     continue
-                self._queues.move_to_end(job_id)  # round robin
+                per_task = q.run.task_s if q.run.task_s is not None else FIRST_GUESS_S
+                # Slot-seconds expected (a batch's task time is per item too).
+                self.shares.charge(job_id, per_task * len(tasks))
                 if q.queued() * 2 < self.ahead(q.run):
                     q.room.set()
                 self._serial += 1
                 idle.pop().run(Call(q.run, tasks, serial=self._serial))
                 progressed = True
+                break
             if not progressed:
                 break
         return retry_in

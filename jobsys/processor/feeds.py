@@ -13,6 +13,17 @@ feed it did not show is dropped only when asking for that stream says it
 is gone. A deleted stream (job finished
 or cancelled) stops its feed at once, and its queued tasks never start.
 
+A job's share of slots (priority, weight; jobsys.processor.shares) is read
+from its stream's description when it is first served. `jobsys set` on a
+running job rewrites that description (a stream update): processors hear
+of it through the stream's UPDATED advisory they already listen to and read
+the stream again, and the periodic listing, which carries every stream's
+description anyway, catches an advisory missed. This was chosen over a
+control subject of our own because the description stays the one place a
+processor learns a job from: a processor that starts later, or reconnects,
+reads the current share with nothing else to replay, and a re-created
+stream (bootstrap, reconciler) is described from the job's row.
+
 Each feed pulls its job's tasks, as many as execution wants ahead for that
 job, after taking fair tickets (jobsys.processor.tickets), and not at all
 while the outbox is full (backpressure). A feed whose pull came back empty
@@ -48,6 +59,7 @@ from jobsys.nats.admin import (
     pipeline_of_stream,
     rate_of_stream,
     retry_delay_of_stream,
+    share_of_stream,
     task_timeout_of_stream,
 )
 from jobsys.nats.subjects import JobNames, job_id_of_stream, parse_msg_id, tasks_wildcard
@@ -157,6 +169,16 @@ class Feeds:
             self.drop(job_id, "stream deleted")
         elif action == "CREATED":
             await self.add(job_id)
+        elif action == "UPDATED" and job_id in self.feeds:
+            # `jobsys set` changed the job's share (or a re-bootstrap its config).
+            try:
+                info = await self.js.stream_info(
+                    JobNames.of(self.settings.namespace, job_id).stream
+                )
+            except Exception as exc:
+                log.info("cannot re-read a stream", extra={"job_id": job_id, "error": repr(exc)})
+                return
+            self.reshare(job_id, info.config.description)
 
     async def listing_loop(self) -> None:
         """Backstop for missed advisories (a side task of the processor). Lists
@@ -173,6 +195,8 @@ class Feeds:
                     seen.add(job_id)
                     if job_id not in self.feeds:
                         await self.add(job_id, info.config.description)
+                    else:
+                        self.reshare(job_id, info.config.description)
                 for job_id in [j for j in self.feeds if j not in seen]:
                     if await self._gone(job_id):
                         self.drop(job_id, "stream gone")
@@ -257,6 +281,7 @@ class Feeds:
             if self.execution.rates is not None
             else None,
         )
+        self.execution.share(run, *share_of_stream(description))
         feed = Feed(run, names, float(consumer.config.ack_wait or self.settings.ack_wait_s))
         if spec.batch_size:
             self.tickets.grow(2 * spec.batch_size)
@@ -266,8 +291,24 @@ class Feeds:
         feed.task.add_done_callback(functools.partial(self._feed_ended, feed))
         log.info(
             "serving job",
-            extra={"job_id": job_id, "pipeline": pipeline_name, "timeout_s": run.timeout_s},
-        )
+            extra={"job_id": job_id, "pipeline": pipeline_name, "timeout_s": run.timeout_s,
+                   "priority": run.priority, "weight": run.weight},
+        )  # fmt: skip
+
+    def reshare(self, job_id: int, description: str | None) -> None:
+        """The job's stream says its priority and weight are these now."""
+        feed = self.feeds.get(job_id)
+        if feed is None:
+            return
+        priority, weight = share_of_stream(description)
+        run = feed.run
+        if (priority, weight) != (run.priority, run.weight):
+            log.info(
+                "job share changed",
+                extra={"job_id": job_id, "priority": priority, "weight": weight,
+                       "was_priority": run.priority, "was_weight": run.weight},
+            )  # fmt: skip
+            self.execution.share(run, priority, weight)
 
     def drop(self, job_id: int, why: str) -> None:
         """Stop serving the job: no more fetches, its queued tasks never start."""
@@ -341,7 +382,7 @@ class Feeds:
                     expires_s = IDLE_PROBE_S
                 else:
                     want = max(1, self.execution.ahead(run) - self.execution.queued(run.job_id))
-                    n = await self.tickets.take(want)
+                    n = await self.tickets.take(want, run.priority)
                     pull = feed.pull = _Pull(n, held=n)
                     expires_s = FETCH_TIMEOUT_S
                 request = {"batch": pull.n, "expires": int(expires_s * 1e9)}

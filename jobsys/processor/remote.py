@@ -45,6 +45,7 @@ from typing import Any, cast
 
 from nats.aio.msg import Msg
 
+from jobsys.nats.admin import share_of
 from jobsys.nats.presence import BEAT_S
 from jobsys.pipelines.allow import NotAllowed
 from jobsys.pipelines.resolve import resolve_spec, servable
@@ -385,6 +386,14 @@ class RemoteProcessor:
 
     def _serve(self, job: dict[str, Any]) -> None:
         job_id = int(job["job_id"])
+        served = self.runs.get(job_id)
+        if served is not None:
+            # Every claim answer says each job's share: `jobsys set` is followed
+            # here within a claim's wait at most.
+            share = share_of(job)
+            if share != (served.priority, served.weight):
+                self.execution.share(served, *share)
+            return
         if job_id in self.feeds or job_id in self.refused or self.stopping():
             return
         pipeline = str(job["pipeline"])
@@ -407,6 +416,7 @@ class RemoteProcessor:
             timeout_s=float(job.get("task_timeout_s") or self.settings.task_timeout_s),
             max_deliver=int(job.get("max_deliver") or self.settings.max_deliver),
         )
+        self.execution.share(run, *share_of(job))
         if spec.batch_size:
             self.tickets.grow(2 * spec.batch_size)
         self.runs[job_id] = run
@@ -451,7 +461,7 @@ class RemoteProcessor:
             if not run.active:
                 return
             want = max(1, ahead - self.execution.queued(run.job_id))
-            n = await self.tickets.take(want)
+            n = await self.tickets.take(want, run.priority)
             try:
                 answer = await self.client.lease(run.job_id, n, LEASE_WAIT_S, self.id)
             except (GatewayUnavailable, GatewayGone) as exc:

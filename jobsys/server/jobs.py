@@ -6,6 +6,7 @@
 | ``POST /api/jobs`` | `jobsys submit` | `jobsys.api.submit.submit` |
 | ``GET /api/jobs/{id}`` | `jobsys status` | `get_job`, `retries_of`, `hook_state` |
 | ``POST /api/jobs/{id}/cancel`` | `jobsys cancel` | `jobsys.api.cancel.cancel` |
+| ``POST /api/jobs/{id}/share`` | `jobsys set` | `jobsys.api.share.set_share` |
 | ``POST /api/jobs/{id}/retry`` | `jobsys retry` | `jobsys.api.retry.retry` |
 | ``GET /api/jobs/{id}/tasks`` | `jobsys tasks` | `list_tasks`, `group_errors` |
 | ``GET /api/jobs/{id}/events`` | `jobsys logs` | `jobsys.pg.events.read_events` |
@@ -38,6 +39,7 @@ from jobsys.api.items import counted_items
 from jobsys.api.job import with_blocked
 from jobsys.api.read import get_job, hook_state, list_jobs
 from jobsys.api.retry import retries_of, retry
+from jobsys.api.share import MAX_PRIORITY, MAX_WEIGHT, MIN_PRIORITY, MIN_WEIGHT, set_share
 from jobsys.api.statuses import parse_statuses
 from jobsys.api.submit import submit
 from jobsys.api.tasks import MAX_LIMIT, group_errors, list_tasks
@@ -76,6 +78,9 @@ class SubmitOptions(BaseModel):
     task_timeout_s: float | None = None
     max_in_flight: int | None = None
     on_complete: str | None = None
+    # Strict: JSON's 1.5, "2", true or 1e400 are refused, not rounded.
+    priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, strict=True)
+    weight: int = Field(default=1, ge=MIN_WEIGHT, le=MAX_WEIGHT, strict=True)
 
 
 class SubmitBody(SubmitOptions):
@@ -99,6 +104,26 @@ class Cancelled(BaseModel):
     job_id: int
     status: str
     changed: bool
+
+
+class ShareBody(BaseModel):
+    """A job's new share of the processors' slots (`jobsys set`): either or both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    priority: int | None = Field(default=None, ge=MIN_PRIORITY, le=MAX_PRIORITY, strict=True)
+    weight: int | None = Field(default=None, ge=MIN_WEIGHT, le=MAX_WEIGHT, strict=True)
+
+
+class Shared(BaseModel):
+    """What `jobsys set --json` prints: the job's share now and before."""
+
+    job_id: int
+    status: str
+    priority: int
+    weight: int
+    was_priority: int
+    was_weight: int
 
 
 Retryable = Literal["failed", "lost", "cancelled"]
@@ -238,6 +263,8 @@ async def submit_route(
     task_timeout_s: Annotated[float | None, Query(description=UPLOAD_ONLY)] = None,
     max_in_flight: Annotated[int | None, Query(description=UPLOAD_ONLY)] = None,
     on_complete: Annotated[str | None, Query(description=UPLOAD_ONLY)] = None,
+    priority: Annotated[int | None, Query(description=UPLOAD_ONLY)] = None,
+    weight: Annotated[int | None, Query(description=UPLOAD_ONLY)] = None,
 ) -> JobView:
     """Create a job (`jobsys submit`): a JSON body with its items (or a count), or its
     items uploaded as NDJSON (streamed into the job's ledger; options in the query).
@@ -251,6 +278,7 @@ async def submit_route(
         "pipeline": pipeline, "name": name, "failure_threshold": failure_threshold,
         "max_deliver": max_deliver, "task_timeout_s": task_timeout_s,
         "max_in_flight": max_in_flight, "on_complete": on_complete,
+        "priority": priority, "weight": weight,
     }  # fmt: skip
     given = {k: v for k, v in query.items() if v is not None}
     items: Iterable[str]
@@ -292,6 +320,18 @@ def cancel_route(who: Caller, job_id: JobId) -> Cancelled:
     reached_job(who, job_id)
     done = cancel(job_id, by=who.actor)
     return Cancelled(job_id=done.job_id, status=done.status, changed=done.changed)
+
+
+@api(router.post, "/jobs/{job_id}/share", Scope.SUBMIT, 404, 422, response_model=Shared)
+def share_route(who: Caller, job_id: JobId, body: ShareBody) -> Shared:
+    """Change an active job's priority and/or weight (`jobsys set`); a final job is
+    refused (422). The change is signed with the token in the job's events."""
+    reached_job(who, job_id)
+    done = set_share(job_id, priority=body.priority, weight=body.weight, by=who.actor)
+    return Shared(
+        job_id=done.job_id, status=done.status, priority=done.priority, weight=done.weight,
+        was_priority=done.was_priority, was_weight=done.was_weight,
+    )  # fmt: skip
 
 
 @api(router.post, "/jobs/{job_id}/retry", Scope.SUBMIT, 404, 409, 410, 413, 422,

@@ -53,10 +53,11 @@ FROM moved;
 -- name: insert_job
 -- A new job row, queued.
 INSERT INTO jobs (name, pipeline, total_count, failure_threshold, max_deliver,
-                  task_timeout_s, max_in_flight, retry_delay_s, retry_delay_max_s, rate_per_s)
+                  task_timeout_s, max_in_flight, retry_delay_s, retry_delay_max_s, rate_per_s,
+                  priority, weight)
 VALUES (%(name)s, %(pipeline)s, %(total)s, %(failure_threshold)s, %(max_deliver)s,
         %(task_timeout_s)s, %(max_in_flight)s, %(retry_delay_s)s, %(retry_delay_max_s)s,
-        %(rate_per_s)s)
+        %(rate_per_s)s, %(priority)s, %(weight)s)
 RETURNING id, created_at;
 
 -- name: set_job_total
@@ -72,6 +73,7 @@ COPY job_tasks (job_id, task_no, payload) FROM STDIN;
 SELECT id, name, pipeline, status, total_count, published_count, done_count, failed_count,
        lost_count, cancelled_count, failure_threshold, max_deliver,
        task_timeout_s, max_in_flight, retry_delay_s, retry_delay_max_s, rate_per_s,
+       priority, weight,
        created_at, started_at, finished_at, progress_at,
        parent_id, root_id, on_complete, ledger_state, ledger_pruned_at
 FROM jobs WHERE id = %(job_id)s;
@@ -81,13 +83,27 @@ FROM jobs WHERE id = %(job_id)s;
 -- (an API token limited to them).
 SELECT id, name, pipeline, status, total_count, published_count, done_count, failed_count,
        lost_count, cancelled_count, failure_threshold, max_deliver, task_timeout_s, max_in_flight,
-       retry_delay_s, retry_delay_max_s, rate_per_s, created_at, started_at, finished_at, progress_at,
+       retry_delay_s, retry_delay_max_s, rate_per_s, priority, weight,
+       created_at, started_at, finished_at, progress_at,
        parent_id, root_id, on_complete, ledger_state, ledger_pruned_at
 FROM jobs
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(pipelines)s::text[] IS NULL OR pipeline = ANY(%(pipelines)s::text[]))
 ORDER BY id DESC
 LIMIT %(limit)s;
+
+-- name: set_job_share
+-- A job's priority and weight (`jobsys set`), while it is active only: these
+-- two columns, nothing else (a NULL leaves one as it is). No row: the job is
+-- final (or unknown). Returns the values before and after, for the event
+-- the caller writes in the same transaction.
+UPDATE jobs j
+SET priority = COALESCE(%(priority)s::integer, j.priority),
+    weight = COALESCE(%(weight)s::integer, j.weight)
+FROM (SELECT id, priority, weight FROM jobs WHERE id = %(job_id)s FOR UPDATE) old
+WHERE j.id = old.id AND j.status IN ('queued', 'started', 'canceling')
+RETURNING j.id, j.status, j.priority, j.weight, old.priority AS was_priority,
+          old.weight AS was_weight;
 
 -- name: job_statuses
 -- Statuses of the given jobs (processors drop work of jobs no longer started).

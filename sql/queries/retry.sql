@@ -11,13 +11,13 @@ FROM jobs WHERE id = %(job_id)s FOR SHARE;
 
 -- name: insert_retry_job
 -- The child job: the parent's pipeline, threshold, deliveries, time limit,
--- in-flight cap, retry delay and hook (as given and as shown), linked to the
--- parent and to the chain's first job.
+-- in-flight cap, retry delay, share (priority, weight) and hook (as given and
+-- as shown), linked to the parent and to the chain's first job.
 INSERT INTO jobs (name, pipeline, total_count, failure_threshold, max_deliver, task_timeout_s,
-                  max_in_flight, retry_delay_s, retry_delay_max_s, rate_per_s, parent_id,
-                  root_id, on_complete, hook_target)
+                  max_in_flight, retry_delay_s, retry_delay_max_s, rate_per_s, priority, weight,
+                  parent_id, root_id, on_complete, hook_target)
 SELECT name, pipeline, 0, failure_threshold, max_deliver, task_timeout_s, max_in_flight,
-       retry_delay_s, retry_delay_max_s, rate_per_s, id,
+       retry_delay_s, retry_delay_max_s, rate_per_s, priority, weight, id,
        coalesce(root_id, id), on_complete, coalesce(hook_target, on_complete)
 FROM jobs WHERE id = %(parent_id)s
 RETURNING id, root_id;

@@ -71,6 +71,9 @@ def check(plans: list[JobPlan], views: dict[int, JobView], faults: Faults, repor
     for plan in plans:
         for kind, n in plan.kinds.items():
             report.mix[kind] += n
+        report.shares[f"priority {plan.priority}"] += 1
+        report.shares[f"weight {plan.weight}"] += 1
+        report.shares["changed by set"] += plan.reshared
         view = views[plan.job_id]
         report.finals[view.status] += 1
         if view.status not in FINAL:
@@ -159,6 +162,9 @@ def _check_job(plan: JobPlan, view: JobView, deaths: list[float], report: Report
         report.duplicated += max(n - ledger.get(key, 0), 0)
     if sum(counted.values()) != view.total or ledger.get("pending", 0):
         found.append(f"job {job}: counts do not add up to total")
+    if (view.priority, view.weight) != (plan.priority, plan.weight):
+        found.append(f"job {job}: share {(view.priority, view.weight)} != asked "
+                     f"{(plan.priority, plan.weight)}")  # fmt: skip
     report.lost += view.lost
     finals_seen = [s for s in history if s in FINAL]
     if len(finals_seen) != 1 or history[-1] != finals_seen[0]:

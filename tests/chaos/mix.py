@@ -19,6 +19,11 @@ through five profiles:
 | small | 2 | default | run's | -- | -- (a small max_deliver: a recorder outage bites) |
 | limited | 5 | default | run's | 200/s | -- (a rate-limited job beside the others) |
 
+Every job gets a priority and a weight drawn from PRIORITIES and WEIGHTS,
+and a share of the mix's jobs has them changed mid-run (`jobsys set`,
+RESHARE_P): slots are then shared unevenly, and some jobs wait behind
+higher priorities, while every invariant must still hold.
+
 Beside each of those jobs, TINY_PER_JOB tiny jobs of 1-3 tasks (profile
 `tiny`, plain's settings): many small jobs, and a churn of their streams.
 
@@ -70,6 +75,12 @@ RETURNS_AT_ONCE = {"plain", "fail", "give_up", *ODD_KINDS}
 # profile, so every kind of task has its outcome checked in every run.
 CANCEL_P = 0.2
 
+# A job's share of the processors' slots, drawn per job (tiny ones too), and
+# the share of the mix's jobs whose share is changed while they run.
+PRIORITIES = (-1, 0, 0, 0, 1)
+WEIGHTS = (1, 1, 2, 5)
+RESHARE_P = 0.3
+
 FAIL_TEXT = "payload asked to fail"
 GIVE_UP_ERROR = f"ValueError: {GIVE_UP_TEXT}"
 DEATH = {
@@ -96,6 +107,13 @@ class JobPlan:
     kinds: dict[str, int] = field(default_factory=dict)
     # The bad receiver its completion hook goes to (tests.chaos.hooks), if any.
     hook: str | None = None
+    # Its share as asked at submit (and changed by `reshare`, if that won).
+    priority: int = 0
+    weight: int = 1
+    # When (monotonic) its share is changed mid-run, and to what; None: never.
+    reshare_at: float | None = None
+    reshare_to: tuple[int, int] = (0, 1)
+    reshared: bool = False
 
     def kind_of(self, task_no: int) -> str:
         """What task `task_no` was asked to do."""
@@ -149,6 +167,7 @@ def submit_job(
     profile = PROFILE_ORDER[j % len(PROFILE_ORDER)]
     max_deliver, timeout = PROFILES[profile]
     lines, special = _payloads(rng, tasks, profile)
+    priority, weight = rng.choice(PRIORITIES), rng.choice(WEIGHTS)
     job = jobsys.submit(
         "fault-echo",
         iter(lines),
@@ -159,7 +178,11 @@ def submit_job(
         retry_delay=RETRY_DELAYS.get(profile),
         rate=RATES.get(profile),
         on_complete=hook[0] if hook else None,
+        priority=priority,
+        weight=weight,
     )
+    reshare_at = now + rng.uniform(0.5, seconds * 0.5) if rng.random() < RESHARE_P else None
+    reshare_to = (rng.choice(PRIORITIES), rng.choice(WEIGHTS))
     cancellable = j >= len(PROFILE_ORDER)
     cancel_at = (
         now + rng.uniform(0.5, seconds * 0.3) if cancellable and rng.random() < CANCEL_P else None
@@ -169,7 +192,8 @@ def submit_job(
         kinds[kind] = kinds.get(kind, 0) + 1
     return JobPlan(
         job.id, tasks, profile, max_deliver, timeout, special, time.time(), cancel_at,
-        kinds=kinds, hook=hook[1] if hook else None,
+        kinds=kinds, hook=hook[1] if hook else None, priority=priority, weight=weight,
+        reshare_at=reshare_at, reshare_to=reshare_to,
     )  # fmt: skip
 
 
@@ -179,13 +203,28 @@ def submit_tiny(rng: random.Random, j: int, now: float) -> JobPlan:
     n = rng.randint(*TINY_TASKS)
     max_deliver, timeout = PROFILES["plain"]
     lines, special = _payloads(rng, n, "plain")
+    priority, weight = rng.choice(PRIORITIES), rng.choice(WEIGHTS)
     job = jobsys.submit("fault-echo", iter(lines), name=f"chaos {j} tiny",
-                        failure_threshold=0.5, max_deliver=max_deliver)  # fmt: skip
+                        failure_threshold=0.5, max_deliver=max_deliver,
+                        priority=priority, weight=weight)  # fmt: skip
     kinds: dict[str, int] = {}
     for kind in special.values():
         kinds[kind] = kinds.get(kind, 0) + 1
     return JobPlan(job.id, n, "tiny", max_deliver, timeout, special, time.time(), None,
-                   kinds=kinds)  # fmt: skip
+                   kinds=kinds, priority=priority, weight=weight)  # fmt: skip
+
+
+def reshare(plan: JobPlan) -> None:
+    """Change the job's share as planned (`jobsys set`); a job already final is
+    refused (InvalidInput) and keeps the share it had."""
+    priority, weight = plan.reshare_to
+    plan.reshare_at = None
+    try:
+        jobsys.set_share(plan.job_id, priority=priority, weight=weight)
+    except jobsys.InvalidInput:
+        return
+    plan.priority, plan.weight = priority, weight
+    plan.reshared = True
 
 
 def judge(plan: JobPlan, kind: str, status: str, error: str | None, deliveries: int) -> bool:

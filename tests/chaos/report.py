@@ -36,6 +36,9 @@ class Report:
     # Tasks of each special kind submitted; and of jobs nobody cancelled, how
     # each ended ("as asked", "lost", or the status it wrongly ended in).
     mix: Counter[str] = field(default_factory=Counter)
+    # Jobs by priority and by weight (as they ended), and how many had theirs
+    # changed mid-run (`jobsys set`).
+    shares: Counter[str] = field(default_factory=Counter)
     outcomes: dict[str, Counter[str]] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     finals: Counter[str] = field(default_factory=Counter)
@@ -91,6 +94,7 @@ class Report:
             "faults": dict(self.faults),
             "fault_figures": self.fault_figures,
             "mix": dict(self.mix),
+            "shares": dict(self.shares),
             "outcomes": {k: dict(v) for k, v in self.outcomes.items()},
             "finals": dict(self.finals),
             "lost": self.lost,

@@ -29,7 +29,7 @@ from jobsys.settings import reset_settings
 from tests.chaos.check import check
 from tests.chaos.faults import Faults
 from tests.chaos.hooks import PROBE_EVERY_S, Receivers, submit_probe
-from tests.chaos.mix import TINY_PER_JOB, JobPlan, submit_job, submit_tiny
+from tests.chaos.mix import TINY_PER_JOB, JobPlan, reshare, submit_job, submit_tiny
 from tests.chaos.report import Report, print_report
 from tests.chaos.servers import PrivateServers
 
@@ -198,6 +198,9 @@ def _submit_and_cancel(
         plans.append(_with_retries(partial(submit_job, rng, j, tasks, now, seconds, hook)))
         for _ in range(TINY_PER_JOB):
             plans.append(_with_retries(partial(submit_tiny, rng, len(plans), now)))
+    for plan in plans:
+        if plan.reshare_at is not None and now >= plan.reshare_at:
+            _with_retries(partial(reshare, plan))
     if not cancels:
         return
     for plan in plans:
