@@ -159,7 +159,7 @@ def share_of(described: Mapping[str, Any]) -> tuple[int, int]:
 
 
 # Bounds of priority (±) and weight (1..) a processor accepts from a description
-# (the same as Postgres's checks, sql/018_priority_weight.sql).
+# (the same as Postgres's checks, sql/017_priority_weight.sql).
 SHARE_BOUND = 1_000
 
 
