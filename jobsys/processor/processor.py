@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -61,6 +60,7 @@ from jobsys.processor.keepalive import NO_DEADLINE, KeepAlive
 from jobsys.processor.outbox import Outbox
 from jobsys.processor.rates import Rates
 from jobsys.processor.retries import RetryNotes
+from jobsys.processor.stopping import StopSwitch
 from jobsys.processor.threads import ThreadSlot
 from jobsys.processor.tickets import Tickets
 from jobsys.settings import Settings, get_settings
@@ -134,9 +134,7 @@ class Processor:
         self._duration_children: dict[str, Any] = {}
         # Set when a side task died: the processor stops and exits non-zero.
         self.fatal: str | None = None
-        self._stopping = threading.Event()
-        self._stop_event: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = StopSwitch()
         self._side: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._nc: NATS | None = None
@@ -145,21 +143,15 @@ class Processor:
 
     def stop(self) -> None:
         """Ask the processor to stop gracefully (thread-safe)."""
-        self._stopping.set()
-        loop_event = self._stop_event
-        if loop_event is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(loop_event.set)
+        self._stop.ask()
 
     def stopping(self) -> bool:
         """Whether a stop was asked for."""
-        return self._stopping.is_set()
+        return self._stop.asked()
 
     async def run(self) -> ProcessorStats:
         """Serve until `stop()` (or SIGTERM/SIGINT when installed by `main`)."""
-        self._loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
-        if self._stopping.is_set():
-            self._stop_event.set()
+        self._stop.bind()
         nc = self._nc = await connect(
             self.settings.nats_url, name="jobsys-processor", reconnected=self._reconnected
         )
@@ -218,7 +210,7 @@ class Processor:
                 "batch_size": self.batch_size,
             },
         )
-        await self._stop_event.wait()
+        await self._stop.wait()
         await self._shutdown()
         return self.stats
 
@@ -240,7 +232,7 @@ class Processor:
         task.add_done_callback(lambda t: self._side_ended(name, t))
 
     def _side_ended(self, name: str, task: asyncio.Task[None]) -> None:
-        if self._stopping.is_set() and task.cancelled():
+        if self._stop.asked() and task.cancelled():
             return
         exc = None if task.cancelled() else task.exception()
         log.error(
@@ -262,13 +254,13 @@ class Processor:
         if task.cancelled() or task.exception() is None:
             return
         exc = task.exception()
-        if fatal and not self._stopping.is_set():
+        if fatal and not self._stop.asked():
             self._side_ended(name, task)
         else:
             log.warning("processor task failed", extra={"task": name, "error": repr(exc)})
 
     async def _shutdown(self) -> None:
-        self._stopping.set()
+        self._stop.ask()
         self.feeds.stop_all()
         # Tasks not started go back to NATS now; running calls finish.
         self.execution.drain()

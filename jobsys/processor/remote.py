@@ -34,7 +34,6 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Coroutine
@@ -67,6 +66,7 @@ from jobsys.processor.gateway_client import (
     GatewayUnavailable,
 )
 from jobsys.processor.processor import TICKETS, Pool, ProcessorStats
+from jobsys.processor.stopping import StopSwitch
 from jobsys.processor.threads import ThreadSlot
 from jobsys.processor.tickets import Tickets
 from jobsys.settings import Settings, get_settings
@@ -250,9 +250,7 @@ class RemoteProcessor:
         self.refused: dict[int, str] = {}
         # Lease handle -> job, from lease to the server taking its outcome.
         self.held: dict[str, int] = {}
-        self._stopping = threading.Event()
-        self._stop_event: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = StopSwitch()
         self._side: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -260,20 +258,15 @@ class RemoteProcessor:
 
     def stop(self) -> None:
         """Ask the processor to stop gracefully (thread-safe)."""
-        self._stopping.set()
-        if self._stop_event is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._stop_event.set)
+        self._stop.ask()
 
     def stopping(self) -> bool:
         """Whether a stop was asked for."""
-        return self._stopping.is_set()
+        return self._stop.asked()
 
     async def run(self) -> ProcessorStats:
         """Serve until `stop()` (or SIGTERM/SIGINT when installed by `main`)."""
-        self._loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
-        if self._stopping.is_set():
-            self._stop_event.set()
+        self._stop.bind()
         self.reports = Reports(self.client, self.settings, max(self.batch_size, REPORT_BATCH_MIN))
         self.execution = Execution(
             self._settle,
@@ -295,7 +288,7 @@ class RemoteProcessor:
         log.info("remote processor started",
                  extra={"server": self.server_url, "concurrency": self.concurrency,
                         "pool": self.pool})  # fmt: skip
-        await self._stop_event.wait()
+        await self._stop.wait()
         await self._shutdown()
         return self.stats
 
@@ -305,7 +298,7 @@ class RemoteProcessor:
         task.add_done_callback(lambda t: self._side_ended(name, t))
 
     def _side_ended(self, name: str, task: asyncio.Task[Any]) -> None:
-        if self._stopping.is_set() and task.cancelled():
+        if self._stop.asked() and task.cancelled():
             return
         exc = None if task.cancelled() else task.exception()
         if isinstance(exc, GatewayRefused):
@@ -332,7 +325,7 @@ class RemoteProcessor:
         task.add_done_callback(ended)
 
     async def _shutdown(self) -> None:
-        self._stopping.set()
+        self._stop.ask()
         for feed in self.feeds.values():
             feed.cancel()
         self.execution.drain()
