@@ -59,7 +59,7 @@ class EveryStatus:
 
 
 @pytest.fixture(scope="module")
-def every_status() -> EveryStatus:
+def every_status(services: str) -> EveryStatus:
     job = jobsys.submit("echo", iter(PAYLOADS), name="every status")
     job_id = job.id
     assert run_bootstrap(job_id) == "published"
@@ -166,7 +166,8 @@ def test_tasks_lists_failed_tasks_with_their_errors(every_status: EveryStatus) -
         (5, "failed", ERRORS[5], 5),
     ]
     assert set(out["tasks"][0]) == {"task", "status", "error", "deliveries", "finished_at",
-                                    "origin_task"}  # fmt: skip
+                                    "origin_task", "next_attempt_at", "last_error",
+                                    "error_type", "error_trace"}  # fmt: skip
     args = ("tasks", str(every_status.job_id), "--status", "failed,lost", "--limit", "3")
     limited = json.loads(jobsys_cli(*args, "--json", check=True).stdout)
     assert limited["count"] == 4 and [t["task"] for t in limited["tasks"]] == [4, 5, 6]
@@ -180,9 +181,16 @@ def test_tasks_by_error_groups_with_counts_and_an_example(every_status: EverySta
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["count"] == 4 and out["distinct_errors"] == 3
-    assert out["errors"][0] == {"error": "delivered max_deliver times", "tasks": 2,
-                                "example_task": 6, "statuses": ["lost"]}  # fmt: skip
-    assert {g["error"] for g in out["errors"][1:]} == set(ERRORS.values())
+    first = {k: out["errors"][0][k] for k in ("error", "tasks", "example_task", "statuses")}
+    assert first == {"error": "delivered max_deliver times", "tasks": 2,
+                     "example_task": 6, "statuses": ["lost"]}  # fmt: skip
+    # Grouped by the message with what varies taken out; each group shows its
+    # example task's own error as it was.
+    assert {g["example_error"] for g in out["errors"][1:]} == set(ERRORS.values())
+    assert {g["error"] for g in out["errors"][1:]} == {
+        "Timeout after <n>s",
+        'ValueError: bad "<…>" ü',
+    }
     text = jobsys_cli("tasks", str(every_status.job_id), "--by-error", check=True).stdout
     assert "2 distinct error(s)" in text
 
