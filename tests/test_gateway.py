@@ -233,6 +233,24 @@ def test_a_remote_processor_without_broker_settings_runs_2000_tasks_to_success(
     assert echo_token[0] not in server.log() + remote.log()
 
 
+def test_a_remote_processors_failures_keep_their_type_and_traceback(
+    server: Server, remote: Remote
+) -> None:
+    job_id = submit("echo", [json.dumps({"fail": True}) for _ in range(3)],
+                    failure_threshold=1.0).id  # fmt: skip
+    job = wait_final(job_id, remote)
+    assert (job.status, job.failed) == ("success", 3), remote.log()[-3000:]
+    with connection() as conn:
+        rows = conn.execute(
+            "SELECT error, error_type, error_trace FROM job_tasks WHERE job_id = %(j)s",
+            {"j": job_id},
+        ).fetchall()
+    for row in rows:
+        assert row["error"].endswith("payload asked to fail") and "\n" not in row["error"]
+        assert row["error_type"] and "PermanentError" in row["error_type"]
+        assert row["error_trace"].startswith("Traceback (most recent call last)"), row
+
+
 def test_a_remote_processor_is_listed_as_remote_with_its_token_name(
     server: Server, remote: Remote, echo_token: tuple[str, str]
 ) -> None:
@@ -400,14 +418,20 @@ def test_transient_failures_are_retried_and_permanent_ones_fail_with_type_and_tr
     job = wait_until_final(job_id, timeout=120)
     assert (job.status, job.failed) == ("success", 2)
     with connection() as conn:
-        errors = {
-            r["task_no"]: r["error"]
+        rows = {
+            r["task_no"]: r
             for r in conn.execute(
-                "SELECT task_no, error FROM job_tasks WHERE job_id = %(j)s", {"j": job_id}
+                "SELECT task_no, error, error_type, error_trace FROM job_tasks"
+                " WHERE job_id = %(j)s",
+                {"j": job_id},
             ).fetchall()
         }
-    assert errors[p["task"]].startswith("ValueError: bad input\nTraceback")
-    assert errors[t["task"]] == "gave up after 2 deliveries: TimeoutError: flaky"
+    # Stored as a native processor's: the error one line, its type and
+    # traceback beside it.
+    assert rows[p["task"]]["error"] == "ValueError: bad input"
+    assert rows[p["task"]]["error_type"] == "ValueError"
+    assert rows[p["task"]]["error_trace"].startswith("Traceback (most recent call last)")
+    assert rows[t["task"]]["error"] == "gave up after 2 deliveries: TimeoutError: flaky"
 
 
 def test_the_server_killed_mid_job_and_restarted_loses_and_doubles_nothing(

@@ -48,6 +48,7 @@ from jobsys.nats.admin import share_of
 from jobsys.nats.presence import BEAT_S
 from jobsys.pipelines.allow import NotAllowed
 from jobsys.pipelines.resolve import resolve_spec, servable
+from jobsys.processor.calls import Failure
 from jobsys.processor.children import ChildSlot
 from jobsys.processor.execute import (
     DONE,
@@ -538,9 +539,13 @@ class RemoteProcessor:
             self.stats.retried += 1
         else:
             self.stats.failed += 1
+        # The type and traceback go along, as a native processor keeps them.
+        trace = value.trace if isinstance(value, Failure) else None
+        if error_type is None and isinstance(value, Failure):
+            error_type = value.error_type
         self.reports.add(job_id, {"lease": handle, "task": task.task_no, "status": "failed",
                                   "transient": transient, "error": message,
-                                  "error_type": error_type})  # fmt: skip
+                                  "error_type": error_type, "traceback": trace})  # fmt: skip
 
     # -- keep-alive and presence ---------------------------------------------------
 

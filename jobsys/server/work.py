@@ -257,11 +257,10 @@ class ReportBody(BaseModel):
 
 
 def error_text(item: ReportItem) -> str:
-    """A failure as stored: `Type: message`, then the traceback (cut to the limit)."""
+    """A failure's error as stored: `Type: message`, as a native processor's (the
+    traceback is kept beside it, in the task's `error_trace`)."""
     message = item.error or "failed"
     text = f"{item.error_type}: {message}" if item.error_type else message
-    if item.traceback:
-        text = f"{text}\n{item.traceback}"
     return storable_error(text)
 
 
