@@ -515,6 +515,44 @@ def test_priority_and_weight_over_http_are_checked_shown_and_changed(
     server.call(token, "POST", f"/api/jobs/{job_id}/cancel")
 
 
+def test_retry_delay_and_rate_over_http_are_checked_and_kept(server: Server) -> None:
+    token = new_token(Scope.SUBMIT)
+    made = server.call(
+        token, "POST", "/api/jobs",
+        json={"pipeline": "echo", "count": 2, "retry_delay": [2, 60], "rate": "20/s"},
+    )  # fmt: skip
+    assert made.status_code == 201, made.text
+    with connection() as conn:
+        row = conn.execute(
+            "SELECT retry_delay_s, retry_delay_max_s, rate_per_s FROM jobs WHERE id = %s",
+            (made.json()["job_id"],),
+        ).fetchone()
+    assert row is not None
+    assert (row["retry_delay_s"], row["retry_delay_max_s"], row["rate_per_s"]) == (2, 60, 20)
+    uploaded = server.call(
+        token, "POST", "/api/jobs?pipeline=echo&retry_delay=0.5,10&rate=600/m",
+        content=b'{"n": 1}\n', headers={"Content-Type": "application/x-ndjson"},
+    )  # fmt: skip
+    assert uploaded.status_code == 201, uploaded.text
+    with connection() as conn:
+        row = conn.execute(
+            "SELECT retry_delay_s, retry_delay_max_s, rate_per_s FROM jobs WHERE id = %s",
+            (uploaded.json()["job_id"],),
+        ).fetchone()
+    assert row is not None
+    assert (row["retry_delay_s"], row["retry_delay_max_s"], row["rate_per_s"]) == (0.5, 10, 10)
+    before = count("SELECT count(*) FROM jobs")
+    for bad, text in [
+        ({"rate": "fast"}, "rate: expected a rate like 20/s"),
+        ({"retry_delay": "5,1"}, "retry-delay: need 0 <= BASE <= MAX"),
+        ({"retry_delay": -1}, "retry-delay"),
+    ]:
+        body = {"pipeline": "echo", "count": 1, **bad}
+        answer = server.call(token, "POST", "/api/jobs", json=body)
+        assert 400 <= answer.status_code < 500 and text in answer.text, answer.text
+    assert count("SELECT count(*) FROM jobs") == before
+
+
 def test_an_ndjson_upload_is_streamed_into_one_job(server: Server) -> None:
     token = new_token(Scope.SUBMIT)
 

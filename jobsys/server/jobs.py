@@ -81,6 +81,11 @@ class SubmitOptions(BaseModel):
     # Strict: JSON's 1.5, "2", true or 1e400 are refused, not rounded.
     priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, strict=True)
     weight: int = Field(default=1, ge=MIN_WEIGHT, le=MAX_WEIGHT, strict=True)
+    # As `jobsys submit --retry-delay BASE[,MAX]`: seconds, [base, max] or the
+    # text; checked by jobsys.api.submit with the CLI's one-line messages.
+    retry_delay: float | tuple[float, float] | str | None = None
+    # As `--rate`: "20/s", "600/m", "3600/h" or tasks per second.
+    rate: float | str | None = None
 
 
 class SubmitBody(SubmitOptions):
@@ -265,6 +270,8 @@ async def submit_route(
     on_complete: Annotated[str | None, Query(description=UPLOAD_ONLY)] = None,
     priority: Annotated[int | None, Query(description=UPLOAD_ONLY)] = None,
     weight: Annotated[int | None, Query(description=UPLOAD_ONLY)] = None,
+    retry_delay: Annotated[str | None, Query(description=UPLOAD_ONLY)] = None,
+    rate: Annotated[str | None, Query(description=UPLOAD_ONLY)] = None,
 ) -> JobView:
     """Create a job (`jobsys submit`): a JSON body with its items (or a count), or its
     items uploaded as NDJSON (streamed into the job's ledger; options in the query).
@@ -278,7 +285,7 @@ async def submit_route(
         "pipeline": pipeline, "name": name, "failure_threshold": failure_threshold,
         "max_deliver": max_deliver, "task_timeout_s": task_timeout_s,
         "max_in_flight": max_in_flight, "on_complete": on_complete,
-        "priority": priority, "weight": weight,
+        "priority": priority, "weight": weight, "retry_delay": retry_delay, "rate": rate,
     }  # fmt: skip
     given = {k: v for k, v in query.items() if v is not None}
     items: Iterable[str]
