@@ -16,6 +16,7 @@ and `fault-echo`. No native processor runs in this module.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import signal
@@ -49,6 +50,18 @@ def new_token(scope: Scope | str, pipelines: list[str] | None = None) -> tuple[s
     name = f"g-{scope}-{uuid.uuid4().hex[:8]}"
     token, _ = create_token(name, str(scope), pipelines)
     return token, name
+
+
+# A rate-limited job through the gateway: its rate and the default burst
+# (JOBSYS_RATE_BURST_S 0.25 s of it), and the starts a second may hold beyond
+# them (a leased task waits for a free slot before it starts).
+STAMP = "tests.pipelines:stamp"
+RATED_TASKS = 80
+RATE = 20
+BURST = 5
+START_SLACK = 4
+# A job's own --retry-delay base, far above the suite's setting.
+JOB_RETRY_S = 4.0
 
 
 def remote_env(token: str) -> dict[str, str]:
@@ -251,6 +264,32 @@ def test_a_remote_processors_failures_keep_their_type_and_traceback(
         assert row["error_trace"].startswith("Traceback (most recent call last)"), row
 
 
+def test_a_rate_limited_job_is_leased_no_faster_than_its_rate(
+    server: Server, workers: LocalSystem, tmp_path: Path
+) -> None:
+    # The gateway takes the tokens at lease time from the buckets native
+    # processors use; a task starts at most a slot's wait after its lease.
+    token, _ = new_token(Scope.PROCESS, [STAMP])
+    proc = Remote(server.url, token, tmp_path)
+    try:
+        items = [json.dumps({"n": i}) for i in range(RATED_TASKS)]
+        job_id = submit(STAMP, items, rate=f"{RATE}/s").id
+        job = wait_final(job_id, proc)
+        assert (job.status, job.done) == ("success", RATED_TASKS), proc.log()[-3000:]
+    finally:
+        proc.stop()
+    with connection() as conn:
+        starts = sorted(
+            r["result"]["started"]
+            for r in conn.execute(
+                "SELECT result FROM job_tasks WHERE job_id = %(j)s", {"j": job_id}
+            ).fetchall()
+        )
+    busiest = max(bisect.bisect_left(starts, t + 1.0) - i for i, t in enumerate(starts))
+    assert busiest <= RATE + BURST + START_SLACK, f"{busiest} starts in one second"
+    assert starts[-1] - starts[0] >= (RATED_TASKS - RATE - BURST) / RATE
+
+
 def test_a_remote_processor_is_listed_as_remote_with_its_token_name(
     server: Server, remote: Remote, echo_token: tuple[str, str]
 ) -> None:
@@ -432,6 +471,27 @@ def test_transient_failures_are_retried_and_permanent_ones_fail_with_type_and_tr
     assert rows[p["task"]]["error_type"] == "ValueError"
     assert rows[p["task"]]["error_trace"].startswith("Traceback (most recent call last)")
     assert rows[t["task"]]["error"] == "gave up after 2 deliveries: TimeoutError: flaky"
+
+
+def test_a_transient_failure_comes_back_after_the_jobs_own_retry_delay(
+    server: Server, workers: LocalSystem, hand_token: str
+) -> None:
+    job_id = submit("sha256", [json.dumps({"data": "r"})], retry_delay=(JOB_RETRY_S, 60)).id
+    started(job_id)
+    (t,) = lease_all(server, hand_token, job_id, 1)
+    failed = {"lease": t["lease"], "status": "failed", "transient": True, "error": "flaky"}
+    assert report(server, hand_token, job_id, [failed]).json()["retried"] == 1
+    reported = time.monotonic()
+    # Not before the job's delay (the suite's JOBSYS_RETRY_DELAY_S is 0.2 s)...
+    while time.monotonic() - reported < JOB_RETRY_S - 1:
+        assert lease(server, hand_token, job_id, 1, wait_s=0.5)["tasks"] == [], (
+            f"back after {time.monotonic() - reported:.1f} s"
+        )
+    # ...and back after it, its second delivery.
+    (again,) = lease_all(server, hand_token, job_id, 1)
+    assert again["task"] == t["task"] and again["deliveries"] == 2
+    ok = {"lease": again["lease"], "status": "done", "result": {"ok": True}}
+    assert report(server, hand_token, job_id, [ok]).json()["accepted"] == 1
 
 
 def test_the_server_killed_mid_job_and_restarted_loses_and_doubles_nothing(

@@ -29,6 +29,10 @@ class Terms:
     # Its share of slots (a remote processor orders its slots by them too).
     priority: int = 0
     weight: int = 1
+    # The job's own rate limit (tasks per second) and retry delay, if it has them.
+    rate_per_s: float | None = None
+    retry_delay_s: float | None = None
+    retry_delay_max_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape of a claim's job."""
@@ -52,6 +56,9 @@ def _terms(row: dict[str, Any], status: str) -> Terms:
         task_timeout_s=row["task_timeout_s"] or settings.task_timeout_s,
         priority=row.get("priority", 0),
         weight=row.get("weight", 1),
+        rate_per_s=row.get("rate_per_s"),
+        retry_delay_s=row.get("retry_delay_s"),
+        retry_delay_max_s=row.get("retry_delay_max_s"),
     )
 
 

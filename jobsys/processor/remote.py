@@ -491,6 +491,9 @@ class RemoteProcessor:
             elif answer.get("backpressure"):
                 # The server holds too many unrecorded results: soon, not idle.
                 await asyncio.sleep(BACKPRESSURE_POLL_S)
+            elif answer.get("retry_after_s") is not None:
+                # The job's rate limit: ask again when a token could be there.
+                await asyncio.sleep(min(float(answer["retry_after_s"]), IDLE_BACKOFF_S[1]))
             else:
                 await asyncio.sleep(rest)
                 rest = min(rest * 2, IDLE_BACKOFF_S[1])

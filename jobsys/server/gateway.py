@@ -44,6 +44,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from jobsys.api.leasing import Terms, job_terms
+from jobsys.dramatiq.rate_buckets import Bucket, RateBuckets, bucket
 from jobsys.errors import ServiceUnavailable
 from jobsys.models import TaskResult
 from jobsys.nats.connect import connect, jetstream
@@ -127,6 +128,8 @@ class Gateway:
         # Replies whose lease ended here (lapsed, reported, handed back): an extend
         # of one is not a lease to adopt. The latest SETTLED_KEPT.
         self._settled: OrderedDict[str, None] = OrderedDict()
+        # Rate limits' token buckets (Redis), opened on the first limited lease.
+        self._buckets: RateBuckets | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -173,6 +176,9 @@ class Gateway:
         for task in self._side:
             task.cancel()
         await asyncio.gather(*self._side, return_exceptions=True)
+        if self._buckets is not None:
+            with contextlib.suppress(Exception):
+                await self._buckets.close()
         if self._nc is None:
             return
         with contextlib.suppress(Exception):
@@ -223,6 +229,24 @@ class Gateway:
         return self._jobs_changed
 
     # -- leasing ---------------------------------------------------------------
+
+    async def rate_allows(self, terms: Terms, n: int) -> tuple[int, float]:
+        """How many of `n` tasks the job's rate limits allow leasing now (all of them
+        when it has none), and when none, the seconds until one could be."""
+        limits: list[Bucket] = []
+        if terms.rate_per_s is not None:
+            limits.append(bucket(self.settings, "job", str(terms.job_id), terms.rate_per_s))
+        pipeline_rate = self.settings.pipeline_rates.get(terms.pipeline)
+        if pipeline_rate is not None:
+            limits.append(bucket(self.settings, "pipeline", terms.pipeline, pipeline_rate))
+        if not limits:
+            return n, 0.0
+        if self._buckets is None:
+            self._buckets = RateBuckets(self.settings)
+        try:
+            return await self._buckets.take(limits, n)
+        except Exception as exc:
+            raise ServiceUnavailable(f"Redis did not answer for the rate limit: {exc!r}") from None
 
     async def lease(self, job_id: int, n: int, wait_s: float, holder: str) -> list[Leased] | None:
         """Up to `n` of the job's task messages, leased to `holder` (waiting up to

@@ -173,6 +173,13 @@ async def lease(job_id: JobId, body: LeaseBody, who: Caller, gw: Gw) -> dict[str
     if gw.full:
         return answer
     n = min(body.max_tasks, settings.gateway_max_tasks)
+    # A rate-limited job (its own --rate, or its pipeline's JOBSYS_RATE_LIMITS)
+    # is leased no faster than its rate: the tokens come from the same Redis
+    # buckets native processors take them from, so both share one rate.
+    n, wait_s = await gw.rate_allows(terms, n)
+    if n == 0:
+        answer["retry_after_s"] = wait_s
+        return answer
     leased = await gw.lease(job_id, n, body.wait_s, holder_of(who, body.processor))
     if leased is None:
         answer["active"] = False
@@ -299,10 +306,14 @@ async def report(job_id: JobId, body: ReportBody, who: Caller, gw: Gw) -> dict[s
     if accepted:
         gw.flush(job_id)
     handed_back = await gw.retry(back, 0.0)
+    # Backoff after its deliveries so far (jobsys.processor.backoff): the job's
+    # --retry-delay, else the settings' (the server does not import pipelines,
+    # so a pipeline's own retry_delay applies on native processors only).
+    base, cap = settings.retry_delay_s, settings.retry_delay_max_s
+    if terms.retry_delay_s is not None:
+        base, cap = terms.retry_delay_s, terms.retry_delay_max_s or cap
     for h in later:
-        # Backoff after its deliveries so far (jobsys.processor.backoff; the settings').
-        delay = retry_delay_s(h.delivered, settings.retry_delay_s, settings.retry_delay_max_s)
-        handed_back += await gw.retry([h], delay)
+        handed_back += await gw.retry([h], retry_delay_s(h.delivered, base, cap))
     if refused:
         log.warning("report items refused", extra={"job_id": job_id, "count": len(refused),
                                                   "token": who.fingerprint})  # fmt: skip
