@@ -568,7 +568,7 @@ class RemoteProcessor:
 
     def describe(self, state: str = "running") -> dict[str, Any]:
         """This processor as it announces itself."""
-        pipelines, _ = servable()
+        pipelines, modules = servable()
         return {
             "id": self.id,
             "host": socket.gethostname()[:255],
@@ -580,6 +580,7 @@ class RemoteProcessor:
             "pool": self.pool,
             "jobs": sorted(self.feeds) if state == "running" else [],
             "pipelines": self.pipelines if self.pipelines is not None else pipelines,
+            "modules": [] if self.pipelines is not None else modules,
         }
 
     async def _announce_loop(self) -> None:

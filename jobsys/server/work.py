@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Collection
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -371,6 +372,24 @@ class AnnounceBody(BaseModel):
     pipelines: list[Annotated[str, Field(max_length=500)]] = Field(
         default_factory=list, max_length=1_000
     )
+    # Its JOBSYS_PIPELINE_MODULES prefixes (pipelines of those modules it may run).
+    modules: list[Annotated[str, Field(max_length=500)]] = Field(
+        default_factory=list, max_length=1_000
+    )
+
+
+def shown_pipelines(
+    names: list[str], modules: list[str], token_pipelines: Collection[str] | None
+) -> list[str]:
+    """What a remote processor can serve, as far as its token lets it: its named
+    pipelines the token reaches, and the token's pipelines its modules hold."""
+    if token_pipelines is None:
+        return names
+    covered = [
+        p for p in token_pipelines
+        if any(p.partition(":")[0] == m or p.startswith(f"{m}.") for m in modules)
+    ]  # fmt: skip
+    return sorted({p for p in names if p in token_pipelines} | set(covered))
 
 
 @api(router.post, "/announce", Scope.PROCESS)
@@ -383,7 +402,8 @@ async def announce_processor(body: AnnounceBody, who: Caller, gw: Gw) -> dict[st
         id=f"r{who.fingerprint[:8]}-{body.id}",
         host=body.host, pid=body.pid, version=body.version, started_at=body.started_at,
         state=body.state, slots=body.slots, pool=body.pool, jobs=body.jobs,
-        pipelines=[p for p in body.pipelines if who.reaches(p)],
+        pipelines=shown_pipelines(body.pipelines, body.modules, who.pipelines),
+        modules=body.modules if who.pipelines is None else [],
         remote=True, token=who.name,
     )  # fmt: skip
     bucket = await open_bucket(gw.js, get_settings(), create=True)

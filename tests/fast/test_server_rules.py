@@ -32,6 +32,7 @@ from jobsys.server.tokens import (
     token_hash,
 )
 from jobsys.server.upload import LineSplitter, checked_lines
+from jobsys.server.work import shown_pipelines
 
 
 def test_scopes_nest_admin_over_submit_over_read_and_process_stands_apart() -> None:
@@ -188,3 +189,13 @@ def test_a_token_is_masked_wherever_a_line_quotes_it() -> None:
                  f"path /api/{token}/x"):  # fmt: skip
         assert token not in redact(line)
     assert redact("send Authorization: Bearer TOKEN") == "send Authorization: Bearer TOKEN"
+
+
+def test_a_remote_processor_shows_what_its_token_lets_it_serve() -> None:
+    names, modules = ["echo", "sha256"], ["mypipes"]
+    # An unlimited token: what the processor says.
+    assert shown_pipelines(names, modules, None) == names
+    # A limited one: the names it reaches, and its pipelines the modules hold.
+    limited = ["echo", "mypipes:double", "mypipes.sub:x", "other:y"]
+    assert shown_pipelines(names, modules, limited) == ["echo", "mypipes.sub:x", "mypipes:double"]
+    assert shown_pipelines(names, [], ["mypipes:double"]) == []
