@@ -542,10 +542,10 @@ class RemoteProcessor:
             self.stats.retried += 1
         else:
             self.stats.failed += 1
-        # The type and traceback go along, as a native processor keeps them.
+        # The traceback goes along, as a native processor keeps it. (The type
+        # is the one the reason text names: the server writes "Type: message",
+        # so a reason without one -- a PermanentError's -- is stored as is.)
         trace = value.trace if isinstance(value, Failure) else None
-        if error_type is None and isinstance(value, Failure):
-            error_type = value.error_type
         self.reports.add(job_id, {"lease": handle, "task": task.task_no, "status": "failed",
                                   "transient": transient, "error": message,
                                   "error_type": error_type, "traceback": trace})  # fmt: skip
