@@ -33,10 +33,13 @@ import pytest
 
 from jobsys.api.read import get_job, wait_until_final
 from jobsys.api.submit import submit
+from jobsys.nats.bridge import bridge
 from jobsys.nats.presence import members
+from jobsys.nats.subjects import JobNames
 from jobsys.ops.runner import LocalSystem
 from jobsys.pg.db import connection
 from jobsys.server.tokens import Scope, create_token, fingerprint_of, revoke_token
+from jobsys.settings import get_settings
 from tests.serving import Server
 
 # Short leases, so lapses happen within a test.
@@ -62,6 +65,26 @@ BURST = 5
 START_SLACK = 4
 # A job's own --retry-delay base, far above the suite's setting.
 JOB_RETRY_S = 4.0
+
+
+# The adoption test: its job's ack_wait, and extends 1.2 s apart outlasting it.
+ADOPT_ACK_WAIT_S = 10.0
+ADOPT_EXTENDS = 10
+
+
+def _set_ack_wait(job_id: int, seconds: float) -> None:
+    """Give the job's consumer another ack_wait (an update of its config)."""
+    names = JobNames.of(get_settings().namespace, job_id)
+
+    async def update(nc: Any, js: Any) -> None:
+        info = await js.consumer_info(names.stream, names.consumer)
+        config = info.config
+        config.ack_wait = seconds
+        await js.add_consumer(names.stream, config=config)
+        updated = await js.consumer_info(names.stream, names.consumer)
+        assert updated.config.ack_wait == seconds, updated.config.ack_wait
+
+    bridge().run(update, timeout=30)
 
 
 def remote_env(token: str) -> dict[str, str]:
@@ -530,6 +553,10 @@ def test_a_server_process_adopts_the_leases_of_a_killed_one_so_their_tasks_stay_
     try:
         job_id = sha_job(1)
         started(job_id)
+        # The suite's 3 s ack_wait is shorter than a keep-alive tick can be late
+        # on a loaded machine; this job's consumer gets ADOPT_ACK_WAIT_S, and
+        # the lease is extended for longer than that below.
+        _set_ack_wait(job_id, ADOPT_ACK_WAIT_S)
         (task,) = lease_all(first, hand_token, job_id, 1)
         assert first.proc is not None
 
@@ -547,7 +574,7 @@ def test_a_server_process_adopts_the_leases_of_a_killed_one_so_their_tasks_stay_
         first.proc.wait()
         # Extended for longer than ack_wait: without adoption NATS would
         # deliver the task again.
-        for _ in range(4):
+        for _ in range(ADOPT_EXTENDS):
             extend()
             time.sleep(1.2)
         assert lease(second, hand_token, job_id, 1)["tasks"] == []
