@@ -88,6 +88,16 @@ def assert_counters_match_ledger(job_id: int) -> None:
         assert cnt[key] == led[key], f"job {job_id}: {key} counter {cnt[key]} != ledger {led[key]}"
 
 
+def events_of(job_id: int, event: str) -> list[dict[str, Any]]:
+    """The details of the job's `event` events, oldest first."""
+    with connection() as conn:
+        rows = conn.execute(
+            "SELECT detail FROM job_events WHERE job_id = %s AND event = %s ORDER BY id",
+            (job_id, event),
+        ).fetchall()
+    return [r["detail"] for r in rows]
+
+
 def status_events(job_id: int) -> list[str]:
     """The statuses the job moved to, in order (from job_events)."""
     with connection() as conn:

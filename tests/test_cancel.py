@@ -22,21 +22,13 @@ from jobsys.worker.actors import process_results
 from tests.helpers import (
     assert_counters_match_ledger,
     counters,
+    events_of,
     ledger,
     make_started_job,
     pull_results,
     status_events,
     stream_exists,
 )
-
-
-def _events(job_id: int, event: str) -> list[dict[str, Any]]:
-    with connection() as conn:
-        rows = conn.execute(
-            "SELECT detail FROM job_events WHERE job_id = %s AND event = %s ORDER BY id",
-            (job_id, event),
-        ).fetchall()
-    return [r["detail"] for r in rows]
 
 
 def _wait_for(cond: Any, what: str, timeout: float = 30.0) -> None:
@@ -60,8 +52,8 @@ def test_cancel_of_a_started_job_deletes_its_stream_cancels_pending_tasks_and_re
     assert view.finished_at is not None
     assert not stream_exists(job_id)
     assert status_events(job_id) == ["started", "canceling", "revoked"]
-    assert [e["count"] for e in _events(job_id, "tasks_cancelled")] == [70]
-    assert len(_events(job_id, "stream_deleted")) == 1
+    assert [e["count"] for e in events_of(job_id, "tasks_cancelled")] == [70]
+    assert len(events_of(job_id, "stream_deleted")) == 1
     assert_counters_match_ledger(job_id)
 
 
@@ -126,7 +118,7 @@ def test_two_cancels_at_once_revoke_the_job_once() -> None:
         assert sorted(r.changed for r in results) == [False, True]
         assert jobsys.get_job(job_id).status == "revoked"
         assert status_events(job_id) == ["started", "canceling", "revoked"]
-        assert [e["count"] for e in _events(job_id, "tasks_cancelled")] == [20]
+        assert [e["count"] for e in events_of(job_id, "tasks_cancelled")] == [20]
         assert not stream_exists(job_id)
         assert_counters_match_ledger(job_id)
 
@@ -201,7 +193,7 @@ def test_late_results_after_revoke_are_acked_recorded_and_never_counted() -> Non
     process_results.fn(job_id, items[:4])
     assert counters(job_id) == before
     assert jobsys.get_job(job_id).status == "revoked"
-    assert [(e["count"], e["status"]) for e in _events(job_id, "late_results")] == [
+    assert [(e["count"], e["status"]) for e in events_of(job_id, "late_results")] == [
         (10, "revoked"),
         (4, "revoked"),
     ]

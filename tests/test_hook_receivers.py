@@ -18,11 +18,10 @@ from jobsys.api.items import counted_items
 from jobsys.api.read import hook_state, wait_until_final
 from jobsys.hooks.deliver import deliver
 from jobsys.ops.runner import LocalSystem
-from jobsys.pg.db import connection
 from jobsys.settings import get_settings, origin_of
 from jobsys.worker.actors import process_results
 from tests.badreceivers import BadReceiver, Mode
-from tests.helpers import leave_only, make_started_job, pull_results
+from tests.helpers import events_of, leave_only, make_started_job, pull_results
 from tests.hookserver import HookServer
 
 SLOW_HOOKS = 8
@@ -35,15 +34,6 @@ HOOK_TIMEOUT_S = 3
 HUGE_BYTES = 300 * 1024 * 1024
 # Peak RSS a worker may reach while answers of HUGE_BYTES come in (it starts at ~80 MB).
 WORKER_PEAK_RSS_MB = 200
-
-
-def _events(job_id: int, event: str) -> list[dict[str, Any]]:
-    with connection() as conn:
-        rows = conn.execute(
-            "SELECT detail FROM job_events WHERE job_id = %s AND event = %s ORDER BY id",
-            (job_id, event),
-        ).fetchall()
-    return [r["detail"] for r in rows]
 
 
 def _wait(predicate: Any, timeout: float, what: str) -> None:
@@ -84,8 +74,10 @@ def _beside_slow_receivers(tmp_path: Path, mode: Mode) -> list[int]:
             if mode == "trickle_head":
                 # Every attempt ended at its deadline, saying so.
                 for job_id in hooked:
-                    _wait(lambda j=job_id: _events(j, "hook_failed"), 60, f"job {job_id}'s attempt")
-                    first = _events(job_id, "hook_failed")[0]
+                    _wait(
+                        lambda j=job_id: events_of(j, "hook_failed"), 60, f"job {job_id}'s attempt"
+                    )
+                    first = events_of(job_id, "hook_failed")[0]
                     assert first["error"] == f"no answer within {HOOK_TIMEOUT_S:g} s", first
         # No connection left open by the worker: each attempt let go of its receiver.
         _wait(lambda: receiver.open == 0, 30, "the receivers' connections to close")
@@ -123,7 +115,7 @@ def test_a_huge_hook_answer_is_not_read_into_the_worker(tmp_path: Path, status: 
               f"receiver sent {receiver.sent >> 20} MB before the worker left")  # fmt: skip
         assert peak < WORKER_PEAK_RSS_MB
     if status == 500:
-        (event,) = _events(view.id, "hook_gave_up")
+        (event,) = events_of(view.id, "hook_gave_up")
         assert event["error"].startswith("HTTP 500: xxxx")
 
 

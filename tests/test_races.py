@@ -23,12 +23,12 @@ from jobsys.api.items import counted_items
 from jobsys.bootstrap.start import run_bootstrap
 from jobsys.dramatiq.broker import CONTROL_QUEUE
 from jobsys.lifecycle.teardown import run_teardown
-from jobsys.pg.db import connection
 from jobsys.settings import get_settings
 from jobsys.worker.actors import process_results
 from tests.helpers import (
     assert_counters_match_ledger,
     counters,
+    events_of,
     ledger,
     make_started_job,
     pull_results,
@@ -62,15 +62,6 @@ def _race(*fns: Callable[[], Any]) -> list[Any]:
     if errors:
         raise errors[0]
     return results
-
-
-def _events(job_id: int, event: str) -> list[dict[str, Any]]:
-    with connection() as conn:
-        rows = conn.execute(
-            "SELECT detail FROM job_events WHERE job_id = %s AND event = %s ORDER BY id",
-            (job_id, event),
-        ).fetchall()
-    return [r["detail"] for r in rows]
 
 
 def _teardowns_enqueued(job_id: int) -> int:
@@ -124,7 +115,7 @@ def _cancel_then_late_completion() -> None:
     assert after == {**before, "cancelled": 30}, "the late batch moved a counter"
     assert jobsys.get_job(job_id).status == "revoked"
     assert status_events(job_id) == ["started", "canceling", "revoked"]
-    assert [e["count"] for e in _events(job_id, "late_results")] == [30]
+    assert [e["count"] for e in events_of(job_id, "late_results")] == [30]
     assert not stream_exists(job_id)
     assert_counters_match_ledger(job_id)
 
@@ -225,11 +216,11 @@ def _two_batches_finish_together() -> None:
     assert (view.status, view.done) == ("success", 100)
     assert status_events(job_id) == ["started", "success"], "finalized more than once"
     assert _teardowns_enqueued(job_id) == 1, "teardown enqueued other than once"
-    assert _events(job_id, "late_results") == []
+    assert events_of(job_id, "late_results") == []
     # The one teardown message, run (twice, as a redelivery would): one deletion.
     run_teardown(job_id)
     run_teardown(job_id)
-    assert len(_events(job_id, "stream_deleted")) == 1
+    assert len(events_of(job_id, "stream_deleted")) == 1
     assert not stream_exists(job_id)
     assert_counters_match_ledger(job_id)
 
@@ -333,7 +324,7 @@ def _duplicate_after_finalize() -> None:
     again = jobsys.get_job(job_id)
     assert again.model_dump() == final.model_dump()
     assert status_events(job_id) == ["started", "failure"]
-    assert sorted(e["count"] for e in _events(job_id, "late_results")) == [15, 15]
+    assert sorted(e["count"] for e in events_of(job_id, "late_results")) == [15, 15]
     assert _teardowns_enqueued(job_id) == 1
     assert_counters_match_ledger(job_id)
     _run_enqueued_teardown(job_id)
