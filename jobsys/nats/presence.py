@@ -17,13 +17,24 @@ that wrote something else is skipped, never trusted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import uuid
 from datetime import UTC, datetime
 from typing import Literal
 
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    StorageType,
+)
+from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -41,6 +52,13 @@ GONE_AFTER_S = 20.0
 FORGET_AFTER_S = 3_600.0
 # How long a reader waits for the bucket's entries.
 READ_TIMEOUT_S = 3.0
+# Entries asked for at once by a reader, and how long NATS keeps a reader's
+# consumer when the reader died before deleting it.
+READ_BATCH = 500
+READER_IDLE_S = 30.0
+# Headers of an entry that is a deletion, a purge or (NATS 2.11+) an expiry.
+KV_OPERATION = "KV-Operation"
+MARKER_REASON = "Nats-Marker-Reason"
 
 Kind = Literal["worker", "processor"]
 
@@ -138,32 +156,75 @@ async def announce(bucket: KeyValue, member: Member) -> None:
 
 
 async def read_members(js: JetStreamContext, settings: Settings) -> list[Member]:
-    """Every member the bucket holds (alive, stopped or gone), by kind and host."""
-    bucket = await open_bucket(js, settings)
-    if bucket is None:
-        return []
-    watcher = await bucket.watchall()
-    found: list[Member] = []
+    """Every member the bucket holds (alive, stopped or gone), by kind and host.
+
+    Read with a pull consumer of the bucket's latest entries, not a KV watcher:
+    a watcher decides it has seen everything from a pending count that messages
+    still on their way make zero (the read came back empty, short, or with a
+    member twice, while members beat). A pull consumer delivers nothing until
+    asked, and reads on until it has seen every key the bucket holds.
+    """
+    name = bucket_name(settings.namespace)
+    stream, prefix = f"KV_{name}", f"$KV.{name}."
+    config = ConsumerConfig(
+        name=uuid.uuid4().hex,
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        ack_policy=AckPolicy.NONE,
+        filter_subject=f"{prefix}>",
+        inactive_threshold=READER_IDLE_S,
+        mem_storage=True,
+    )
     try:
-        while True:
-            entry = await watcher.updates(timeout=READ_TIMEOUT_S)
-            if entry is None:  # the end of what the bucket held
-                break
-            if entry.operation is not None or not entry.value:
-                continue  # a deleted or purged entry
+        made = await js.add_consumer(stream, config)
+    except NotFoundError:
+        return []  # nobody announced yet
+    latest: dict[str, Msg] = {}
+    try:
+        sub = await js.pull_subscribe_bind(consumer=config.name, stream=stream)
+        # The keys the bucket holds now: each one's latest entry is delivered, or
+        # replaced by a newer beat that is delivered after it. Done when all are
+        # seen, or at a message after which nothing is pending (what was deleted
+        # or expired since never comes). Not by counting the consumer's pending:
+        # a replaced entry is not delivered, and any key's newer beat is.
+        keys = await _keys(js, stream, prefix) if made.num_pending else set()
+        while keys - latest.keys():
             try:
-                member = Member.model_validate_json(entry.value)
-            except ValidationError:
-                log.debug("skipped a malformed presence entry", extra={"key": entry.key})
-                continue
-            found.append(member.model_copy(update={"seen_at": _when(entry.created)}))
+                batch = await sub.fetch(READ_BATCH, timeout=READ_TIMEOUT_S)
+            except NatsTimeoutError:
+                break  # the entries left expired since the keys were listed
+            for msg in batch:
+                key = msg.subject.removeprefix(prefix)
+                kept = latest.get(key)
+                if kept is None or kept.metadata.sequence.stream < msg.metadata.sequence.stream:
+                    latest[key] = msg
+            if batch and batch[-1].metadata.num_pending == 0:
+                break
+        await sub.unsubscribe()
     finally:
-        await watcher.stop()
+        with contextlib.suppress(NatsError):
+            await js.delete_consumer(stream, config.name)
+    found = [m for m in map(_member, latest.values()) if m is not None]
     return sorted(found, key=lambda m: (m.kind, m.host, m.pid))
 
 
-def _when(created: object) -> datetime | None:
-    return created if isinstance(created, datetime) else None
+async def _keys(js: JetStreamContext, stream: str, prefix: str) -> set[str]:
+    """The keys the bucket's stream holds a message for."""
+    info = await js.stream_info(stream, subjects_filter=f"{prefix}>")
+    return {subject.removeprefix(prefix) for subject in (info.state.subjects or {})}
+
+
+def _member(msg: Msg) -> Member | None:
+    """The entry's member; None for a deleted, purged or expired entry or one that
+    does not validate."""
+    headers = msg.headers or {}
+    if KV_OPERATION in headers or MARKER_REASON in headers or not msg.data:
+        return None
+    try:
+        member = Member.model_validate_json(msg.data)
+    except ValidationError:
+        log.debug("skipped a malformed presence entry", extra={"key": msg.subject})
+        return None
+    return member.model_copy(update={"seen_at": msg.metadata.timestamp})
 
 
 def members(timeout: float = READ_TIMEOUT_S) -> list[Member]:
