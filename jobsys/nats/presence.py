@@ -166,8 +166,9 @@ async def read_members(js: JetStreamContext, settings: Settings) -> list[Member]
     """
     name = bucket_name(settings.namespace)
     stream, prefix = f"KV_{name}", f"$KV.{name}."
+    reader = uuid.uuid4().hex
     config = ConsumerConfig(
-        name=uuid.uuid4().hex,
+        name=reader,
         deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
         ack_policy=AckPolicy.NONE,
         filter_subject=f"{prefix}>",
@@ -180,7 +181,7 @@ async def read_members(js: JetStreamContext, settings: Settings) -> list[Member]
         return []  # nobody announced yet
     latest: dict[str, Msg] = {}
     try:
-        sub = await js.pull_subscribe_bind(consumer=config.name, stream=stream)
+        sub = await js.pull_subscribe_bind(consumer=reader, stream=stream)
         # The keys the bucket holds now: each one's latest entry is delivered, or
         # replaced by a newer beat that is delivered after it. Done when all are
         # seen, or at a message after which nothing is pending (what was deleted
@@ -202,7 +203,7 @@ async def read_members(js: JetStreamContext, settings: Settings) -> list[Member]
         await sub.unsubscribe()
     finally:
         with contextlib.suppress(NatsError):
-            await js.delete_consumer(stream, config.name)
+            await js.delete_consumer(stream, reader)
     found = [m for m in map(_member, latest.values()) if m is not None]
     return sorted(found, key=lambda m: (m.kind, m.host, m.pid))
 
