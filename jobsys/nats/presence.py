@@ -17,24 +17,14 @@ that wrote something else is skipped, never trusted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import uuid
 from datetime import UTC, datetime
 from typing import Literal
 
-from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-    KeyValueConfig,
-    StorageType,
-)
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -52,13 +42,6 @@ GONE_AFTER_S = 20.0
 FORGET_AFTER_S = 3_600.0
 # How long a reader waits for the bucket's entries.
 READ_TIMEOUT_S = 3.0
-# Entries asked for at once by a reader, and how long NATS keeps a reader's
-# consumer when the reader died before deleting it.
-READ_BATCH = 500
-READER_IDLE_S = 30.0
-# Headers of an entry that is a deletion, a purge or (NATS 2.11+) an expiry.
-KV_OPERATION = "KV-Operation"
-MARKER_REASON = "Nats-Marker-Reason"
 
 Kind = Literal["worker", "processor"]
 
@@ -158,74 +141,55 @@ async def announce(bucket: KeyValue, member: Member) -> None:
 async def read_members(js: JetStreamContext, settings: Settings) -> list[Member]:
     """Every member the bucket holds (alive, stopped or gone), by kind and host.
 
-    Read with a pull consumer of the bucket's latest entries, not a KV watcher:
-    a watcher decides it has seen everything from a pending count that messages
-    still on their way make zero (the read came back empty, short, or with a
-    member twice, while members beat). A pull consumer delivers nothing until
-    asked, and reads on until it has seen every key the bucket holds.
+    Read until every key the bucket holds now has been seen, not until the KV
+    watcher's "that was all" marker: the watcher sends it when a pending count
+    reaches zero, which messages still on their way to it make happen early (the
+    read came back empty or short while members beat), and entries re-written
+    during the read came twice. Each key is kept once, its latest entry.
     """
+    bucket = await open_bucket(js, settings)
+    if bucket is None:
+        return []
     name = bucket_name(settings.namespace)
-    stream, prefix = f"KV_{name}", f"$KV.{name}."
-    reader = uuid.uuid4().hex
-    config = ConsumerConfig(
-        name=reader,
-        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        ack_policy=AckPolicy.NONE,
-        filter_subject=f"{prefix}>",
-        inactive_threshold=READER_IDLE_S,
-        mem_storage=True,
-    )
+    prefix = f"$KV.{name}."
+    # Listed after the watcher is made: each key's latest entry then is
+    # delivered, or replaced by a newer beat that is delivered after it.
+    watcher = await bucket.watchall()
+    latest: dict[str, KeyValue.Entry] = {}
     try:
-        made = await js.add_consumer(stream, config)
-    except NotFoundError:
-        return []  # nobody announced yet
-    latest: dict[str, Msg] = {}
-    try:
-        sub = await js.pull_subscribe_bind(consumer=reader, stream=stream)
-        # The keys the bucket holds now: each one's latest entry is delivered, or
-        # replaced by a newer beat that is delivered after it. Done when all are
-        # seen, or at a message after which nothing is pending (what was deleted
-        # or expired since never comes). Not by counting the consumer's pending:
-        # a replaced entry is not delivered, and any key's newer beat is.
-        keys = await _keys(js, stream, prefix) if made.num_pending else set()
+        info = await js.stream_info(f"KV_{name}", subjects_filter=f"{prefix}>")
+        keys = {s.removeprefix(prefix) for s in (info.state.subjects or {})}
         while keys - latest.keys():
             try:
-                batch = await sub.fetch(READ_BATCH, timeout=READ_TIMEOUT_S)
+                entry = await watcher.updates(timeout=READ_TIMEOUT_S)
             except NatsTimeoutError:
-                break  # the entries left expired since the keys were listed
-            for msg in batch:
-                key = msg.subject.removeprefix(prefix)
-                kept = latest.get(key)
-                if kept is None or kept.metadata.sequence.stream < msg.metadata.sequence.stream:
-                    latest[key] = msg
-            if batch and batch[-1].metadata.num_pending == 0:
+                # The keys left expired since they were listed (an entry's own
+                # pending count is no sign of the end either: it was 0 with
+                # entries still to come).
                 break
-        await sub.unsubscribe()
+            if entry is None:
+                continue  # the watcher's early "that was all": not trusted
+            kept = latest.get(entry.key)
+            if kept is None or (kept.revision or 0) < (entry.revision or 0):
+                latest[entry.key] = entry
     finally:
-        with contextlib.suppress(NatsError):
-            await js.delete_consumer(stream, reader)
+        await watcher.stop()
     found = [m for m in map(_member, latest.values()) if m is not None]
     return sorted(found, key=lambda m: (m.kind, m.host, m.pid))
 
 
-async def _keys(js: JetStreamContext, stream: str, prefix: str) -> set[str]:
-    """The keys the bucket's stream holds a message for."""
-    info = await js.stream_info(stream, subjects_filter=f"{prefix}>")
-    return {subject.removeprefix(prefix) for subject in (info.state.subjects or {})}
-
-
-def _member(msg: Msg) -> Member | None:
+def _member(entry: KeyValue.Entry) -> Member | None:
     """The entry's member; None for a deleted, purged or expired entry or one that
     does not validate."""
-    headers = msg.headers or {}
-    if KV_OPERATION in headers or MARKER_REASON in headers or not msg.data:
+    if entry.operation is not None or not entry.value:
         return None
     try:
-        member = Member.model_validate_json(msg.data)
+        member = Member.model_validate_json(entry.value)
     except ValidationError:
-        log.debug("skipped a malformed presence entry", extra={"key": msg.subject})
+        log.debug("skipped a malformed presence entry", extra={"key": entry.key})
         return None
-    return member.model_copy(update={"seen_at": msg.metadata.timestamp})
+    created = entry.created if isinstance(entry.created, datetime) else None
+    return member.model_copy(update={"seen_at": created})
 
 
 def members(timeout: float = READ_TIMEOUT_S) -> list[Member]:
