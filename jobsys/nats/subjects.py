@@ -183,3 +183,9 @@ def serial_of_again(subject: str) -> int | None:
     """The batch serial of a "send it again" subject, or None."""
     head, _, last = subject.rpartition(".")
     return serial_of_confirm(head) if last == AGAIN else None
+
+
+def leases_taken_subject(namespace: str) -> str:
+    """Where a `jobsys serve` process says it took over task leases another process of
+    the namespace granted (jobsys.server.gateway): the other lets go of them."""
+    return f"{namespace}.gateway.taken"

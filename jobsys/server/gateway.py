@@ -22,8 +22,12 @@ reaching a server that does not hold the lease (restarted, or another
 `--workers` process) is still safe: a report counts through the handle's
 reply subject; an extend adopts the lease (unless it ended here: lapsed,
 reported, handed back), so a restarted server keeps running tasks in
-progress. A server that stops hands nothing back: its leases' processors
-go on and extend with the next one.
+progress. A process that adopts a lease, or takes its report, says so on the
+namespace's "taken" subject, and the process that held it lets go of it
+without handing it back: else, with `--workers 2`, the granting process's
+copy of a lease extended only through the other would lapse and hand a
+running task back to NATS. A server that stops hands nothing back: its
+leases' processors go on and extend with the next one.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections import OrderedDict
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +60,7 @@ from jobsys.nats.subjects import (
     JobNames,
     again_subject,
     job_id_of_stream,
+    leases_taken_subject,
     parse_msg_id,
     serial_of_again,
     stream_of_advisory,
@@ -130,6 +137,12 @@ class Gateway:
         self._settled: OrderedDict[str, None] = OrderedDict()
         # Rate limits' token buckets (Redis), opened on the first limited lease.
         self._buckets: RateBuckets | None = None
+        # This process among the namespace's server processes ("taken" notes).
+        self.process_id = uuid.uuid4().hex
+        # Reported leases this process did not hold, to say taken at `flush`.
+        self._taken_by_reports: list[str] = []
+        # Pings and notes sent beside a request.
+        self._errands: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -154,6 +167,7 @@ class Gateway:
         await nc.subscribe(CONSUMER_CREATED_ADVISORIES, cb=self._on_jobs_changed)
         await nc.subscribe(STREAM_ADVISORIES, cb=self._on_jobs_changed)
         await nc.subscribe(again_subject(f"{prefix}.*"), cb=self._on_again)
+        await nc.subscribe(leases_taken_subject(self.settings.namespace), cb=self._on_taken)
         for name, coro in (
             ("keep-alive", self.keepalive.run()),
             ("outbox", self.outbox.run()),
@@ -332,8 +346,50 @@ class Gateway:
         if adopted:
             # In progress now, not at the ticker's next round: the old process's
             # last ping may be most of an ack_wait ago.
-            asyncio.get_running_loop().create_task(self._ping(adopted))
+            self._background(self._adopted(adopted))
         return extended, unknown
+
+    async def _adopted(self, replies: list[str]) -> None:
+        await self._ping(replies)
+        await self._say_taken(replies)
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` beside the request (kept referenced until it ends)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._errands.add(task)
+        task.add_done_callback(self._errands.discard)
+
+    async def _say_taken(self, replies: list[str]) -> None:
+        """Tell the namespace's other server processes this one holds `replies` now."""
+        assert self._nc is not None
+        note = json.dumps({"by": self.process_id, "replies": replies}).encode()
+        try:
+            await self._nc.publish(leases_taken_subject(self.settings.namespace), note)
+        except Exception as exc:
+            # Not told: a process still holding one hands it back when its copy
+            # lapses, and NATS delivers the task again (still counted once).
+            log.warning("could not say leases were taken", extra={"error": repr(exc)})
+
+    async def _on_taken(self, msg: Msg) -> None:
+        # Another process took these leases over: let go of them here, without
+        # handing them back (its keep-alive holds them now). Not settled: an
+        # extend reaching this process later adopts them again.
+        try:
+            note = json.loads(msg.data)
+            by, replies = note["by"], note["replies"]
+        except (ValueError, KeyError, TypeError):
+            log.debug("ignored a malformed leases-taken note")
+            return
+        if by == self.process_id or not isinstance(replies, list):
+            return
+        assert self.keepalive is not None
+        let_go = 0
+        for reply in replies:
+            if isinstance(reply, str) and self.leases.pop(reply, None) is not None:
+                self.keepalive.release(reply)
+                let_go += 1
+        if let_go:
+            log.info("leases taken over by another server process", extra={"count": let_go})
 
     async def _ping(self, replies: list[str]) -> None:
         assert self._nc is not None
@@ -379,6 +435,10 @@ class Gateway:
     def record(self, job_id: int, h: Handle, result: TaskResult) -> None:
         """An outcome to count: into the outbox; its message held until recorded."""
         assert self.keepalive is not None and self.outbox is not None
+        if h.reply not in self.leases:
+            # Granted or adopted by another process: it must not hand it back
+            # (told when the report is over, in one note).
+            self._taken_by_reports.append(h.reply)
         self._settle(h.reply)
         # A lease that lapsed, or was granted by another server process, is
         # held from now on too: the result must not be delivered again.
@@ -390,6 +450,9 @@ class Gateway:
         """A report is over: its results go out now (it was batched by the processor)."""
         assert self.outbox is not None
         self.outbox.flush(job_id)
+        if self._taken_by_reports:
+            taken, self._taken_by_reports = self._taken_by_reports, []
+            self._background(self._say_taken(taken))
 
     async def retry(self, handles: list[Handle], delay_s: float) -> int:
         """Hand back the messages of `handles` this process holds (transient failures
