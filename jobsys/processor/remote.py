@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -546,9 +547,16 @@ class RemoteProcessor:
         # is the one the reason text names: the server writes "Type: message",
         # so a reason without one -- a PermanentError's -- is stored as is.)
         trace = value.trace if isinstance(value, Failure) else None
-        self.reports.add(job_id, {"lease": handle, "task": task.task_no, "status": "failed",
-                                  "transient": transient, "error": message,
-                                  "error_type": error_type, "traceback": trace})  # fmt: skip
+        item = {"lease": handle, "task": task.task_no, "status": "failed",
+                "transient": transient, "error": message, "error_type": error_type,
+                "traceback": trace}  # fmt: skip
+        declared = task.run.spec.retry_delay
+        if transient and declared is not None:
+            # The pipeline's own delay: the server waits it unless the job has its own.
+            base, cap = declared
+            item["retry_delay_s"] = base
+            item["retry_delay_max_s"] = cap if math.isfinite(cap) else None
+        self.reports.add(job_id, item)
 
     # -- keep-alive and presence ---------------------------------------------------
 
