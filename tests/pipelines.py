@@ -156,3 +156,23 @@ def down_for_a_while(payload: dict[str, Any]) -> dict[str, Any]:
     if len(times) == 1:
         raise ConnectionError("service unavailable")
     return {"deliveries": times}
+
+
+class BadRecord(ValueError):
+    """A pipeline's own exception for bad data (a ValueError: given up on by default)."""
+
+
+def fails_as_asked(payload: dict[str, Any]) -> dict[str, Any]:
+    """Raise what the payload's `raise` names: "permanent" (PermanentError), "value"
+    (ValueError), "own" (BadRecord, this module's) or "transient" (ConnectionError,
+    retried until the job's max_deliver)."""
+    kind = payload.get("raise")
+    if kind == "permanent":
+        raise PermanentError("no such record")
+    if kind == "value":
+        raise ValueError("bad value 'x'")
+    if kind == "own":
+        raise BadRecord("record 7 is short")
+    if kind == "transient":
+        raise ConnectionError("service unavailable")
+    return payload

@@ -68,6 +68,8 @@ START_SLACK = 4
 JOB_RETRY_S = 4.0
 # A pipeline declaring its own retry delay, and a job's own base above it.
 DOWN = "tests.pipelines:down_for_a_while"
+# A pipeline raising what each payload asks: stored alike by native and remote processors.
+FAILS = "tests.pipelines:fails_as_asked"
 JOB_OVER_PIPELINE_S = 2 * PIPELINE_RETRY_S[0]
 
 
@@ -546,6 +548,48 @@ def test_a_remote_failure_waits_the_pipelines_retry_delay_unless_the_job_has_its
         gaps[which] = second - first
     assert gaps["pipeline"] >= PIPELINE_RETRY_S[0], gaps
     assert gaps["job"] >= JOB_OVER_PIPELINE_S, gaps
+
+
+def _failures(job_id: int) -> dict[str, tuple[str, str | None, str]]:
+    """Each task's stored failure by what it raised: (error, error_type, the traceback's
+    last line)."""
+    with connection() as conn:
+        rows = conn.execute(
+            "SELECT payload->>'raise' AS kind, error, error_type, error_trace FROM job_tasks"
+            " WHERE job_id = %(j)s",
+            {"j": job_id},
+        ).fetchall()
+    return {
+        r["kind"]: (r["error"], r["error_type"], (r["error_trace"] or "").strip().splitlines()[-1])
+        for r in rows
+    }
+
+
+def test_a_remote_failure_is_stored_as_a_native_processors_for_the_same_exception(
+    server: Server, workers: LocalSystem, tmp_path: Path
+) -> None:
+    items = [json.dumps({"raise": k}) for k in ("permanent", "value", "own", "transient")]
+    # The native side first, alone (its processor would serve the remote's job too).
+    with LocalSystem(workers=0, processors=1, log_dir=tmp_path):
+        native = submit(FAILS, items, max_deliver=1, failure_threshold=1.0).id
+        assert wait_final(native).failed == len(items)
+    token, _ = new_token(Scope.PROCESS, [FAILS])
+    proc = Remote(server.url, token, tmp_path)
+    try:
+        remote = submit(FAILS, items, max_deliver=1, failure_threshold=1.0).id
+        assert wait_final(remote, proc).failed == len(items), proc.log()[-3000:]
+    finally:
+        proc.stop()
+    assert _failures(remote) == _failures(native)
+    assert _failures(native) == {
+        "permanent": ("no such record", "jobsys.errors.PermanentError",
+                      "jobsys.errors.PermanentError: no such record"),
+        "value": ("ValueError: bad value 'x'", "ValueError", "ValueError: bad value 'x'"),
+        "own": ("BadRecord: record 7 is short", "tests.pipelines.BadRecord",
+                "tests.pipelines.BadRecord: record 7 is short"),
+        "transient": ("gave up after 1 deliveries: ConnectionError: service unavailable",
+                      "ConnectionError", "ConnectionError: service unavailable"),
+    }  # fmt: skip
 
 
 def test_the_server_killed_mid_job_and_restarted_loses_and_doubles_nothing(

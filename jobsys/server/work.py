@@ -242,7 +242,11 @@ class ReportItem(BaseModel):
 
     `done` carries `result` (a JSON object); `failed` carries `error` and
     whether it is `transient` (delivered again, until the job's max_deliver)
-    or permanent, and may carry the exception's type and traceback; a
+    or permanent, and may carry the exception's type and traceback. The
+    server stores `error` as `Type: error` (`error_type` given) unless
+    `verbatim` says it is the stored text already (a jobsys remote processor
+    words it as a native processor does: a PermanentError's message has no
+    type before it, and its `error_type` is the exception's full class). A
     transient one may carry its pipeline's own retry delay (`retry_delay_s`,
     and `retry_delay_max_s` unless the settings' max applies), waited unless
     the job has its own; `handback` gives a task back unrun (delivered again
@@ -257,6 +261,7 @@ class ReportItem(BaseModel):
     error: str | None = None
     error_type: str | None = Field(default=None, max_length=200)
     traceback: str | None = None
+    verbatim: bool = False
     transient: bool = False
     retry_delay_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     retry_delay_max_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
@@ -271,9 +276,12 @@ class ReportBody(BaseModel):
 
 
 def error_text(item: ReportItem) -> str:
-    """A failure's error as stored: `Type: message`, as a native processor's (the
-    traceback is kept beside it, in the task's `error_trace`)."""
+    """A failure's error as stored: `Type: message`, as a native processor's, or the
+    item's text as is (`verbatim`). The traceback is kept beside it, in the task's
+    `error_trace`."""
     message = item.error or "failed"
+    if item.verbatim:
+        return storable_error(message)
     text = f"{item.error_type}: {message}" if item.error_type else message
     return storable_error(text)
 
