@@ -136,3 +136,43 @@ def stamp(payload: dict[str, Any]) -> dict[str, Any]:
     started = time.time()
     time.sleep(STAMP_S)
     return {"n": payload.get("n"), "started": started}
+
+
+# `down_for_a_while`'s own retry delay (BASE, MAX seconds): far above the suite's
+# JOBSYS_RETRY_DELAY_S, so a test can tell whose delay a redelivery waited.
+PIPELINE_RETRY_S = (4.0, 60.0)
+
+
+@pipeline("tests-down-for-a-while", retry_delay=PIPELINE_RETRY_S)
+def down_for_a_while(payload: dict[str, Any]) -> dict[str, Any]:
+    """A service down for its first delivery: appends when each delivery started to
+    the file the payload's `log` names, raises ConnectionError (retried by default)
+    the first time and returns the delivery times after."""
+    path = payload["log"]
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{time.time()}\n")
+    with open(path, encoding="utf-8") as f:
+        times = [float(line) for line in f.read().split()]
+    if len(times) == 1:
+        raise ConnectionError("service unavailable")
+    return {"deliveries": times}
+
+
+class BadRecord(ValueError):
+    """A pipeline's own exception for bad data (a ValueError: given up on by default)."""
+
+
+def fails_as_asked(payload: dict[str, Any]) -> dict[str, Any]:
+    """Raise what the payload's `raise` names: "permanent" (PermanentError), "value"
+    (ValueError), "own" (BadRecord, this module's) or "transient" (ConnectionError,
+    retried until the job's max_deliver)."""
+    kind = payload.get("raise")
+    if kind == "permanent":
+        raise PermanentError("no such record")
+    if kind == "value":
+        raise ValueError("bad value 'x'")
+    if kind == "own":
+        raise BadRecord("record 7 is short")
+    if kind == "transient":
+        raise ConnectionError("service unavailable")
+    return payload

@@ -47,6 +47,16 @@ RESULTS = [
     '{"big": 123456789012345678901234567890}',
 ]
 ERRORS = {4: 'ValueError: bad "input" ü', 5: "Timeout after 30s"}
+# What a processor stores beside a failure an exception made (task 4's): its class
+# and traceback, several lines with quotes and commas. Task 5's reason is no exception.
+ERROR_TYPE = "ValueError"
+ERROR_TRACE = (
+    'Traceback (most recent call last):\n  File "pipe.py", line 3, in run\n'
+    '    raise ValueError(\'bad "input" ü\')\nValueError: bad "input" ü\n'
+)
+# The columns of every export, in order (then job / origin_task, payload).
+COLUMNS = ["task", "status", "result", "error", "deliveries", "finished_at", "error_type",
+           "error_trace"]  # fmt: skip
 LOST = [6, 7]
 CANCELLED = [8, 9, 10, 11]
 
@@ -64,7 +74,8 @@ def every_status(services: str) -> EveryStatus:
     job_id = job.id
     assert run_bootstrap(job_id) == "published"
     rows = [(i, "done", text, None, i + 1) for i, text in enumerate(RESULTS)]
-    rows += [(task, "failed", None, error, 5) for task, error in ERRORS.items()]
+    rows += [(4, "failed", None, ERRORS[4], 5, ERROR_TYPE, ERROR_TRACE),
+             (5, "failed", None, ERRORS[5], 5)]  # fmt: skip
     with connection() as conn:
         record_results(conn, job_id, rows)
         with conn.transaction():
@@ -92,8 +103,7 @@ def test_results_of_every_status_round_trip_payloads_and_results_byte_for_byte(
     assert len(lines) == len(PAYLOADS)
     for task, line in enumerate(lines):
         obj = json.loads(line)
-        assert list(obj) == ["task", "status", "result", "error", "deliveries", "finished_at",
-                             "payload"]  # fmt: skip
+        assert list(obj) == [*COLUMNS, "payload"]
         assert obj["task"] == task and obj["status"] == _status_of(task)
         # The stored bytes appear verbatim in the line.
         assert f'"payload": {PAYLOADS[task]}' in line
@@ -104,6 +114,9 @@ def test_results_of_every_status_round_trip_payloads_and_results_byte_for_byte(
             assert '"result": null,' in line
         if task in ERRORS:
             assert obj["error"] == ERRORS[task]
+        # The exception's class and traceback where a processor stored them.
+        assert obj["error_type"] == (ERROR_TYPE if task == 4 else None)
+        assert obj["error_trace"] == (ERROR_TRACE if task == 4 else None)
         if task in LOST:
             assert obj["error"] == "delivered max_deliver times"
         assert obj["finished_at"] is not None
@@ -136,9 +149,11 @@ def test_results_as_csv_into_a_file_keep_the_stored_bytes(
     assert proc.stdout == ""
     assert f"to {out}" in proc.stderr
     rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"), newline="")))
-    assert rows[0] == ["task", "status", "result", "error", "deliveries", "finished_at", "payload"]
+    assert rows[0] == [*COLUMNS, "payload"]
     body = rows[1:]
-    assert [r[6] for r in body] == PAYLOADS
+    assert [r[-1] for r in body] == PAYLOADS
+    # A traceback's lines, quotes and commas survive CSV quoting.
+    assert [r[6:8] for r in body if r[1] == "failed"] == [[ERROR_TYPE, ERROR_TRACE], ["", ""]]
     assert [r[2] for r in body[: len(RESULTS)]] == RESULTS
     assert [r[1] for r in body] == [_status_of(t) for t in range(len(PAYLOADS))]
     assert not list(tmp_path.glob("*.partial"))
@@ -153,6 +168,7 @@ def test_the_library_yields_the_same_tasks_parsed_or_raw(every_status: EveryStat
                                                           (6, "lost"), (7, "lost")]  # fmt: skip
     done = list(jobsys.results(every_status.job_id))
     assert done[0]["result"] == json.loads(RESULTS[0])
+    assert (parsed[0]["error_type"], parsed[0]["error_trace"]) == (ERROR_TYPE, ERROR_TRACE)
 
 
 def test_tasks_lists_failed_tasks_with_their_errors(every_status: EveryStatus) -> None:

@@ -40,6 +40,7 @@ from jobsys.ops.runner import LocalSystem
 from jobsys.pg.db import connection
 from jobsys.server.tokens import Scope, create_token, fingerprint_of, revoke_token
 from jobsys.settings import get_settings
+from tests.pipelines import PIPELINE_RETRY_S
 from tests.serving import Server
 
 # Short leases, so lapses happen within a test.
@@ -65,6 +66,11 @@ BURST = 5
 START_SLACK = 4
 # A job's own --retry-delay base, far above the suite's setting.
 JOB_RETRY_S = 4.0
+# A pipeline declaring its own retry delay, and a job's own base above it.
+DOWN = "tests.pipelines:down_for_a_while"
+# A pipeline raising what each payload asks: stored alike by native and remote processors.
+FAILS = "tests.pipelines:fails_as_asked"
+JOB_OVER_PIPELINE_S = 2 * PIPELINE_RETRY_S[0]
 
 
 # The adoption test: its job's ack_wait, and extends 1.2 s apart outlasting it.
@@ -518,6 +524,74 @@ def test_a_transient_failure_comes_back_after_the_jobs_own_retry_delay(
     assert again["task"] == t["task"] and again["deliveries"] == 2
     ok = {"lease": again["lease"], "status": "done", "result": {"ok": True}}
     assert report(server, hand_token, job_id, [ok]).json()["accepted"] == 1
+
+
+def test_a_remote_failure_waits_the_pipelines_retry_delay_unless_the_job_has_its_own(
+    server: Server, workers: LocalSystem, tmp_path: Path
+) -> None:
+    # As on a native processor: the job's own --retry-delay, else the pipeline's
+    # (`@pipeline(retry_delay=...)`, which only the remote processor knows), else
+    # the settings' (the suite's JOBSYS_RETRY_DELAY_S is 0.2 s).
+    token, _ = new_token(Scope.PROCESS, [DOWN])
+    proc = Remote(server.url, token, tmp_path)
+    try:
+        logs = {"pipeline": tmp_path / "pipeline.log", "job": tmp_path / "job.log"}
+        by_pipeline = submit(DOWN, [json.dumps({"log": str(logs["pipeline"])})]).id
+        by_job = submit(DOWN, [json.dumps({"log": str(logs["job"])})],
+                        retry_delay=(JOB_OVER_PIPELINE_S, 60)).id  # fmt: skip
+        for job_id in (by_pipeline, by_job):
+            job = wait_final(job_id, proc)
+            assert (job.status, job.done) == ("success", 1), proc.log()[-3000:]
+    finally:
+        proc.stop()
+    gaps = {}
+    for which, log in logs.items():
+        first, second = (float(t) for t in log.read_text().split())
+        gaps[which] = second - first
+    assert gaps["pipeline"] >= PIPELINE_RETRY_S[0], gaps
+    assert gaps["job"] >= JOB_OVER_PIPELINE_S, gaps
+
+
+def _failures(job_id: int) -> dict[str, tuple[str, str | None, str]]:
+    """Each task's stored failure by what it raised: (error, error_type, the traceback's
+    last line)."""
+    with connection() as conn:
+        rows = conn.execute(
+            "SELECT payload->>'raise' AS kind, error, error_type, error_trace FROM job_tasks"
+            " WHERE job_id = %(j)s",
+            {"j": job_id},
+        ).fetchall()
+    return {
+        r["kind"]: (r["error"], r["error_type"], (r["error_trace"] or "").strip().splitlines()[-1])
+        for r in rows
+    }
+
+
+def test_a_remote_failure_is_stored_as_a_native_processors_for_the_same_exception(
+    server: Server, workers: LocalSystem, tmp_path: Path
+) -> None:
+    items = [json.dumps({"raise": k}) for k in ("permanent", "value", "own", "transient")]
+    # The native side first, alone (its processor would serve the remote's job too).
+    with LocalSystem(workers=0, processors=1, log_dir=tmp_path):
+        native = submit(FAILS, items, max_deliver=1, failure_threshold=1.0).id
+        assert wait_final(native).failed == len(items)
+    token, _ = new_token(Scope.PROCESS, [FAILS])
+    proc = Remote(server.url, token, tmp_path)
+    try:
+        remote = submit(FAILS, items, max_deliver=1, failure_threshold=1.0).id
+        assert wait_final(remote, proc).failed == len(items), proc.log()[-3000:]
+    finally:
+        proc.stop()
+    assert _failures(remote) == _failures(native)
+    assert _failures(native) == {
+        "permanent": ("no such record", "jobsys.errors.PermanentError",
+                      "jobsys.errors.PermanentError: no such record"),
+        "value": ("ValueError: bad value 'x'", "ValueError", "ValueError: bad value 'x'"),
+        "own": ("BadRecord: record 7 is short", "tests.pipelines.BadRecord",
+                "tests.pipelines.BadRecord: record 7 is short"),
+        "transient": ("gave up after 1 deliveries: ConnectionError: service unavailable",
+                      "ConnectionError", "ConnectionError: service unavailable"),
+    }  # fmt: skip
 
 
 def test_the_server_killed_mid_job_and_restarted_loses_and_doubles_nothing(

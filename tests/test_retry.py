@@ -60,6 +60,8 @@ def test_a_retry_chain_of_two_generations_and_results_latest() -> None:
         (0, "done", root), (1, "done", gen1), (2, "done", root),
         (3, "done", root), (4, "pending", gen2), (5, "done", root),
     ]  # fmt: skip
+    assert list(rows[0]) == ["task", "status", "result", "error", "deliveries", "finished_at",
+                             "error_type", "error_trace", "job"]  # fmt: skip
 
     assert run_bootstrap(gen2) == "published"
     assert _run(gen2, 1, fail=set()) == "success"

@@ -3,6 +3,7 @@ counts, rate, ETA, age and the reconciler's latest finding, read in one query.""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -10,9 +11,15 @@ import select
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
+
+from rich.console import Console
 
 import jobsys
+from jobsys.cli.top import frame
+from jobsys.lifecycle.blocked import WAITING_FOR_RETRY, blocked_reason, waits_for_retry
 from jobsys.lifecycle.states import Status, transition
+from jobsys.nats.presence import Member
 from jobsys.ops.monitor import active_jobs
 from jobsys.pg.db import connection
 from jobsys.pg.queries import Q
@@ -96,3 +103,42 @@ def test_top_live_redraws_in_place_and_q_quits() -> None:
     assert out.count(b"jobsys top") >= 2  # refreshed
     assert b"\x1b[?1049h" in out and b"\x1b[?1049l" in out  # alternate screen, restored
     assert b"\x1b[2J" not in out  # never cleared: frames overwrite each other
+
+
+def _alive(kind: str, jobs: list[int]) -> Member:
+    now = datetime.now(UTC)
+    return Member(kind=kind, id=f"top-{kind}", host="h", pid=1, version="0", started_at=now,
+                  seen_at=now, jobs=jobs)  # fmt: skip
+
+
+def _line_of(job_id: int, team: list[Member]) -> str:
+    out = Console(file=io.StringIO(), width=300, record=True)
+    out.print(frame(active_jobs(), screen=False, team=team))
+    text = out.export_text()
+    return next(ln for ln in text.splitlines() if ln.split()[:2] == [str(job_id), "top-wait"])
+
+
+def test_top_says_a_job_waits_for_its_retry_delay_as_status_does() -> None:
+    # A started job, served and recorded (a live worker and processor announced),
+    # whose every pending task waits for its next delivery after a transient failure.
+    job_id = jobsys.submit("echo", (json.dumps({"n": i}) for i in range(3)), name="top-wait").id
+    try:
+        with connection() as conn:
+            transition(conn, job_id, Status.STARTED, {Status.QUEUED}, "test")
+            record_results(conn, job_id, [(0, "done", "{}", None, 1)])
+        team = [_alive("worker", []), _alive("processor", [job_id])]
+        assert _line_of(job_id, team).split()[-1] == "-"
+        later = (datetime.now(UTC) + timedelta(hours=1)).timestamp()
+        with connection() as conn:
+            # What the note_retries actor writes for a processor's retry notes.
+            conn.execute(Q.note_retries, {"job_id": job_id, "tasks": [1, 2], "deliveries": [2, 2],
+                                          "next_at": [later, later],
+                                          "errors": ["ConnectionError: down"] * 2})  # fmt: skip
+        # `jobsys status` (why_blocked) judges it so with this team...
+        assert blocked_reason(job_id, "started", team, datetime.now(UTC)) is None
+        assert waits_for_retry(job_id)
+        # ...and so does top.
+        line = _line_of(job_id, team)
+        assert line.rstrip().endswith(WAITING_FOR_RETRY), line
+    finally:
+        jobsys.cancel(job_id)

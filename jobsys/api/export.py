@@ -81,8 +81,11 @@ class Export:
 
     @property
     def columns(self) -> list[str]:
-        """The keys of every yielded row, in order (also the CSV header)."""
-        cols = ["task", "status", "result", "error", "deliveries", "finished_at"]
+        """The keys of every yielded row, in order (also the CSV header). A failure's
+        exception class and traceback (`error_type`, `error_trace`) come after the
+        columns exports had before them, so those keep their places."""
+        cols = ["task", "status", "result", "error", "deliveries", "finished_at",
+                "error_type", "error_trace"]  # fmt: skip
         if self.latest:
             cols.append("job")
         elif self.job.parent_id is not None:
@@ -109,7 +112,8 @@ class Export:
             cur.itersize = FETCH_ROWS
             cur.execute(query, params)
             for row in cur:
-                task_no, status, result, error, deliveries, finished_at, extra, payload = row
+                (task_no, status, result, error, deliveries, finished_at, error_type,
+                 error_trace, extra, payload) = row  # fmt: skip
                 counts[status] = counts.get(status, 0) + 1
                 out: dict[str, Any] = {
                     "task": task_no,
@@ -118,6 +122,8 @@ class Export:
                     "error": error,
                     "deliveries": deliveries,
                     "finished_at": finished_at,
+                    "error_type": error_type,
+                    "error_trace": error_trace,
                 }
                 if self.latest:
                     out["job"] = extra
@@ -185,8 +191,9 @@ def results(
 ) -> Iterator[dict[str, Any]]:
     """Yield `job_id`'s tasks of `status` (default "done"; a list for several, "all" for
     every one) in task order, as dicts:
-    ``task, status, result, error, deliveries, finished_at`` (``payload`` when
-    asked; ``origin_task`` for a retry; ``job`` with `latest`).
+    ``task, status, result, error, deliveries, finished_at, error_type,
+    error_trace`` (``payload`` when asked; ``origin_task`` for a retry; ``job``
+    with `latest`).
 
     Memory stays flat whatever the job's size (a server-side cursor). The
     snapshot is released when the generator is exhausted or closed.

@@ -77,7 +77,8 @@ class Job:
 
     def results(self, status: str | Iterable[str] | None = "done") -> Iterator[dict[str, Any]]:
         """The job's tasks of `status` ("done"; a list for several; "all"), in task order,
-        one dict each (task, status, result, error, deliveries, finished_at), streamed."""
+        one dict each (task, status, result, error, deliveries, finished_at, error_type,
+        error_trace), streamed."""
         return results(self.id, status)
 
     def failures(self) -> Iterator[dict[str, Any]]:

@@ -156,9 +156,12 @@ def results(
     job_id: int, status: str, fmt: str, output: Path | None, with_payload: bool, latest: bool
 ) -> None:
     """Stream JOB_ID's tasks: one object per task with task, status, result,
-    error, deliveries, finished_at (and payload). Results and payloads are
-    written byte for byte as stored. A line on stderr says how many were
-    written per status; they equal the job's counters.
+    error, deliveries, finished_at, error_type and error_trace (a failure's
+    exception class and traceback, when an exception made it; else null or
+    empty), then origin_task (a retry job) or job (--latest), and payload
+    (--with-payload). Results and payloads are written byte for byte as stored.
+    A line on stderr says how many were written per status; they equal the
+    job's counters.
 
     \b
     Examples:

@@ -2,7 +2,8 @@
 
 One query per refresh (`jobsys.ops.monitor.active_jobs`) and one read of the
 workers' and processors' announcements (`jobsys.nats.presence`), from which
-each job's `blocked` reason is judged; rich's Live redraws
+each job's `blocked` reason is judged (the query says which started jobs only
+wait out a retry delay, as `jobsys status` does); rich's Live redraws
 the frame in place on the alternate screen, so nothing scrolls or flickers.
 `q` (or Ctrl-C) quits; `--once` prints one frame and exits (scripts, tests).
 """
@@ -140,7 +141,7 @@ def frame(
 def _blocked(job: ActiveJob, team: list[Member] | str | None, now: datetime) -> Text:
     if team is None or isinstance(team, str):
         return Text("-", style="dim")
-    reason = blocked_reason(job.job_id, job.status, team, now)
+    reason = blocked_reason(job.job_id, job.status, team, now, job.waits_for_retry)
     return Text(reason, style="red") if reason else Text("-", style="dim")
 
 

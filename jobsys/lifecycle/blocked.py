@@ -34,8 +34,12 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def blocked_reason(job_id: int, status: str, team: list[Member], at: datetime) -> str | None:
-    """Why job `job_id` (in `status`) cannot move on, given the announced members."""
+def blocked_reason(
+    job_id: int, status: str, team: list[Member], at: datetime, waits: bool = False
+) -> str | None:
+    """Why job `job_id` (in `status`) cannot move on, given the announced members;
+    WAITING_FOR_RETRY when nothing else stops a started job and `waits` says every
+    pending task of it waits for a retry delay (`waits_for_retry`)."""
     if status in FINAL:
         return None
     workers = [m for m in team if m.kind == "worker" and m.alive(at)]
@@ -58,7 +62,7 @@ def blocked_reason(job_id: int, status: str, team: list[Member], at: datetime) -
             )
     if not workers:
         return "no worker is running: results are not recorded"
-    return None
+    return WAITING_FOR_RETRY if waits else None
 
 
 def why_blocked(view: JobView) -> str | None:

@@ -38,6 +38,9 @@ class ActiveJob:
     # Its share of the processors' slots (jobsys.api.share).
     priority: int = 0
     weight: int = 1
+    # Started, and every pending task waits for its next delivery after a
+    # transient failure (jobsys.lifecycle.blocked.WAITING_FOR_RETRY).
+    waits_for_retry: bool = False
 
     @property
     def settled(self) -> int:
@@ -89,6 +92,7 @@ def _job(row: dict[str, Any]) -> ActiveJob:
         finding_at=row["finding_at"],
         priority=row.get("priority", 0),
         weight=row.get("weight", 1),
+        waits_for_retry=bool(row.get("waits_for_retry")),
     )
 
 

@@ -26,6 +26,17 @@ def scheduled_delay_s(failed_delivery: int, base: float, cap: float) -> float:
     return min(cap, base * math.ldexp(1.0, exponent))
 
 
+def delay_terms(chosen: tuple[float, float] | None, base: float, cap: float) -> tuple[float, float]:
+    """The (base, max) seconds a retried task's backoff follows: `chosen` (the job's
+    own, else its pipeline's), else the settings' `base` and `cap`. A chosen max is
+    held to the settings' `cap` (a pipeline's lone BASE comes with max inf) unless
+    the chosen base is longer still. Native and remote processors' tasks wait alike."""
+    if chosen is None:
+        return base, cap
+    own_base, own_cap = chosen
+    return own_base, min(own_cap, max(cap, own_base))
+
+
 def retry_delay_s(
     failed_delivery: int,
     base: float,

@@ -42,7 +42,7 @@ from jobsys.models import TaskResult
 from jobsys.nats.connect import connect, jetstream
 from jobsys.nats.subjects import again_subject, serial_of_again
 from jobsys.processor.announce import Announcer
-from jobsys.processor.backoff import retry_delay_s
+from jobsys.processor.backoff import delay_terms, retry_delay_s
 from jobsys.processor.calls import Failure
 from jobsys.processor.children import ChildSlot
 from jobsys.processor.execute import (
@@ -369,9 +369,7 @@ class Processor:
         """Seconds before NATS delivers again `task`, which failed transiently: the
         backoff of its job (else pipeline, else settings) after this many deliveries."""
         s = self.settings
-        base, cap = task.run.retry_delay or (s.retry_delay_s, s.retry_delay_max_s)
-        # A pipeline may give only a base (its cap is then inf): the settings' cap.
-        cap = min(cap, max(s.retry_delay_max_s, base))
+        base, cap = delay_terms(task.run.retry_delay, s.retry_delay_s, s.retry_delay_max_s)
         return retry_delay_s(task.deliveries, base, cap)
 
     async def _on_confirm(self, msg: Msg) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -44,6 +45,7 @@ from typing import Any, cast
 
 from nats.aio.msg import Msg
 
+from jobsys.models import MAX_TYPE_CHARS
 from jobsys.nats.admin import share_of
 from jobsys.nats.presence import BEAT_S
 from jobsys.pipelines.allow import NotAllowed
@@ -535,20 +537,28 @@ class RemoteProcessor:
                                       "result": value})  # fmt: skip
             return
         decision, reason = retry_decision(task, kind, value)
-        # A Failure (jobsys.processor.calls) reads as its reason text here.
-        error_type, message = split_reason(str(reason))
         transient = decision == "retry"
         if transient:
             self.stats.retried += 1
         else:
             self.stats.failed += 1
-        # The traceback goes along, as a native processor keeps it. (The type
-        # is the one the reason text names: the server writes "Type: message",
-        # so a reason without one -- a PermanentError's -- is stored as is.)
-        trace = value.trace if isinstance(value, Failure) else None
-        self.reports.add(job_id, {"lease": handle, "task": task.task_no, "status": "failed",
-                                  "transient": transient, "error": message,
-                                  "error_type": error_type, "traceback": trace})  # fmt: skip
+        # Stored as a native processor stores it (processor.result_item): the
+        # reason text as is (`verbatim`: "Type: message", a PermanentError's
+        # message alone, "gave up after N deliveries: ..."), and the exception's
+        # class and traceback when an exception made it (a Failure).
+        failure = reason if isinstance(reason, Failure) else None
+        error_type = failure.error_type if failure is not None else None
+        item = {"lease": handle, "task": task.task_no, "status": "failed",
+                "transient": transient, "error": storable_error(str(reason)), "verbatim": True,
+                "error_type": error_type[:MAX_TYPE_CHARS] if error_type else None,
+                "traceback": failure.trace if failure is not None else None}  # fmt: skip
+        declared = task.run.spec.retry_delay
+        if transient and declared is not None:
+            # The pipeline's own delay: the server waits it unless the job has its own.
+            base, cap = declared
+            item["retry_delay_s"] = base
+            item["retry_delay_max_s"] = cap if math.isfinite(cap) else None
+        self.reports.add(job_id, item)
 
     # -- keep-alive and presence ---------------------------------------------------
 
@@ -595,15 +605,6 @@ class RemoteProcessor:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.client.announce(self.describe("stopped")), 2.0)
             raise
-
-
-def split_reason(reason: str) -> tuple[str | None, str]:
-    """("Type", "message") of an outcome's reason written `Type: message`
-    (jobsys.processor.calls.describe_exception); (None, reason) otherwise."""
-    head, sep, rest = reason.partition(": ")
-    if sep and head.replace(".", "").replace("_", "").isalnum() and " " not in head:
-        return head[:200], storable_error(rest)
-    return None, reason
 
 
 def main(

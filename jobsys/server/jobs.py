@@ -409,7 +409,8 @@ async def results_route(
     latest: Annotated[bool, Query(description=LATEST_HELP)] = False,
 ) -> StreamingResponse:
     """Stream a job's tasks (`jobsys results`): task, status, result, error, deliveries,
-    finished_at (and payload), results and payloads byte for byte as stored.
+    finished_at, error_type, error_trace (and payload), results and payloads byte for
+    byte as stored.
 
     The header ``Jobsys-Expected`` gives the job's counters as of the export's
     snapshot: the rows sent, counted by status, equal them.

@@ -31,18 +31,19 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from jobsys.api.leasing import MAX_CLAIMED, claimable_jobs, note
+from jobsys.api.leasing import MAX_CLAIMED, Terms, claimable_jobs, note
+from jobsys.api.submit import MAX_RETRY_DELAY_S
 from jobsys.dramatiq.signing import require_secret
 from jobsys.errors import InvalidInput, ServiceUnavailable
 from jobsys.models import TaskResult
 from jobsys.nats.presence import Member, announce, open_bucket
-from jobsys.processor.backoff import retry_delay_s
+from jobsys.processor.backoff import delay_terms, retry_delay_s
 from jobsys.server.auth import caller, reach
 from jobsys.server.gateway import Gateway
 from jobsys.server.leases import MAX_HANDLE_CHARS, BadHandle, Handle, read_handle
 from jobsys.server.routes import api
 from jobsys.server.tokens import Forbidden, Principal, Scope
-from jobsys.settings import get_settings
+from jobsys.settings import Settings, get_settings
 from jobsys.storable import storable_error
 
 log = logging.getLogger(__name__)
@@ -241,8 +242,15 @@ class ReportItem(BaseModel):
 
     `done` carries `result` (a JSON object); `failed` carries `error` and
     whether it is `transient` (delivered again, until the job's max_deliver)
-    or permanent, and may carry the exception's type and traceback;
-    `handback` gives a task back unrun (delivered again at once, uncharged)."""
+    or permanent, and may carry the exception's type and traceback. The
+    server stores `error` as `Type: error` (`error_type` given) unless
+    `verbatim` says it is the stored text already (a jobsys remote processor
+    words it as a native processor does: a PermanentError's message has no
+    type before it, and its `error_type` is the exception's full class). A
+    transient one may carry its pipeline's own retry delay (`retry_delay_s`,
+    and `retry_delay_max_s` unless the settings' max applies), waited unless
+    the job has its own; `handback` gives a task back unrun (delivered again
+    at once, uncharged)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -253,7 +261,10 @@ class ReportItem(BaseModel):
     error: str | None = None
     error_type: str | None = Field(default=None, max_length=200)
     traceback: str | None = None
+    verbatim: bool = False
     transient: bool = False
+    retry_delay_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    retry_delay_max_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 class ReportBody(BaseModel):
@@ -265,9 +276,12 @@ class ReportBody(BaseModel):
 
 
 def error_text(item: ReportItem) -> str:
-    """A failure's error as stored: `Type: message`, as a native processor's (the
-    traceback is kept beside it, in the task's `error_trace`)."""
+    """A failure's error as stored: `Type: message`, as a native processor's, or the
+    item's text as is (`verbatim`). The traceback is kept beside it, in the task's
+    `error_trace`."""
     message = item.error or "failed"
+    if item.verbatim:
+        return storable_error(message)
     text = f"{item.error_type}: {message}" if item.error_type else message
     return storable_error(text)
 
@@ -283,7 +297,7 @@ async def report(job_id: JobId, body: ReportBody, who: Caller, gw: Gw) -> dict[s
     settings = get_settings()
     refused: list[dict[str, Any]] = []
     back: list[Handle] = []
-    later: list[Handle] = []
+    later: list[tuple[Handle, tuple[float, float] | None]] = []
     accepted = 0
     for i, raw in enumerate(body.results):
         try:
@@ -303,18 +317,12 @@ async def report(job_id: JobId, body: ReportBody, who: Caller, gw: Gw) -> dict[s
         elif result == "handback":
             back.append(h)
         else:
-            later.append(h)
+            later.append((h, pipeline_delay(item)))
     if accepted:
         gw.flush(job_id)
     handed_back = await gw.retry(back, 0.0)
-    # Backoff after its deliveries so far (jobsys.processor.backoff): the job's
-    # --retry-delay, else the settings' (the server does not import pipelines,
-    # so a pipeline's own retry_delay applies on native processors only).
-    base, cap = settings.retry_delay_s, settings.retry_delay_max_s
-    if terms.retry_delay_s is not None:
-        base, cap = terms.retry_delay_s, terms.retry_delay_max_s or cap
-    for h in later:
-        handed_back += await gw.retry([h], retry_delay_s(h.delivered, base, cap))
+    for h, declared in later:
+        handed_back += await gw.retry([h], retry_wait_s(h, terms, declared, settings))
     if refused:
         log.warning("report items refused", extra={"job_id": job_id, "count": len(refused),
                                                   "token": who.fingerprint})  # fmt: skip
@@ -323,6 +331,30 @@ async def report(job_id: JobId, body: ReportBody, who: Caller, gw: Gw) -> dict[s
                      handed_back=len(back), refused=len(refused))  # fmt: skip
     return {"accepted": accepted, "retried": len(later), "handed_back": handed_back,
             "refused": refused}  # fmt: skip
+
+
+def pipeline_delay(item: ReportItem) -> tuple[float, float] | None:
+    """The (base, max) retry delay the item says its pipeline declares, or None. The
+    server does not import pipelines: the remote processor that ran it says it. Held
+    to what a job may ask for (a day), as it comes from the processor's side."""
+    if item.retry_delay_s is None:
+        return None
+    base = min(item.retry_delay_s, MAX_RETRY_DELAY_S)
+    cap = item.retry_delay_max_s if item.retry_delay_max_s is not None else float("inf")
+    return base, max(min(cap, MAX_RETRY_DELAY_S), base)
+
+
+def retry_wait_s(
+    h: Handle, terms: Terms, declared: tuple[float, float] | None, settings: Settings
+) -> float:
+    """How long a transient failure waits before its next delivery, as on a native
+    processor (jobsys.processor.backoff): the job's --retry-delay, else the
+    pipeline's (`declared`), else the settings', after its deliveries so far."""
+    own = None
+    if terms.retry_delay_s is not None:
+        own = (terms.retry_delay_s, terms.retry_delay_max_s or terms.retry_delay_s)
+    base, cap = delay_terms(own or declared, settings.retry_delay_s, settings.retry_delay_max_s)
+    return retry_delay_s(h.delivered, base, cap)
 
 
 def _outcome(item: ReportItem, h: Handle, max_deliver: int) -> TaskResult | str:

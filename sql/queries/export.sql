@@ -5,7 +5,8 @@
 
 -- name: export_tasks
 -- A job's tasks in task order, all or of some statuses.
-SELECT task_no, status, result::text, error, deliveries, finished_at, origin_task,
+SELECT task_no, status, result::text, error, deliveries, finished_at, error_type, error_trace,
+       origin_task,
        CASE WHEN %(with_payload)s THEN payload::text END AS payload
 FROM job_tasks
 WHERE job_id = %(job_id)s
@@ -34,11 +35,14 @@ SELECT coalesce(p.origin_task, p.task_no) AS task_no,
        CASE WHEN l.job_id IS NULL THEN p.error ELSE l.error END AS error,
        coalesce(l.deliveries, p.deliveries) AS deliveries,
        CASE WHEN l.job_id IS NULL THEN p.finished_at ELSE l.finished_at END AS finished_at,
+       CASE WHEN l.job_id IS NULL THEN p.error_type ELSE l.error_type END AS error_type,
+       CASE WHEN l.job_id IS NULL THEN p.error_trace ELSE l.error_trace END AS error_trace,
        coalesce(l.job_id, p.job_id) AS job_id,
        CASE WHEN %(with_payload)s THEN p.payload::text END AS payload
 FROM job_tasks p
 LEFT JOIN LATERAL (
-    SELECT c.job_id, c.status, c.result, c.error, c.deliveries, c.finished_at
+    SELECT c.job_id, c.status, c.result, c.error, c.deliveries, c.finished_at, c.error_type,
+           c.error_trace
     FROM job_tasks c
     WHERE c.job_id = ANY(%(descendants)s::bigint[])
       AND c.origin_task = coalesce(p.origin_task, p.task_no)

@@ -9,6 +9,9 @@
 -- the previous and the current minute, from the job's start at the earliest;
 -- the finding through reconcile_findings_job_idx (job_id, id DESC). %(limit)s
 -- NULL means all; `active` is how many there are in all (partial index jobs_active_idx).
+-- `waits_for_retry`: a started job whose every pending task waits for its next
+-- delivery after a transient failure (as the waits_for_retry query judges it for
+-- `jobsys status`); looked at for started jobs only.
 SELECT j.id,
        j.name,
        j.pipeline,
@@ -28,6 +31,7 @@ SELECT j.id,
        f.kind AS finding,
        f.action AS finding_action,
        f.at AS finding_at,
+       w.waits AS waits_for_retry,
        (SELECT count(*) FROM jobs a WHERE a.status IN ('queued', 'started', 'canceling')) AS active
 -- The limit applies before the per-job lookups: only shown jobs cost them.
 FROM (
@@ -48,6 +52,18 @@ LEFT JOIN LATERAL (
     ORDER BY rf.id DESC
     LIMIT 1
 ) f ON true
+CROSS JOIN LATERAL (
+    SELECT CASE
+             WHEN j.status <> 'started' THEN false
+             WHEN EXISTS (SELECT 1 FROM job_tasks t
+                          WHERE t.job_id = j.id AND t.status = 'pending'
+                            AND (t.next_attempt_at IS NULL OR t.next_attempt_at <= now()))
+             THEN false
+             ELSE EXISTS (SELECT 1 FROM job_tasks t
+                          WHERE t.job_id = j.id AND t.status = 'pending'
+                            AND t.next_attempt_at > now())
+           END AS waits
+) w
 ORDER BY j.id;
 
 -- name: monitor_jobs_by_status

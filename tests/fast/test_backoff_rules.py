@@ -7,7 +7,7 @@ import pytest
 from jobsys.api.submit import retry_delay_of
 from jobsys.errors import InvalidInput
 from jobsys.nats.admin import describe_stream, retry_delay_of_stream
-from jobsys.processor.backoff import JITTER, retry_delay_s, scheduled_delay_s
+from jobsys.processor.backoff import JITTER, delay_terms, retry_delay_s, scheduled_delay_s
 from jobsys.settings import get_settings
 
 
@@ -49,3 +49,12 @@ def test_a_job_stream_carries_its_retry_delay_to_processors() -> None:
     assert retry_delay_of_stream(describe_stream("echo", 5.0, 3)) is None
     assert retry_delay_of_stream('{"retry_delay": [5, 1]}') is None
     assert retry_delay_of_stream('{"retry_delay": "x"}') is None
+
+
+def test_the_chosen_delay_wins_and_a_lone_base_takes_the_settings_max() -> None:
+    # Native and remote processors' tasks follow the same terms: the chosen one (the
+    # job's, else the pipeline's), else the settings'.
+    assert delay_terms(None, 1.0, 300.0) == (1.0, 300.0)
+    assert delay_terms((5.0, 60.0), 1.0, 300.0) == (5.0, 60.0)
+    assert delay_terms((5.0, float("inf")), 1.0, 300.0) == (5.0, 300.0)
+    assert delay_terms((500.0, float("inf")), 1.0, 300.0) == (500.0, 500.0)

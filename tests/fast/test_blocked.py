@@ -10,7 +10,7 @@ import pytest
 from jobsys.api.items import check_item
 from jobsys.api.statuses import one_or_more, parse_statuses, status_list
 from jobsys.errors import InvalidInput
-from jobsys.lifecycle.blocked import blocked_reason
+from jobsys.lifecycle.blocked import WAITING_FOR_RETRY, blocked_reason
 from jobsys.nats.presence import GONE_AFTER_S, Member, Refusal
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -57,6 +57,13 @@ def refusing(reason: str = "not allowed by JOBSYS_PIPELINE_MODULES") -> Member:
 )  # fmt: skip
 def test_blocked_reason(status: str, team: list[Member], reason: str | None) -> None:
     assert blocked_reason(JOB, status, team, NOW) == reason
+
+
+def test_waiting_for_retry_is_said_only_when_nothing_else_stops_a_started_job() -> None:
+    team = [member("worker"), member("processor", jobs=[JOB])]
+    assert blocked_reason(JOB, "started", team, NOW, waits=True) == WAITING_FOR_RETRY
+    assert blocked_reason(JOB, "started", team[:1], NOW, waits=True) == "no processor is running"
+    assert blocked_reason(JOB, "queued", team, NOW, waits=True) is None
 
 
 def test_statuses_are_lists_and_strings_are_refused() -> None:
