@@ -25,7 +25,7 @@ from types import TracebackType
 from urllib.parse import quote
 
 from devtools.certs import Pki
-from devtools.process import free_port, terminate, wait_until_up
+from devtools.process import free_port, log_tail, terminate, wait_until_up
 from devtools.servers import Nats, Redis, ServiceError
 from devtools.services import write_private
 from jobsys.ops.probes import LOCAL_HOST
@@ -41,6 +41,8 @@ PROCESSOR = "jobsys-processor"
 PASSWORD_ENV = {WORKER: "JOBSYS_NATS_WORKER_PASSWORD", PROCESSOR: "JOBSYS_NATS_PROCESSOR_PASSWORD"}
 _PROCESSOR_LOGIN = "user: jobsys-processor, password: $JOBSYS_NATS_PROCESSOR_PASSWORD"
 _NO_PASSWORD = "#" + "0" * 64
+# Starts of a server whose free port another process took first.
+START_TRIES = 3
 
 
 def _replace(text: str, old: str, new: str, source: Path) -> str:
@@ -141,17 +143,26 @@ class SecureNats(_Server):
             render_nats_config(self.namespace, self.root / "js", self.pki, self.processor_nkey),
         )
         env = {**os.environ, **{PASSWORD_ENV[u]: p for u, p in self.passwords.items()}}
-        log = (self.root / "nats.log").open("ab")
-        self.proc = subprocess.Popen(
-            [str(self.binary), "-c", str(config), "-a", LOCAL_HOST, "-p", str(self.port)],
-            env=env, stdout=log, stderr=log,
-        )  # fmt: skip
-        # The greeting (INFO) comes before TLS and login, so no credentials are needed.
-        error = wait_until_up("nats", f"nats://{LOCAL_HOST}:{self.port}", self.proc)
-        if error is not None:
+        for attempt in range(START_TRIES):
+            if attempt:
+                # The free port was taken by another process before the server
+                # bound it (the machine is shared): another one.
+                self.port = free_port()
+            log = (self.root / "nats.log").open("ab")
+            self.proc = subprocess.Popen(
+                [str(self.binary), "-c", str(config), "-a", LOCAL_HOST, "-p", str(self.port)],
+                env=env, stdout=log, stderr=log,
+            )  # fmt: skip
+            # The greeting (INFO) comes before TLS and login: no credentials needed.
+            error = wait_until_up("nats", f"nats://{LOCAL_HOST}:{self.port}", self.proc)
+            if error is None:
+                return self
+            exited = self.proc.poll() is not None
             self.stop()
-            raise ServiceError(f"secure nats-server did not come up: {error}")
-        return self
+            if not exited:
+                break
+        tail = log_tail(self.root / "nats.log")
+        raise ServiceError(f"secure nats-server did not come up: {error}{tail}")
 
     def __enter__(self) -> SecureNats:
         return self.start()

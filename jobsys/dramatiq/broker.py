@@ -5,6 +5,14 @@ Redis is only the transport: nothing in it is needed to know a job's state.
 a killed worker held come back in seconds, not the minutes Dramatiq's
 defaults take (DESIGN.md, "Facts measured").
 
+An idle Dramatiq consumer polls its queue with a growing back-off (up to
+the worker's timeout, 100 ms): every hop of a small job (submit ->
+bootstrap, processor -> recording) waited for it. So each enqueue also
+pushes a *wake* token on the queue's wake list, and an idle consumer waits
+on that list (BLPOP, the same timeout) instead of sleeping: it fetches as
+soon as something was enqueued. The token is a hint only: a lost one costs
+one poll period, and a failed push never fails the enqueue.
+
 "Maintenance" (giving a dead worker's messages back) runs inside Dramatiq's
 Lua script on a random share of broker commands, and lists keys (KEYS) to do
 it. Processes that only send -- processors -- run without it: consumers do it
@@ -14,11 +22,14 @@ enqueueing (deploy/redis/jobsys-acl.conf, docs/security.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import dramatiq
 import redis
+from dramatiq import Consumer, Message, MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.errors import ConnectionClosed
 
@@ -36,6 +47,19 @@ HOOKS_QUEUE = "hooks"
 SOCKET_TIMEOUT_S = 10
 SOCKET_CONNECT_TIMEOUT_S = 5
 HEALTH_CHECK_INTERVAL_S = 15
+# A queue's wake list (see the module's docstring) is forgotten after this
+# long without a push, so tokens nobody waited for do not pile up.
+WAKE_TTL_MS = 60_000
+# Dramatiq's own idle back-off under a waking consumer: the wait is on the
+# wake list, not in a sleep.
+INNER_POLL_MS = 1
+
+log = logging.getLogger(__name__)
+
+
+def wake_key(namespace: str, queue_name: str) -> str:
+    """The wake list of `queue_name` in the Dramatiq namespace `namespace`."""
+    return f"{namespace}:{queue_name}.wake"
 
 
 def refused_write(exc: BaseException) -> bool:
@@ -74,6 +98,68 @@ class JobsysBroker(RedisBroker):
                 raise
 
         return guarded
+
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        """Dramatiq's enqueue, then a wake token for the queue's idle consumers (not
+        for a delayed message: Dramatiq's delay queue hands it over when due)."""
+        sent = super().enqueue(message, delay=delay)
+        if delay is None:
+            key = wake_key(self.namespace, message.queue_name)
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                pipe.rpush(key, b"1")
+                pipe.pexpire(key, WAKE_TTL_MS)
+                pipe.execute()
+            except redis.RedisError as exc:
+                # Only a hint: consumers still poll within their timeout.
+                log.debug("wake token not pushed", extra={"error": repr(exc)})
+        return sent
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
+        """Dramatiq's consumer, idle-waiting on the queue's wake list (up to `timeout`
+        ms) instead of sleeping."""
+        inner = super().consume(queue_name, prefetch, timeout=INNER_POLL_MS)
+        return WakingConsumer(inner, self.client, wake_key(self.namespace, queue_name), timeout)
+
+
+class WakingConsumer(Consumer):
+    """A Dramatiq consumer whose idle wait ends when a message is enqueued."""
+
+    def __init__(self, inner: Consumer, client: redis.Redis, key: str, timeout_ms: int) -> None:
+        self._inner = inner
+        self._client = client
+        self._key = key
+        self._timeout_s = max(timeout_ms, INNER_POLL_MS) / 1000
+
+    def __next__(self) -> MessageProxy | None:
+        message = self._inner.__next__()
+        if message is not None:
+            return message
+        try:
+            if self._client.blpop([self._key], timeout=self._timeout_s) is not None:
+                # Woken: the next fetch sees every message enqueued so far, so
+                # the tokens of the others are spent too.
+                self._client.delete(self._key)
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None
+        except redis.RedisError as exc:
+            # Not allowed to wait on it (an older ACL), or Redis refusing
+            # writes: fall back to a sleep-length wait.
+            log.debug("wake list not read", extra={"error": repr(exc)})
+            time.sleep(self._timeout_s)
+        return None
+
+    def ack(self, message: MessageProxy) -> None:
+        self._inner.ack(message)
+
+    def nack(self, message: MessageProxy) -> None:
+        self._inner.nack(message)
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        self._inner.requeue(messages)
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def make_broker(settings: Settings | None = None, maintenance: bool = True) -> RedisBroker:
