@@ -1,0 +1,90 @@
+"""JSON on the hot paths: orjson's speed, the standard library's exact bytes and values.
+
+Every result batch is JSON several times over: the processor signs it
+(`jobsys.dramatiq.signing`) and Dramatiq encodes it; the worker decodes it
+and checks its signature. With `json` that was the top line of both
+processes' profiles (docs/bench.md, issue 26). (A stored result's text is
+still written by json, `jobsys.storable.encode_result`: orjson cannot write
+its `", "` and `": "` separators, and the stored text stays as it was.)
+
+orjson is several times faster but writes some things differently: NaN and
+Infinity as `null` (json: `NaN`), non-ASCII characters as UTF-8 (json:
+`\\uXXXX`), DEL raw, floats below 1e-4 or from 1e16 in another form
+(`0.00001`, `1e16`; json: `1e-05`, `1e+16`); and it reads integers
+outside 64 bits as floats. A signature is checked against the receiver's
+re-encoding of what it decoded, by processes that may run an older version.
+So orjson's output is used only when it is provably what `json` would write
+(`dumps`), and its parse only when no number could be read differently
+(`loads`); everything else takes the standard library, as before.
+Subclasses, dataclasses and dates go to `json`, which writes or refuses them
+as it always did. (Enums and UUIDs, which orjson writes natively and json
+refuses without a `default`, are written as their value: nothing jobsys
+sends holds one.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+_SORTED = _OPTIONS | orjson.OPT_SORT_KEYS
+# A number orjson may write unlike json: an exponent form, or a small value
+# json writes with an exponent. A number starts the output or follows `[`, `,`
+# or `:` (compact output); inside a string this can match too, which only
+# costs the slow path.
+_FLOAT_FORMS = re.compile(rb"(?:^|[\[,:])-?(?:[0-9]+(?:\.[0-9]+)?[eE]|0\.0000)")
+# 19 digits in a row: possibly an integer outside 64 bits, which orjson reads as a float.
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+_LONG_NUMBER_TEXT = re.compile(r"[0-9]{19}")
+
+
+def _refuse(value: Any) -> Any:
+    # Whatever orjson does not write natively goes to json, which decides.
+    raise TypeError
+
+
+def fast_dumps(value: Any, sort_keys: bool = False) -> bytes | None:
+    """orjson's bytes for `value` if they are exactly those of
+    ``json.dumps(value, separators=(",", ":"), sort_keys=sort_keys)`` (ASCII
+    escapes, NaN allowed), else None: then the caller uses json."""
+    try:
+        out = orjson.dumps(value, default=_refuse, option=_SORTED if sort_keys else _OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError is one: unsupported type, big int, surrogate
+        return None
+    # `null` may be a NaN or an Infinity; non-ASCII and DEL json escapes.
+    if not out.isascii() or b"null" in out or b"\x7f" in out or _FLOAT_FORMS.search(out):
+        return None
+    return out
+
+
+def dumps(value: Any, sort_keys: bool = False, default: Any = None) -> bytes:
+    """``json.dumps(value, separators=(",", ":"), sort_keys=sort_keys,
+    default=default).encode()``, byte for byte; fast when orjson can be sure."""
+    out = fast_dumps(value, sort_keys)
+    if out is not None:
+        return out
+    return json.dumps(value, separators=(",", ":"), sort_keys=sort_keys, default=default).encode(
+        "utf-8"
+    )
+
+
+def loads(data: bytes | str, fallback: Callable[[Any], Any] = json.loads) -> Any:
+    """``fallback(data)`` (json.loads), the same value (NaN, big integers and all)
+    and the same errors; fast when orjson can read it exactly (valid UTF-8, strict
+    JSON, no number it would read differently)."""
+    long_number = _LONG_NUMBER_TEXT if isinstance(data, str) else _LONG_NUMBER
+    if not long_number.search(data):  # type: ignore[arg-type]
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass  # NaN, Infinity, lone surrogates, bad input: json decides, and says why
+    return fallback(data)
