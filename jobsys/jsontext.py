@@ -37,14 +37,23 @@ _OPTIONS = (
     | orjson.OPT_PASSTHROUGH_DATACLASS
 )
 _SORTED = _OPTIONS | orjson.OPT_SORT_KEYS
-# A number orjson may write unlike json: an exponent form, or a small value
-# json writes with an exponent. A number starts the output or follows `[`, `,`
-# or `:` (compact output); inside a string this can match too, which only
-# costs the slow path.
-_FLOAT_FORMS = re.compile(rb"(?:^|[\[,:])-?(?:[0-9]+(?:\.[0-9]+)?[eE]|0\.0000)")
-# 19 digits in a row: possibly an integer outside 64 bits, which orjson reads as a float.
-_LONG_NUMBER = re.compile(rb"[0-9]{19}")
-_LONG_NUMBER_TEXT = re.compile(r"[0-9]{19}")
+# A number orjson may write unlike json: one in exponent form (`1e16`; json:
+# `1e+16`), or one json writes with an exponent and orjson without (`0.00001`;
+# json: `1e-05`). A number follows `[`, `,` or `:` (compact output), so with
+# digits, `.` and `-` mapped to `0` and those three to `,`, an exponent form
+# is `,0...0e`. A regex over the raw output costs more than json itself; this
+# is one translate and a search. Strings may match too: that only costs the
+# slow path.
+_NUMBER_SHAPES = bytes.maketrans(b"0123456789.-E[:", b"000000000000e,,")
+_EXPONENT = re.compile(rb",0+e")
+_SMALL = b"0.0000"
+# A number of 19 digits or more may be an integer outside 64 bits, which
+# orjson reads as a float. Numbers follow `[`, `,`, `:` or white space: with
+# those mapped to `,` and digits and `-` to `0`, one is `,` and 19 `0`s, a
+# plain substring search (a regex over the input would cost more than json).
+_DIGIT_SHAPES = bytes.maketrans(b"0123456789-[: \t\r\n", b"00000000000,,,,,,")
+_LONG_NUMBER = b"," + b"0" * 19
+_LONG_NUMBER_TEXT = re.compile(r"[0-9]{19}")  # text input: not on a hot path
 
 
 def _refuse(value: Any) -> Any:
@@ -61,7 +70,9 @@ def fast_dumps(value: Any, sort_keys: bool = False) -> bytes | None:
     except TypeError:  # orjson.JSONEncodeError is one: unsupported type, big int, surrogate
         return None
     # `null` may be a NaN or an Infinity; non-ASCII and DEL json escapes.
-    if not out.isascii() or b"null" in out or b"\x7f" in out or _FLOAT_FORMS.search(out):
+    if not out.isascii() or b"null" in out or b"\x7f" in out or _SMALL in out:
+        return None
+    if _EXPONENT.search((b"," + out).translate(_NUMBER_SHAPES)):
         return None
     return out
 
@@ -81,8 +92,11 @@ def loads(data: bytes | str, fallback: Callable[[Any], Any] = json.loads) -> Any
     """``fallback(data)`` (json.loads), the same value (NaN, big integers and all)
     and the same errors; fast when orjson can read it exactly (valid UTF-8, strict
     JSON, no number it would read differently)."""
-    long_number = _LONG_NUMBER_TEXT if isinstance(data, str) else _LONG_NUMBER
-    if not long_number.search(data):  # type: ignore[arg-type]
+    if isinstance(data, str):
+        risky = _LONG_NUMBER_TEXT.search(data) is not None
+    else:
+        risky = _LONG_NUMBER in (b"," + data).translate(_DIGIT_SHAPES)
+    if not risky:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
