@@ -31,8 +31,10 @@ import dramatiq
 import redis
 from dramatiq import Consumer, Message, MessageProxy
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.encoder import JSONEncoder, MessageData
 from dramatiq.errors import ConnectionClosed
 
+from jobsys import jsontext
 from jobsys.credentials import redis_connection_kwargs
 from jobsys.settings import Settings, get_settings
 
@@ -162,6 +164,22 @@ class WakingConsumer(Consumer):
         self._inner.close()
 
 
+class FastJSONEncoder(JSONEncoder):
+    """Dramatiq's JSON encoder, the same bytes and values (so processes of an older
+    version read and check what this one writes, and the reverse), through orjson
+    where it is sure to agree (jobsys.jsontext): a result batch is JSON-encoded,
+    decoded and signature-checked once per message."""
+
+    def encode(self, data: MessageData) -> bytes:
+        return jsontext.dumps(data)
+
+    def decode(self, data: bytes) -> MessageData:
+        # Anything orjson cannot read exactly goes to Dramatiq's own decode,
+        # which raises its DecodeError as before.
+        value: MessageData = jsontext.loads(data, fallback=super().decode)
+        return value
+
+
 def make_broker(settings: Settings | None = None, maintenance: bool = True) -> RedisBroker:
     """A Redis broker in this deployment's namespace (no maintenance: a sender only)."""
     settings = settings or get_settings()
@@ -184,13 +202,15 @@ def make_broker(settings: Settings | None = None, maintenance: bool = True) -> R
 
 
 def setup_broker(maintenance: bool = True) -> dramatiq.Broker:
-    """Install the jobsys broker as Dramatiq's global broker (once per process).
+    """Install the jobsys broker as Dramatiq's global broker, and its JSON encoder
+    (`FastJSONEncoder`) as Dramatiq's global encoder (once per process).
 
     The first call decides `maintenance`: `jobsys process` calls this with
     False before anything sends."""
     current = dramatiq.get_broker() if _has_global_broker() else None
     if isinstance(current, RedisBroker) and getattr(current, "_jobsys", False):
         return current
+    dramatiq.set_encoder(FastJSONEncoder())
     broker = make_broker(maintenance=maintenance)
     broker._jobsys = True  # type: ignore[attr-defined]
     dramatiq.set_broker(broker)

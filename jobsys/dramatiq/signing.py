@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 from typing import Any
 
 import dramatiq
 
+from jobsys import jsontext
 from jobsys.errors import JobsysError
 from jobsys.settings import Settings, get_settings
 
@@ -56,9 +56,9 @@ def require_secret(settings: Settings | None = None) -> bytes:
 def _canonical(actor_name: str, args: Any, kwargs: Any) -> bytes:
     # The same bytes on both sides: keys sorted, tuples and lists alike, and
     # floats as Python writes them (a Dramatiq round trip keeps them exact).
-    return json.dumps(
-        [actor_name, args, kwargs], sort_keys=True, separators=(",", ":"), default=str
-    ).encode("utf-8")
+    # json's bytes exactly (orjson only where it agrees, jobsys.jsontext): a
+    # process of another version computes the same canonical form.
+    return jsontext.dumps([actor_name, args, kwargs], sort_keys=True, default=str)
 
 
 def signature(key: bytes, actor_name: str, args: Any, kwargs: Any) -> str:

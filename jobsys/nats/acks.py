@@ -10,7 +10,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from jobsys.nats.admin import parse_server_time
-from jobsys.nats.subjects import parse_ack_subject
+from jobsys.nats.subjects import delivered_at_ns
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ async def ack_current_replies(
     else:
         since_us = int(created.timestamp() * 1_000_000)
         current = [
-            r for r in replies if (ts := _delivered_at_ns(r)) is None or ts // 1000 >= since_us
+            r for r in replies if (ts := delivered_at_ns(r)) is None or ts // 1000 >= since_us
         ]
     if len(current) < len(replies):
         log.info(
@@ -51,8 +51,3 @@ async def ack_replies(nc: NATS, replies: Sequence[str], verb: bytes = b"+ACK") -
     for reply in replies:
         await nc.publish(reply, verb)
     await nc.flush(timeout=10)
-
-
-def _delivered_at_ns(reply: str) -> int | None:
-    ack = parse_ack_subject(reply)
-    return ack.delivered_at_ns if ack is not None else None

@@ -150,6 +150,27 @@ def parse_ack_subject(reply: str) -> AckSubject | None:
     )
 
 
+def delivered_at_ns(reply: str) -> int | None:
+    """``parse_ack_subject(reply).delivered_at_ns`` (None if `reply` is not an ack
+    subject or has no time), without building the whole parse: the worker asks
+    it of every result it acks (jobsys.nats.acks), where the full parse was ~3%
+    of its CPU."""
+    tokens = reply.split(".")
+    n = len(tokens)
+    if n == 9:
+        first = 2
+    elif n >= 11:
+        first = 4
+    else:
+        return None
+    if tokens[0] != "$JS" or tokens[1] != "ACK":
+        return None
+    if not tokens[first + 2].isdigit() or not tokens[first + 3].isdigit():
+        return None
+    ts = tokens[first + 5]
+    return int(ts) if ts.isdigit() else None
+
+
 def stream_of_advisory(subject: str) -> tuple[str, str] | None:
     """(action, stream) of a stream or consumer advisory subject (see the module's
     docstring): action is CREATED, DELETED or UPDATED; None if it is not one."""

@@ -16,13 +16,13 @@ anything else.
 
 from __future__ import annotations
 
-import json
 import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from jobsys import jsontext
 from jobsys.errors import PermanentError
 from jobsys.pipelines.registry import PipelineSpec
 from jobsys.pipelines.resolve import resolve_spec
@@ -104,7 +104,7 @@ def _failure(exc: Exception, spec: PipelineSpec) -> Outcome:
 
 def _payload(data: bytes) -> dict[str, Any]:
     try:
-        payload = json.loads(data)
+        payload = jsontext.loads(data)
     except ValueError as exc:
         raise PermanentError(f"task payload is not JSON: {exc}") from None
     if not isinstance(payload, dict):
@@ -121,7 +121,7 @@ def checked(value: Any, max_bytes: int, spec: PipelineSpec) -> Outcome:
         return FAILED, storable_error(error)
     # Read back: the parent gets plain JSON types, whatever classes the
     # pipeline used (a numpy float is a float subclass json accepts).
-    return DONE, json.loads(text)
+    return DONE, jsontext.loads(text)
 
 
 class Runner:

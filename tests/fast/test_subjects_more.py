@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from jobsys.nats.subjects import (
     JobNames,
+    delivered_at_ns,
     job_id_of_stream,
     parse_ack_subject,
     serial_of_confirm,
@@ -42,6 +45,28 @@ def test_both_forms_of_an_ack_subject_say_the_same() -> None:
 )
 def test_what_is_not_an_ack_subject_is_none(reply: str) -> None:
     assert parse_ack_subject(reply) is None
+
+
+@given(
+    st.lists(
+        st.sampled_from(["$JS", "ACK", "s", "c", "1", "17", "x", "", "1700000000000000001", "-3"]),
+        max_size=13,
+    )
+)
+def test_the_delivery_time_alone_is_what_the_full_parse_says(tokens: list[str]) -> None:
+    """The acks' cheap reading of an ack subject agrees with the full one."""
+    for reply in (".".join(tokens), ".".join(["$JS", "ACK", *tokens])):
+        ack = parse_ack_subject(reply)
+        assert delivered_at_ns(reply) == (ack.delivered_at_ns if ack is not None else None)
+
+
+def test_the_delivery_time_of_both_forms() -> None:
+    assert delivered_at_ns("$JS.ACK.s.c.2.41.40.1700000000000000001.9") == 1700000000000000001
+    assert delivered_at_ns("$JS.ACK.hub.H.s.c.2.41.40.1700000000000000001.9.t") == (
+        1700000000000000001
+    )
+    assert delivered_at_ns("$JS.ACK.s.c.2.41.40.x.9") is None
+    assert delivered_at_ns("_INBOX.a") is None
 
 
 def test_job_names_and_streams_of_a_namespace() -> None:
