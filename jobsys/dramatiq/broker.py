@@ -55,6 +55,11 @@ WAKE_TTL_MS = 60_000
 # Dramatiq's own idle back-off under a waking consumer: the wait is on the
 # wake list, not in a sleep.
 INNER_POLL_MS = 1
+# An idle consumer's first wait after a message, doubled up to its timeout.
+IDLE_WAIT_MIN_S = 0.005
+MAX_DOUBLINGS = 16
+# How often a consumer holding all it may prefetch looks for a free slot.
+FULL_POLL_S = 0.005
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +126,19 @@ class JobsysBroker(RedisBroker):
         """Dramatiq's consumer, idle-waiting on the queue's wake list (up to `timeout`
         ms) instead of sleeping."""
         inner = super().consume(queue_name, prefetch, timeout=INNER_POLL_MS)
-        return WakingConsumer(inner, self.client, wake_key(self.namespace, queue_name), timeout)
+        key = wake_key(self.namespace, queue_name)
+        return WakingConsumer(inner, self.client, key, prefetch, timeout)
 
 
 class WakingConsumer(Consumer):
     """A Dramatiq consumer whose idle wait ends when a message is enqueued."""
 
-    def __init__(self, inner: Consumer, client: redis.Redis, key: str, timeout_ms: int) -> None:
+    def __init__(
+        self, inner: Consumer, client: redis.Redis, key: str, prefetch: int, timeout_ms: int
+    ) -> None:
         self._inner = inner
+        self._prefetch = prefetch
+        self._misses = 0
         self._client = client
         self._key = key
         self._timeout_s = max(timeout_ms, INNER_POLL_MS) / 1000
@@ -136,19 +146,32 @@ class WakingConsumer(Consumer):
     def __next__(self) -> MessageProxy | None:
         message = self._inner.__next__()
         if message is not None:
+            self._misses = 0
             return message
+        if getattr(self._inner, "outstanding_message_count", 0) >= self._prefetch:
+            # Not idle but full: every message it may hold is being worked on, so
+            # it did not even look. What frees a slot is an ack, not an enqueue:
+            # look again shortly rather than wait for a token.
+            time.sleep(FULL_POLL_S)
+            return None
+        # The wait grows from IDLE_WAIT_MIN_S after a message: Dramatiq's consumer
+        # thread sends the acks its workers finished only between two calls, and
+        # a message not acked yet holds a prefetch place.
+        wait_s = min(IDLE_WAIT_MIN_S * 2**self._misses, self._timeout_s)
+        self._misses = min(self._misses + 1, MAX_DOUBLINGS)
         try:
-            if self._client.blpop([self._key], timeout=self._timeout_s) is not None:
+            if self._client.blpop([self._key], timeout=wait_s) is not None:
                 # Woken: the next fetch sees every message enqueued so far, so
                 # the tokens of the others are spent too.
                 self._client.delete(self._key)
+                self._misses = 0
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
         except redis.RedisError as exc:
             # Not allowed to wait on it (an older ACL), or Redis refusing
             # writes: fall back to a sleep-length wait.
             log.debug("wake list not read", extra={"error": repr(exc)})
-            time.sleep(self._timeout_s)
+            time.sleep(wait_s)
         return None
 
     def ack(self, message: MessageProxy) -> None:
