@@ -128,9 +128,9 @@ class AckSubject:
     delivered_at_ns: int | None  # when the server delivered it (ns since the epoch)
 
 
-def parse_ack_subject(reply: str) -> AckSubject | None:
-    """Parse a reply subject of either form (see the module's docstring); None if it
-    is not one."""
+def _ack_tokens(reply: str) -> tuple[list[str], int] | None:
+    """The tokens of an ack subject of either form and where its stream token is;
+    None if `reply` is not one (its delivery count and stream sequence numbers)."""
     tokens = reply.split(".")
     n = len(tokens)
     if n < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
@@ -141,10 +141,20 @@ def parse_ack_subject(reply: str) -> AckSubject | None:
         first = 4
     else:
         return None
+    if not tokens[first + 2].isdigit() or not tokens[first + 3].isdigit():
+        return None
+    return tokens, first
+
+
+def parse_ack_subject(reply: str) -> AckSubject | None:
+    """Parse a reply subject of either form (see the module's docstring); None if it
+    is not one."""
+    found = _ack_tokens(reply)
+    if found is None:
+        return None
+    tokens, first = found
     stream, consumer, delivered, sseq = tokens[first : first + 4]
     ts = tokens[first + 5]
-    if not delivered.isdigit() or not sseq.isdigit():
-        return None
     return AckSubject(
         stream, consumer, int(delivered), int(sseq), int(ts) if ts.isdigit() else None
     )
@@ -155,18 +165,10 @@ def delivered_at_ns(reply: str) -> int | None:
     subject or has no time), without building the whole parse: the worker asks
     it of every result it acks (jobsys.nats.acks), where the full parse was ~3%
     of its CPU."""
-    tokens = reply.split(".")
-    n = len(tokens)
-    if n == 9:
-        first = 2
-    elif n >= 11:
-        first = 4
-    else:
+    found = _ack_tokens(reply)
+    if found is None:
         return None
-    if tokens[0] != "$JS" or tokens[1] != "ACK":
-        return None
-    if not tokens[first + 2].isdigit() or not tokens[first + 3].isdigit():
-        return None
+    tokens, first = found
     ts = tokens[first + 5]
     return int(ts) if ts.isdigit() else None
 
