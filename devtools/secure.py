@@ -41,8 +41,14 @@ PROCESSOR = "jobsys-processor"
 PASSWORD_ENV = {WORKER: "JOBSYS_NATS_WORKER_PASSWORD", PROCESSOR: "JOBSYS_NATS_PROCESSOR_PASSWORD"}
 _PROCESSOR_LOGIN = "user: jobsys-processor, password: $JOBSYS_NATS_PROCESSOR_PASSWORD"
 _NO_PASSWORD = "#" + "0" * 64
-# Starts of a server whose free port another process took first.
-START_TRIES = 3
+
+
+def password() -> str:
+    """A random password nats-server reads as a string from an environment variable:
+    it reads a value starting with "-" (1 in 64 of token_urlsafe's) as a number
+    and refuses to start ("Expected a digit but got 'Q'"); this one starts with
+    a letter."""
+    return "p" + secrets.token_urlsafe(18)
 
 
 def _replace(text: str, old: str, new: str, source: Path) -> str:
@@ -127,7 +133,7 @@ class SecureNats(_Server):
         self.processor_nkey = processor_nkey
         self.port = free_port()
         self.binary = Nats().binary(Nats.MACHINE)
-        self.passwords = {user: secrets.token_urlsafe(18) for user in PASSWORD_ENV}
+        self.passwords = {user: password() for user in PASSWORD_ENV}
 
     def url(self, user: str | None = None) -> str:
         """The client URL, with `user`'s password (None: no credentials)."""
@@ -143,24 +149,17 @@ class SecureNats(_Server):
             render_nats_config(self.namespace, self.root / "js", self.pki, self.processor_nkey),
         )
         env = {**os.environ, **{PASSWORD_ENV[u]: p for u, p in self.passwords.items()}}
-        for attempt in range(START_TRIES):
-            if attempt:
-                # The free port was taken by another process before the server
-                # bound it (the machine is shared): another one.
-                self.port = free_port()
-            log = (self.root / "nats.log").open("ab")
-            self.proc = subprocess.Popen(
-                [str(self.binary), "-c", str(config), "-a", LOCAL_HOST, "-p", str(self.port)],
-                env=env, stdout=log, stderr=log,
-            )  # fmt: skip
-            # The greeting (INFO) comes before TLS and login: no credentials needed.
-            error = wait_until_up("nats", f"nats://{LOCAL_HOST}:{self.port}", self.proc)
-            if error is None:
-                return self
-            exited = self.proc.poll() is not None
-            self.stop()
-            if not exited:
-                break
+        log = (self.root / "nats.log").open("ab")
+        self.proc = subprocess.Popen(
+            [str(self.binary), "-c", str(config), "-a", LOCAL_HOST, "-p", str(self.port)],
+            env=env, stdout=log, stderr=log,
+        )  # fmt: skip
+        # The greeting (INFO) comes before TLS and login: no credentials needed.
+        error = wait_until_up("nats", f"nats://{LOCAL_HOST}:{self.port}", self.proc)
+        if error is None:
+            return self
+        self.stop()
+        # Its log says why (a bad config value, a port taken meanwhile).
         tail = log_tail(self.root / "nats.log")
         raise ServiceError(f"secure nats-server did not come up: {error}{tail}")
 
@@ -178,7 +177,7 @@ class SecureRedis(_Server):
         self.port = free_port()
         self.tls_port = free_port() if pki is not None else None
         self.binary = Redis().binary(Redis.MACHINE)
-        self.passwords = {user: secrets.token_urlsafe(18) for user in (WORKER, PROCESSOR)}
+        self.passwords = {user: password() for user in (WORKER, PROCESSOR)}
 
     def url(self, user: str, tls: bool = False) -> str:
         """The client URL of `user` (rediss:// on the TLS port with `tls`)."""

@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from devtools.certs import have_openssl, make_pki
+from jobsys.api.cancel import cancel
 from jobsys.api.items import counted_items
 from jobsys.api.read import get_job, wait_until_final
 from jobsys.api.retry import retries_of
@@ -155,6 +156,26 @@ def assert_problem(answer: httpx.Response, status: int, text: str = "") -> dict[
     return body
 
 
+# Jobs made to stay active (cancelled at the end of the module).
+ACTIVE_JOBS: list[int] = []
+# The rate that keeps such a job's second task waiting past the module's end.
+CRAWL_RATE = "1/h"
+
+
+def active_job() -> int:
+    """A job that stays started: its second task waits for CRAWL_RATE."""
+    job_id = submit("echo", counted_items(2), rate=CRAWL_RATE).id
+    ACTIVE_JOBS.append(job_id)
+    return job_id
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cancel_active_jobs(services: str) -> Iterator[None]:
+    yield
+    for job_id in ACTIVE_JOBS:
+        cancel(job_id)
+
+
 # What each scope may call, as the README documents it (not read from the code under test).
 MAY_CALL = {
     Scope.READ: {"read"},
@@ -175,9 +196,10 @@ REQUESTS: dict[tuple[str, str], Callable[[int], Request]] = {
     ),
     ("GET", "/api/jobs/{job_id}"): lambda job: (f"/api/jobs/{job}", {}),
     ("POST", "/api/jobs/{job_id}/cancel"): lambda job: (f"/api/jobs/{job}/cancel", {}),
-    # On an active job of its own (a final job's share cannot change).
+    # On an active job of its own (a final job's share cannot change): one that
+    # stays active, as a 1-task job no longer does until the call comes.
     ("POST", "/api/jobs/{job_id}/share"): lambda job: (
-        f"/api/jobs/{submit('echo', counted_items(1)).id}/share",
+        f"/api/jobs/{active_job()}/share",
         {"json": {"priority": 1, "weight": 2}},
     ),
     ("POST", "/api/jobs/{job_id}/retry"): lambda job: (
