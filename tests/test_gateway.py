@@ -76,6 +76,9 @@ JOB_OVER_PIPELINE_S = 2 * PIPELINE_RETRY_S[0]
 # The adoption test: its job's ack_wait, and extends 1.2 s apart outlasting it.
 ADOPT_ACK_WAIT_S = 10.0
 ADOPT_EXTENDS = 10
+# A server's lease far shorter than a remote processor's first guess (its ack_wait).
+SHORT_LEASE_S = 2
+LONG_GUESS_S = 30
 # How long the adoption tests' lease calls wait for a task that must not come.
 PROBE_WAIT_S = 0.2
 
@@ -107,14 +110,16 @@ def remote_env(token: str) -> dict[str, str]:
 class Remote:
     """`jobsys process --server URL` as a child process."""
 
-    def __init__(self, url: str, token: str, log_dir: Path, *extra: str) -> None:
+    def __init__(
+        self, url: str, token: str, log_dir: Path, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
         self.log_path = log_dir / f"remote-{uuid.uuid4().hex[:6]}.log"
         cwd = log_dir / "remote-cwd"
         cwd.mkdir(exist_ok=True)
         cmd = [sys.executable, "-m", "jobsys.cli", "process", "--server", url,
                "--concurrency", "4", *extra]  # fmt: skip
         repo = Path(__file__).resolve().parent.parent
-        env = remote_env(token)
+        env = {**remote_env(token), **(env or {})}
         # The suite's pipelines (tests.pipelines) import from the checkout.
         env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
         with self.log_path.open("ab") as out:
@@ -681,6 +686,26 @@ def test_a_lease_extended_only_through_another_live_server_process_stays_put(
     # request to either). The granting one hears that the other took the lease
     # and lets go of it instead of handing it back when its own copy lapses.
     _adoption(tmp_path, hand_token, kill_first=False)
+
+
+def test_a_lease_shorter_than_the_processors_first_guess_is_extended_in_time(
+    workers: LocalSystem, tmp_path: Path
+) -> None:
+    # The processor guesses the lease from its own ack_wait until the server's first
+    # answer says otherwise; the server's lease here is far shorter than that guess.
+    srv = Server(tmp_path, env={"JOBSYS_GATEWAY_LEASE_S": str(SHORT_LEASE_S)}).start()
+    token, _ = new_token(Scope.PROCESS, ["fault-echo"])
+    proc = Remote(srv.url, token, tmp_path, env={"JOBSYS_ACK_WAIT_S": str(LONG_GUESS_S)})
+    try:
+        items = [json.dumps({"n": i, "sleep_ms": SHORT_LEASE_S * 2_000}) for i in range(4)]
+        job_id = submit("fault-echo", items).id
+        job = wait_final(job_id, proc)
+        assert job.status == "success", proc.log()[-3000:]
+        assert count("SELECT max(deliveries) FROM job_tasks WHERE job_id = %(j)s", j=job_id) == 1
+        assert "leases lapsed" not in srv.log()
+    finally:
+        proc.stop()
+        srv.stop()
 
 
 def test_a_killed_remote_processors_leased_tasks_come_back_after_the_lease_and_run_elsewhere(

@@ -104,6 +104,8 @@ REPORT_RETRY_MAX_S = 5.0
 FINAL_REPORT_S = 10.0
 BACKPRESSURE_POLL_S = 0.05
 ROOM_POLL_S = 0.01
+# How often the extend loop looks whether a round is due.
+EXTEND_TICK_S = 0.2
 # One extend names at most this many handles.
 EXTEND_CHUNK = 5_000
 
@@ -563,8 +565,14 @@ class RemoteProcessor:
     # -- keep-alive and presence ---------------------------------------------------
 
     async def _extend_loop(self) -> None:
+        # Timed from the last round, re-read every tick: the lease time is a guess
+        # (ack_wait) until the server's first answer, which may be far shorter.
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(max(self.lease_s / EXTENDS_PER_LEASE, 0.2))
+            await asyncio.sleep(EXTEND_TICK_S)
+            if time.monotonic() - last < max(self.lease_s / EXTENDS_PER_LEASE, EXTEND_TICK_S):
+                continue
+            last = time.monotonic()
             for handle in self.reports.done:
                 self.held.pop(handle, None)
             self.reports.done.clear()
