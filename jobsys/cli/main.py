@@ -54,6 +54,8 @@ COMMANDS = {
     "doctor": "system:doctor",
     "demo": "system:demo",
 }
+# Names people type for a command that lives in a group: the error says where.
+MOVED = {"migrate": "db migrate", "tokens": "token list"}
 # Long-running services: they log every event and need the signing secret.
 SERVICE_COMMANDS = {"worker", "process", "scheduler", "exporter", "serve"}
 
@@ -86,6 +88,13 @@ class JobsysGroup(click.Group):
         command = getattr(importlib.import_module(f"jobsys.cli.{module}"), attr)
         assert isinstance(command, click.Command)
         return command
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] in MOVED:
+            ctx.fail(f"No such command '{args[0]}': it is `jobsys {MOVED[args[0]]}`.")
+        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -26,3 +26,10 @@ def test_bad_arguments_are_a_usage_error_naming_the_problem(args: list[str], mes
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("typed", "where"), [("migrate", "db migrate"), ("tokens", "token list")])
+def test_a_command_typed_without_its_group_says_where_it_is(typed: str, where: str) -> None:
+    result = CliRunner().invoke(main, [typed])
+    assert result.exit_code == 2
+    assert f"No such command '{typed}': it is `jobsys {where}`." in result.output
