@@ -93,8 +93,8 @@ def _make_jobs(n: int) -> list[int]:
             names = JobNames.of(settings.namespace, job_id)
             async with gate:
                 await ensure_job_stream(js, names, {"pipeline": "echo", "max_deliver": 5}, settings)
-                tasks = [(t, '{"n": 1}') for t in range(TASKS_PER_JOB)]
-                await publish_tasks(js, names, job_id, tasks)
+                tasks = [(t, b'{"n": 1}') for t in range(TASKS_PER_JOB)]
+                await publish_tasks(nc, names, job_id, tasks)
 
         await asyncio.gather(*(one(j) for j in ids))
 

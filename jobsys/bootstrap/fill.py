@@ -262,7 +262,7 @@ class _Filler:
                 ).fetchall()  # fmt: skip
             nxt: _Chunk | None = None
             if rows:
-                chunk = [(r["task_no"], r["payload"]) for r in rows]
+                chunk = [(r["task_no"], r["payload"].encode("utf-8")) for r in rows]
                 if advance and not self._place_in_order(chunk):
                     _quietly_wait(inflight)
                     return sent, False
@@ -327,7 +327,7 @@ class _Filler:
         self,
         nc: NATS,
         js: JetStreamContext,
-        chunk: Sequence[tuple[int, str]],
+        chunk: Sequence[tuple[int, bytes]],
         after: _Chunk | None = None,
     ) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]]]:
         """Publish the tasks of `chunk` that fit the server's max_payload (as the
@@ -337,17 +337,17 @@ class _Filler:
         if after is not None:
             await asyncio.wrap_future(after.future)
         limit = nc.max_payload
-        fits: list[tuple[int, str]] = []
+        fits: list[tuple[int, bytes]] = []
         too_large: list[tuple[int, int, int]] = []
         for task_no, payload in chunk:
-            size = task_message_size(self.job_id, task_no, payload.encode("utf-8"))
+            size = task_message_size(self.job_id, task_no, payload)
             if size > limit:
                 too_large.append((task_no, size, limit))
             else:
                 fits.append((task_no, payload))
         if not fits:
             return [], too_large
-        seqs = await publish_tasks(js, self.names, self.job_id, fits)
+        seqs = await publish_tasks(nc, self.names, self.job_id, fits, self.settings.publish_window)
         return [(task_no, seq) for (task_no, _), seq in zip(fits, seqs, strict=True)], too_large
 
     def _fail_too_large(self, tasks: list[tuple[int, int, int]]) -> bool:
@@ -372,7 +372,7 @@ class _Filler:
             return False
         return True
 
-    def _place_in_order(self, chunk: Sequence[tuple[int, str]]) -> bool:
+    def _place_in_order(self, chunk: Sequence[tuple[int, bytes]]) -> bool:
         """Before a chunk is published: if it goes in order into a fresh stream,
         say where its tasks will sit (placed_count); False if the job is no
         longer started. A chunk that does not (a task skipped, one too large for
@@ -382,9 +382,7 @@ class _Filler:
             return True
         limit = bridge().run(_max_payload)
         contiguous = chunk[0][0] == first and chunk[-1][0] == first + len(chunk) - 1
-        if not contiguous or any(
-            task_message_size(self.job_id, t, p.encode("utf-8")) > limit for t, p in chunk
-        ):
+        if not contiguous or any(task_message_size(self.job_id, t, p) > limit for t, p in chunk):
             self.next_in_order = None
             return True
         self.next_in_order = first + len(chunk)
