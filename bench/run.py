@@ -230,20 +230,12 @@ def profile_counting(quick: bool) -> dict[str, Any]:
     from bench import counting
     from jobsys.pg.db import connection
     from jobsys.pg.queries import Q
+    from jobsys.recording.counting import counting_params
 
     out: dict[str, Any] = {}
     job_id = counting._new_ledger_job(200)
-    params = {
-        "job_id": job_id,
-        "task_nos": list(range(100)),
-        "statuses": ["done"] * 100,
-        "results": ['{"n": 1}'] * 100,
-        "errors": [None] * 100,
-        "deliveries": [1] * 100,
-        "seqs": list(range(1, 101)),
-        "error_types": [None] * 100,
-        "error_traces": [None] * 100,
-    }
+    params = counting_params(job_id, [(n, "done", '{"n": 1}', None, 1) for n in range(100)],
+                             list(range(1, 101)))  # fmt: skip
     with connection() as conn, conn.transaction() as tx:
         # Published as a first fill into a fresh stream would: task n at sequence
         # n + 1, where the batch's replies point.

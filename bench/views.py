@@ -32,6 +32,7 @@ from psycopg.conninfo import make_conninfo
 
 from jobsys.pg.migrate import migrate
 from jobsys.pg.queries import Q
+from jobsys.recording.counting import counting_params
 from jobsys.settings import get_settings
 
 BENCH = "views"
@@ -227,21 +228,9 @@ def result_throughput(url: str, tasks: int) -> tuple[float, float]:
                         nos = batches.get_nowait()
                     except queue.Empty:
                         break
-                    conn.execute(
-                        Q.record_results,
-                        {
-                            "job_id": job_id,
-                            "task_nos": nos,
-                            "statuses": ["done"] * len(nos),
-                            "results": ['{"ok": true}'] * len(nos),
-                            "errors": [None] * len(nos),
-                            "deliveries": [1] * len(nos),
-                            # Checked by the caller (no stream sequences recorded here).
-                            "seqs": [None] * len(nos),
-                            "error_types": [None] * len(nos),
-                            "error_traces": [None] * len(nos),
-                        },
-                    )
+                    # Checked by the caller (no stream sequences recorded here).
+                    rows = [(n, "done", '{"ok": true}', None, 1) for n in nos]
+                    conn.execute(Q.record_results, counting_params(job_id, rows, [None] * len(nos)))
                 conn.execute("SELECT pg_stat_force_next_flush()")
         except BaseException as exc:  # surfaced below
             errors.append(exc)

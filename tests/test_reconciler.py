@@ -46,6 +46,7 @@ from jobsys.reconciler import (
     reconcile_pass,
 )
 from jobsys.recording.apply import apply_results
+from jobsys.recording.counting import counting_params
 from jobsys.settings import Settings, get_settings
 from tests.helpers import (
     assert_counters_match_ledger,
@@ -483,11 +484,10 @@ def test_a_late_result_holding_the_task_lock_wins_and_the_reconcile_counts_nothi
     with connect_direct() as conn, conn.transaction():
         row = conn.execute(
             Q.record_results,
-            {"job_id": job_id, "task_nos": [0], "statuses": ["done"],
-             "results": [json.dumps(item["result"])], "errors": [None],
-             "deliveries": [item["deliveries"]], "seqs": [None],
-             "error_types": [None], "error_traces": [None]},
-        ).fetchone()  # fmt: skip
+            counting_params(
+                job_id, [(0, "done", json.dumps(item["result"]), None, item["deliveries"])], [None]
+            ),
+        ).fetchone()
         assert row is not None and row["moved_done"] == 1
         # The reconcile now blocks on task 0's row lock until the result commits.
         racer = threading.Thread(target=lambda: outcome.append(lose_tasks(job_id, [0], "test")))

@@ -28,6 +28,7 @@ from jobsys.nats.subjects import JobNames
 from jobsys.ops.runner import LocalSystem
 from jobsys.pg.db import connection
 from jobsys.recording.apply import apply_results
+from jobsys.recording.counting import ResultRow, record_or_split
 from jobsys.settings import get_settings
 from jobsys.storable import MAX_ERROR_CHARS
 from jobsys.testing.faults import LONG_ERROR_CHARS
@@ -243,3 +244,27 @@ def test_echo_and_echo_batch_return_or_raise_the_odd_value_a_payload_asks_for() 
     out = echo_batch([{"odd": "nan"}, {"odd": "nul"}, {"n": 2}])
     assert math.isnan(out[0]["mean"]) and isinstance(out[1], PermanentError)
     assert out[2] == {"n": 2}
+
+
+def test_a_value_the_batch_encoding_cannot_carry_fails_only_its_task() -> None:
+    # Every text is made storable before it gets here; the counting statement's
+    # own encoding (one JSON document per batch) must still fail one row alone
+    # if something unstorable slips through: a lone surrogate, a NUL.
+    job_id = make_started_job(6, failure_threshold=0.9)
+    rows: list[ResultRow] = [
+        (0, "done", '{"n": 0}', None, 1),
+        (1, "failed", None, "lone \ud800 surrogate", 1),
+        (2, "done", '{"n": 2}', None, 1),
+        (3, "failed", None, "nul \x00 here", 1, "Kind", None),
+        (4, "done", '{"n": 4}', None, 1),
+    ]
+    with connection() as conn:
+        recorded = record_or_split(conn, job_id, rows, [None] * len(rows))
+    assert sorted(recorded.refused) == [1, 3]
+    assert (recorded.moved_done, recorded.moved_failed) == (3, 2)
+    tasks = _tasks(job_id)
+    assert [tasks[t]["status"] for t in range(6)] == ["done", "failed", "done", "failed", "done",
+                                                      "pending"]  # fmt: skip
+    assert "the database refused" in tasks[1]["error"] and "the database refused" in tasks[3]["error"]
+    assert_counters_match_ledger(job_id)
+    jobsys.cancel(job_id)

@@ -125,6 +125,8 @@ async def publish_tasks(
                 acks.sent += 1
             await acks.done
     finally:
+        if acks.done.done() and not acks.done.cancelled():
+            acks.done.exception()  # seen: no "exception never retrieved" after a timeout
         # A closed or reconnecting connection cannot unsubscribe; the call's
         # outcome (an error already on its way, or the acks) stands.
         with contextlib.suppress(NatsError):

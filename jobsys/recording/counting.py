@@ -19,11 +19,13 @@ jobsys.recording.binding to check against the stream itself.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import psycopg
 
 from jobsys.lifecycle.finalize import finishing
@@ -100,17 +102,7 @@ def _record(
     """`record_results` for rows whose replies name stream sequences (`seqs`, None:
     checked already): a task whose items do not all name its recorded sequence
     is not moved; its (task, sequence) pairs come back in `unbound`."""
-    params = {
-        "job_id": job_id,
-        "task_nos": [r[0] for r in rows],
-        "statuses": [r[1] for r in rows],
-        "results": [r[2] for r in rows],
-        "errors": [r[3] for r in rows],
-        "deliveries": [r[4] for r in rows],
-        "error_types": [_detail(r, 5) for r in rows],
-        "error_traces": [_detail(r, 6) for r in rows],
-        "seqs": list(seqs),
-    }
+    params = counting_params(job_id, rows, seqs)
     out = Recorded()
     with finishing(conn) as fin:
         row = conn.execute(Q.record_results, params).fetchone()
@@ -123,6 +115,40 @@ def _record(
         if accounted >= row["total_count"]:
             out.finalized = fin.finish(job_id, "all tasks accounted for")
     return out
+
+
+def int_array(values: Iterable[int]) -> str:
+    """An int[] literal: psycopg's list dumper costs ~1 us an element in Python."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def counting_params(
+    job_id: int, rows: Sequence[ResultRow], seqs: Sequence[int | None]
+) -> dict[str, Any]:
+    """The parameters of the counting statement (`Q.record_results`) for `rows`."""
+    return {
+        "job_id": job_id,
+        "task_nos": int_array(r[0] for r in rows),
+        "input": _input_json(rows, seqs),
+    }
+
+
+def _input_json(rows: Sequence[ResultRow], seqs: Sequence[int | None]) -> str:
+    """The batch as one JSON array of rows, for the counting statement to unnest.
+
+    One C-speed encode instead of eight Python-built arrays (psycopg's list
+    dumper was ~12 % of the worker's CPU). A text orjson refuses (a lone
+    surrogate) goes through json, whose escape Postgres refuses in turn: the
+    batch is split and only that task fails, as with any refused value.
+    """
+    table = [
+        (r[0], r[1], r[2], r[3], r[4], seq, _detail(r, 5), _detail(r, 6))
+        for r, seq in zip(rows, seqs, strict=True)
+    ]
+    try:
+        return orjson.dumps(table).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(table)
 
 
 def _outcome(r: TaskResult, max_bytes: int) -> ResultRow:
