@@ -57,6 +57,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from psycopg.rows import tuple_row
 
 from jobsys.lifecycle.states import Status
 from jobsys.nats.admin import delete_job_stream, ensure_job_stream, parse_server_time, stream_exists
@@ -254,21 +255,22 @@ class _Filler:
         cursor = from_task
         inflight: _Chunk | None = None
         while True:
-            with connection() as conn:
-                rows = conn.execute(
+            # Plain tuples: a dict per row was ~4 % of a worker publishing a big job.
+            with connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+                rows = cur.execute(
                     Q.pending_tasks_between,
                     {"job_id": self.job_id, "from_task": cursor, "below": below,
                      "limit": PUBLISH_CHUNK},
                 ).fetchall()  # fmt: skip
             nxt: _Chunk | None = None
             if rows:
-                chunk = [(r["task_no"], r["payload"].encode("utf-8")) for r in rows]
+                chunk = [(task_no, payload.encode("utf-8")) for task_no, payload, _ in rows]
                 if advance and not self._place_in_order(chunk):
                     _quietly_wait(inflight)
                     return sent, False
                 nxt = _Chunk(
                     end=chunk[-1][0] + 1,
-                    placed={r["task_no"]: placed_at(r["task_no"], r["stream_seq"]) for r in rows},
+                    placed={t: placed_at(t, seq) for t, _, seq in rows},
                     future=bridge().submit(
                         lambda nc, js, chunk=chunk, after=inflight: self._publish_chunk(  # type: ignore[misc]
                             nc, js, chunk, after
