@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -41,9 +43,35 @@ POOL_TIMEOUT_S = 10.0
 # (a lock is held while its holder works on a main-pool connection).
 LOCK_POOL_FACTOR = 2
 
+# A pooled connection handed back less than this long ago is handed out
+# again unchecked: it was alive a moment ago, and a hot path (result batches,
+# a small job's bootstrap) reuses connections within milliseconds, where a
+# check is one more round trip each time. One idle longer is checked, so a
+# Postgres restart costs at most the statements of the last second one
+# error each (every caller retries: actors, reconcile passes, requests).
+POOL_CHECK_IDLE_S = 1.0
+
 _lock = threading.Lock()
 _pools: dict[str, ConnectionPool] = {}
 _pool_pid: int | None = None
+# When each pooled connection was last handed back (monotonic seconds).
+_returned: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
+
+
+def _stamp_return(conn: psycopg.Connection[Any]) -> None:
+    _returned[conn] = time.monotonic()
+
+
+def _check(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check before handing a connection out (see POOL_CHECK_IDLE_S)."""
+    returned = _returned.get(conn)
+    if (
+        returned is not None
+        and time.monotonic() - returned < POOL_CHECK_IDLE_S
+        and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    ):
+        return
+    ConnectionPool.check_connection(conn)
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
@@ -86,8 +114,9 @@ def get_pool(purpose: str = "main") -> ConnectionPool:
                 max_size=size,
                 configure=_configure,
                 # A Postgres restart leaves dead connections in the pool;
-                # check each one before handing it out.
-                check=ConnectionPool.check_connection,
+                # check each one idle for a while before handing it out.
+                check=_check,
+                reset=_stamp_return,
                 open=True,
                 name=f"jobsys-{purpose}",
                 kwargs=connect_kwargs(),
