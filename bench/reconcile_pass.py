@@ -92,7 +92,9 @@ def _make_jobs(n: int) -> list[int]:
         async def one(job_id: int) -> None:
             names = JobNames.of(settings.namespace, job_id)
             async with gate:
-                await ensure_job_stream(js, names, {"pipeline": "echo", "max_deliver": 5}, settings)
+                await ensure_job_stream(
+                    nc, js, names, {"pipeline": "echo", "max_deliver": 5}, settings
+                )
                 tasks = [(t, b'{"n": 1}') for t in range(TASKS_PER_JOB)]
                 await publish_tasks(nc, names, job_id, tasks)
 

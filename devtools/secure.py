@@ -64,7 +64,10 @@ def render_nats_config(
     `pki`, clients must use TLS and present a certificate; with `processor_nkey` (a
     public key), the processor user logs in by nkey instead of a password."""
     text = NATS_CONFIG.read_text(encoding="utf-8")
-    text = _replace(text, f'"{SHIPPED_NAMESPACE}.tasks.*"', f'"{namespace}.tasks.*"', NATS_CONFIG)
+    for subject in ("tasks.*", "jobs.*.*", "gateway.taken"):
+        text = _replace(
+            text, f'"{SHIPPED_NAMESPACE}.{subject}"', f'"{namespace}.{subject}"', NATS_CONFIG
+        )
     text = _replace(text, f"{SHIPPED_NAMESPACE}_members", f"{namespace}_members", NATS_CONFIG)
     text = _replace(text, SHIPPED_STORE_DIR, str(store_dir), NATS_CONFIG)
     if processor_nkey is not None:

@@ -164,6 +164,9 @@ class Settings(BaseSettings):
     # state holds ~throughput x 0.2 s (a few hundred); more only means the
     # recorder is slow or down, and a processor killed then loses its hold.
     max_held_results: int = Field(default=2_000, ge=1)
+    # Processors hear of new and deleted job streams by notices; they also list
+    # the namespace's job streams this often, which catches a notice lost.
+    stream_listing_s: float = Field(default=2.0, gt=0)
     # A task (or batch call) running longer is stopped and counts as a
     # transient failure. Jobs store their own (`jobsys submit --task-timeout`);
     # this is the default for a submit that gives none.

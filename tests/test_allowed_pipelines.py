@@ -30,7 +30,6 @@ from jobsys.nats.bridge import bridge
 from jobsys.nats.subjects import JobNames, msg_id
 from jobsys.ops.runner import LocalSystem
 from jobsys.pg.db import connection
-from jobsys.processor.feeds import LISTING_EVERY_S
 from jobsys.settings import get_settings, reset_settings
 from tests.test_cli import jobsys_cli
 
@@ -118,7 +117,7 @@ def test_a_rogue_stream_naming_a_disallowed_pipeline_runs_nothing(tmp_path: Path
                 assert time.monotonic() < deadline, _processor_log(log_dir)
                 time.sleep(0.1)
             # A few more stream listings: the refusal is logged once, nothing runs.
-            time.sleep(3 * LISTING_EVERY_S)
+            time.sleep(3 * get_settings().stream_listing_s)
             log = _processor_log(log_dir)
     finally:
         _delete_stream(job_id)

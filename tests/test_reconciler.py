@@ -395,7 +395,9 @@ def test_streams_of_final_or_unknown_jobs_are_deleted_and_others_kept() -> None:
     other = f"{settings.namespace}_not_a_job"
 
     async def create(nc: Any, js: Any) -> None:
-        await ensure_job_stream(js, unknown_names, {"pipeline": "echo", "max_deliver": 1}, settings)
+        await ensure_job_stream(
+            nc, js, unknown_names, {"pipeline": "echo", "max_deliver": 1}, settings
+        )
         await js.add_stream(StreamConfig(name=other, subjects=[f"{settings.namespace}.other"]))
 
     bridge().run(create)

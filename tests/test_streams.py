@@ -126,7 +126,9 @@ def test_the_reconciler_repairs_a_stream_re_created_empty_behind_its_back() -> N
     delete_stream(job_id)
     names = JobNames.of(get_settings().namespace, job_id)
     job = {"pipeline": "echo", "max_deliver": 5}
-    bridge().run(lambda nc, js: jobsys.nats.admin.ensure_job_stream(js, names, job, get_settings()))
+    bridge().run(
+        lambda nc, js: jobsys.nats.admin.ensure_job_stream(nc, js, names, job, get_settings())
+    )
     time.sleep(0.3)
 
     found = [f for f in reconcile_pass(fast()).findings if f.job_id == job_id]

@@ -90,7 +90,7 @@ def set_share(
     JobNotFound. Only these two columns are written, guarded on the job being
     active, with a `job_share_set` event (who, from what, to what) in the
     same transaction. Then the stream's description is updated: processors
-    hear of it through the stream's UPDATED advisory (or, if they missed it,
+    hear of it through the stream's UPDATED notice (or, if they missed it,
     their next listing). If NATS cannot be reached, the row is still changed
     and the error raised; a later `set` or the job's next re-bootstrap (which
     writes the description from the row) brings the stream in line.
@@ -115,7 +115,7 @@ def set_share(
         )  # fmt: skip
     names = JobNames.of(get_settings().namespace, job_id)
     updated = bridge().run(
-        lambda nc, js: set_stream_share(js, names, row["priority"], row["weight"])
+        lambda nc, js: set_stream_share(nc, js, names, row["priority"], row["weight"])
     )
     return ShareResult(
         job_id=job_id,

@@ -233,7 +233,7 @@ class _Filler:
 
     async def _ensure(self, nc: NATS, js: JetStreamContext) -> Incarnation:
         existed = await stream_exists(js, self.names)
-        await ensure_job_stream(js, self.names, self.job, self.settings)
+        await ensure_job_stream(nc, js, self.names, self.job, self.settings)
         info = await js.stream_info(self.names.stream)
         return Incarnation(
             created=parse_server_time(info.created), new=not existed, empty=info.state.last_seq == 0
@@ -449,6 +449,6 @@ class _Filler:
         for it (the finalize winner); deleting again is idempotent, and a
         stream made after that teardown would otherwise stay for ever.
         """
-        bridge().run(lambda nc, js: delete_job_stream(js, self.names))
+        bridge().run(lambda nc, js: delete_job_stream(nc, js, self.names))
         log.info("fill stopped", extra={"job_id": self.job_id, "reason": why})
         return Fill(FillEnd.STOPPED, too_large=self.too_large, finalized=self.finalized)

@@ -34,7 +34,7 @@ def run_teardown(job_id: int, reason: str = "teardown") -> bool:
     if status not in FINAL and status != Status.CANCELING:
         log.warning("teardown of an active job ignored", extra={"job_id": job_id, "status": status})
         return False
-    deleted = bridge().run(lambda nc, js: delete_job_stream(js, names))
+    deleted = bridge().run(lambda nc, js: delete_job_stream(nc, js, names))
     if deleted:
         with connection() as conn:
             record_event(conn, job_id, "stream_deleted", stream=names.stream, reason=reason)

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -170,11 +171,22 @@ def _int_between(value: Any, low: int, high: int, otherwise: int) -> int:
     return otherwise
 
 
+async def notice_job_stream(nc: NATS, names: JobNames, event: str) -> None:
+    """Tell the namespace's processors and gateways that the job's stream was
+    `event` (jobsys.nats.subjects, JOB_EVENTS). A hint: one lost (NATS down a
+    moment) is caught by their listing, so a failure here fails nothing."""
+    try:
+        await nc.publish(names.notice(event), b"")
+    except Exception as exc:
+        log.info("job stream notice not sent",
+                 extra={"stream": names.stream, "event": event, "error": repr(exc)})  # fmt: skip
+
+
 async def set_stream_share(
-    js: JetStreamContext, names: JobNames, priority: int, weight: int
+    nc: NATS, js: JetStreamContext, names: JobNames, priority: int, weight: int
 ) -> bool:
     """Write a job's priority and weight into its stream's description (`jobsys set`);
-    processors hear of it by the stream's UPDATED advisory (and their listing).
+    processors hear of it by the stream's UPDATED notice (and their listing).
     False if the stream is not there (the job has none yet, or any more: bootstrap
     and the reconciler write the description from the job's row)."""
     try:
@@ -190,13 +202,15 @@ async def set_stream_share(
         await js.update_stream(config)
     except NotFoundError:
         return False
+    await notice_job_stream(nc, names, "UPDATED")
     return True
 
 
 async def ensure_job_stream(
-    js: JetStreamContext, names: JobNames, job: Mapping[str, Any], settings: Settings
+    nc: NATS, js: JetStreamContext, names: JobNames, job: Mapping[str, Any], settings: Settings
 ) -> None:
-    """Create the job's stream and durable pull consumer if missing (idempotent).
+    """Create the job's stream and durable pull consumer if missing (idempotent),
+    then say so (the CREATED notice: processors serve the job from then on).
 
     Processors learn the pipeline from the stream's description, so they
     need NATS and Redis only, never Postgres.
@@ -263,6 +277,7 @@ async def ensure_job_stream(
         await js.consumer_info(names.stream, names.consumer)
         log.warning("job consumer kept with its own configuration",
                     extra={"stream": names.stream})  # fmt: skip
+    await notice_job_stream(nc, names, "CREATED")
 
 
 async def tasks_of_messages(
@@ -288,12 +303,14 @@ async def tasks_of_messages(
     return dict(zip(unique, found, strict=True))
 
 
-async def delete_job_stream(js: JetStreamContext, names: JobNames) -> bool:
-    """Delete the job's stream (and with it its consumer); False if it was not there."""
+async def delete_job_stream(nc: NATS, js: JetStreamContext, names: JobNames) -> bool:
+    """Delete the job's stream (and with it its consumer), and say so; False if it
+    was not there."""
     try:
         await js.delete_stream(names.stream)
     except NotFoundError:
         return False
+    await notice_job_stream(nc, names, "DELETED")
     return True
 
 

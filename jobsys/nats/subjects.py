@@ -34,8 +34,13 @@ with ``{"batch": n, "expires": ns}`` and an inbox as reply; the server answers
 with messages, or a message with a ``Status`` header (404 nothing there, 408
 expired, 409 consumer gone or a limit) that ends the request.
 
-What processors hear of streams: ``$JS.EVENT.ADVISORY.STREAM.<CREATED|DELETED|UPDATED>.<stream>``
-and ``$JS.EVENT.ADVISORY.CONSUMER.CREATED.<stream>.<consumer>``.
+What processors and gateways hear of job streams: jobsys's own notices on
+core NATS, ``NS.jobs.<CREATED|UPDATED|DELETED>.<stream>`` (empty), published
+once a job's stream and consumer are made, its share rewritten, or it is
+deleted. They are in the namespace's subjects, so a processor hears of its
+own deployment's jobs only (JetStream's advisories, which it heard before,
+cover every stream of the account). A notice is a hint: a processor also
+lists the namespace's streams now and then, which catches one lost.
 
 A result batch names the sender's inbox subject for it, ``<prefix>.<serial>``:
 the worker publishes there (empty) once the batch is recorded and acked, and
@@ -52,8 +57,8 @@ STATUS_HEADER = "Status"
 MSG_ID_HEADER = "Nats-Msg-Id"
 # Subject prefix of a consumer's "next messages" API (pull requests).
 PULL_PREFIX = "$JS.API.CONSUMER.MSG.NEXT"
-STREAM_ADVISORIES = "$JS.EVENT.ADVISORY.STREAM.*.*"
-CONSUMER_CREATED_ADVISORIES = "$JS.EVENT.ADVISORY.CONSUMER.CREATED.*.*"
+# The events of a job stream a notice says (see the module's docstring).
+JOB_EVENTS = frozenset({"CREATED", "UPDATED", "DELETED"})
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class JobNames:
     stream: str
     subject: str
     consumer: str
+    namespace: str
 
     @classmethod
     def of(cls, namespace: str, job_id: int) -> JobNames:
@@ -71,7 +77,12 @@ class JobNames:
             stream=f"{namespace}_job_{job_id}",
             subject=f"{namespace}.tasks.{job_id}",
             consumer=f"{namespace}_job_{job_id}_workers",
+            namespace=namespace,
         )
+
+    def notice(self, event: str) -> str:
+        """The subject of the notice that the job's stream was `event` (JOB_EVENTS)."""
+        return f"{self.namespace}.jobs.{event}.{self.stream}"
 
     @property
     def max_deliveries(self) -> str:
@@ -173,13 +184,22 @@ def delivered_at_ns(reply: str) -> int | None:
     return int(ts) if ts.isdigit() else None
 
 
-def stream_of_advisory(subject: str) -> tuple[str, str] | None:
-    """(action, stream) of a stream or consumer advisory subject (see the module's
-    docstring): action is CREATED, DELETED or UPDATED; None if it is not one."""
-    parts = subject.split(".")
-    if len(parts) < 6 or parts[:3] != ["$JS", "EVENT", "ADVISORY"]:
+def job_notices(namespace: str) -> str:
+    """The wildcard of every job stream notice of `namespace` (and no other's)."""
+    return f"{namespace}.jobs.*.*"
+
+
+def parse_job_notice(namespace: str, subject: str) -> tuple[str, int] | None:
+    """(event, job id) of a job stream notice of `namespace` (see the module's
+    docstring); None if the subject is not one."""
+    head = f"{namespace}.jobs."
+    if not subject.startswith(head):
         return None
-    return parts[4], parts[5]
+    event, dot, stream = subject[len(head) :].partition(".")
+    job_id = job_id_of_stream(namespace, stream)
+    if not dot or event not in JOB_EVENTS or job_id is None:
+        return None
+    return event, job_id
 
 
 def confirm_subject(prefix: str, serial: int) -> str:

@@ -5,20 +5,22 @@ what a processor needs to serve it (pipeline, task time limit): processors
 never read Postgres. The description is not trusted: anyone who can create
 a stream can write one, so a stream whose pipeline this processor does not
 allow (jobsys.pipelines.allow) is not served, whatever it says; that is logged once
-per stream. New streams are heard of at once through JetStream's
-advisories (stream and consumer created/deleted); a periodic listing of the
-namespace's job streams catches anything missed (e.g. while NATS
-restarted). A listing can miss a live stream (it is paged by offset), so a
-feed it did not show is dropped only when asking for that stream says it
-is gone. A deleted stream (job finished
-or cancelled) stops its feed at once, and its queued tasks never start.
+per stream. New streams are heard of at once through jobsys's own notices
+in the namespace (stream and consumer made, share rewritten, stream deleted:
+jobsys.nats.subjects), so a processor hears of its deployment's jobs only;
+a periodic listing of the namespace's job streams catches anything missed
+(e.g. while NATS restarted, or a stream deleted by hand). A listing can
+miss a live stream (it is paged by offset), so a feed it did not show is
+dropped only when asking for that stream says it is gone. A deleted stream
+(job finished or cancelled) stops its feed at once, and its queued tasks
+never start.
 
 A job's share of slots (priority, weight; jobsys.processor.shares) is read
 from its stream's description when it is first served. `jobsys set` on a
 running job rewrites that description (a stream update): processors hear
-of it through the stream's UPDATED advisory they already listen to and read
+of it through the stream's UPDATED notice they already listen to and read
 the stream again, and the periodic listing, which carries every stream's
-description anyway, catches an advisory missed. This was chosen over a
+description anyway, catches a notice missed. This was chosen over a
 control subject of our own because the description stays the one place a
 processor learns a job from: a processor that starts later, or reconnects,
 reads the current share with nothing else to replay, and a re-created
@@ -62,7 +64,13 @@ from jobsys.nats.admin import (
     share_of_stream,
     task_timeout_of_stream,
 )
-from jobsys.nats.subjects import JobNames, job_id_of_stream, parse_msg_id, tasks_wildcard
+from jobsys.nats.subjects import (
+    JobNames,
+    job_id_of_stream,
+    parse_job_notice,
+    parse_msg_id,
+    tasks_wildcard,
+)
 from jobsys.pipelines.allow import NotAllowed
 from jobsys.pipelines.resolve import resolve_spec
 from jobsys.processor.execute import Execution, JobRun, Task
@@ -88,7 +96,6 @@ IDLE_PROBE_S = 30.0
 # After a pull that failed or was ended early by the server (not expired),
 # the feed rests this long, doubling up to the second figure.
 IDLE_BACKOFF_S = (0.1, 2.0)
-LISTING_EVERY_S = 2.0
 BACKPRESSURE_POLL_S = 0.05
 
 
@@ -153,16 +160,13 @@ class Feeds:
 
     # -- which jobs to serve -------------------------------------------------
 
-    async def on_advisory(self, msg: Msg) -> None:
-        """$JS.EVENT.ADVISORY.STREAM.<CREATED|DELETED|UPDATED>.<stream> and
-        $JS.EVENT.ADVISORY.CONSUMER.CREATED.<stream>.<consumer>."""
-        parts = msg.subject.split(".")
-        if len(parts) < 6:
+    async def on_notice(self, msg: Msg) -> None:
+        """A job stream notice, NS.jobs.<CREATED|UPDATED|DELETED>.<stream>
+        (jobsys.nats.subjects)."""
+        parsed = parse_job_notice(self.settings.namespace, msg.subject)
+        if parsed is None:
             return
-        action, stream = parts[4], parts[5]
-        job_id = job_id_of_stream(self.settings.namespace, stream)
-        if job_id is None:
-            return
+        action, job_id = parsed
         if action == "DELETED":
             self.refused.pop(job_id, None)
             self.unavailable.pop(job_id, None)
@@ -181,7 +185,7 @@ class Feeds:
             self.reshare(job_id, info.config.description)
 
     async def listing_loop(self) -> None:
-        """Backstop for missed advisories (a side task of the processor). Lists
+        """Backstop for missed notices (a side task of the processor). Lists
         only this namespace's job streams; a feed missing from a listing is
         dropped only once its stream is confirmed gone (`_gone`)."""
         namespace = self.settings.namespace
@@ -205,7 +209,7 @@ class Feeds:
                         del judged[job_id]
             except Exception as exc:
                 log.warning("stream listing failed", extra={"error": repr(exc)})
-            await asyncio.sleep(LISTING_EVERY_S)
+            await asyncio.sleep(self.settings.stream_listing_s)
 
     async def _gone(self, job_id: int) -> bool:
         """Whether the job's stream is gone, asked of the server for that stream

@@ -40,7 +40,7 @@ from nats.js import JetStreamContext
 from jobsys import metrics
 from jobsys.models import TaskResult
 from jobsys.nats.connect import connect, jetstream
-from jobsys.nats.subjects import again_subject, serial_of_again
+from jobsys.nats.subjects import again_subject, job_notices, serial_of_again
 from jobsys.processor.announce import Announcer
 from jobsys.processor.backoff import delay_terms, retry_delay_s
 from jobsys.processor.calls import Failure
@@ -187,12 +187,9 @@ class Processor:
             self.spawn,
         )
         await asyncio.gather(*(slot.start() for slot in slots))
-        # Wildcards match whole tokens only; other namespaces' streams are
-        # filtered out by name in the callback.
-        await nc.subscribe("$JS.EVENT.ADVISORY.STREAM.*.*", cb=self.feeds.on_advisory)
-        # Bootstrap creates the consumer just after the stream: that is when
-        # a new job can be served.
-        await nc.subscribe("$JS.EVENT.ADVISORY.CONSUMER.CREATED.*.*", cb=self.feeds.on_advisory)
+        # Said once a job's stream and consumer are made: a new job is served
+        # from then on (and only this namespace's are heard of).
+        await nc.subscribe(job_notices(self.settings.namespace), cb=self.feeds.on_notice)
         await nc.subscribe(f"{notify_prefix}.*", cb=self._on_confirm)
         await nc.subscribe(again_subject(f"{notify_prefix}.*"), cb=self._on_again)
         self._watch("stream listing", self.feeds.listing_loop())

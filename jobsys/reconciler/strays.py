@@ -44,7 +44,7 @@ def delete_stray_streams(ctx: PassContext) -> Mapping[str, Any]:
             if not held:
                 continue
             names = JobNames.of(ctx.settings.namespace, job_id)
-            if not bridge().run(lambda nc, js, n=names: delete_job_stream(js, n)):  # type: ignore[misc]
+            if not bridge().run(lambda nc, js, n=names: delete_job_stream(nc, js, n)):  # type: ignore[misc]
                 continue  # its teardown (or another pass) deleted it since the listing
             finding = Finding(
                 job_id, Kind.STRAY_STREAM, Action.DELETED,

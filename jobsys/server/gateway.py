@@ -55,15 +55,13 @@ from jobsys.errors import ServiceUnavailable
 from jobsys.models import TaskResult
 from jobsys.nats.connect import connect, jetstream
 from jobsys.nats.subjects import (
-    CONSUMER_CREATED_ADVISORIES,
-    STREAM_ADVISORIES,
     JobNames,
     again_subject,
-    job_id_of_stream,
+    job_notices,
     leases_taken_subject,
+    parse_job_notice,
     parse_msg_id,
     serial_of_again,
-    stream_of_advisory,
 )
 from jobsys.processor.keepalive import NO_DEADLINE, KeepAlive
 from jobsys.processor.outbox import Outbox
@@ -164,8 +162,7 @@ class Gateway:
         await nc.subscribe(f"{prefix}.*", cb=self._on_confirm)
         # A job becomes servable when bootstrap made its consumer, and stops when
         # its stream is deleted: waiting claims hear of both at once.
-        await nc.subscribe(CONSUMER_CREATED_ADVISORIES, cb=self._on_jobs_changed)
-        await nc.subscribe(STREAM_ADVISORIES, cb=self._on_jobs_changed)
+        await nc.subscribe(job_notices(self.settings.namespace), cb=self._on_jobs_changed)
         await nc.subscribe(again_subject(f"{prefix}.*"), cb=self._on_again)
         await nc.subscribe(leases_taken_subject(self.settings.namespace), cb=self._on_taken)
         for name, coro in (
@@ -221,8 +218,7 @@ class Gateway:
     # -- which jobs ------------------------------------------------------------
 
     async def _on_jobs_changed(self, msg: Msg) -> None:
-        parsed = stream_of_advisory(msg.subject)
-        if parsed is None or job_id_of_stream(self.settings.namespace, parsed[1]) is None:
+        if parse_job_notice(self.settings.namespace, msg.subject) is None:
             return
         changed, self._jobs_changed = self._jobs_changed, asyncio.Event()
         changed.set()

@@ -574,7 +574,7 @@ class Faults:
             return None
         job = self.rng.choice(jobs)
         names = JobNames.of(get_settings().namespace, job["id"])
-        if not bridge().run(lambda nc, js: delete_job_stream(js, names)):
+        if not bridge().run(lambda nc, js: delete_job_stream(nc, js, names)):
             return None
         send_bootstrap(job["id"])
         return {"job_id": job["id"], "pending": int(job["pending"])}

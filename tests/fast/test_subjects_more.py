@@ -10,9 +10,10 @@ from jobsys.nats.subjects import (
     JobNames,
     delivered_at_ns,
     job_id_of_stream,
+    job_notices,
     parse_ack_subject,
+    parse_job_notice,
     serial_of_confirm,
-    stream_of_advisory,
 )
 
 
@@ -78,15 +79,18 @@ def test_job_names_and_streams_of_a_namespace() -> None:
     assert job_id_of_stream("ns", "ns_job_12x") is None
 
 
-def test_advisory_and_confirmation_subjects() -> None:
-    assert stream_of_advisory("$JS.EVENT.ADVISORY.STREAM.DELETED.ns_job_1") == (
-        "DELETED",
-        "ns_job_1",
-    )
-    assert stream_of_advisory("$JS.EVENT.ADVISORY.CONSUMER.CREATED.ns_job_1.c") == (
-        "CREATED",
-        "ns_job_1",
-    )
-    assert stream_of_advisory("foo.bar") is None
+def test_job_notice_and_confirmation_subjects() -> None:
+    names = JobNames.of("ns", 1)
+    for event in ("CREATED", "UPDATED", "DELETED"):
+        assert names.notice(event) == f"ns.jobs.{event}.ns_job_1"
+        assert parse_job_notice("ns", names.notice(event)) == (event, 1)
+    assert job_notices("ns") == "ns.jobs.*.*"
+    # Another namespace's, an unknown event, a stream not a job's, other subjects.
+    assert parse_job_notice("ns", JobNames.of("other", 1).notice("CREATED")) is None
+    assert parse_job_notice("n", JobNames.of("ns", 1).notice("CREATED")) is None
+    assert parse_job_notice("ns", "ns.jobs.PURGED.ns_job_1") is None
+    assert parse_job_notice("ns", "ns.jobs.CREATED.ns_job_x") is None
+    assert parse_job_notice("ns", "ns.jobs.CREATED") is None
+    assert parse_job_notice("ns", "$JS.EVENT.ADVISORY.STREAM.CREATED.ns_job_1") is None
     assert serial_of_confirm("_INBOX.abc.17") == 17
     assert serial_of_confirm("_INBOX.abc.x") is None

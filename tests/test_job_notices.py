@@ -1,0 +1,107 @@
+"""Processors hear of their own deployment's jobs by notices, and of no other's.
+
+Issue 20: processors learned of new streams from JetStream's advisories, which
+cover every stream of the NATS account (other deployments' too), and from a
+listing every 2 s. Now bootstrap, `jobsys set` and teardown say what they did
+on the namespace's own subject (`<ns>.jobs.<event>.<stream>`); the listing
+stays as a backstop. Here it is set to an hour, so a job that is served and
+finishes was heard of by its notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+from nats.aio.msg import Msg
+
+import jobsys
+from jobsys.api.read import wait_until_final
+from jobsys.nats.admin import ensure_job_stream
+from jobsys.nats.connect import connect
+from jobsys.nats.subjects import JobNames, job_notices
+from jobsys.ops.runner import LocalSystem
+from jobsys.settings import get_settings
+from tests.helpers import assert_counters_match_ledger
+
+FINAL_WITHIN_S = 60  # a liveness bound: without notices the job would wait an hour
+HOUR_S = "3600"
+
+
+class Listener:
+    """Every notice of this run's namespace, heard on a thread of its own."""
+
+    def __init__(self) -> None:
+        self.heard: list[str] = []
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        nc = await connect()
+
+        async def on(msg: Msg) -> None:
+            self.heard.append(msg.subject)
+
+        await nc.subscribe(job_notices(get_settings().namespace), cb=on)
+        await nc.flush()
+        self._ready.set()
+        while not self._stop.is_set():
+            await asyncio.sleep(0.05)
+        await nc.flush()
+        await nc.close()
+
+    def wait_for(self, subject: str) -> None:
+        deadline = time.monotonic() + FINAL_WITHIN_S
+        while subject not in self.heard:
+            assert time.monotonic() < deadline, (subject, self.heard)
+            time.sleep(0.01)
+
+    def __enter__(self) -> Listener:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def test_a_processor_that_lists_once_an_hour_serves_a_new_job_by_its_notice(
+    tmp_path: Path,
+) -> None:
+    env = {"JOBSYS_STREAM_LISTING_S": HOUR_S}
+    with Listener() as listener, LocalSystem(log_dir=tmp_path / "logs", env=env):
+        # Let the processor's first listing (at its start) pass: a new job
+        # can then only be heard of by its notice.
+        first = jobsys.submit("echo", [{"i": 0}])
+        wait_until_final(first.id, timeout=FINAL_WITHIN_S)
+        job = jobsys.submit("echo", [{"i": i} for i in range(50)], rate=20)
+        created = JobNames.of(get_settings().namespace, job.id).notice("CREATED")
+        listener.wait_for(created)
+        jobsys.set_share(job.id, weight=3)  # while it runs (50 tasks at 20/s)
+        view = wait_until_final(job.id, timeout=FINAL_WITHIN_S)
+    assert view.status == "success" and view.done == 50
+    assert_counters_match_ledger(job.id)
+    stream = JobNames.of(get_settings().namespace, job.id).stream
+    ns = get_settings().namespace
+    for event in ("CREATED", "UPDATED", "DELETED"):
+        assert f"{ns}.jobs.{event}.{stream}" in listener.heard, (event, listener.heard)
+
+
+def test_another_namespaces_streams_are_never_heard_of() -> None:
+    other = JobNames.of(f"{get_settings().namespace}x", 1)
+    settings = get_settings()
+
+    async def make_and_delete() -> None:
+        nc = await connect()
+        js = nc.jetstream()
+        await ensure_job_stream(nc, js, other, {"pipeline": "echo", "max_deliver": 1}, settings)
+        await js.delete_stream(other.stream)
+        await nc.close()
+
+    with Listener() as listener:
+        asyncio.run(make_and_delete())
+    assert listener.heard == []
