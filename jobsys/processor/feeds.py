@@ -53,6 +53,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from jobsys.models import MAX_REPLY_CHARS, PG_INT_MAX
 from jobsys.nats.admin import (
     all_streams_info,
     max_deliver_of_stream,
@@ -460,16 +461,24 @@ class Feeds:
         return True
 
     def _task(self, feed: Feed, msg: Msg) -> Task | None:
+        # Checked here, where it comes in, as a result item needs them (the
+        # processor builds its items without a model: processor.result_item).
         ids = parse_msg_id((msg.headers or {}).get("Nats-Msg-Id"))
-        if ids is None or ids[0] != feed.run.job_id:
+        reply = msg.reply
+        if (
+            ids is None
+            or ids[0] != feed.run.job_id
+            or ids[1] > PG_INT_MAX
+            or not 0 < len(reply) <= MAX_REPLY_CHARS
+        ):
             # Not a task message of this job: nothing can ever process it.
             log.warning("foreign message terminated", extra={"job_id": feed.run.job_id})
             self.spawn(msg.term(), "terminate a foreign message")
             self.tickets.give(1)
             return None
-        deliveries = delivered_of(msg.reply) or msg.metadata.num_delivered or 1
-        self.keepalive.hold(msg.reply, feed.ack_wait_s)
-        return Task(run=feed.run, task_no=ids[1], msg=msg, deliveries=max(deliveries, 1))
+        deliveries = delivered_of(reply) or msg.metadata.num_delivered or 1
+        self.keepalive.hold(reply, feed.ack_wait_s)
+        return Task(feed.run, ids[1], msg, min(max(deliveries, 1), PG_INT_MAX))
 
 
 def delivered_of(reply: str) -> int | None:
