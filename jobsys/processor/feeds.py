@@ -31,9 +31,9 @@ while the outbox is full (backpressure). A feed whose pull came back empty
 to a probe: one long pull request for one message that holds no ticket
 (its message takes one when it comes), so thousands of waiting jobs cost
 the server one waiting request each and the tickets go to feeds with work.
-Pull requests are sent by hand on a subscription with a callback (nats-py's
-`fetch` waits on each message with a timer of its own): each message goes to
-execution as it arrives.
+Pull requests are sent by hand on an inbox of our own (nats-py's `fetch`
+waits on each message with a timer of its own): each message goes to
+execution as it is read (jobsys.processor.inboxes).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ from jobsys.nats.subjects import JobNames, job_id_of_stream, parse_msg_id, tasks
 from jobsys.pipelines.allow import NotAllowed
 from jobsys.pipelines.resolve import resolve_spec
 from jobsys.processor.execute import Execution, JobRun, Task
+from jobsys.processor.inboxes import Inboxes
 from jobsys.processor.keepalive import KeepAlive
 from jobsys.processor.outbox import Outbox
 from jobsys.processor.tickets import Tickets
@@ -151,6 +152,7 @@ class Feeds:
         # Tasks of each job handed to execution and not settled yet (the
         # outbox sends a job's batch at once when this falls to 0).
         self.holding: collections.Counter[int] = collections.Counter()
+        self.inboxes = Inboxes(nc)
 
     # -- which jobs to serve -------------------------------------------------
 
@@ -360,7 +362,7 @@ class Feeds:
         (`_on_msg`), so execution starts on the first while the rest come in."""
         run = feed.run
         inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox, cb=functools.partial(self._on_msg, feed))
+        sub = await self.inboxes.subscribe(inbox, functools.partial(self._on_msg, feed))
         next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{feed.names.stream}.{feed.names.consumer}"
         rest = IDLE_BACKOFF_S[0]
         idle = False
@@ -413,7 +415,7 @@ class Feeds:
                     rest = IDLE_BACKOFF_S[0]
         finally:
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await self.inboxes.unsubscribe(sub)
 
     def _end_pull(self, feed: Feed, pull: _Pull) -> int:
         """The request is answered, expired or abandoned: unused tickets go back.
@@ -425,7 +427,7 @@ class Feeds:
         pull.got = pull.n  # late messages of it now take tickets of their own
         return came
 
-    async def _on_msg(self, feed: Feed, msg: Msg) -> None:
+    def _on_msg(self, feed: Feed, msg: Msg) -> None:
         status = msg.headers.get(STATUS_HEADER) if msg.headers else None
         pull = feed.pull
         if status is not None:
