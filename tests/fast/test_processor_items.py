@@ -1,19 +1,23 @@
 """The processor's result items and metrics, made without a model or a lock per task
-(issue 26), are what the model and Prometheus made of each task. No server needed."""
+(issue 26), are what the model and Prometheus made of each task, and a fetched message
+whose item the model would refuse is not served. No server needed."""
 
 from __future__ import annotations
 
 from typing import Any, cast
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.msg import Msg
 
 from jobsys import metrics
 from jobsys.models import PG_INT_MAX, TaskResult
+from jobsys.nats.subjects import JobNames
 from jobsys.pipelines.resolve import resolve_spec
 from jobsys.processor.calls import DONE, FAILED, Failure
 from jobsys.processor.execute import JobRun, Task
+from jobsys.processor.feeds import Feed, Feeds
 from jobsys.processor.outbox import wire_item
 from jobsys.processor.processor import result_item
 from jobsys.processor.tally import Tally
@@ -76,3 +80,49 @@ def test_tallied_durations_flush_to_what_observing_each_would_show() -> None:
     assert samples("tally-flushed") == samples("tally-direct")
     done = metrics.TASKS_RUN.labels("tally-flushed", "done")._value.get()
     assert done == len(seconds)
+
+
+class _Spy:
+    """Stands in for the feeds' collaborators: records what `_task` asks of them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def spawn(self, coro: Any, name: str) -> None:
+        coro.close()
+        self.calls.append(("spawn", name))
+
+    def give(self, n: int) -> None:
+        self.calls.append(("give", n))
+
+    def hold(self, reply: str, ack_wait_s: float) -> None:
+        self.calls.append(("hold", reply))
+
+
+@pytest.mark.parametrize(
+    ("msg_id", "reply", "served"),
+    [
+        ("7:12", REPLY, True),
+        (f"7:{PG_INT_MAX}", REPLY, True),
+        (f"7:{PG_INT_MAX + 1}", REPLY, False),  # no item the model would refuse
+        ("8:12", REPLY, False),  # another job's
+        ("7:x", REPLY, False),
+        ("7:12", "$JS.ACK." + "x" * 600, False),
+        ("7:12", "", False),
+    ],
+)
+def test_a_fetched_message_is_served_only_if_its_item_would_be_well_formed(
+    msg_id: str, reply: str, served: bool
+) -> None:
+    spy = _Spy()
+    feeds = Feeds.__new__(Feeds)
+    feeds.spawn, feeds.tickets, feeds.keepalive = spy.spawn, spy, spy  # type: ignore[assignment]
+    feed = Feed(task(0, 1).run, JobNames.of("ns", 7), ack_wait_s=30)
+    msg = Msg(cast(Any, None), subject="_INBOX.x", reply=reply, headers={"Nats-Msg-Id": msg_id})
+    made = feeds._task(feed, msg)
+    if served:
+        assert made is not None and made.task_no == int(msg_id.split(":")[1])
+        assert made.deliveries == 2 and spy.calls == [("hold", reply)]
+    else:
+        assert made is None
+        assert spy.calls == [("spawn", "terminate a foreign message"), ("give", 1)]
