@@ -32,6 +32,8 @@ MAX_BATCH_ITEMS = 10_000
 # Task numbers and delivery counts are Postgres integers.
 PG_INT_MAX = 2**31 - 1
 PG_BIGINT_MAX = 2**63 - 1
+# A reply (ack) subject is at most this long (NATS makes them much shorter).
+MAX_REPLY_CHARS = 512
 # A rejected item's reason is cut to this many characters (it goes into an event).
 MAX_REASON_CHARS = 300
 # An exception's class name, as stored, is at most this long.
@@ -66,7 +68,7 @@ class TaskResult(BaseModel):
     status: Literal["done", "failed"]
     result: Any = None
     error: Annotated[str | None, AfterValidator(_storable_or_none)] = None
-    reply: Annotated[str, Field(min_length=1, max_length=512)]
+    reply: Annotated[str, Field(min_length=1, max_length=MAX_REPLY_CHARS)]
     deliveries: Annotated[int, Field(ge=1, le=PG_INT_MAX, strict=True)] = 1
     # A failure an exception said: its class (``module.Name``) and its
     # traceback, cut (jobsys.processor.calls.Failure). Made storable, never rejected.

@@ -33,9 +33,9 @@ while the outbox is full (backpressure). A feed whose pull came back empty
 to a probe: one long pull request for one message that holds no ticket
 (its message takes one when it comes), so thousands of waiting jobs cost
 the server one waiting request each and the tickets go to feeds with work.
-Pull requests are sent by hand on a subscription with a callback (nats-py's
-`fetch` waits on each message with a timer of its own): each message goes to
-execution as it arrives.
+Pull requests are sent by hand on an inbox of our own (nats-py's `fetch`
+waits on each message with a timer of its own): each message goes to
+execution as it is read (jobsys.processor.inboxes).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from jobsys.models import MAX_REPLY_CHARS, PG_INT_MAX
 from jobsys.nats.admin import (
     all_streams_info,
     max_deliver_of_stream,
@@ -74,6 +75,7 @@ from jobsys.nats.subjects import (
 from jobsys.pipelines.allow import NotAllowed
 from jobsys.pipelines.resolve import resolve_spec
 from jobsys.processor.execute import Execution, JobRun, Task
+from jobsys.processor.inboxes import Inboxes
 from jobsys.processor.keepalive import KeepAlive
 from jobsys.processor.outbox import Outbox
 from jobsys.processor.tickets import Tickets
@@ -157,6 +159,7 @@ class Feeds:
         # Tasks of each job handed to execution and not settled yet (the
         # outbox sends a job's batch at once when this falls to 0).
         self.holding: collections.Counter[int] = collections.Counter()
+        self.inboxes = Inboxes(nc)
 
     # -- which jobs to serve -------------------------------------------------
 
@@ -363,7 +366,7 @@ class Feeds:
         (`_on_msg`), so execution starts on the first while the rest come in."""
         run = feed.run
         inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox, cb=functools.partial(self._on_msg, feed))
+        sub = await self.inboxes.subscribe(inbox, functools.partial(self._on_msg, feed))
         next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{feed.names.stream}.{feed.names.consumer}"
         rest = IDLE_BACKOFF_S[0]
         idle = False
@@ -416,7 +419,7 @@ class Feeds:
                     rest = IDLE_BACKOFF_S[0]
         finally:
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await self.inboxes.unsubscribe(sub)
 
     def _end_pull(self, feed: Feed, pull: _Pull) -> int:
         """The request is answered, expired or abandoned: unused tickets go back.
@@ -428,7 +431,7 @@ class Feeds:
         pull.got = pull.n  # late messages of it now take tickets of their own
         return came
 
-    async def _on_msg(self, feed: Feed, msg: Msg) -> None:
+    def _on_msg(self, feed: Feed, msg: Msg) -> None:
         status = msg.headers.get(STATUS_HEADER) if msg.headers else None
         pull = feed.pull
         if status is not None:
@@ -464,16 +467,24 @@ class Feeds:
         return True
 
     def _task(self, feed: Feed, msg: Msg) -> Task | None:
+        # Checked here, where it comes in, as a result item needs them (the
+        # processor builds its items without a model: processor.result_item).
         ids = parse_msg_id((msg.headers or {}).get("Nats-Msg-Id"))
-        if ids is None or ids[0] != feed.run.job_id:
+        reply = msg.reply
+        if (
+            ids is None
+            or ids[0] != feed.run.job_id
+            or ids[1] > PG_INT_MAX
+            or not 0 < len(reply) <= MAX_REPLY_CHARS
+        ):
             # Not a task message of this job: nothing can ever process it.
             log.warning("foreign message terminated", extra={"job_id": feed.run.job_id})
             self.spawn(msg.term(), "terminate a foreign message")
             self.tickets.give(1)
             return None
-        deliveries = delivered_of(msg.reply) or msg.metadata.num_delivered or 1
-        self.keepalive.hold(msg.reply, feed.ack_wait_s)
-        return Task(run=feed.run, task_no=ids[1], msg=msg, deliveries=max(deliveries, 1))
+        deliveries = delivered_of(reply) or msg.metadata.num_delivered or 1
+        self.keepalive.hold(reply, feed.ack_wait_s)
+        return Task(feed.run, ids[1], msg, min(max(deliveries, 1), PG_INT_MAX))
 
 
 def delivered_of(reply: str) -> int | None:

@@ -27,6 +27,12 @@ its feeds fetch nothing more, so unfetched tasks wait in NATS, uncharged.
 
 A batch of a job no longer served (its stream was deleted: finished or
 cancelled) is sent once more and let go: the worker records it as late.
+
+Items are held as the dicts that go on the wire (`TaskResult`'s fields, those
+left at None left out). The processor builds them itself from what it
+checked where it came in (jobsys.processor.processor.result_item): a model
+per task, built and dumped again, was ~10 % of its CPU (issue 26). The
+worker validates every item as a `TaskResult` when it reads the batch.
 """
 
 from __future__ import annotations
@@ -38,8 +44,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-from pydantic import TypeAdapter
+from typing import Any
 
 from jobsys import metrics
 from jobsys.dramatiq.messages import send_results
@@ -54,13 +59,25 @@ log = logging.getLogger(__name__)
 SEND_RETRY_S = 0.2
 SEND_RETRY_MAX_S = 5.0
 
+# One result as it goes on the wire (see the module docstring).
+Item = dict[str, Any]
+# Called with the job id just before one of its batches is sealed.
+OnSeal = Callable[[int], None]
+
+
+def wire_item(result: TaskResult) -> Item:
+    """A validated result as it goes on the wire: its fields, those left at None left
+    out (every reader's model defaults them to None). A batch without `null` is one
+    orjson may encode and sign (jobsys.jsontext), and a smaller message besides."""
+    return result.model_dump(exclude_none=True)
+
 
 @dataclass
 class Held:
     """A result batch sent (or to be sent) and not yet confirmed as recorded."""
 
     job_id: int
-    results: list[TaskResult]
+    results: list[Item]
     replies: list[str]
     next_at: float = 0.0
     sends: int = 0
@@ -80,7 +97,7 @@ class OutboxStats:
 @dataclass
 class _Buffer:
     since: float
-    results: list[TaskResult] = field(default_factory=list)
+    results: list[Item] = field(default_factory=list)
     replies: list[str] = field(default_factory=list)
 
 
@@ -93,11 +110,13 @@ class Outbox:
         keepalive: KeepAlive,
         batch_size: int,
         notify_subject: Callable[[int], str],
+        on_seal: OnSeal | None = None,
     ) -> None:
         self.settings = settings
         self.keepalive = keepalive
         self.batch_size = batch_size
         self.notify_subject = notify_subject
+        self.on_seal = on_seal
         self.stats = OutboxStats()
         self.held: dict[int, Held] = {}
         # Results buffered or held: what backpressure counts.
@@ -120,13 +139,17 @@ class Outbox:
         `last`: nothing else of the job is fetched or running here now, so no
         more is coming to wait for: the batch goes at once (a small job's one
         result does not wait JOBSYS_RESULT_FLUSH_MS)."""
+        self.add_item(job_id, wire_item(result), result.reply, last)
+
+    def add_item(self, job_id: int, item: Item, reply: str, last: bool = False) -> None:
+        """`add` for an item already in its wire form (`wire_item`), `reply` its
+        reply subject: the processor's way, without a model per task."""
         buf = self._buffers.get(job_id)
         if buf is None:
             buf = self._buffers[job_id] = _Buffer(time.monotonic())
-        buf.results.append(result)
-        buf.replies.append(result.reply)
+        buf.results.append(item)
+        buf.replies.append(reply)
         self.results += 1
-        metrics.RESULTS_HELD.set(self.results)
         if last or len(buf.results) >= self.batch_size or job_id in self._orphans:
             self._seal(job_id)
 
@@ -136,9 +159,14 @@ class Outbox:
         self._seal(job_id)
 
     def _seal(self, job_id: int) -> None:
-        buf = self._buffers.pop(job_id, None)
+        buf = self._buffers.get(job_id)
         if buf is None or not buf.results:
             return
+        if self.on_seal is not None:
+            self.on_seal(job_id)
+        del self._buffers[job_id]
+        # Set per batch, not per result (each set takes a lock).
+        metrics.RESULTS_HELD.set(self.results)
         self._serial += 1
         self.held[self._serial] = Held(
             job_id, buf.results, buf.replies, orphan=job_id in self._orphans
@@ -221,7 +249,7 @@ class Outbox:
             try:
                 await loop.run_in_executor(
                     self._sender,
-                    _send_batch,
+                    send_results,
                     held.job_id,
                     held.results,
                     self.notify_subject(serial),
@@ -272,16 +300,3 @@ class Outbox:
             if not held.sends:
                 await self._send(serial, held, attempts=3)
         self._sender.shutdown(wait=True)
-
-
-_ITEMS = TypeAdapter(list[TaskResult])
-
-
-def _send_batch(job_id: int, results: list[TaskResult], notify: str) -> None:
-    """Runs on the sender thread: the models as JSON-ready dicts (one call for the
-    whole batch), then to Redis.
-
-    Fields left at None are left out (every reader's model defaults them to
-    None): a batch without `null` is one orjson may encode and sign
-    (jobsys.jsontext), and a smaller message besides."""
-    send_results(job_id, _ITEMS.dump_python(results, exclude_none=True), notify)

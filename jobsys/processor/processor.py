@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -37,7 +38,6 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from jobsys import metrics
 from jobsys.models import TaskResult
 from jobsys.nats.connect import connect, jetstream
 from jobsys.nats.subjects import again_subject, job_notices, serial_of_again
@@ -57,16 +57,18 @@ from jobsys.processor.execute import (
 )
 from jobsys.processor.feeds import Feeds
 from jobsys.processor.keepalive import NO_DEADLINE, KeepAlive
-from jobsys.processor.outbox import Outbox
+from jobsys.processor.outbox import Item, Outbox, wire_item
 from jobsys.processor.rates import Rates
 from jobsys.processor.retries import RetryNotes
 from jobsys.processor.stopping import StopSwitch
+from jobsys.processor.tally import Tally
 from jobsys.processor.threads import ThreadSlot
 from jobsys.processor.tickets import Tickets
 from jobsys.settings import Settings, get_settings
 from jobsys.storable import storable_error
 
 log = logging.getLogger(__name__)
+
 
 Pool = Literal["processes", "threads"]
 # Tasks one processor holds fetched and not yet run, across its jobs.
@@ -92,26 +94,45 @@ class ProcessorStats:
     backpressure_waits: int = 0
 
 
-def result_item(task: Task, kind: str, value: Any) -> TaskResult:
-    """The shared result model for a task's final outcome (DONE with its result, or
-    a failure with its reason)."""
+def result_item(task: Task, kind: str, value: Any) -> Item:
+    """A task's final outcome (DONE with its result, or a failure with its reason) as
+    it goes on the wire: what `wire_item` makes of the `TaskResult`.
+
+    A done task's item is built here without the model: every field was checked
+    where it came in (task number, reply and delivery count when the message
+    was fetched, jobsys.processor.feeds; the result in the slot that made it,
+    a JSON object, jobsys.processor.calls), and the worker validates the item
+    again. A failure (rare) goes through the model, which makes its texts
+    storable."""
+    if kind == DONE and type(value) is dict:
+        return {
+            "task": task.task_no,
+            "status": "done",
+            "result": value,
+            "reply": task.msg.reply,
+            "deliveries": task.deliveries,
+        }
     if kind == DONE:
-        return TaskResult(
+        return wire_item(
+            TaskResult(
+                task=task.task_no,
+                status="done",
+                result=value,
+                reply=task.msg.reply,
+                deliveries=task.deliveries,
+            )
+        )
+    failure = value if isinstance(value, Failure) else None
+    return wire_item(
+        TaskResult(
             task=task.task_no,
-            status="done",
-            result=value,
+            status="failed",
+            error=storable_error(value),
+            error_type=failure.error_type if failure else None,
+            error_trace=failure.trace if failure else None,
             reply=task.msg.reply,
             deliveries=task.deliveries,
         )
-    failure = value if isinstance(value, Failure) else None
-    return TaskResult(
-        task=task.task_no,
-        status="failed",
-        error=storable_error(value),
-        error_type=failure.error_type if failure else None,
-        error_trace=failure.trace if failure else None,
-        reply=task.msg.reply,
-        deliveries=task.deliveries,
     )
 
 
@@ -130,8 +151,8 @@ class Processor:
         self.batch_size = batch_size or self.settings.result_batch_size
         self.pool = pool
         self.stats = ProcessorStats()
-        self._ran_children: dict[tuple[str, str], Any] = {}
-        self._duration_children: dict[str, Any] = {}
+        # Per-task metrics, published per result batch (jobsys.processor.tally).
+        self.tally = Tally()
         # Set when a side task died: the processor stops and exits non-zero.
         self.fatal: str | None = None
         self._stop = StopSwitch()
@@ -160,7 +181,11 @@ class Processor:
         self.retry_notes = RetryNotes()
         notify_prefix = nc.new_inbox()
         self.outbox = Outbox(
-            self.settings, self.keepalive, self.batch_size, lambda s: f"{notify_prefix}.{s}"
+            self.settings,
+            self.keepalive,
+            self.batch_size,
+            lambda s: f"{notify_prefix}.{s}",
+            on_seal=lambda job_id: self.tally.flush(),
         )
         self.execution = Execution(
             self._settle,
@@ -270,6 +295,7 @@ class Processor:
         await asyncio.gather(*self._side.values(), return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.outbox.close()
+        self.tally.flush()
         with contextlib.suppress(Exception):
             await self.rates.close()
         with contextlib.suppress(Exception):
@@ -299,21 +325,6 @@ class Processor:
         task.started = time.monotonic()
         self.keepalive.until(task.msg.reply, deadline)
 
-    def _ran(self, pipeline: str, outcome: str) -> Any:
-        # Labelled metric children, looked up once: `labels()` on every task
-        # cost the processor ~5% of its CPU.
-        key = (pipeline, outcome)
-        child = self._ran_children.get(key)
-        if child is None:
-            child = self._ran_children[key] = metrics.TASKS_RUN.labels(pipeline, outcome)
-        return child
-
-    def _duration(self, pipeline: str) -> Any:
-        child = self._duration_children.get(pipeline)
-        if child is None:
-            child = self._duration_children[pipeline] = metrics.TASK_DURATION.labels(pipeline)
-        return child
-
     def _reconnected(self) -> None:
         # The server forgot the pull requests waiting on it (the empty feeds'
         # long probes): they are sent again now, not when they would expire.
@@ -338,12 +349,14 @@ class Processor:
         self.stats.ran += 1
         pipeline = task.run.pipeline
         if task.started:
-            self._duration(pipeline).observe(time.monotonic() - task.started)
+            self.tally.took(pipeline, time.monotonic() - task.started)
         if kind != DONE:
             decision, value = retry_decision(task, kind, value)
             outcome = "timeout" if TIMED_OUT in str(value) else OUTCOME_OF[decision]
-            self._ran(pipeline, outcome).inc()
+            self.tally.ran(pipeline, outcome)
             if decision == "retry":
+                # No batch to wait for: its metrics are published now.
+                self.tally.flush()
                 self.stats.retried += 1
                 self.keepalive.release(reply)
                 delay = self.retry_delay(task)
@@ -354,13 +367,13 @@ class Processor:
                 return
         item = result_item(task, kind, value)
         if kind == DONE:
-            self._ran(pipeline, "done").inc()
+            self.tally.ran(pipeline, "done")
             self.stats.ok += 1
         else:
             self.stats.failed += 1
         # Held until recorded, however long: no deadline any more.
         self.keepalive.until(reply, NO_DEADLINE)
-        self.outbox.add(task.run.job_id, item, last=last)
+        self.outbox.add_item(task.run.job_id, item, reply, last=last)
 
     def retry_delay(self, task: Task) -> float:
         """Seconds before NATS delivers again `task`, which failed transiently: the
@@ -386,6 +399,11 @@ def main(
 ) -> ProcessorStats:
     """Run a processor in this process until SIGTERM or SIGINT; exit 1 if a side task died."""
     processor = Processor(concurrency=concurrency, batch_size=batch_size, pool=pool)
+    # What this process has loaded (modules, settings) lives as long as it does:
+    # out of the collector's way, a full collection no longer walks it (one cost
+    # ~0.03 s of CPU in a 20,000-task run, issue 26). Here, not in `run`: a
+    # process that embeds a Processor (tests) keeps its own collector as it is.
+    gc.freeze()
 
     async def serve() -> ProcessorStats:
         loop = asyncio.get_running_loop()

@@ -24,7 +24,7 @@ from jobsys.dramatiq.broker import RESULTS_QUEUE, FastJSONEncoder
 from jobsys.dramatiq.messages import PROCESS_RESULTS, _signed
 from jobsys.dramatiq.signing import _canonical
 from jobsys.models import TaskResult
-from jobsys.processor.outbox import _ITEMS
+from jobsys.processor.outbox import wire_item
 
 scalars = (
     st.none()
@@ -116,7 +116,7 @@ def test_a_result_batch_takes_the_fast_path() -> None:
         )
         for i in range(250)
     ]
-    items = _ITEMS.dump_python(results, exclude_none=True)
+    items = [wire_item(r) for r in results]
     args = (7, items, "_INBOX.3e5f9a0b1c2d.17")
     assert jsontext.fast_dumps([PROCESS_RESULTS, args, {}], sort_keys=True) is not None
     message = _signed(RESULTS_QUEUE, PROCESS_RESULTS, args)
