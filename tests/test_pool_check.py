@@ -10,20 +10,30 @@ to a caller.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 from jobsys.pg import db
 from jobsys.pg.db import close_pool, connect_direct, connection
+from jobsys.settings import reset_settings
 
 IDLE_S = 0.2
 
 
 @pytest.fixture(autouse=True)
-def _own_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+def _own_pool(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # One connection in the pool: the one a test dropped is the one it gets
+    # next (a pool of several hands out the one idle longest).
     monkeypatch.setattr(db, "POOL_CHECK_IDLE_S", IDLE_S)
+    monkeypatch.setenv("JOBSYS_DB_POOL_SIZE", "1")
     close_pool()
+    reset_settings()
+    yield
+    close_pool()
+    monkeypatch.undo()
+    reset_settings()
 
 
 def _pooled_backend() -> int:
@@ -46,7 +56,6 @@ def test_a_connection_dropped_while_idle_is_replaced_before_it_is_handed_out() -
     time.sleep(IDLE_S * 2)
     for _ in range(5):
         assert _pooled_backend() not in backends
-    close_pool()
 
 
 def test_a_connection_just_handed_back_is_reused_without_a_check(
@@ -61,4 +70,3 @@ def test_a_connection_just_handed_back_is_reused_without_a_check(
         conn.execute("SELECT 1")
     # The pool drops a broken connection when it comes back: the next is good.
     assert _pooled_backend() != pid
-    close_pool()
