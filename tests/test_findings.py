@@ -5,11 +5,16 @@ real Postgres and NATS (no worker runs here)."""
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, fields
 from typing import Any
 
 import jobsys
 from jobsys.pg.db import connection
+from jobsys.pg.queries import Q
 from jobsys.reconciler import reconcile_pass
+from jobsys.reconciler.findings import Finding, record_findings
+from jobsys.reconciler.kinds import Action, Kind
+from jobsys.reconciler.state import Counts, NatsView
 from tests.helpers import fast, make_started_job, pull_results
 
 
@@ -106,3 +111,37 @@ def test_a_pass_prunes_findings_and_passes_last_seen_before_the_window() -> None
     # A finding first seen long ago but seen within the window is kept.
     assert findings == {still_seen}
     assert runs == {recent_run, run_id}
+
+
+def test_findings_recorded_together_are_counted_or_added_as_one_by_one() -> None:
+    with connection() as conn:
+        run_id = conn.execute(Q.insert_reconcile_run, {"trigger": "test"}).fetchone()["id"]
+    same, other, new = -11, -12, -13
+    for job_id in (same, other):
+        record_findings(run_id, [Finding(job_id, Kind.WAITING, Action.NONE, {"reason": "a"})])
+
+    record_findings(run_id, [
+        Finding(same, Kind.WAITING, Action.NONE, {"reason": "a", "n": 2}),
+        Finding(other, Kind.WAITING, Action.NONE, {"reason": "b"}),
+        Finding(new, Kind.WAITING, Action.NONE, {"reason": "a"}),
+    ])  # fmt: skip
+
+    rows = {j: [(r["reason"], r["seen"], r["detail"]) for r in findings_of(j)]
+            for j in (same, other, new)}  # fmt: skip
+    with connection() as conn:
+        conn.execute("DELETE FROM reconcile_findings WHERE job_id = ANY(%s)", ([same, other, new],))
+    assert rows == {
+        same: [("a", 2, {"reason": "a", "n": 2})],  # counted, with the detail seen now
+        other: [("a", 1, {"reason": "a"}), ("b", 1, {"reason": "b"})],
+        new: [("a", 1, {"reason": "a"})],
+    }
+
+
+def test_what_a_finding_records_as_seen_names_every_field() -> None:
+    # Built by hand for speed (a pass builds one per waiting job): the same as asdict.
+    view = NatsView(stream=True, consumer=True, messages=2, num_pending=1, num_ack_pending=1,
+                    num_redelivered=0, num_waiting=0, advisories=None)  # fmt: skip
+    assert view.as_dict() == {**asdict(view), "created": None}
+    assert list(view.as_dict()) == [f.name for f in fields(NatsView)]
+    counts = Counts(1, 2, 3, 4)
+    assert counts.as_dict() == asdict(counts)

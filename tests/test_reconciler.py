@@ -268,6 +268,39 @@ def test_tasks_held_by_a_processor_or_not_consumed_at_all_wait_and_are_never_los
     jobsys.cancel(job_id)  # leave nothing active for the other tests
 
 
+def test_a_job_counted_unchanged_as_waiting_is_still_looked_at_afresh_every_pass() -> None:
+    # A pass neither writes nor locks a job that waits as it did: that saves
+    # the write, never the look. A consumer lost, then tasks NATS gave up on,
+    # each after passes that counted the job as still waiting, are found by
+    # the very next pass.
+    job_id = make_started_job(3, max_deliver=1)
+    time.sleep(0.3)  # idle past lost_after_s
+    for _ in range(3):
+        found = of_job(reconcile_pass(fast()), job_id)
+        assert [(f.kind, f.action) for f in found] == [("waiting", "none")]
+    with connection() as conn:
+        rows = conn.execute(
+            "SELECT kind, seen FROM reconcile_findings WHERE job_id = %s", (job_id,)
+        ).fetchall()
+    assert [(r["kind"], r["seen"]) for r in rows] == [("waiting", 3)]  # counted, not rewritten
+
+    names = JobNames.of(get_settings().namespace, job_id)
+    assert bridge().run(lambda nc, js: js.delete_consumer(names.stream, names.consumer))
+    found = of_job(reconcile_pass(fast()), job_id)
+    assert [(f.kind, f.action) for f in found] == [("consumer_missing", "recreated_consumer")]
+    found = of_job(reconcile_pass(fast()), job_id)
+    assert [(f.kind, f.action) for f in found] == [("waiting", "none")]
+
+    assert give_back_until_exhausted(job_id, max_deliver=1) == 3 * (1 + DELIVERY_SLACK)
+    found = of_job(reconcile_pass(fast(lost_after_s=3600)), job_id)
+    assert [(f.kind, f.action) for f in found] == [
+        ("tasks_exhausted", "marked_lost"),
+        ("stray_stream", "deleted"),  # no worker runs the teardown
+    ]
+    assert status(job_id) == "failure" and counters(job_id)["lost"] == 3
+    assert_counters_match_ledger(job_id)
+
+
 # -- stream_missing --------------------------------------------------------------------
 
 

@@ -100,12 +100,35 @@ def record_finding(run_id: int, finding: Finding) -> int:
             },
         ).fetchone()
     seen = int(row["seen"]) if row else 1
+    _note_recorded(finding, seen)
+    return seen
+
+
+def record_findings(run_id: int, findings: list[Finding]) -> None:
+    """Record many findings of pass `run_id` (at most one per job and kind) in one
+    statement, each as `record_finding` would."""
+    if not findings:
+        return
+    rows = [{"job_id": f.job_id, "kind": str(f.kind), "action": str(f.action),
+             "reason": f.reason, "detail": f.detail} for f in findings]  # fmt: skip
+    with connection() as conn:
+        done = conn.execute(
+            Q.record_reconcile_findings,
+            {"run_id": run_id, "findings": json.dumps(rows, default=str)},
+        ).fetchall()
+    seen = {(r["job_id"], r["kind"]): int(r["seen"]) for r in done}
+    for finding in findings:
+        _note_recorded(finding, seen.get((finding.job_id, str(finding.kind)), 1))
+
+
+def _note_recorded(finding: Finding, seen: int) -> None:
+    """The metric and log line of one recorded finding."""
     metrics.RECONCILE_FINDINGS.labels(str(finding.kind), str(finding.action)).inc()
     level = logging.INFO if finding.action != Action.NONE else logging.DEBUG
-    extra = {"job_id": finding.job_id, "kind": str(finding.kind),
-             "action": str(finding.action), "seen": seen}  # fmt: skip
-    log.log(level, "reconcile finding", extra=extra)
-    return seen
+    if log.isEnabledFor(level):
+        extra = {"job_id": finding.job_id, "kind": str(finding.kind),
+                 "action": str(finding.action), "seen": seen}  # fmt: skip
+        log.log(level, "reconcile finding", extra=extra)
 
 
 def read_latest_findings(job_ids: list[int]) -> dict[tuple[int, str], dict[str, Any]]:

@@ -8,8 +8,9 @@
    A job whose findings act on nothing (`NO_ACTION`: it waits) is judged
    from the pass's own look, with no lock and no second look, and a finding
    the same as the job's latest (kind, action, reason) is not written again:
-   all of those are counted in one statement at the end of the pass. So a
-   pass over 10,000 waiting jobs costs a look at each and three statements.
+   all of those are counted in one statement at the end of the pass, and
+   the ones that changed are written in one more. So a pass over 10,000
+   waiting jobs costs a look at each and four statements.
 3. Run the duties (`DUTIES`) in order: stray streams, history pruning, hook
    resends, ledger retention.
 4. Record the pass (`reconcile_runs`) with what it saw and did.
@@ -40,6 +41,7 @@ from jobsys.reconciler.findings import (
     PassReport,
     read_latest_findings,
     record_finding,
+    record_findings,
     refresh_findings,
 )
 from jobsys.reconciler.handlers import HANDLERS
@@ -104,11 +106,12 @@ def _reconcile_job(
 
 
 def _note_unacted(
-    seen: Seen, kinds: list[Kind], run_id: int, latest: dict[tuple[int, str], Any],
-    unchanged: list[int],
+    seen: Seen, kinds: list[Kind], latest: dict[tuple[int, str], Any],
+    unchanged: list[int], changed: list[Finding],
 ) -> list[Finding]:  # fmt: skip
-    """Findings that act on nothing, judged from the pass's look: written only when
-    they differ from the job's latest; otherwise their row's id goes to `unchanged`."""
+    """Findings that act on nothing, judged from the pass's look. One that differs
+    from the job's latest goes to `changed` (written at the end of the pass, all in
+    one statement); otherwise its row's id goes to `unchanged`."""
     findings: list[Finding] = []
     for kind in kinds:
         outcome = HANDLERS[kind](seen)
@@ -122,7 +125,7 @@ def _note_unacted(
         ):
             unchanged.append(prior["id"])
         else:
-            record_finding(run_id, finding)
+            changed.append(finding)
         findings.append(finding)
     return findings
 
@@ -154,6 +157,7 @@ def reconcile_pass(settings: Settings | None = None, trigger: str = "cli") -> Pa
     team = TeamLook()
     latest = read_latest_findings([j.id for j in jobs])
     unchanged: list[int] = []
+    changed: list[Finding] = []
     # One connection holds this pass's per-job session locks, taken and
     # released job by job (a job's actions span several transactions and
     # NATS calls, so a transaction-scoped lock would not cover them).
@@ -165,7 +169,7 @@ def reconcile_pass(settings: Settings | None = None, trigger: str = "cli") -> Pa
                 continue
             if nats is not None and NO_ACTION.issuperset(kinds):
                 seen = Seen(job, nats, s, team)
-                report.findings += _note_unacted(seen, kinds, run_id, latest, unchanged)
+                report.findings += _note_unacted(seen, kinds, latest, unchanged, changed)
                 continue
             db_only = nats if nats is not None and DB_ONLY.issuperset(kinds) else None
             with job_lock(Lock.RECONCILE, job.id, lock_conn) as held:
@@ -182,6 +186,7 @@ def reconcile_pass(settings: Settings | None = None, trigger: str = "cli") -> Pa
                     finding = Finding(job.id, Kind.ERROR, Action.NONE, {"error": repr(exc)})
                     record_finding(run_id, finding)
                     report.findings.append(finding)
+        record_findings(run_id, changed)
         refresh_findings(run_id, unchanged)
         ctx = PassContext(run_id, s, lock_conn, job_streams)
         duties = _run_duties(ctx)

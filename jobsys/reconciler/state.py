@@ -8,7 +8,7 @@ consumer info; `diagnose` reads nothing else.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +34,12 @@ class Counts:
     failed: int = 0
     lost: int = 0
     cancelled: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """``{"done": .., "failed": .., "lost": .., "cancelled": ..}`` (by hand:
+        `dataclasses.asdict` deep-copies, and a pass builds one per waiting job)."""
+        return {"done": self.done, "failed": self.failed, "lost": self.lost,
+                "cancelled": self.cancelled}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -69,12 +75,13 @@ class JobState:
 
     def saw(self, nats: NatsView | None) -> dict[str, Any]:
         """What a finding records as seen: DB counters, ledger counts, NATS state."""
+        ledger = self.ledger.as_dict()
         return {
             "status": str(self.status),
-            "counters": {**asdict(self.counters), "total": self.total,
+            "counters": {**self.counters.as_dict(), "total": self.total,
                          "published": self.published},
-            "ledger": {"pending": self.pending, **asdict(self.ledger),
-                       "total": self.pending + sum(asdict(self.ledger).values())},
+            "ledger": {"pending": self.pending, **ledger,
+                       "total": self.pending + sum(ledger.values())},
             "idle_s": round(self.idle_s, 3),
             "nats": nats.as_dict() if nats is not None else None,
         }  # fmt: skip
@@ -129,10 +136,19 @@ class NatsView:
         return self.num_pending == 0 and self.num_ack_pending == 0
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready (what findings record and `jobsys inspect` shows)."""
-        out = asdict(self)
-        out["created"] = self.created.isoformat() if self.created is not None else None
-        return out
+        """JSON-ready (what findings record and `jobsys inspect` shows); by hand,
+        as `Counts.as_dict`."""
+        return {
+            "stream": self.stream,
+            "consumer": self.consumer,
+            "messages": self.messages,
+            "num_pending": self.num_pending,
+            "num_ack_pending": self.num_ack_pending,
+            "num_redelivered": self.num_redelivered,
+            "num_waiting": self.num_waiting,
+            "advisories": self.advisories,
+            "created": self.created.isoformat() if self.created is not None else None,
+        }
 
 
 @dataclass(frozen=True)

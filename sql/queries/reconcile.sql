@@ -128,6 +128,37 @@ WITH latest AS (
 )
 SELECT id, seen FROM counted UNION ALL SELECT id, seen FROM added;
 
+-- name: record_reconcile_findings
+-- Many findings of a pass in one statement (a pass's findings that act on
+-- nothing: the first pass over 10,000 waiting jobs records 10,000): each
+-- exactly as record_reconcile_finding would, counted on the job's latest
+-- finding of its kind when action and reason are the same, else added.
+-- `findings` is a JSON array of {job_id, kind, action, reason, detail}, one
+-- per (job, kind).
+WITH new AS (
+    SELECT * FROM jsonb_to_recordset(%(findings)s::jsonb)
+        AS n (job_id bigint, kind text, action text, reason text, detail jsonb)
+), latest AS (
+    SELECT DISTINCT ON (f.job_id, f.kind) f.id, f.job_id, f.kind, f.action, f.reason
+    FROM reconcile_findings f
+    JOIN new n ON f.job_id = n.job_id AND f.kind = n.kind
+    ORDER BY f.job_id, f.kind, f.id DESC
+), counted AS (
+    UPDATE reconcile_findings f
+    SET seen = f.seen + 1, at = now(), run_id = %(run_id)s, detail = n.detail
+    FROM latest l
+    JOIN new n ON n.job_id = l.job_id AND n.kind = l.kind
+    WHERE f.id = l.id AND l.action = n.action AND l.reason IS NOT DISTINCT FROM n.reason
+    RETURNING f.job_id, f.kind, f.seen
+), added AS (
+    INSERT INTO reconcile_findings (run_id, job_id, kind, action, reason, detail)
+    SELECT %(run_id)s, n.job_id, n.kind, n.action, n.reason, n.detail
+    FROM new n
+    WHERE NOT EXISTS (SELECT 1 FROM counted c WHERE c.job_id = n.job_id AND c.kind = n.kind)
+    RETURNING job_id, kind, seen
+)
+SELECT job_id, kind, seen FROM counted UNION ALL SELECT job_id, kind, seen FROM added;
+
 -- name: finish_reconcile_run
 -- Close a pass's record with what it checked and found.
 UPDATE reconcile_runs
