@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 
 from bench.env import BENCH_URL, scratch_database
+from bench.jobrows import job_row
 
 HANDLERS = (1, 4, 16, 32)
 BATCH_SIZES = (1, 100)
@@ -168,18 +169,7 @@ def _new_ledger_job(total: int) -> int:
     from jobsys.pg.queries import Q
 
     with connection() as conn, conn.transaction():
-        job = conn.execute(
-            Q.insert_job,
-            {
-                "name": "bench-counting",
-                "pipeline": "echo",
-                "total": 0,
-                "failure_threshold": 0.0,
-                "max_deliver": 5,
-                "task_timeout_s": None,
-                "max_in_flight": None,
-            },
-        ).fetchone()
+        job = conn.execute(Q.insert_job, job_row("bench-counting", 0)).fetchone()
         assert job is not None
         with conn.cursor().copy(Q.copy_tasks) as copy:
             for t in range(total):

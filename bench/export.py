@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import env  # sets JOBSYS_* before jobsys is imported
+from bench.jobrows import job_row
 
 SIZES = (100_000, 1_000_000)
 QUICK_SIZES = (20_000, 200_000)
@@ -50,11 +51,7 @@ def make_finished_job(n: int, name: str) -> int:
     from jobsys.pg.queries import Q
 
     with connection() as conn, conn.transaction():
-        row = conn.execute(
-            Q.insert_job,
-            {"name": name, "pipeline": "echo", "total": 0, "failure_threshold": 0.0,
-             "max_deliver": 1, "task_timeout_s": None, "max_in_flight": None},
-        ).fetchone()  # fmt: skip
+        row = conn.execute(Q.insert_job, job_row(name, 0, max_deliver=1)).fetchone()
         assert row is not None
         job_id: int = row["id"]
         conn.execute(_FILL, {"job_id": job_id, "n": n})

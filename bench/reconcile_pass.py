@@ -27,6 +27,8 @@ import psycopg
 from nats.js.api import StorageType
 from psycopg.conninfo import make_conninfo
 
+from bench.jobrows import job_row
+
 TASKS_PER_JOB = 2
 # Passes over the waiting jobs: the first records the findings, the rest see
 # them unchanged.
@@ -90,13 +92,7 @@ def _make_jobs(n: int, memory: bool = False) -> list[int]:
     ids: list[int] = []
     with connection() as conn, conn.transaction():
         for _ in range(n):
-            row = conn.execute(
-                Q.insert_job,
-                {"name": "bench", "pipeline": "echo", "total": TASKS_PER_JOB,
-                 "failure_threshold": 0.0, "max_deliver": 5, "task_timeout_s": None,
-                 "max_in_flight": None, "retry_delay_s": None, "retry_delay_max_s": None,
-                 "rate_per_s": None, "priority": 0, "weight": 1},
-            ).fetchone()  # fmt: skip
+            row = conn.execute(Q.insert_job, job_row("bench", TASKS_PER_JOB)).fetchone()
             assert row is not None
             ids.append(row["id"])
         with conn.cursor().copy(Q.copy_tasks) as copy:
