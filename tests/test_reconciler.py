@@ -98,26 +98,39 @@ def status(job_id: int) -> str:
     return jobsys.get_job(job_id).status
 
 
+# give_back_until_exhausted stops after this many pulls in a row came back
+# empty, each waiting this long.
+EMPTY_PULLS = 2
+EMPTY_PULL_S = 2.0
+
+
 def give_back_until_exhausted(job_id: int, max_deliver: int) -> int:
     """Take every task message and hand it back (nak) as often as the job's consumer
     allows (its `max_deliver` and DELIVERY_SLACK), like a processor that keeps
     dying with its tasks; then one more pull, on which the server notices the
     exhaustion and publishes MAX_DELIVERIES advisories."""
     names = JobNames.of(get_settings().namespace, job_id)
+    limit = max_deliver + DELIVERY_SLACK
 
     async def run(nc: Any, js: Any) -> int:
         sub = await js.pull_subscribe_bind(consumer=names.consumer, stream=names.stream)
         delivered = 0
-        for _ in range(max_deliver + DELIVERY_SLACK):
-            msgs = await sub.fetch(100, timeout=5)
-            delivered += len(msgs)
+        empty = 0
+        # Until pulls come back empty (not a fixed number of rounds: under
+        # load a nak'ed message may come back only in the next pull).
+        while empty < EMPTY_PULLS:
+            try:
+                msgs = await sub.fetch(100, timeout=EMPTY_PULL_S)
+            except TimeoutError:
+                empty += 1
+                continue
+            empty = 0
             for msg in msgs:
+                assert msg.metadata.num_delivered <= limit, (
+                    "a message was delivered more than max_deliver times"
+                )
+                delivered += 1
                 await msg.nak()
-        try:
-            left = await sub.fetch(100, timeout=1)
-        except TimeoutError:
-            left = []
-        assert left == [], "a message was delivered more than max_deliver times"
         await sub.unsubscribe()
         return delivered
 
