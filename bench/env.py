@@ -71,8 +71,10 @@ def setup() -> None:
 
 
 def wipe_streams() -> int:
-    """Delete every NATS stream of the bench namespace; returns how many."""
+    """Delete every NATS stream of the bench namespace (its job streams and its
+    presence bucket's); returns how many."""
     from jobsys.nats.connect import connect, jetstream
+    from jobsys.nats.presence import bucket_name
 
     async def wipe() -> int:
         nc = await connect()
@@ -80,7 +82,7 @@ def wipe_streams() -> int:
         n = 0
         for info in await js.streams_info():
             name = info.config.name or ""
-            if name.startswith(f"{NAMESPACE}_"):
+            if name.startswith(f"{NAMESPACE}_") or name == f"KV_{bucket_name(NAMESPACE)}":
                 await js.delete_stream(name)
                 n += 1
         await nc.close()
