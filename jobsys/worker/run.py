@@ -61,6 +61,9 @@ def run_worker(threads: int, metrics_port: int | None = None) -> None:
     # prefetch and threads (Dramatiq's docs advise one Worker per process; what
     # the two share is the broker and its middleware, which keep no per-worker
     # state: each Worker adds consumers only for the queues it was given).
+    # Dramatiq warns at each start that the second Worker's own middleware is
+    # "of the same type twice": that is this design, not a mistake.
+    broker.logger.addFilter(_SecondWorkerMiddleware())
     workers = [
         dramatiq.Worker(broker, worker_threads=threads, queues=queues - {HOOKS_QUEUE},
                         worker_timeout=POLL_MAX_MS),
@@ -79,6 +82,14 @@ def run_worker(threads: int, metrics_port: int | None = None) -> None:
     beat.stop()
     broker.close()
     log.info("worker stopped")
+
+
+class _SecondWorkerMiddleware(logging.Filter):
+    """Drops Dramatiq's warning about the second Worker's `_WorkerMiddleware`
+    (every other record passes)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_WorkerMiddleware" not in record.getMessage()
 
 
 def supervise(processes: int, threads: int, metrics_port: int | None = None) -> None:
