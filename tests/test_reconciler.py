@@ -45,6 +45,9 @@ from jobsys.reconciler import (
     mark_lost,
     reconcile_pass,
 )
+from jobsys.reconciler.observe import look_at_job, read_job
+from jobsys.reconciler.restream import consumer_stale
+from jobsys.reconciler.state import Seen
 from jobsys.recording.apply import apply_results
 from jobsys.recording.counting import counting_params
 from jobsys.settings import Settings, get_settings
@@ -708,3 +711,34 @@ def test_a_pass_prunes_rollups_and_passes_older_than_the_window_and_keeps_the_re
     # Passes with findings too (issue 12): a finding still being seen points at
     # the latest pass that saw it (tests/test_findings.py).
     assert runs == {run_id}
+
+
+def test_a_stale_consumer_is_made_anew_and_delivers_every_stored_message_at_once() -> None:
+    # The chaos suite left a consumer that awaited acks for 640 messages of which
+    # the stream held 5, after a NATS restart: nothing was delivered again for 4
+    # minutes and the job stayed started. Whatever made a consumer stale, its
+    # repair is a new consumer, which owes nobody an ack: every message still
+    # stored is delivered at once, and the job can end.
+    job_id = make_started_job(4)
+    held = pull_results(job_id, 4)  # delivered and never acked: the consumer awaits 4 acks
+    assert len(held) == 4
+    job = read_job(job_id)
+    assert job is not None
+    handled = consumer_stale(Seen(job=job, nats=None, settings=get_settings()))
+    assert handled.action == "recreated_consumer"
+    names = JobNames.of(get_settings().namespace, job_id)
+    view = look_at_job(get_settings().namespace, job_id)
+    assert (view.consumer, view.num_ack_pending, view.num_pending) == (True, 0, 4)
+    again = pull_results(job_id, 4)  # well within the ack_wait the old deliveries hold
+    assert sorted(i["task"] for i in again) == [0, 1, 2, 3]
+    assert _consumers(names) == [names.consumer]
+    apply(job_id, again)
+    assert wait_until_final(job_id, timeout=30).status == "success"
+    assert_counters_match_ledger(job_id)
+
+
+def _consumers(names: JobNames) -> list[str]:
+    async def run(nc: Any, js: Any) -> list[str]:
+        return [c.name for c in await js.consumers_info(names.stream)]
+
+    return bridge().run(run)

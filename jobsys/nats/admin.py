@@ -314,6 +314,15 @@ async def delete_job_stream(nc: NATS, js: JetStreamContext, names: JobNames) -> 
     return True
 
 
+async def delete_job_consumer(js: JetStreamContext, names: JobNames) -> bool:
+    """Delete the job's consumer (its stream and messages stay); False if it was not there."""
+    try:
+        await js.delete_consumer(names.stream, names.consumer)
+    except NotFoundError:
+        return False
+    return True
+
+
 async def stream_exists(js: JetStreamContext, names: JobNames) -> bool:
     """Whether the job's stream exists."""
     try:

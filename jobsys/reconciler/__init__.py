@@ -11,7 +11,7 @@ One file per duty, in the way River keeps its maintenance services:
 | `handlers` | `HANDLERS`: one handler per kind, each returning a `Handled` |
 | `counters` | `counters_drift` (and `repair_counters`) |
 | `lost` | `tasks_exhausted`, `idle_lost`, `waiting` (and `mark_lost`, `read_exhausted`) |
-| `restream` | `stream_missing`, `stream_replaced`, `consumer_missing` (`jobsys.bootstrap.fill`) |
+| `restream` | `stream_missing`, `stream_replaced`, `consumer_missing`, `consumer_stale` (fill) |
 | `rebootstrap` | `queued_stale`, `bootstrap_stalled` |
 | `cancel` | `cancel_overdue` |
 | `findings` | `Handled`, `Finding`, `PassReport`; findings recorded, repeats counted |

@@ -60,5 +60,8 @@ def _started(job: JobState, nats: NatsView, limits: Thresholds) -> list[Kind]:
         kinds.append(Kind.TASKS_EXHAUSTED)
     published_all = job.published >= job.total
     if published_all and job.pending > 0 and job.idle_s >= limits.lost_after_s:
-        kinds.append(Kind.IDLE_LOST if nats.nothing_to_deliver else Kind.WAITING)
+        if nats.consumer_stale:
+            kinds.append(Kind.CONSUMER_STALE)
+        else:
+            kinds.append(Kind.IDLE_LOST if nats.nothing_to_deliver else Kind.WAITING)
     return kinds

@@ -15,7 +15,12 @@ from jobsys.reconciler.findings import Handled
 from jobsys.reconciler.kinds import Kind
 from jobsys.reconciler.lost import idle_lost, tasks_exhausted, waiting
 from jobsys.reconciler.rebootstrap import bootstrap_stalled, queued_stale
-from jobsys.reconciler.restream import consumer_missing, stream_missing, stream_replaced
+from jobsys.reconciler.restream import (
+    consumer_missing,
+    consumer_stale,
+    stream_missing,
+    stream_replaced,
+)
 from jobsys.reconciler.state import Seen
 
 Handler = Callable[[Seen], Handled]
@@ -27,6 +32,7 @@ HANDLERS: Mapping[Kind, Handler] = {
     Kind.STREAM_MISSING: stream_missing,
     Kind.STREAM_REPLACED: stream_replaced,
     Kind.CONSUMER_MISSING: consumer_missing,
+    Kind.CONSUMER_STALE: consumer_stale,
     Kind.BOOTSTRAP_STALLED: bootstrap_stalled,
     Kind.TASKS_EXHAUSTED: tasks_exhausted,
     Kind.IDLE_LOST: idle_lost,

@@ -14,6 +14,8 @@ class Kind(StrEnum):
     STREAM_MISSING = "stream_missing"  # started, no stream
     STREAM_REPLACED = "stream_replaced"  # started, a stream its tasks were not published to
     CONSUMER_MISSING = "consumer_missing"  # started, a stream without its consumer
+    # idle, and its consumer awaits acks for more messages than the stream holds
+    CONSUMER_STALE = "consumer_stale"
     BOOTSTRAP_STALLED = "bootstrap_stalled"  # published_count < total and idle
     TASKS_EXHAUSTED = "tasks_exhausted"  # MAX_DELIVERIES advisories in the stream
     IDLE_LOST = "idle_lost"  # idle, NATS has nothing to deliver, the ledger has pending

@@ -1,4 +1,5 @@
-"""Handlers of `stream_missing`, `stream_replaced` and `consumer_missing`: the job's
+"""Handlers of `stream_missing`, `stream_replaced`, `consumer_missing` and
+`consumer_stale`: the job's
 stream made whole by the one fill bootstrap uses (`jobsys.bootstrap.fill`).
 
 Under the job's bootstrap lock, so a fill here and a bootstrap never run at
@@ -14,18 +15,22 @@ from __future__ import annotations
 from typing import Any
 
 from jobsys.bootstrap.fill import FillEnd, fill_job_stream
+from jobsys.nats.admin import delete_job_consumer
+from jobsys.nats.bridge import bridge
 from jobsys.pg.locks import Lock, job_lock
 from jobsys.reconciler.findings import Handled
 from jobsys.reconciler.kinds import Action
 from jobsys.reconciler.state import Seen
 
 
-def _fill(seen: Seen, action: Action) -> Handled:
+def _fill(seen: Seen, action: Action, drop_consumer: bool = False) -> Handled:
     with job_lock(Lock.BOOTSTRAP, seen.job_id) as held:
         if not held:
             return Handled(
                 Action.NONE, {"reason": "a bootstrap is running; the next pass looks again"}
             )
+        if drop_consumer:
+            bridge().run(lambda nc, js: delete_job_consumer(js, seen.names))
         fill = fill_job_stream(seen.job_id, seen.settings)
     if fill.end == FillEnd.STOPPED:
         return Handled(
@@ -53,3 +58,12 @@ def stream_replaced(seen: Seen) -> Handled:
 def consumer_missing(seen: Seen) -> Handled:
     """A stream without its consumer: re-create the consumer (the messages are still there)."""
     return _fill(seen, Action.RECREATED_CONSUMER)
+
+
+def consumer_stale(seen: Seen) -> Handled:
+    """An idle job whose consumer awaits acks for messages the stream no longer holds
+    (`NatsView.consumer_stale`): delete the consumer and make a new one, which
+    delivers every message still stored. A processor still running one of them
+    acks into the new consumer for nothing; the message is delivered again and
+    its second result counts nothing (jobsys.recording)."""
+    return _fill(seen, Action.RECREATED_CONSUMER, drop_consumer=True)

@@ -131,6 +131,22 @@ class NatsView:
         return self.messages > self.num_pending + self.num_ack_pending
 
     @property
+    def consumer_stale(self) -> bool:
+        """The consumer counts more messages awaiting acks than the stream holds.
+
+        In a work-queue stream every message awaiting an ack is still stored,
+        so this is a consumer whose state outlived the messages: nats-server 2.9
+        restarted with a consumer state older than its stream's, and its
+        redeliveries then stall on the gone messages while the live ones wait
+        for ever (seen in the chaos suite: 640 awaiting acks, 5 stored, nothing
+        delivered for 4 minutes; nats-server#6387 fixed it in 2.10.25)."""
+        return (
+            self.messages is not None
+            and self.num_ack_pending is not None
+            and self.num_ack_pending > self.messages
+        )
+
+    @property
     def nothing_to_deliver(self) -> bool:
         """NATS neither offers nor holds any of the job's messages."""
         return self.num_pending == 0 and self.num_ack_pending == 0

@@ -87,6 +87,13 @@ CASES: list[tuple[str, dict[str, Any], NatsView | None, list[Kind]]] = [
      [K.WAITING]),
     ("idle with messages a processor holds", IDLE,
      replace(NATS, num_pending=0, num_ack_pending=6), [K.WAITING]),
+    ("idle, the consumer awaits acks for more messages than the stream holds (its state "
+     "outlived a NATS restart)", IDLE,
+     replace(NATS, messages=5, num_pending=0, num_ack_pending=640), [K.CONSUMER_STALE]),
+    ("the same, not yet idle: a moment of acks in flight is no finding", {"idle_s": 119.0},
+     replace(NATS, messages=5, num_pending=0, num_ack_pending=640), []),
+    ("idle, as many awaiting acks as stored: processors hold them", IDLE,
+     replace(NATS, messages=6, num_pending=0, num_ack_pending=6), [K.WAITING]),
     ("idle with nothing pending in the ledger", {**IDLE, "pending": 0, "ledger": Counts(done=10),
      "counters": Counts(done=10)}, replace(NATS, **NOTHING_LEFT), []),
     ("drift and idle lost: repaired first", {**IDLE, "counters": Counts(done=5)},
