@@ -174,7 +174,6 @@ def test_an_installed_jobsys_migrates_and_runs_a_job_from_another_folder(
         status = json.loads(install.run("jobsys", "status", str(job_id), "--json", env=env).stdout)
         assert (status["status"], status["done"], status["blocked"]) == ("success", 20, None)
     finally:
-        _drop_namespace(namespace)
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 60
@@ -184,6 +183,9 @@ def test_an_installed_jobsys_migrates_and_runs_a_job_from_another_folder(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        # After the processes: a processor still beating would make its presence
+        # bucket again (each run of the suite left one on the shared NATS).
+        _drop_namespace(namespace)
 
 
 def _tails(logs: Path) -> dict[str, str]:
