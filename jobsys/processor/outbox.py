@@ -2,7 +2,8 @@
 
 Outcomes of one job are gathered into batches (up to the batch size, or
 whatever is there after JOBSYS_RESULT_FLUSH_MS, or at once when none of the
-job's tasks is left here to wait for) and sent to the
+job's tasks is left here to wait for and its stream had none left to
+deliver) and sent to the
 `process_results` actor with this processor's confirmation subject. The
 processor never acks a task itself: the worker acks after it committed the
 batch, then confirms on that subject.

@@ -15,6 +15,7 @@ from jobsys.nats.subjects import (
     parse_job_notice,
     serial_of_confirm,
 )
+from jobsys.processor.feeds import pending_of
 
 
 def test_both_forms_of_an_ack_subject_say_the_same() -> None:
@@ -94,3 +95,10 @@ def test_job_notice_and_confirmation_subjects() -> None:
     assert parse_job_notice("ns", "$JS.EVENT.ADVISORY.STREAM.CREATED.ns_job_1") is None
     assert serial_of_confirm("_INBOX.abc.17") == 17
     assert serial_of_confirm("_INBOX.abc.x") is None
+
+
+def test_a_deliverys_pending_count_is_read_from_both_forms_of_its_subject() -> None:
+    assert pending_of("$JS.ACK.ns_job_3.ns_job_3_workers.2.41.40.1700000000000000001.9") == 9
+    assert pending_of("$JS.ACK.hub.HASH.ns_job_3.ns_job_3_workers.2.41.40.17000.0.tok") == 0
+    assert pending_of("_INBOX.abc") is None
+    assert pending_of("$JS.ACK.s.c.1.2.3.4.x") is None
