@@ -235,6 +235,11 @@ class Execution:
         # The rate limits of the jobs served (set by the processor; None: none).
         self.rates: Rates | None = None
         self._queues: OrderedDict[int, _JobQueue] = OrderedDict()
+        # The queues that were given work since they were last seen empty: a
+        # dispatch looks at these, not at every job served (hundreds of small
+        # jobs served at once, most with nothing queued here, made a pass over
+        # all queues per dispatch ~11 % of the processor's CPU).
+        self._maybe_work: dict[int, _JobQueue] = {}
         self.shares = Shares()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -275,6 +280,7 @@ class Execution:
         if not q.tasks and not q.pinned:
             q.since = time.monotonic()
         q.tasks.append(task)
+        self._maybe_work[task.run.job_id] = q
         if task.run.gate is not None:
             task.run.gate.wanted.set()
         self._wake.set()
@@ -323,6 +329,7 @@ class Execution:
             q.pinned.appendleft(tasks)
         else:
             q.tasks.extendleft(reversed(tasks))
+        self._maybe_work[run.job_id] = q
         self._wake.set()
 
     def replace_slot(self, old: Slot, new: Slot) -> None:
@@ -367,7 +374,7 @@ class Execution:
         while idle:
             # Each free slot goes to the first job in the shares' order that has
             # a call to run now (a batch still filling is passed over).
-            with_work = [j for j, q in self._queues.items() if q.tasks or q.pinned]
+            with_work = self._with_work()
             progressed = False
             for job_id in self.shares.order(with_work):
                 q = self._queues[job_id]
@@ -388,6 +395,15 @@ class Execution:
             if not progressed:
                 break
         return retry_in
+
+    def _with_work(self) -> list[int]:
+        """The jobs with tasks queued here (forgotten and emptied queues are let go)."""
+        maybe = self._maybe_work
+        for job_id in [
+            j for j, q in maybe.items() if not (q.tasks or q.pinned) or self._queues.get(j) is not q
+        ]:
+            del maybe[job_id]
+        return list(maybe)
 
     def _take(self, q: _JobQueue, now: float, idle: int) -> tuple[list[Task], float | None]:
         if q.pinned:
