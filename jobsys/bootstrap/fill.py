@@ -232,9 +232,13 @@ class _Filler:
         )  # fmt: skip
 
     async def _ensure(self, nc: NATS, js: JetStreamContext) -> Incarnation:
-        existed = await stream_exists(js, self.names)
-        await ensure_job_stream(nc, js, self.names, self.job, self.settings)
-        info = await js.stream_info(self.names.stream)
+        # A job's first fill (nothing published, no stream recorded) need not
+        # ask whether the stream was there: `new` matters only to tasks
+        # published before. The creation's answer says the rest: two of a
+        # small job's five NATS requests here.
+        first = self.job["published_count"] == 0 and self.job["stream_created"] is None
+        existed = not first and await stream_exists(js, self.names)
+        info = await ensure_job_stream(nc, js, self.names, self.job, self.settings)
         return Incarnation(
             created=parse_server_time(info.created), new=not existed, empty=info.state.last_seq == 0
         )

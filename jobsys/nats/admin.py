@@ -208,7 +208,7 @@ async def set_stream_share(
 
 async def ensure_job_stream(
     nc: NATS, js: JetStreamContext, names: JobNames, job: Mapping[str, Any], settings: Settings
-) -> None:
+) -> StreamInfo:
     """Create the job's stream and durable pull consumer if missing (idempotent),
     then say so (the CREATED notice: processors serve the job from then on).
 
@@ -223,7 +223,8 @@ async def ensure_job_stream(
     `job` is the job's row (at least `pipeline` and `max_deliver`; its
     `task_timeout_s` goes in the description, its `max_in_flight` becomes
     the consumer's max_ack_pending: JetStream then never has more of the
-    job's tasks delivered and unacked, across all processors).
+    job's tasks delivered and unacked, across all processors). Returns the
+    stream's info as NATS answered its creation (or update).
     """
     max_in_flight = job.get("max_in_flight") or settings.max_ack_pending
     stream = StreamConfig(
@@ -248,7 +249,7 @@ async def ensure_job_stream(
         num_replicas=settings.stream_replicas,
     )
     try:
-        await js.add_stream(stream)
+        info = await js.add_stream(stream)
     except BadRequestError as exc:
         if exc.err_code != STREAM_NAME_IN_USE:
             raise
@@ -257,7 +258,7 @@ async def ensure_job_stream(
         # than failing every bootstrap and repair of the job for ever.
         log.info("job stream updated to the current configuration",
                  extra={"stream": names.stream})  # fmt: skip
-        await js.update_stream(stream)
+        info = await js.update_stream(stream)
     consumer = ConsumerConfig(
         durable_name=names.consumer,
         name=names.consumer,
@@ -278,6 +279,7 @@ async def ensure_job_stream(
         log.warning("job consumer kept with its own configuration",
                     extra={"stream": names.stream})  # fmt: skip
     await notice_job_stream(nc, names, "CREATED")
+    return info
 
 
 async def tasks_of_messages(
