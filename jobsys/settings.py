@@ -269,6 +269,11 @@ class Settings(BaseSettings):
     db_prepared_statements: bool = True
     # Replicas of each job stream (1, 3 or 5 on a JetStream cluster).
     stream_replicas: int = Field(default=1, ge=1, le=5)
+    # Where nats-server keeps job streams: "file" (kept across its restarts)
+    # or "memory" (no disk and no open files per stream: cheaper per job, but
+    # a restart loses them, and the reconciler publishes their pending tasks
+    # again from Postgres; see docs/scaling.md).
+    stream_storage: str = Field(default="file", pattern="^(file|memory)$")
     # Where `jobsys worker` / `jobsys process` serve Prometheus metrics (None: off).
     metrics_port: int | None = Field(default=None, ge=1, le=65_535)
     log_format: str = Field(default="text", pattern="^(text|json)$")

@@ -242,7 +242,7 @@ async def ensure_job_stream(
         # Work-queue retention: an acked task message is removed, so the
         # stream's message count is exactly what is still unacked.
         retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
+        storage=StorageType(settings.stream_storage),
         discard=DiscardPolicy.OLD,
         duplicate_window=DUPLICATE_WINDOW_S,
         # On a JetStream cluster, R3 survives the loss of one node.
@@ -258,6 +258,9 @@ async def ensure_job_stream(
         # than failing every bootstrap and repair of the job for ever.
         log.info("job stream updated to the current configuration",
                  extra={"stream": names.stream})  # fmt: skip
+        # NATS cannot move a stream to another storage: one made under the
+        # other JOBSYS_STREAM_STORAGE keeps its own.
+        stream.storage = (await js.stream_info(names.stream)).config.storage
         info = await js.update_stream(stream)
     consumer = ConsumerConfig(
         durable_name=names.consumer,

@@ -31,6 +31,24 @@ T = TypeVar("T")
 # How long the stream lookups of one result batch may take (`lookup_tasks`).
 LOOKUP_TIMEOUT_S = 30.0
 
+# Run (on a thread of its own) each time a bridge's connection is back after
+# a loss; set by `on_reconnect`.
+_reconnect_hook: Callable[[], object] | None = None
+
+
+def on_reconnect(hook: Callable[[], object] | None) -> None:
+    """Run `hook` each time this process's NATS connection comes back after a
+    loss (the worker asks for a reconcile pass: the server may have lost
+    streams). It runs on a thread of its own, never on the NATS loop."""
+    global _reconnect_hook
+    _reconnect_hook = hook
+
+
+def _reconnected() -> None:
+    hook = _reconnect_hook
+    if hook is not None:
+        threading.Thread(target=hook, name="jobsys-reconnected", daemon=True).start()
+
 
 class NatsBridge:
     """A sync facade over one NATS connection living on a background event loop."""
@@ -51,7 +69,9 @@ class NatsBridge:
             self._connecting = asyncio.Lock()
         async with self._connecting:
             if self._nc is None or self._nc.is_closed:
-                self._nc = await connect(self._url, name=f"jobsys-{os.getpid()}")
+                self._nc = await connect(
+                    self._url, name=f"jobsys-{os.getpid()}", reconnected=_reconnected
+                )
                 self._js = jetstream(self._nc)
         assert self._js is not None
         return self._nc, self._js

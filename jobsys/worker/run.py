@@ -28,8 +28,9 @@ from prometheus_client import multiprocess
 import jobsys.worker.actors  # noqa: F401 - declares the actors on the broker
 from jobsys import metrics
 from jobsys.dramatiq.broker import HOOKS_QUEUE
-from jobsys.dramatiq.messages import QUEUE_OF
+from jobsys.dramatiq.messages import QUEUE_OF, send_reconcile
 from jobsys.dramatiq.signing import require_secret
+from jobsys.nats.bridge import on_reconnect
 from jobsys.settings import get_settings
 from jobsys.worker.announce import WorkerBeat
 from jobsys.worker.verify import VerifySignatures
@@ -52,6 +53,7 @@ def run_worker(threads: int, metrics_port: int | None = None) -> None:
     metrics.serve(metrics_port)
     broker = dramatiq.get_broker()
     broker.add_middleware(VerifySignatures())
+    on_reconnect(_reconcile_after_reconnect)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -82,6 +84,18 @@ def run_worker(threads: int, metrics_port: int | None = None) -> None:
     beat.stop()
     broker.close()
     log.info("worker stopped")
+
+
+def _reconcile_after_reconnect() -> None:
+    """NATS is back after a loss, maybe a restart that lost streams (those in
+    memory, JOBSYS_STREAM_STORAGE=memory): a reconcile pass now publishes
+    their pending tasks again, rather than at the scheduler's next tick."""
+    try:
+        send_reconcile()
+        log.info("reconcile pass asked for after NATS came back")
+    except Exception as exc:
+        log.warning("reconcile pass not enqueued after NATS came back",
+                    extra={"error": repr(exc)})  # fmt: skip
 
 
 class _SecondWorkerMiddleware(logging.Filter):
