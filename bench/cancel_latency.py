@@ -310,6 +310,7 @@ def _isolated() -> Iterator[None]:
         migrate()
         yield
     finally:
+        from jobsys.nats.admin import delete_streams, namespace_stream
         from jobsys.nats.bridge import close_bridge
         from jobsys.nats.connect import connect, jetstream
         from jobsys.pg.db import close_pool
@@ -318,11 +319,7 @@ def _isolated() -> Iterator[None]:
 
         async def wipe() -> None:
             nc = await connect()
-            js = jetstream(nc)
-            for info in await js.streams_info():
-                stream = info.config.name or ""
-                if stream.startswith(f"{settings.namespace}_"):
-                    await js.delete_stream(stream)
+            await delete_streams(jetstream(nc), namespace_stream(settings.namespace))
             await nc.close()
 
         with contextlib.suppress(Exception):

@@ -73,18 +73,13 @@ def setup() -> None:
 def wipe_streams() -> int:
     """Delete every NATS stream of the bench namespace (its job streams and its
     presence bucket's); returns how many."""
+    from jobsys.nats.admin import delete_streams, namespace_stream
     from jobsys.nats.connect import connect, jetstream
-    from jobsys.nats.presence import bucket_name
 
     async def wipe() -> int:
         nc = await connect()
-        js = jetstream(nc)
-        n = 0
-        for info in await js.streams_info():
-            name = info.config.name or ""
-            if name.startswith(f"{NAMESPACE}_") or name == f"KV_{bucket_name(NAMESPACE)}":
-                await js.delete_stream(name)
-                n += 1
+        # Every page of the listing: 10,000 streams are 40 pages.
+        n = await delete_streams(jetstream(nc), namespace_stream(NAMESPACE))
         await nc.close()
         return n
 

@@ -159,10 +159,12 @@ def behind_waiting(waiting: int) -> dict[str, Any]:
         "JOBSYS_RETRY_DELAY_S": WAITING_NAK_DELAY_S,
         "JOBSYS_RETRY_DELAY_MAX_S": WAITING_NAK_DELAY_S,
     }
-    system = LocalSystem(workers=1, processors=1, log_dir=LOG_DIR / "waiting", env=env_)
     # In memory: a file-backed stream holds two open files of nats-server,
     # and 10,000 of them pass the open-file limit of many machines (this
-    # one's is 20,000: docs/scaling.md).
+    # one's is 20,000: docs/scaling.md). Set before the system is made: it
+    # takes the environment as it is then.
+    with stream_storage("memory"):
+        system = LocalSystem(workers=1, processors=1, log_dir=LOG_DIR / "waiting", env=env_)
     with stream_storage("memory"), system:
         t0 = time.perf_counter()
         ids = [

@@ -129,16 +129,14 @@ def database() -> Iterator[str]:
 def nats_cleanup() -> Iterator[None]:
     """Delete every stream of this run's namespace at the end."""
     yield
+    from jobsys.nats.admin import delete_streams, namespace_stream
     from jobsys.nats.connect import connect, jetstream
 
     async def wipe() -> None:
         nc = await connect()
-        js = jetstream(nc)
-        for info in await js.streams_info():
-            name = info.config.name or ""
-            # The job streams, and the presence bucket (jobsys.nats.presence).
-            if name.startswith(f"{NAMESPACE}_") or name == f"KV_{NAMESPACE}_members":
-                await js.delete_stream(name)
+        # Every page: one page (nats-py's streams_info) left streams behind
+        # whenever the shared server held more than 256.
+        await delete_streams(jetstream(nc), namespace_stream(NAMESPACE))
         await nc.close()
 
     asyncio.run(wipe())

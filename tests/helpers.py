@@ -11,6 +11,7 @@ from nats.js.errors import NotFoundError
 import jobsys
 from jobsys.api.items import counted_items
 from jobsys.bootstrap.start import run_bootstrap
+from jobsys.nats.admin import delete_streams, namespace_stream
 from jobsys.nats.bridge import bridge
 from jobsys.nats.subjects import JobNames, parse_msg_id
 from jobsys.pg.db import connection
@@ -160,10 +161,8 @@ def leave_only(job_id: int) -> None:
     mine = JobNames.of(settings.namespace, job_id).stream
 
     async def wipe(nc: Any, js: Any) -> None:
-        for info in await js.streams_info():
-            name = info.config.name or ""
-            if name.startswith(f"{settings.namespace}_") and name != mine:
-                await js.delete_stream(name)
+        ours = namespace_stream(settings.namespace)
+        await delete_streams(js, lambda name: ours(name) and name != mine and "_job_" in name)
 
     bridge().run(wipe)
     client = redis.Redis.from_url(settings.redis_url)

@@ -278,13 +278,11 @@ def _pids_in(folder: Path) -> list[int]:
 def _drop_namespace(namespace: str) -> None:
     code = (
         "import asyncio, sys\n"
+        "from jobsys.nats.admin import delete_streams, namespace_stream\n"
         "from jobsys.nats.connect import connect, jetstream\n"
         "async def wipe():\n"
         "    nc = await connect(); js = jetstream(nc); ns = sys.argv[1]\n"
-        "    for info in await js.streams_info():\n"
-        "        name = info.config.name or ''\n"
-        "        if name.startswith(ns + '_') or name == 'KV_' + ns + '_members':\n"
-        "            await js.delete_stream(name)\n"
+        "    await delete_streams(js, namespace_stream(ns))\n"
         "    await nc.close()\n"
         "asyncio.run(wipe())\n"
     )  # fmt: skip

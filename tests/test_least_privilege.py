@@ -39,7 +39,7 @@ from jobsys.credentials import AccessSettingError
 from jobsys.dramatiq.broker import CONTROL_QUEUE, RESULTS_QUEUE, make_broker, reset_broker
 from jobsys.errors import ServiceUnavailable
 from jobsys.nats.access import _transport_is_tls, nats_connect_options
-from jobsys.nats.admin import describe_stream
+from jobsys.nats.admin import all_streams_info, describe_stream
 from jobsys.nats.bridge import bridge, close_bridge
 from jobsys.nats.connect import connect
 from jobsys.nats.subjects import JobNames
@@ -100,7 +100,7 @@ def stream_messages(stream: str) -> int:
 
 def stream_exists(stream: str) -> bool:
     async def ask(nc: Any, js: Any) -> bool:
-        return stream in {i.config.name for i in await js.streams_info()}
+        return stream in {i.config.name for i in await all_streams_info(js)}
 
     return bridge().run(ask)
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -388,3 +388,30 @@ def parse_server_time(value: datetime | str | None) -> datetime | None:
     text = value.strip().removesuffix("Z").removesuffix("+00:00")
     whole, _, fraction = text.partition(".")
     return datetime.fromisoformat(f"{whole}.{(fraction + '000000')[:6]}+00:00")
+
+
+# Rounds of listing and deleting in `delete_streams` (each deletion shifts
+# the pages after it, so one pass over a long listing leaves some behind).
+DELETE_ROUNDS_MAX = 20
+
+
+async def delete_streams(js: JetStreamContext, wanted: Callable[[str], bool]) -> int:
+    """Delete every stream whose name `wanted` accepts, listing again until a
+    listing finds none; returns how many were deleted."""
+    deleted = 0
+    for _ in range(DELETE_ROUNDS_MAX):
+        names = [i.config.name for i in await all_streams_info(js) if i.config.name]
+        doomed = [n for n in names if wanted(n)]
+        if not doomed:
+            break
+        for name in doomed:
+            with contextlib.suppress(NotFoundError):
+                await js.delete_stream(name)
+                deleted += 1
+    return deleted
+
+
+def namespace_stream(namespace: str) -> Callable[[str], bool]:
+    """Whether a stream is the namespace's: a job stream, or its presence bucket's
+    (`jobsys.nats.presence.bucket_name`)."""
+    return lambda name: name.startswith(f"{namespace}_") or name == f"KV_{namespace}_members"
