@@ -123,6 +123,8 @@ class Feed:
     ack_wait_s: float
     task: asyncio.Task[None] | None = None
     pull: _Pull | None = None
+    # What the newest delivery said was left to deliver (None: none came yet).
+    pending: int | None = None
 
 
 class Feeds:
@@ -416,7 +418,9 @@ class Feeds:
                     rest = min(rest * 2, IDLE_BACKOFF_S[1])
                     continue
                 came = self._end_pull(feed, pull)
-                idle = came == 0
+                # Nothing left to deliver (the last message said so): probe
+                # rather than hold tickets for a full pull that would wait.
+                idle = came == 0 or feed.pending == 0
                 if idle and pull.status not in (None, EXPIRED_STATUS):
                     # Ended early by the server (consumer gone, too many
                     # waiting requests): do not ask again at once.
@@ -448,11 +452,17 @@ class Feeds:
                 pull.status = status
                 pull.done.set()
             return
+        pending = feed.pending = pending_of(msg.reply)
         if pull is not None and pull.got < pull.n:
             pull.got += 1
             if pull.got > pull.held:
                 self.tickets.force(1)  # a probe's message: it took no ticket ahead
-            if pull.got >= pull.n:
+            if pull.got >= pull.n or pending == 0:
+                # Full, or the stream has nothing more to deliver now: the
+                # server would hold the request (and this feed its unused
+                # tickets) until it expires. 10,000 jobs each waiting on a
+                # retry held all tickets that way in turn, and a new job
+                # queued behind them for minutes.
                 pull.done.set()
         else:
             self.tickets.force(1)  # answers a request we stopped waiting for
@@ -462,7 +472,7 @@ class Feeds:
         task = self._task(feed, msg)
         if task is not None:
             self.holding[feed.run.job_id] += 1
-            self.more[feed.run.job_id] = pending_of(msg.reply) != 0
+            self.more[feed.run.job_id] = pending != 0
             self.execution.submit_one(task)
 
     def settled(self, job_id: int) -> bool:
