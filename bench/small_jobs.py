@@ -66,7 +66,7 @@ def stream_storage(kind: str) -> Iterator[None]:
 
 def _jobsys(jobs: int, storage: str = "file") -> dict[str, Any]:
     import jobsys
-    from bench.flow import fresh_system
+    from bench.flow import children_cpu, fresh_system
     from jobsys.api.read import wait_until_final
     from jobsys.pg.db import connection
 
@@ -79,12 +79,14 @@ def _jobsys(jobs: int, storage: str = "file") -> dict[str, Any]:
             view = wait_until_final(job.id, timeout=WAIT_S, poll_s=POLL_S)
             latencies.append(time.perf_counter() - t0)
             assert view.status == "success", view
+        cpu0 = children_cpu(system)
         t0 = time.time()
         ids = [jobsys.submit("echo", items, name=f"small-{i}").id for i in range(jobs)]
         submit_s = time.time() - t0
         for job_id in ids:
             wait_until_final(job_id, timeout=WAIT_S, poll_s=0.05)
         system.check_alive()
+        cpu1 = children_cpu(system)
     with connection() as conn:
         row = conn.execute(
             "SELECT max(extract(epoch FROM finished_at)) AS last, "
@@ -97,6 +99,9 @@ def _jobsys(jobs: int, storage: str = "file") -> dict[str, Any]:
         "jobs_per_s": jobs / elapsed,
         "elapsed_s": elapsed,
         "submit_s": submit_s,
+        # CPU per job of the worker and of the processor (with its execution
+        # processes), from the first submit until every job was final.
+        "cpu_ms_per_job": {k: round((cpu1[k] - cpu0[k]) * 1000 / jobs, 2) for k in cpu0},
         "success": int(row["ok"]),
         "latency_p50_ms": statistics.median(latencies) * 1000,
         "latencies_ms": [round(x * 1000, 1) for x in latencies],
@@ -258,6 +263,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
             f"JOBSYS_STREAM_STORAGE=memory; load {' '.join(m['load_jobsys_memory'])}",
         ),
         row(name, "jobsys in memory / Dramatiq", jm["jobs_per_s"] / d["jobs_per_s"], "x"),
+        row(name, "jobsys worker CPU per job", j["cpu_ms_per_job"]["worker"], "ms"),
+        row(name, "jobsys processor CPU per job", j["cpu_ms_per_job"]["processor"], "ms"),
         row(name, "all jobs success", j["success"], "", f"{m['jobs']}", j["success"] == m["jobs"]),
         row(
             lat,
