@@ -167,12 +167,20 @@ class LocalSystem:
         for p in procs:
             p.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for p in procs:
-            try:
-                p.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        try:
+            for p in procs:
+                try:
+                    p.wait(max(deadline - time.monotonic(), 0.1))
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        finally:
+            # Interrupted while waiting (a second Ctrl-C): none is left
+            # running behind us. A processor left so served a bench's 10,000
+            # jobs for an hour and made its presence bucket again and again.
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
 
     def __enter__(self) -> LocalSystem:
         return self.start()
