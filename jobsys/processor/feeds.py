@@ -161,13 +161,6 @@ class Feeds:
         # Tasks of each job handed to execution and not settled yet (the
         # outbox sends a job's batch at once when this falls to 0).
         self.holding: collections.Counter[int] = collections.Counter()
-        # Whether the job's stream still held undelivered tasks when its newest
-        # message came (the delivery's pending count). Then more are coming,
-        # here or to another processor, and the batch waits for the flush
-        # timer: sealed at every pull, a job shared with many others went out
-        # one or two results a batch, each a Dramatiq message, a transaction
-        # and a round of acks (issue 20: 6.6 batches per 20-task job).
-        self.more: dict[int, bool] = {}
         self.inboxes = Inboxes(nc)
 
     # -- which jobs to serve -------------------------------------------------
@@ -472,7 +465,6 @@ class Feeds:
         task = self._task(feed, msg)
         if task is not None:
             self.holding[feed.run.job_id] += 1
-            self.more[feed.run.job_id] = pending != 0
             self.execution.submit_one(task)
 
     def settled(self, job_id: int) -> bool:
@@ -483,7 +475,14 @@ class Feeds:
             self.holding[job_id] = left
             return False
         del self.holding[job_id]
-        return not self.more.pop(job_id, False)
+        # While the stream still held undelivered tasks at the newest delivery,
+        # more are coming, here or to another processor, and the batch waits
+        # for the flush timer: sealed at every pull, a job shared with many
+        # others went out one or two results a batch, each a Dramatiq
+        # message, a transaction and a round of acks (issue 20: 6.6 batches
+        # per 20-task job).
+        feed = self.feeds.get(job_id)
+        return feed is None or feed.pending == 0
 
     def _task(self, feed: Feed, msg: Msg) -> Task | None:
         # Checked here, where it comes in, as a result item needs them (the
