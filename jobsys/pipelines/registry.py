@@ -118,6 +118,13 @@ def pipeline(
     doubling up to MAX (``(1, 300)``; a single number is BASE with the
     settings' MAX), with jitter; it overrides the job's.
     """
+    if callable(name):
+        # `@pipeline` without its name: it would register nothing and make the
+        # function a decorator, and every task would fail far from here.
+        fn_name = getattr(name, "__name__", "name")
+        raise TypeError(f'@pipeline needs the pipeline\'s name: @pipeline("{fn_name}")')
+    if not isinstance(name, str) or not name:
+        raise TypeError("@pipeline needs the pipeline's name, a non-empty string")
     if batch_size is not None and batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if setup is not None and batch_size is None:

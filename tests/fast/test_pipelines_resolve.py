@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from jobsys.errors import InvalidInput, PermanentError, TransientError
-from jobsys.pipelines import resolve, resolve_spec
+from jobsys.pipelines import pipeline, resolve, resolve_spec
 from jobsys.pipelines.allow import NotAllowed
 from jobsys.pipelines.builtins import echo, echo_batch
 from jobsys.settings import get_settings
@@ -53,3 +53,15 @@ def test_a_module_outside_the_allowed_prefixes_is_refused_and_never_imported(nam
 def test_an_unknown_name_lists_what_is_built_in() -> None:
     with pytest.raises(InvalidInput, match=r"unknown pipeline 'nope' \(built in: echo, echo-batch"):
         resolve("nope")
+
+
+def test_a_bare_pipeline_decorator_is_refused_where_it_is_written() -> None:
+    # `@pipeline` without its name once decorated silently: every task of the
+    # function failed with "'dict' object has no attribute '__jobsys_pipeline__'".
+    def square(item: dict[str, int]) -> dict[str, int]:
+        return {"sq": item["n"] ** 2}
+
+    with pytest.raises(TypeError, match=r'@pipeline\("square"'):
+        pipeline(square)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="name"):
+        pipeline("")
