@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from psycopg.errors import DeadlockDetected
+
 from jobsys.errors import InvalidInput
 from jobsys.pg.db import connection
 from jobsys.pg.locks import Lock, job_lock
@@ -41,6 +43,11 @@ log = logging.getLogger(__name__)
 PRUNE_CHUNK = 2_000
 # Events per DELETE.
 EVENT_CHUNK = 2_000
+# A chunk's delete that Postgres chose as a deadlock's victim (a late result
+# batch of the job locking the same rows in another order) is tried again
+# this many times, after a pause that grows each time.
+DEADLOCK_RETRIES = 5
+DEADLOCK_PAUSE_S = 0.05
 # After each chunk, rest this fraction of the chunk's own time, so pruning
 # takes at most ~2/3 of one core's time from running jobs (bench/prune.py).
 PRUNE_REST = 0.5
@@ -103,6 +110,23 @@ def _rest(started: float) -> None:
     time.sleep((time.perf_counter() - started) * PRUNE_REST)
 
 
+def _delete(query: str, params: dict[str, Any]) -> int:
+    """Rows of a job's ledger deleted; again while Postgres picks the delete as a
+    deadlock's victim (its statement rolled back whole: nothing of it happened)."""
+    attempt = 0
+    while True:
+        try:
+            with connection() as conn:
+                return int(conn.execute(query, params).rowcount)
+        except DeadlockDetected:
+            if attempt == DEADLOCK_RETRIES:
+                raise
+            attempt += 1
+            log.info("prune chunk was a deadlock's victim; again",
+                     extra={"job_id": params["job_id"], "attempt": attempt})  # fmt: skip
+            time.sleep(DEADLOCK_PAUSE_S * 2**attempt)
+
+
 def prune_job(
     job_id: int, older_than_s: float, chunk: int = PRUNE_CHUNK, deadline: float | None = None
 ) -> PrunedJob | None:
@@ -130,13 +154,10 @@ def prune_job(
                 out.complete = False
                 return out
             started = time.perf_counter()
-            with connection() as conn:
-                out.tasks += conn.execute(
-                    Q.prune_task_chunk, {"job_id": job_id, "lo": lo, "hi": lo + chunk}
-                ).rowcount
+            bounds = {"job_id": job_id, "lo": lo, "hi": lo + chunk}
+            out.tasks += _delete(Q.prune_task_chunk, bounds)
             _rest(started)
-        with connection() as conn:
-            out.tasks += conn.execute(Q.prune_task_rest, {"job_id": job_id}).rowcount
+        out.tasks += _delete(Q.prune_task_rest, {"job_id": job_id})
         while True:
             started = time.perf_counter()
             with connection() as conn:
