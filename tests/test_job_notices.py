@@ -28,12 +28,15 @@ from tests.helpers import assert_counters_match_ledger
 
 FINAL_WITHIN_S = 60  # a liveness bound: without notices the job would wait an hour
 HOUR_S = "3600"
+JOBS = 5
 
 
 class Listener:
-    """Every notice of this run's namespace, heard on a thread of its own."""
+    """Every notice of this run's namespace (or every message on `subject`),
+    heard on a thread of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, subject: str | None = None) -> None:
+        self.subject = subject
         self.heard: list[str] = []
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -45,7 +48,7 @@ class Listener:
         async def on(msg: Msg) -> None:
             self.heard.append(msg.subject)
 
-        await nc.subscribe(job_notices(get_settings().namespace), cb=on)
+        await nc.subscribe(self.subject or job_notices(get_settings().namespace), cb=on)
         await nc.flush()
         self._ready.set()
         while not self._stop.is_set():
@@ -105,3 +108,27 @@ def test_another_namespaces_streams_are_never_heard_of() -> None:
     with Listener() as listener:
         asyncio.run(make_and_delete())
     assert listener.heard == []
+
+
+def test_a_processor_serves_new_jobs_without_asking_for_their_stream_or_consumer(
+    tmp_path: Path,
+) -> None:
+    """Issue 20: each new job cost its processor a stream and a consumer request
+    before its first pull; the CREATED notice now carries what they said."""
+    ns = get_settings().namespace
+    env = {"JOBSYS_STREAM_LISTING_S": HOUR_S}
+    # Every consumer info request about this namespace's jobs (no reconciler
+    # runs here, and the worker never asks for its consumers).
+    asked = Listener("$JS.API.CONSUMER.INFO.>")
+    ours = f"$JS.API.CONSUMER.INFO.{ns}_job_"
+    with asked, LocalSystem(log_dir=tmp_path / "logs", env=env):
+        first = jobsys.submit("echo", [{"i": 0}])
+        wait_until_final(first.id, timeout=FINAL_WITHIN_S)  # past the first listing
+        ids = [jobsys.submit("echo", [{"i": i} for i in range(5)]).id for _ in range(JOBS)]
+        views = [wait_until_final(job_id, timeout=FINAL_WITHIN_S) for job_id in ids]
+    assert [(v.status, v.done) for v in views] == [("success", 5)] * JOBS
+    for job_id in ids:
+        assert_counters_match_ledger(job_id)
+    # (The first job may have been found by the processor's first listing.)
+    heard = [s for s in asked.heard if s.startswith(ours) and f"_job_{first.id}." not in s]
+    assert heard == [], f"{len(heard)} consumer requests for {JOBS} jobs"

@@ -28,6 +28,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
+from jobsys.nats.notices import StreamTerms, created_body, notice_job_stream
 from jobsys.nats.subjects import MSG_ID_HEADER, JobNames, parse_msg_id
 from jobsys.settings import Settings
 
@@ -171,17 +172,6 @@ def _int_between(value: Any, low: int, high: int, otherwise: int) -> int:
     return otherwise
 
 
-async def notice_job_stream(nc: NATS, names: JobNames, event: str) -> None:
-    """Tell the namespace's processors and gateways that the job's stream was
-    `event` (jobsys.nats.subjects, JOB_EVENTS). A hint: one lost (NATS down a
-    moment) is caught by their listing, so a failure here fails nothing."""
-    try:
-        await nc.publish(names.notice(event), b"")
-    except Exception as exc:
-        log.info("job stream notice not sent",
-                 extra={"stream": names.stream, "event": event, "error": repr(exc)})  # fmt: skip
-
-
 async def set_stream_share(
     nc: NATS, js: JetStreamContext, names: JobNames, priority: int, weight: int
 ) -> bool:
@@ -272,8 +262,14 @@ async def ensure_job_stream(
         max_ack_pending=max_in_flight,
         filter_subject=names.subject,
     )
+    # The notice carries the terms processors serve the job by (see
+    # jobsys.nats.notices), only when the consumer has exactly these.
+    body = b""
     try:
         await js.add_consumer(names.stream, consumer)
+        body = created_body(
+            StreamTerms(stream.description or "", consumer.max_deliver or 0, settings.ack_wait_s)
+        )
     except BadRequestError:
         # A consumer of that name with another configuration: it still
         # delivers the job's tasks, so keep it (its deliveries so far count
@@ -281,7 +277,7 @@ async def ensure_job_stream(
         await js.consumer_info(names.stream, names.consumer)
         log.warning("job consumer kept with its own configuration",
                     extra={"stream": names.stream})  # fmt: skip
-    await notice_job_stream(nc, names, "CREATED")
+    await notice_job_stream(nc, names, "CREATED", body)
     return info
 
 

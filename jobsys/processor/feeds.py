@@ -65,6 +65,7 @@ from jobsys.nats.admin import (
     share_of_stream,
     task_timeout_of_stream,
 )
+from jobsys.nats.notices import StreamTerms, parse_created_body
 from jobsys.nats.subjects import (
     JobNames,
     job_id_of_stream,
@@ -177,7 +178,7 @@ class Feeds:
             self.unavailable.pop(job_id, None)
             self.drop(job_id, "stream deleted")
         elif action == "CREATED":
-            await self.add(job_id)
+            await self.add(job_id, terms=parse_created_body(msg.data))
         elif action == "UPDATED" and job_id in self.feeds:
             # `jobsys set` changed the job's share (or a re-bootstrap its config).
             try:
@@ -227,12 +228,17 @@ class Feeds:
             log.info("cannot confirm a stream", extra={"job_id": job_id, "error": repr(exc)})
         return False
 
-    async def add(self, job_id: int, description: str | None = None) -> None:
+    async def add(
+        self, job_id: int, description: str | None = None, terms: StreamTerms | None = None
+    ) -> None:
         """Serve the job if its stream and consumer are there and its pipeline is
-        allowed and available here."""
+        allowed and available here. `terms` (a CREATED notice's) say the stream's
+        description and the consumer's figures without asking the server."""
         if job_id in self.feeds or job_id in self.refused or self.stopping():
             return
         names = JobNames.of(self.settings.namespace, job_id)
+        if terms is not None:
+            description = terms.description
         try:
             if description is None:
                 description = (await self.js.stream_info(names.stream)).config.description
@@ -267,13 +273,19 @@ class Feeds:
                 )
             return
         self.unavailable.pop(job_id, None)
-        try:
-            consumer = await self.js.consumer_info(names.stream, names.consumer)
-        except NotFoundError:
-            return  # bootstrap has not created the consumer yet; the listing retries
-        except Exception as exc:
-            log.warning("cannot serve job", extra={"job_id": job_id, "error": repr(exc)})
-            return
+        if terms is None:
+            try:
+                consumer = await self.js.consumer_info(names.stream, names.consumer)
+            except NotFoundError:
+                return  # bootstrap has not created the consumer yet; the listing retries
+            except Exception as exc:
+                log.warning("cannot serve job", extra={"job_id": job_id, "error": repr(exc)})
+                return
+            terms = StreamTerms(
+                description or "",
+                consumer.config.max_deliver or self.settings.max_deliver,
+                float(consumer.config.ack_wait or self.settings.ack_wait_s),
+            )
         if job_id in self.feeds or self.stopping():
             return
         run = JobRun(
@@ -282,16 +294,14 @@ class Feeds:
             spec=spec,
             timeout_s=task_timeout_of_stream(description) or self.settings.task_timeout_s,
             # The job's own (the consumer allows a few more: nats.admin.DELIVERY_SLACK).
-            max_deliver=max_deliver_of_stream(description)
-            or consumer.config.max_deliver
-            or self.settings.max_deliver,
+            max_deliver=max_deliver_of_stream(description) or terms.max_deliver,
             retry_delay=retry_delay_of_stream(description) or spec.retry_delay,
             gate=self.execution.rates.gate_for(job_id, pipeline_name, rate_of_stream(description))
             if self.execution.rates is not None
             else None,
         )
         self.execution.share(run, *share_of_stream(description))
-        feed = Feed(run, names, float(consumer.config.ack_wait or self.settings.ack_wait_s))
+        feed = Feed(run, names, terms.ack_wait_s)
         if spec.batch_size:
             self.tickets.grow(2 * spec.batch_size)
         self.feeds[job_id] = feed
