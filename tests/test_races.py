@@ -80,12 +80,12 @@ def _teardowns_enqueued(job_id: int) -> int:
     return count
 
 
-def _run_enqueued_teardown(job_id: int) -> None:
-    """Do what the worker would with the teardown message the finalizer enqueued
-    (no worker runs here), so no stream of a final job outlives its test."""
-    assert _teardowns_enqueued(job_id) == 1
-    run_teardown(job_id)
+def _torn_down_by_its_batch(job_id: int) -> None:
+    """The batch that made the job final deleted its stream itself, once, and sent no
+    teardown message (jobsys.lifecycle.finalize, teardowns_deferred)."""
+    assert _teardowns_enqueued(job_id) == 0, "a teardown message besides the batch's deletion"
     assert not stream_exists(job_id)
+    assert [e["reason"] for e in events_of(job_id, "stream_deleted")] == ["finished"]
 
 
 # -- 1. cancel commits first, completion second --------------------------------
@@ -149,7 +149,7 @@ def _completion_then_cancel(fail: set[int]) -> None:
     assert (view.done, view.failed, view.cancelled) == (20 - len(fail), len(fail), 0)
     assert status_events(job_id) == ["started", outcome]
     assert_counters_match_ledger(job_id)
-    _run_enqueued_teardown(job_id)
+    _torn_down_by_its_batch(job_id)
 
 
 def test_a_cancel_after_completion_committed_changes_nothing_and_says_so() -> None:
@@ -189,7 +189,7 @@ def _cancel_racing_completion(jitter_s: float) -> str:
     assert not stream_exists(job_id) or view.status == "success"
     assert_counters_match_ledger(job_id)
     if view.status == "success":
-        _run_enqueued_teardown(job_id)
+        _torn_down_by_its_batch(job_id)
     return f"{view.status}, {view.done} counted"
 
 
@@ -215,13 +215,13 @@ def _two_batches_finish_together() -> None:
     view = jobsys.get_job(job_id)
     assert (view.status, view.done) == ("success", 100)
     assert status_events(job_id) == ["started", "success"], "finalized more than once"
-    assert _teardowns_enqueued(job_id) == 1, "teardown enqueued other than once"
     assert events_of(job_id, "late_results") == []
-    # The one teardown message, run (twice, as a redelivery would): one deletion.
+    # The finishing batch deleted the stream; a teardown run after it (twice,
+    # as a reconciler's and a redelivery would) deletes nothing more.
+    _torn_down_by_its_batch(job_id)
     run_teardown(job_id)
     run_teardown(job_id)
     assert len(events_of(job_id, "stream_deleted")) == 1
-    assert not stream_exists(job_id)
     assert_counters_match_ledger(job_id)
 
 
@@ -325,9 +325,8 @@ def _duplicate_after_finalize() -> None:
     assert again.model_dump() == final.model_dump()
     assert status_events(job_id) == ["started", "failure"]
     assert sorted(e["count"] for e in events_of(job_id, "late_results")) == [15, 15]
-    assert _teardowns_enqueued(job_id) == 1
     assert_counters_match_ledger(job_id)
-    _run_enqueued_teardown(job_id)
+    _torn_down_by_its_batch(job_id)
 
 
 def test_a_duplicate_of_an_already_counted_batch_after_finalize_changes_nothing() -> None:

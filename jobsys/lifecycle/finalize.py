@@ -19,6 +19,14 @@ deletes the stream of a final job (a stray, after JOBSYS_STRAY_GRACE_S) and
 resends an overdue hook delivery (after JOBSYS_HOOK_RESEND_AFTER_S). A final
 job's stream holds nothing left to run, so the wait costs no work. Nothing
 here needs NATS: recording, which finishes most jobs, imports no NATS client.
+
+A caller that holds NATS anyway (the worker recording a result batch, which
+acks its messages next) may take the first follow-up on itself:
+within ``with teardowns_deferred() as final:`` the jobs made final are
+listed in `final` instead of sent to the teardown actor, and the caller
+deletes their streams or, failing that, sends them (`send_teardown`). For a
+small job that saves one of its four Dramatiq messages; a crash in between
+is the crash above.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from psycopg.pq import TransactionStatus
 
@@ -35,6 +44,23 @@ from jobsys.pg.db import Conn
 from jobsys.testing.pauses import Pause, pause
 
 log = logging.getLogger(__name__)
+
+
+# Jobs made final whose stream deletion the caller took on (`teardowns_deferred`).
+_deferred: ContextVar[list[int] | None] = ContextVar("teardowns_deferred", default=None)
+
+
+@contextmanager
+def teardowns_deferred() -> Iterator[list[int]]:
+    """Within: the jobs made final are listed in the list yielded instead of sent to
+    the teardown actor; the caller deletes their streams or sends them (the
+    module's docstring). Hooks are sent as always."""
+    final: list[int] = []
+    token = _deferred.set(final)
+    try:
+        yield final
+    finally:
+        _deferred.reset(token)
 
 
 class Finisher:
@@ -82,11 +108,11 @@ def follow_up(moved: Moved) -> None:
     """What every job gets once it is final: its stream deleted, its hook sent."""
     # The final commit is done; a crash test can stop us right here.
     pause(Pause.AFTER_FINAL_COMMIT)
-    try:
-        send_teardown(moved.job_id)
-    except Exception as exc:
-        log.warning("teardown not enqueued; the reconciler deletes the stream",
-                    extra={"job_id": moved.job_id, "error": repr(exc)})  # fmt: skip
+    deferred = _deferred.get()
+    if deferred is not None:
+        deferred.append(moved.job_id)
+    else:
+        send_teardown_or_leave(moved.job_id)
     if moved.has_hook:
         try:
             send_hook(moved.job_id)
@@ -94,3 +120,13 @@ def follow_up(moved: Moved) -> None:
             # The reconciler sends it once it is overdue (hook_resend_after_s).
             log.warning("hook delivery not enqueued",
                         extra={"job_id": moved.job_id, "error": repr(exc)})  # fmt: skip
+
+
+def send_teardown_or_leave(job_id: int) -> None:
+    """Send a final job's teardown; if Redis cannot take it, the reconciler deletes
+    the stream (a stray) in time."""
+    try:
+        send_teardown(job_id)
+    except Exception as exc:
+        log.warning("teardown not enqueued; the reconciler deletes the stream",
+                    extra={"job_id": job_id, "error": repr(exc)})  # fmt: skip

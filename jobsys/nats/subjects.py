@@ -36,8 +36,9 @@ expired, 409 consumer gone or a limit) that ends the request.
 
 What processors and gateways hear of job streams: jobsys's own notices on
 core NATS, ``NS.jobs.<CREATED|UPDATED|DELETED>.<stream>``, published once a
-job's stream and consumer are made (with the terms a processor serves it by,
-jobsys.nats.notices), its share rewritten, or it is deleted (both empty). They are in the namespace's subjects, so a processor hears of its
+job's stream and consumer are made (with the terms a processor serves it
+by, jobsys.nats.notices), its share rewritten, or it is deleted (both
+empty). They are in the namespace's subjects, so a processor hears of its
 own deployment's jobs only (JetStream's advisories, which it heard before,
 cover every stream of the account). A notice is a hint: a processor also
 lists the namespace's streams now and then, which catches one lost.

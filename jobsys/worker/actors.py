@@ -22,11 +22,13 @@ from jobsys.bootstrap.start import run_bootstrap
 from jobsys.dramatiq import messages
 from jobsys.dramatiq.broker import setup_broker
 from jobsys.hooks.deliver import deliver
+from jobsys.lifecycle.finalize import send_teardown_or_leave, teardowns_deferred
 from jobsys.lifecycle.revoke import revoke
 from jobsys.lifecycle.states import Status
 from jobsys.lifecycle.teardown import run_teardown
 from jobsys.models import PG_BIGINT_MAX, RETRY_NOTES, ResultBatch, describe_error
 from jobsys.nats.acks import ack_current_replies
+from jobsys.nats.admin import delete_job_stream
 from jobsys.nats.bridge import bridge, lookup_tasks
 from jobsys.nats.subjects import JobNames, again_subject
 from jobsys.pg.db import connection
@@ -67,14 +69,23 @@ def process_results(job_id: Any, results: Any, notify: Any = None) -> None:
     and the processor is asked to send it again (`<notify>.again`).
     """
     subject = notify if _is_inbox(notify) else None
+    # Jobs this batch made final: their streams are deleted here, after the
+    # acks (jobsys.lifecycle.finalize, teardowns_deferred), not by a teardown message.
+    final: list[int] = []
+    deleted: list[int] = []
     try:
-        job, ack = _apply(job_id, results)
-        if ack or subject is not None:
-            bridge().run(lambda nc, js: _ack_and_confirm(nc, js, job, ack, subject))
+        with teardowns_deferred() as final:
+            job, ack = _apply(job_id, results)
+        if ack or subject is not None or final:
+            deleted = bridge().run(
+                lambda nc, js: _ack_and_confirm(nc, js, job, ack, subject, final)
+            )
     except Exception:
         if subject is not None:
             _ask_again(subject)
         raise
+    finally:
+        _streams_deleted(final, deleted)
 
 
 def _ask_again(subject: str) -> None:
@@ -107,14 +118,34 @@ def _is_inbox(value: Any) -> bool:
 
 
 async def _ack_and_confirm(
-    nc: Any, js: Any, job_id: int, ack: list[str], subject: str | None
-) -> None:
+    nc: Any, js: Any, job_id: int, ack: list[str], subject: str | None, final: list[int]
+) -> list[int]:
+    """Ack the recorded replies, tell the sender, then delete the streams of the
+    jobs made final; returns the jobs whose stream this deleted."""
+    namespace = get_settings().namespace
     if ack:
-        stream = JobNames.of(get_settings().namespace, job_id).stream
-        await ack_current_replies(nc, js, stream, ack)
+        await ack_current_replies(nc, js, JobNames.of(namespace, job_id).stream, ack)
     if subject is not None:
         await nc.publish(subject, b"")
         await nc.flush(timeout=10)
+    return [j for j in final if await delete_job_stream(nc, js, JobNames.of(namespace, j))]
+
+
+def _streams_deleted(final: list[int], deleted: list[int]) -> None:
+    """Record the streams deleted for jobs made final; send a teardown for the rest
+    (their deletion failed or never ran: NATS is down, or the actor raised)."""
+    namespace = get_settings().namespace
+    for job_id in final:
+        if job_id not in deleted:
+            send_teardown_or_leave(job_id)
+            continue
+        try:
+            with connection() as conn:
+                stream = JobNames.of(namespace, job_id).stream
+                record_event(conn, job_id, "stream_deleted", stream=stream, reason="finished")
+        except Exception as exc:
+            # Only the event is missing: the stream is gone, as it should be.
+            log.warning("stream_deleted not recorded", extra={"job_id": job_id, "error": repr(exc)})
 
 
 def _apply(job_id: Any, results: Any) -> tuple[int, list[str]]:
