@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import jobsys
@@ -13,11 +14,15 @@ from jobsys.lifecycle.retention import prune_job
 from jobsys.models import ResultBatch
 from jobsys.nats.bridge import lookup_tasks
 from jobsys.pg.db import connection
+from jobsys.pg.queries import Q
 from jobsys.reconciler import reconcile_pass
 from jobsys.recording.apply import apply_results
 from tests.helpers import assert_counters_match_ledger, counters, ledger, make_started_job
 from tests.helpers import pull_results as pull
 from tests.test_cli import jobsys_cli
+
+# How long the late batch lets the prune chunk run into its lock first.
+WAIT_FOR_THE_CHUNK_S = 0.5
 
 
 def _finished(n: int, days_ago: float) -> tuple[int, list[dict[str, Any]]]:
@@ -171,3 +176,59 @@ def test_prune_of_a_job_racing_a_late_result_changes_no_counter_of_any_active_jo
     assert counters(final_id) == final_before
     assert jobsys.get_job(final_id).ledger_state == "pruned"
     assert ledger(final_id)["total"] == 0
+
+
+def test_a_prune_chunk_and_a_late_batch_lock_the_ledger_in_one_order_and_never_deadlock() -> None:
+    """CI once saw a prune chunk and a late result batch of the same job deadlock.
+    The batch locks its tasks in task order; the chunk's DELETE locked rows in
+    the order its scan met them, and after updates the heap's order is not the
+    tasks'. Here the heap holds the rows in reverse order and the chunk is
+    planned as a sequential scan (what a planner may choose): the chunk then
+    locked task 19 down to 10 while the batch held 5 and wanted 10."""
+    job_id, _ = _finished(20, days_ago=100)
+    with connection() as conn:
+        # Every row rewritten, last task first: the heap now holds them reversed.
+        for task_no in range(19, -1, -1):
+            conn.execute(
+                "UPDATE job_tasks SET error = 'x' WHERE job_id = %s AND task_no = %s",
+                (job_id, task_no),
+            )
+    batch_holds_5, chunk_waits = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def late_batch() -> None:
+        # What record_results does: lock the batch's tasks (5 and 10) in task order.
+        try:
+            with connection() as conn, conn.transaction():
+                conn.execute(
+                    "SELECT 1 FROM job_tasks WHERE job_id = %s AND task_no = 5 FOR UPDATE",
+                    (job_id,),
+                )
+                batch_holds_5.set()
+                assert chunk_waits.wait(30)
+                time.sleep(WAIT_FOR_THE_CHUNK_S)  # the chunk is blocked on task 5 by now
+                conn.execute(
+                    "SELECT 1 FROM job_tasks WHERE job_id = %s AND task_no = 10 FOR UPDATE",
+                    (job_id,),
+                )
+        except BaseException as exc:
+            errors.append(exc)
+
+    def chunk() -> None:
+        try:
+            assert batch_holds_5.wait(30)
+            with connection() as conn, conn.transaction():
+                conn.execute("SET LOCAL enable_indexscan = off")
+                conn.execute("SET LOCAL enable_bitmapscan = off")
+                chunk_waits.set()
+                conn.execute(Q.prune_task_chunk, {"job_id": job_id, "lo": 0, "hi": 20})
+        except BaseException as exc:
+            errors.append(exc)
+
+    racers = [threading.Thread(target=f) for f in (late_batch, chunk)]
+    for t in racers:
+        t.start()
+    for t in racers:
+        t.join(60)
+    assert errors == []
+    assert ledger(job_id)["total"] == 0

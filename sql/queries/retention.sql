@@ -28,8 +28,17 @@ WHERE id = %(job_id)s AND ledger_state IN ('kept', 'pruning')
 RETURNING total_count, ledger_pruned_at;
 
 -- name: prune_task_chunk
--- Delete one range of a job's ledger rows (a primary key range scan).
-DELETE FROM job_tasks WHERE job_id = %(job_id)s AND task_no >= %(lo)s AND task_no < %(hi)s;
+-- Delete one range of a job's ledger rows. They are locked in task order
+-- first, as a result batch locks its tasks (record_results): a late batch of
+-- the job then waits for the chunk, or the chunk for it, and neither is ever
+-- a deadlock's victim (a plain DELETE may lock in the heap's order).
+DELETE FROM job_tasks t USING (
+    SELECT task_no FROM job_tasks
+    WHERE job_id = %(job_id)s AND task_no >= %(lo)s AND task_no < %(hi)s
+    ORDER BY task_no
+    FOR UPDATE
+) l
+WHERE t.job_id = %(job_id)s AND t.task_no = l.task_no;
 
 -- name: prune_task_rest
 -- Whatever ledger rows of the job a range did not cover (none, normally).
