@@ -144,11 +144,6 @@ def _quietly_wait(chunk: _Chunk | None) -> None:
             chunk.future.cancel()  # no publishing left running behind us
 
 
-async def _max_payload(nc: NATS, js: JetStreamContext) -> int:
-    """The largest message the connected server takes."""
-    return int(nc.max_payload)
-
-
 def task_message_size(job_id: int, task_no: int, payload: bytes) -> int:
     """Bytes of a task message the server checks against its max_payload: the
     header block (with the task's Nats-Msg-Id) and the payload."""
@@ -186,6 +181,7 @@ class _Filler:
         # The next task number a chunk placed in order must start with; None:
         # this fill does not guess places (see _place_in_order).
         self.next_in_order: int | None = None
+        self.max_payload = 0  # the server's max_payload, read when the stream is ensured
 
     def run(self) -> Fill:
         try:
@@ -196,14 +192,8 @@ class _Filler:
             if self._started():
                 raise
             return self._stop("stream creation failed after the job left started")
-        # Whatever happened meanwhile, the status now decides: a job cancelled
-        # while we created its stream must not keep a stream teardown missed.
-        if not self._started():
-            return self._stop("job left started while its stream was created")
-
         recorded: datetime | None = self.job["stream_created"]
         published: int = self.job["published_count"]
-        self._reset_placed()
         # A stream the published tasks are not in: one this fill just created
         # (it was missing), or another incarnation than the recorded one. (A
         # job with published tasks always has one recorded: it is recorded
@@ -211,6 +201,15 @@ class _Filler:
         # published before incarnations were recorded.)
         replaced = inc.created is not None and recorded is not None and inc.created != recorded
         recreated = published > 0 and (inc.new or replaced)
+        # Whatever happened meanwhile, the status now decides: a job cancelled
+        # while we created its stream must not keep a stream teardown missed.
+        # (Where the incarnation is recorded next, with nothing republished
+        # first, that guarded write asks it: a small job's first fill.)
+        records_next = inc.created is not None and inc.created != recorded and not recreated
+        if not records_next and not self._started():
+            return self._stop("job left started while its stream was created")
+        if self.job["placed_count"] > published:
+            self._reset_placed()
         republished = 0
         if recreated:
             self._forget(published)
@@ -239,6 +238,9 @@ class _Filler:
         first = self.job["published_count"] == 0 and self.job["stream_created"] is None
         existed = not first and await stream_exists(js, self.names)
         info = await ensure_job_stream(nc, js, self.names, self.job, self.settings)
+        # The server's limit as known now: placing a chunk in order checks
+        # against it (a later change is caught where each chunk is published).
+        self.max_payload = int(nc.max_payload)
         return Incarnation(
             created=parse_server_time(info.created), new=not existed, empty=info.state.last_seq == 0
         )
@@ -258,14 +260,20 @@ class _Filler:
         sent = 0
         cursor = from_task
         inflight: _Chunk | None = None
+        # A chunk shorter than PUBLISH_CHUNK was the last one: not read again
+        # (a small job's one chunk is then one statement, not two).
+        read_all = False
         while True:
-            # Plain tuples: a dict per row was ~4 % of a worker publishing a big job.
-            with connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
-                rows = cur.execute(
-                    Q.pending_tasks_between,
-                    {"job_id": self.job_id, "from_task": cursor, "below": below,
-                     "limit": PUBLISH_CHUNK},
-                ).fetchall()  # fmt: skip
+            rows: list[tuple[int, str, int | None]] = []
+            if not read_all:
+                # Plain tuples: a dict per row was ~4 % of a worker publishing a big job.
+                with connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+                    rows = cur.execute(
+                        Q.pending_tasks_between,
+                        {"job_id": self.job_id, "from_task": cursor, "below": below,
+                         "limit": PUBLISH_CHUNK},
+                    ).fetchall()  # fmt: skip
+                read_all = len(rows) < PUBLISH_CHUNK
             nxt: _Chunk | None = None
             if rows:
                 chunk = [(task_no, payload.encode("utf-8")) for task_no, payload, _ in rows]
@@ -386,7 +394,7 @@ class _Filler:
         first = self.next_in_order
         if first is None:
             return True
-        limit = bridge().run(_max_payload)
+        limit = self.max_payload
         contiguous = chunk[0][0] == first and chunk[-1][0] == first + len(chunk) - 1
         if not contiguous or any(task_message_size(self.job_id, t, p) > limit for t, p in chunk):
             self.next_in_order = None

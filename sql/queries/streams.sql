@@ -6,7 +6,7 @@
 -- settings, how far publishing got, and which stream incarnation that was.
 SELECT id, status, pipeline, max_deliver, task_timeout_s, max_in_flight, retry_delay_s,
        retry_delay_max_s, rate_per_s, priority, weight, total_count,
-       published_count, stream_created
+       published_count, placed_count, stream_created
 FROM jobs WHERE id = %(job_id)s;
 
 -- name: pending_tasks_between
