@@ -151,17 +151,22 @@ def task_message_size(job_id: int, task_no: int, payload: bytes) -> int:
     return header + len(payload)
 
 
-def fill_job_stream(job_id: int, settings: Settings | None = None) -> Fill:
+def fill_job_stream(
+    job_id: int, settings: Settings | None = None, job: Mapping[str, Any] | None = None
+) -> Fill:
     """Make a started job's stream exist and hold every pending task of the job.
 
-    The caller holds ``job_lock(Lock.BOOTSTRAP, job_id)``. Returns what was
-    done; `FillEnd.STOPPED` when the job is not started (never started,
-    cancelled, finished), then no stream of it is left behind by this call.
-    Raises when NATS fails while the job is still started (the caller retries).
+    The caller holds ``job_lock(Lock.BOOTSTRAP, job_id)``. `job` is the job's
+    ``job_stream_state`` row if the caller read it under that lock (else it
+    is read here). Returns what was done; `FillEnd.STOPPED` when the job is
+    not started (never started, cancelled, finished), then no stream of it is
+    left behind by this call. Raises when NATS fails while the job is still
+    started (the caller retries).
     """
     s = settings or get_settings()
-    with connection() as conn:
-        job = conn.execute(Q.job_stream_state, {"job_id": job_id}).fetchone()
+    if job is None:
+        with connection() as conn:
+            job = conn.execute(Q.job_stream_state, {"job_id": job_id}).fetchone()
     if job is None or job["status"] != Status.STARTED:
         return Fill(FillEnd.STOPPED)
     return _Filler(job, s).run()

@@ -39,7 +39,7 @@ def run_bootstrap(job_id: int) -> BootstrapResult:
 
 def _bootstrap(job_id: int) -> BootstrapResult:
     with connection() as conn:
-        job = conn.execute(Q.get_job, {"job_id": job_id}).fetchone()
+        job = conn.execute(Q.job_stream_state, {"job_id": job_id}).fetchone()
         if job is None:
             record_event(conn, None, "bootstrap_unknown_job", "warning", job=job_id)
             return "unknown"
@@ -53,8 +53,12 @@ def _bootstrap(job_id: int) -> BootstrapResult:
             # Started before its stream exists: the fill below publishes only
             # for a started job, and re-checks that around every NATS step, so
             # a cancel landing anywhere from here on stops it.
-            transition(conn, job_id, Status.STARTED, {Status.QUEUED}, "bootstrap")
-    fill = fill_job_stream(job_id)
+            if transition(conn, job_id, Status.STARTED, {Status.QUEUED}, "bootstrap") is None:
+                return "stopped"  # cancelled since it was read
+            job = {**job, "status": Status.STARTED}
+    # The row just read is what the fill needs (under the bootstrap lock only a
+    # fill changes its publishing columns), so the fill does not read it again.
+    fill = fill_job_stream(job_id, job=job)
     if fill.end == FillEnd.STOPPED:
         return "stopped"
     log.info("bootstrap published", extra={"job_id": job_id, "tasks": job["total_count"],
