@@ -29,6 +29,8 @@ from tests.helpers import assert_counters_match_ledger
 FINAL_WITHIN_S = 60  # a liveness bound: without notices the job would wait an hour
 HOUR_S = "3600"
 JOBS = 5
+# A listing's answer is handled well within this (one page of a stream or two).
+LISTING_DONE_S = 1.0
 
 
 class Listener:
@@ -121,9 +123,17 @@ def test_a_processor_serves_new_jobs_without_asking_for_their_stream_or_consumer
     # runs here, and the worker never asks for its consumers).
     asked = Listener("$JS.API.CONSUMER.INFO.>")
     ours = f"$JS.API.CONSUMER.INFO.{ns}_job_"
-    with asked, LocalSystem(log_dir=tmp_path / "logs", env=env):
+    listings = Listener("$JS.API.STREAM.LIST")
+    with asked, listings, LocalSystem(log_dir=tmp_path / "logs", env=env):
         first = jobsys.submit("echo", [{"i": 0}])
-        wait_until_final(first.id, timeout=FINAL_WITHIN_S)  # past the first listing
+        wait_until_final(first.id, timeout=FINAL_WITHIN_S)
+        # Past the processor's first listing (at its start; the next is in an
+        # hour), which asks for the consumer of each stream it finds.
+        deadline = time.monotonic() + FINAL_WITHIN_S
+        while not listings.heard:
+            assert time.monotonic() < deadline, "the processor never listed its streams"
+            time.sleep(0.05)
+        time.sleep(LISTING_DONE_S)
         ids = [jobsys.submit("echo", [{"i": i} for i in range(5)]).id for _ in range(JOBS)]
         views = [wait_until_final(job_id, timeout=FINAL_WITHIN_S) for job_id in ids]
     assert [(v.status, v.done) for v in views] == [("success", 5)] * JOBS
