@@ -279,15 +279,15 @@ def test_a_bootstrap_creating_its_stream_after_teardown_deleted_it_deletes_it_ag
     # The narrowest window, forced: bootstrap has started the job,
     # then the whole cancel (teardown included) runs before the stream is
     # created. The real NATS call is only delayed, not replaced.
-    real_ensure = jobsys.bootstrap.fill.ensure_job_stream
+    real_make = jobsys.bootstrap.fill.make_job_stream
     entered, cancelled = threading.Event(), threading.Event()
 
-    async def ensure_after_cancel(*args: Any) -> None:
+    async def make_after_cancel(*args: Any) -> Any:
         entered.set()
         await asyncio.get_running_loop().run_in_executor(None, cancelled.wait, 30)
-        await real_ensure(*args)
+        return await real_make(*args)
 
-    monkeypatch.setattr(jobsys.bootstrap.fill, "ensure_job_stream", ensure_after_cancel)
+    monkeypatch.setattr(jobsys.bootstrap.fill, "make_job_stream", make_after_cancel)
     for _ in range(20):
         entered.clear()
         cancelled.clear()

@@ -60,8 +60,9 @@ from nats.js import JetStreamContext
 from psycopg.rows import tuple_row
 
 from jobsys.lifecycle.states import Status
-from jobsys.nats.admin import delete_job_stream, ensure_job_stream, parse_server_time, stream_exists
+from jobsys.nats.admin import delete_job_stream, make_job_stream, parse_server_time, stream_exists
 from jobsys.nats.bridge import bridge
+from jobsys.nats.notices import notice_job_stream
 from jobsys.nats.publish import publish_tasks
 from jobsys.nats.subjects import JobNames, msg_id
 from jobsys.pg.db import connection
@@ -187,6 +188,9 @@ class _Filler:
         # this fill does not guess places (see _place_in_order).
         self.next_in_order: int | None = None
         self.max_payload = 0  # the server's max_payload, read when the stream is ensured
+        # The CREATED notice's body while it is not sent yet: it goes once the
+        # first chunk is stored (see _announce).
+        self.notice: bytes | None = None
 
     def run(self) -> Fill:
         try:
@@ -230,6 +234,11 @@ class _Filler:
         fresh, went_on = self._publish(published, self.total, advance=True)
         if not went_on:
             return self._stop("job left started while its tasks were published")
+        if self.notice is not None:
+            # Nothing was published (every task was finished, or too large):
+            # processors are told all the same. (Every chunk has settled, so
+            # the bridge's loop is not using `notice` now.)
+            bridge().run(lambda nc, js: self._announce(nc))
         return Fill(
             FillEnd.FILLED, recreated=recreated, republished=republished, published=fresh,
             too_large=self.too_large,
@@ -242,7 +251,7 @@ class _Filler:
         # small job's five NATS requests here.
         first = self.job["published_count"] == 0 and self.job["stream_created"] is None
         existed = not first and await stream_exists(js, self.names)
-        info = await ensure_job_stream(nc, js, self.names, self.job, self.settings)
+        info, self.notice = await make_job_stream(nc, js, self.names, self.job, self.settings)
         # The server's limit as known now: placing a chunk in order checks
         # against it (a later change is caught where each chunk is published).
         self.max_payload = int(nc.max_payload)
@@ -367,7 +376,18 @@ class _Filler:
         if not fits:
             return [], too_large
         seqs = await publish_tasks(nc, self.names, self.job_id, fits, self.settings.publish_window)
+        await self._announce(nc)
         return [(task_no, seq) for (task_no, _), seq in zip(fits, seqs, strict=True)], too_large
+
+    async def _announce(self, nc: NATS) -> None:
+        """Send the CREATED notice if not sent yet (on the bridge's loop, as every
+        use of `self.notice`). Sent once the first chunk is stored, not when the
+        stream is made: a processor's first pull then finds the chunk whole and
+        takes as much as it may at once, where a pull racing the publishing got
+        a task or two at a time (a 20-task job took 4 pulls, now 2)."""
+        if self.notice is not None:
+            body, self.notice = self.notice, None
+            await notice_job_stream(nc, self.names, "CREATED", body)
 
     def _fail_too_large(self, tasks: list[tuple[int, int, int]]) -> bool:
         """Fail tasks no message can carry, counted like results; False if that

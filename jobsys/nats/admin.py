@@ -199,8 +199,19 @@ async def set_stream_share(
 async def ensure_job_stream(
     nc: NATS, js: JetStreamContext, names: JobNames, job: Mapping[str, Any], settings: Settings
 ) -> StreamInfo:
-    """Create the job's stream and durable pull consumer if missing (idempotent),
-    then say so (the CREATED notice: processors serve the job from then on).
+    """`make_job_stream`, then say so (the CREATED notice: processors serve the job
+    from then on). Returns the stream's info as NATS answered its creation."""
+    info, body = await make_job_stream(nc, js, names, job, settings)
+    await notice_job_stream(nc, names, "CREATED", body)
+    return info
+
+
+async def make_job_stream(
+    nc: NATS, js: JetStreamContext, names: JobNames, job: Mapping[str, Any], settings: Settings
+) -> tuple[StreamInfo, bytes]:
+    """Create the job's stream and durable pull consumer if missing (idempotent).
+    Returns the stream's info as NATS answered its creation (or update), and the
+    body of the CREATED notice that says so, not sent yet (`notice_job_stream`).
 
     Processors learn the pipeline from the stream's description, so they
     need NATS and Redis only, never Postgres.
@@ -213,8 +224,7 @@ async def ensure_job_stream(
     `job` is the job's row (at least `pipeline` and `max_deliver`; its
     `task_timeout_s` goes in the description, its `max_in_flight` becomes
     the consumer's max_ack_pending: JetStream then never has more of the
-    job's tasks delivered and unacked, across all processors). Returns the
-    stream's info as NATS answered its creation (or update).
+    job's tasks delivered and unacked, across all processors).
     """
     max_in_flight = job.get("max_in_flight") or settings.max_ack_pending
     stream = StreamConfig(
@@ -277,8 +287,7 @@ async def ensure_job_stream(
         await js.consumer_info(names.stream, names.consumer)
         log.warning("job consumer kept with its own configuration",
                     extra={"stream": names.stream})  # fmt: skip
-    await notice_job_stream(nc, names, "CREATED", body)
-    return info
+    return info, body
 
 
 async def tasks_of_messages(
