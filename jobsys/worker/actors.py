@@ -72,7 +72,7 @@ def process_results(job_id: Any, results: Any, notify: Any = None) -> None:
     # Jobs this batch made final: their streams are deleted here, after the
     # acks (jobsys.lifecycle.finalize, teardowns_deferred), not by a teardown message.
     final: list[int] = []
-    deleted: list[int] = []
+    deleted: dict[int, bool] = {}
     try:
         with teardowns_deferred() as final:
             job, ack = _apply(job_id, results)
@@ -119,25 +119,28 @@ def _is_inbox(value: Any) -> bool:
 
 async def _ack_and_confirm(
     nc: Any, js: Any, job_id: int, ack: list[str], subject: str | None, final: list[int]
-) -> list[int]:
+) -> dict[int, bool]:
     """Ack the recorded replies, tell the sender, then delete the streams of the
-    jobs made final; returns the jobs whose stream this deleted."""
+    jobs made final; returns, for each, whether its stream was there to delete."""
     namespace = get_settings().namespace
     if ack:
         await ack_current_replies(nc, js, JobNames.of(namespace, job_id).stream, ack)
     if subject is not None:
         await nc.publish(subject, b"")
         await nc.flush(timeout=10)
-    return [j for j in final if await delete_job_stream(nc, js, JobNames.of(namespace, j))]
+    return {j: await delete_job_stream(nc, js, JobNames.of(namespace, j)) for j in final}
 
 
-def _streams_deleted(final: list[int], deleted: list[int]) -> None:
-    """Record the streams deleted for jobs made final; send a teardown for the rest
-    (their deletion failed or never ran: NATS is down, or the actor raised)."""
+def _streams_deleted(final: list[int], deleted: dict[int, bool]) -> None:
+    """Record the streams deleted for jobs made final (one already gone needs
+    nothing more); send a teardown for the rest (their deletion failed or never
+    ran: NATS is down, or the actor raised)."""
     namespace = get_settings().namespace
     for job_id in final:
         if job_id not in deleted:
             send_teardown_or_leave(job_id)
+            continue
+        if not deleted[job_id]:
             continue
         try:
             with connection() as conn:
