@@ -78,6 +78,11 @@ log = logging.getLogger(__name__)
 # re-checked between rounds, so a cancel stops a fill within two chunks (one
 # is published while the one before is recorded).
 PUBLISH_CHUNK = 5_000
+# A job's CREATED notice goes once this many of its first tasks are stored
+# (all of them, in a smaller job): a processor's first pull finds that many at
+# once, where a pull racing the publishing got a task or two, and it need not
+# wait for the whole first chunk (75 ms of a 20,000-task job's start).
+ANNOUNCE_AFTER = 500
 # One chunk's NATS work (publish and wait for every ack) may take this long.
 CHUNK_TIMEOUT_S = 120.0
 # Task numbers named in a `tasks_too_large` event (the ledger has them all).
@@ -189,7 +194,7 @@ class _Filler:
         self.next_in_order: int | None = None
         self.max_payload = 0  # the server's max_payload, read when the stream is ensured
         # The CREATED notice's body while it is not sent yet: it goes once the
-        # first chunk is stored (see _announce).
+        # first tasks are stored (see _announce).
         self.notice: bytes | None = None
 
     def run(self) -> Fill:
@@ -375,16 +380,19 @@ class _Filler:
                 fits.append((task_no, payload))
         if not fits:
             return [], too_large
-        seqs = await publish_tasks(nc, self.names, self.job_id, fits, self.settings.publish_window)
-        await self._announce(nc)
+        seqs = await publish_tasks(
+            nc, self.names, self.job_id, fits, self.settings.publish_window,
+            announce=None if self.notice is None else lambda: self._announce(nc),
+            announce_after=ANNOUNCE_AFTER,
+        )  # fmt: skip
         return [(task_no, seq) for (task_no, _), seq in zip(fits, seqs, strict=True)], too_large
 
     async def _announce(self, nc: NATS) -> None:
         """Send the CREATED notice if not sent yet (on the bridge's loop, as every
-        use of `self.notice`). Sent once the first chunk is stored, not when the
-        stream is made: a processor's first pull then finds the chunk whole and
-        takes as much as it may at once, where a pull racing the publishing got
-        a task or two at a time (a 20-task job took 4 pulls, now 2)."""
+        use of `self.notice`). Sent once ANNOUNCE_AFTER tasks (a small job's
+        all) are stored, not when the stream is made: a processor's first pull
+        then takes as much as it may at once, where a pull racing the
+        publishing got a task or two at a time (a 20-task job took 4 pulls, now 2)."""
         if self.notice is not None:
             body, self.notice = self.notice, None
             await notice_job_stream(nc, self.names, "CREATED", body)

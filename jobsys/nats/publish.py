@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -89,6 +89,9 @@ async def publish_tasks(
     job_id: int,
     tasks: Sequence[tuple[int, bytes]],
     window: int | None = None,
+    *,
+    announce: Callable[[], Awaitable[None]] | None = None,
+    announce_after: int = 0,
 ) -> list[int]:
     """Publish task messages, wait until JetStream stored every one, and return
     each one's stream sequence (in the order of `tasks`).
@@ -104,8 +107,13 @@ async def publish_tasks(
     way it ends: a late ack then goes nowhere and no state outlives the call
     (the chaos suite once found a window's permits held for ever). The first
     refusal (no stream: a cancel deleted it; a JetStream error) ends the call.
+
+    `announce`, if given, is awaited once in this call, as soon as it sees
+    `announce_after` of the messages stored (all of them if there are fewer):
+    the job's CREATED notice, sent while the rest are still being published.
     """
     limit = window or get_settings().publish_window
+    announce_at = min(announce_after, len(tasks))
     inbox = nc.new_inbox()
     acks = _Acks(names.stream, len(tasks), inbox, limit)
     deadline = PUBLISH_TIMEOUT_S + len(tasks) * PUBLISH_PER_TASK_S
@@ -125,7 +133,12 @@ async def publish_tasks(
                     headers={MSG_ID_HEADER: msg_id(job_id, task_no)},
                 )
                 acks.sent += 1
+                if announce is not None and acks.acked >= announce_at:
+                    await announce()
+                    announce = None
             await acks.done
+            if announce is not None:
+                await announce()
     finally:
         if acks.done.done() and not acks.done.cancelled():
             acks.done.exception()  # seen: no "exception never retrieved" after a timeout
