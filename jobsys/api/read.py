@@ -10,6 +10,7 @@ from jobsys.errors import InvalidInput, JobNotFound, WaitTimedOut
 from jobsys.lifecycle.states import FINAL, Status
 from jobsys.models import JobView
 from jobsys.pg.db import connection
+from jobsys.pg.finals import watching_final
 from jobsys.pg.queries import Q
 
 
@@ -49,15 +50,21 @@ def wait_until_final(
     poll_s: float = 0.25,
     on_update: Callable[[JobView], object] | None = None,
 ) -> JobView:
-    """Poll until the job is final and return it; `on_update(view)` is called on every
-    poll. Raises WaitTimedOut (a TimeoutError) after `timeout` seconds (None: never)."""
+    """Wait until the job is final and return it: woken by its final notice
+    (jobsys.pg.finals), else at the next poll. `on_update(view)` is called on
+    every read (every `poll_s` at least). Raises WaitTimedOut (a TimeoutError)
+    after `timeout` seconds (None: never)."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        view = get_job(job_id)
-        if on_update is not None:
-            on_update(view)
-        if view.status in FINAL:
-            return view
-        if deadline is not None and time.monotonic() > deadline:
-            raise WaitTimedOut(job_id, view.status, timeout or 0.0)
-        time.sleep(poll_s)
+    with watching_final(job_id) as went_final:
+        while True:
+            view = get_job(job_id)
+            if on_update is not None:
+                on_update(view)
+            if view.status in FINAL:
+                return view
+            if deadline is not None and time.monotonic() > deadline:
+                raise WaitTimedOut(job_id, view.status, timeout or 0.0)
+            # Cleared before the next read: that read sees whatever woke it
+            # (a notice goes on commit), and a stray notice wakes it only once.
+            went_final.wait(poll_s)
+            went_final.clear()

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Literal
 
 from jobsys.pg.db import Conn
+from jobsys.pg.finals import announce_final
 from jobsys.pg.queries import Q
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ def transition(
     ).fetchone()
     if row is None:
         return None
+    if row["status"] in FINAL:
+        announce_final(conn, job_id)
     # The structured-log twin of the `status` row the statement wrote to job_events.
     log.info(
         "status",

@@ -50,6 +50,10 @@ SELECT id, status, total_count, done_count, failed_count, lost_count, cancelled_
        hook_target IS NOT NULL AND status IN ('success', 'failure', 'revoked') AS has_hook
 FROM moved;
 
+-- name: announce_final
+-- A job went final (jobsys.pg.finals): waiters wake on commit.
+SELECT pg_notify(%(channel)s, %(job_id)s);
+
 -- name: insert_job
 -- A new job row, queued.
 INSERT INTO jobs (name, pipeline, total_count, failure_threshold, max_deliver,

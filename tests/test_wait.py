@@ -1,0 +1,63 @@
+"""Waiting for a job wakes when it goes final, not at the next poll
+(jobsys.api.read, jobsys.pg.finals).
+
+`Job.wait()`, `jobsys submit --wait` and the demo polled every 250 ms: a
+1-task job final 43 ms after its submit was seen up to 250 ms later. The
+guarded transition now announces every move to a final status on a Postgres
+channel, and waiters listen on one connection per process; the poll stays,
+as the fallback when no notice comes (a pooler that drops LISTEN, a lost
+connection).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import jobsys
+from jobsys.api.read import wait_until_final
+from jobsys.lifecycle.states import FINALIZABLE, Status, transition
+from jobsys.models import JobView
+from jobsys.pg.db import connection
+
+# The waiters' poll: far longer than the bound below, so only a notice can
+# wake them in time.
+LONG_POLL_S = 120.0
+# Liveness bound (not a speed target): a woken waiter returns well within it.
+WOKEN_WITHIN_S = 15.0
+# Long enough for the waiters to be waiting (their first read done).
+SETTLE_S = 0.5
+
+
+def _waiter(job_id: int, out: list[JobView]) -> threading.Thread:
+    def wait() -> None:
+        out.append(wait_until_final(job_id, timeout=LONG_POLL_S * 2, poll_s=LONG_POLL_S))
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    return thread
+
+
+def _revoke(job_id: int) -> None:
+    with connection() as conn, conn.transaction():
+        assert transition(conn, job_id, Status.REVOKED, FINALIZABLE, "test") is not None
+
+
+def test_waiters_wake_when_their_job_goes_final_and_not_when_another_does() -> None:
+    # No worker runs: the jobs stay queued until the test moves them.
+    first = jobsys.submit("echo", [{"i": 0}])
+    second = jobsys.submit("echo", [{"i": 0}])
+    got_first: list[JobView] = []
+    got_second: list[JobView] = []
+    waiters = [_waiter(first.id, got_first), _waiter(second.id, got_second)]
+    time.sleep(SETTLE_S)
+
+    _revoke(first.id)
+    waiters[0].join(WOKEN_WITHIN_S)
+    assert got_first and got_first[0].status == "revoked", "not woken by its job's notice"
+    time.sleep(SETTLE_S)
+    assert not got_second, "returned while its job was still queued"
+
+    _revoke(second.id)
+    waiters[1].join(WOKEN_WITHIN_S)
+    assert got_second and got_second[0].status == "revoked"
