@@ -267,6 +267,10 @@ class Settings(BaseSettings):
     # Off behind a transaction-pooling proxy (PgBouncer pool_mode=transaction
     # before 1.21, or without max_prepared_statements): `jobsys doctor` tells.
     db_prepared_statements: bool = True
+    # Waiters (Job.wait, submit --wait) LISTEN for jobs going final on a
+    # connection of their own. Off behind a transaction-pooling proxy, where a
+    # LISTEN stays on whichever server session ran it: waiters then poll.
+    db_listen: bool = True
     # Replicas of each job stream (1, 3 or 5 on a JetStream cluster).
     stream_replicas: int = Field(default=1, ge=1, le=5)
     # Where nats-server keeps job streams: "file" (kept across its restarts)

@@ -71,6 +71,9 @@ def test_doctor_sees_transaction_pooling_and_names_the_setting(bouncer: PgBounce
 
     right = doctor.check_pooling(url, prepared_statements=False)
     assert right.ok and "transaction pooling detected" in right.message
+    assert "JOBSYS_DB_LISTEN" not in right.message
+    listening = doctor.check_pooling(url, prepared_statements=False, listen=True)
+    assert listening.ok and listening.message.endswith("waiters poll)"), listening.message
 
 
 def test_prepared_statements_off_survive_transaction_pooling(through_bouncer: str) -> None:

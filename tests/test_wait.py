@@ -14,17 +14,22 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 import jobsys
 from jobsys.api.read import wait_until_final
 from jobsys.lifecycle.states import FINALIZABLE, Status, transition
 from jobsys.models import JobView
 from jobsys.pg.db import connection
+from jobsys.settings import reset_settings
 
 # The waiters' poll: far longer than the bound below, so only a notice can
 # wake them in time.
 LONG_POLL_S = 120.0
 # Liveness bound (not a speed target): a woken waiter returns well within it.
 WOKEN_WITHIN_S = 15.0
+# A poll far longer than SETTLE_S and far shorter than WOKEN_WITHIN_S.
+OFF_POLL_S = 3.0
 # Long enough for the waiters to be waiting (their first read done).
 SETTLE_S = 0.5
 
@@ -61,3 +66,25 @@ def test_waiters_wake_when_their_job_goes_final_and_not_when_another_does() -> N
     _revoke(second.id)
     waiters[1].join(WOKEN_WITHIN_S)
     assert got_second and got_second[0].status == "revoked"
+
+
+def test_with_listening_off_a_waiter_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBSYS_DB_LISTEN", "false")
+    reset_settings()
+    try:
+        job = jobsys.submit("echo", [{"i": 0}])
+        got: list[JobView] = []
+        thread = threading.Thread(
+            target=lambda: got.append(wait_until_final(job.id, timeout=60, poll_s=OFF_POLL_S)),
+            daemon=True,
+        )
+        thread.start()
+        time.sleep(SETTLE_S)
+        _revoke(job.id)
+        time.sleep(SETTLE_S)
+        assert not got, "woken by a notice with JOBSYS_DB_LISTEN=false"
+        thread.join(WOKEN_WITHIN_S)
+        assert got and got[0].status == "revoked"
+    finally:
+        monkeypatch.undo()
+        reset_settings()

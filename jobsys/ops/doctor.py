@@ -65,7 +65,9 @@ def check_all(settings: Settings) -> list[Check]:
     postgres = check_postgres(settings.database_url)
     if postgres.ok:
         schema = check_schema(settings.database_url)
-        pooling = check_pooling(settings.database_url, settings.db_prepared_statements)
+        pooling = check_pooling(
+            settings.database_url, settings.db_prepared_statements, listen=settings.db_listen
+        )
     else:
         schema = Check("schema", False, "not checked: Postgres is not reachable")
         pooling = Check("pooling", False, "not checked: Postgres is not reachable")
@@ -261,11 +263,13 @@ def backends_shared(url: str, rounds: int = POOLING_ROUNDS) -> int | None:
     return None
 
 
-def check_pooling(url: str, prepared_statements: bool) -> Check:
+def check_pooling(url: str, prepared_statements: bool, listen: bool = False) -> Check:
     """Does jobsys work through whatever sits between it and Postgres?
 
     jobsys's locks hold behind any pooler (jobsys.pg.locks); psycopg's
-    automatic prepared statements do not survive transaction pooling.
+    automatic prepared statements do not survive transaction pooling, nor
+    does a waiter's LISTEN (`listen`: JOBSYS_DB_LISTEN; only a slower wake,
+    so it is advice, not a failure).
     """
     try:
         shared = backends_shared(url)
@@ -281,10 +285,16 @@ def check_pooling(url: str, prepared_statements: bool) -> Check:
             f"shared backend {shared}) and prepared statements do not survive it: "
             "set JOBSYS_DB_PREPARED_STATEMENTS=false",
         )
+    advice = (
+        "; set JOBSYS_DB_LISTEN=false (a waiter's LISTEN does not survive it: waiters poll)"
+        if listen
+        else ""
+    )
     return Check(
         "pooling",
         True,
-        "transaction pooling detected; prepared statements off, locks are transaction-level",
+        "transaction pooling detected; prepared statements off, locks are transaction-level"
+        + advice,
     )
 
 

@@ -6,6 +6,8 @@ A notice is only a wake-up: a waiter reads the job's status itself, and polls
 as before when no notice comes. Postgres delivers a notice on commit, to
 connections listening then; a pooler in transaction mode, a lost connection or
 a process that forked leave waiters on their poll, never wrong.
+`JOBSYS_DB_LISTEN=false` turns listening off (behind a transaction-pooling
+proxy, where a LISTEN stays on whichever server session ran it).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from psycopg import sql
 
 from jobsys.pg.db import Conn, connect_direct
 from jobsys.pg.queries import Q
+from jobsys.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,9 @@ class FinalWatch:
         listener is in place on entry when it could be: a status read inside
         the block then misses no move."""
         event = threading.Event()
+        if not get_settings().db_listen:
+            yield event  # never set: the waiter polls
+            return
         with self._lock:
             self._waiters.setdefault(job_id, set()).add(event)
             listening = self._start()
