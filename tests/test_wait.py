@@ -11,6 +11,8 @@ connection).
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.queues
 import threading
 import time
 
@@ -20,7 +22,7 @@ import jobsys
 from jobsys.api.read import wait_until_final
 from jobsys.lifecycle.states import FINALIZABLE, Status, transition
 from jobsys.models import JobView
-from jobsys.pg.db import connection
+from jobsys.pg.db import close_pool, connection
 from jobsys.settings import reset_settings
 
 # The waiters' poll: far longer than the bound below, so only a notice can
@@ -88,3 +90,30 @@ def test_with_listening_off_a_waiter_polls(monkeypatch: pytest.MonkeyPatch) -> N
     finally:
         monkeypatch.undo()
         reset_settings()
+
+
+def _wait_in_child(job_id: int, out: multiprocessing.queues.Queue[str]) -> None:
+    close_pool()  # the parent's connections are the parent's
+    out.put(wait_until_final(job_id, timeout=LONG_POLL_S * 2, poll_s=LONG_POLL_S).status)
+
+
+def test_a_forked_child_listens_for_itself() -> None:
+    # The parent listens first; a child forked then has none of its threads.
+    job = jobsys.submit("echo", [{"i": 0}])
+    other = jobsys.submit("echo", [{"i": 0}])
+    got: list[JobView] = []
+    parent_waiter = _waiter(other.id, got)
+    time.sleep(SETTLE_S)
+    fork = multiprocessing.get_context("fork")
+    out: multiprocessing.queues.Queue[str] = fork.Queue()
+    child = fork.Process(target=_wait_in_child, args=(job.id, out), daemon=True)
+    child.start()
+    try:
+        time.sleep(SETTLE_S * 2)  # the child is waiting
+        _revoke(job.id)
+        assert out.get(timeout=WOKEN_WITHIN_S) == "revoked"
+    finally:
+        child.kill()
+        child.join(10)
+        _revoke(other.id)
+        parent_waiter.join(WOKEN_WITHIN_S)

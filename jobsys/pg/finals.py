@@ -50,7 +50,6 @@ class FinalWatch:
         self._lock = threading.Lock()
         self._waiters: dict[int, set[threading.Event]] = {}
         self._listening: threading.Event | None = None
-        self._pid = 0
 
     @contextmanager
     def watching(self, job_id: int) -> Iterator[threading.Event]:
@@ -75,10 +74,10 @@ class FinalWatch:
                     self._waiters.pop(job_id, None)
 
     def _start(self) -> threading.Event:
-        # Under the lock. A forked child has no listener thread of its parent's.
-        if self._listening is not None and self._pid == os.getpid():
+        # Under the lock.
+        if self._listening is not None:
             return self._listening
-        self._listening, self._pid = threading.Event(), os.getpid()
+        self._listening = threading.Event()
         threading.Thread(
             target=self._listen, args=(self._listening,), name="jobsys-final-watch", daemon=True
         ).start()
@@ -124,6 +123,16 @@ class FinalWatch:
 
 
 _watch = FinalWatch()
+
+
+def _forget_after_fork() -> None:
+    # A forked child has none of its parent's threads, and the lock may have
+    # been held by one of them at the fork: it starts afresh.
+    global _watch
+    _watch = FinalWatch()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def watching_final(job_id: int) -> AbstractContextManager[threading.Event]:
