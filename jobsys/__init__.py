@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         WaitTimedOut,
     )
     from jobsys.lifecycle.retention import prune
+    from jobsys.pipelines.registry import pipeline
 
 # Each public name and the module that defines it.
 _WHERE = {
@@ -50,6 +51,7 @@ _WHERE = {
     "group_errors": "jobsys.api.tasks",
     "list_tasks": "jobsys.api.tasks",
     "prune": "jobsys.lifecycle.retention",
+    "pipeline": "jobsys.pipelines.registry",
     "InvalidInput": "jobsys.errors",
     "JobNotFinal": "jobsys.errors",
     "JobNotFound": "jobsys.errors",
@@ -78,6 +80,7 @@ __all__ = [
     "group_errors",
     "list_jobs",
     "list_tasks",
+    "pipeline",
     "prune",
     "results",
     "retry",

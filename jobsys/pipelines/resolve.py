@@ -74,8 +74,11 @@ def resolve(name: str) -> Pipeline:
         module_name, attr = check_reference(name, "pipeline")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise InvalidInput(f"pipeline {name!r}: cannot import module {module_name!r}") from exc
+        except Exception as exc:  # anything the module raises as it loads: say what
+            why = f"{type(exc).__name__}: {one_line(exc)}"
+            raise InvalidInput(
+                f"pipeline {name!r}: cannot import module {module_name!r}: {why}"
+            ) from exc
         fn = getattr(module, attr, None)
         if not callable(fn):
             raise InvalidInput(f"pipeline {name!r}: {module_name} has no function {attr!r}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +67,27 @@ def test_a_bare_pipeline_decorator_is_refused_where_it_is_written() -> None:
         pipeline(square)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="name"):
         pipeline("")
+
+
+@pytest.mark.parametrize(
+    ("source", "cause"),
+    [
+        ("from jobsys import no_such_name\n", "ImportError: cannot import name 'no_such_name'"),
+        ("def broken(:\n", "SyntaxError"),
+        ("raise RuntimeError('no config file')\n", "RuntimeError: no config file"),
+    ],
+)
+def test_a_module_that_fails_to_import_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, cause: str
+) -> None:
+    # A newcomer's first pipeline module once failed with only "cannot import
+    # module 'mypipes'": the ImportError inside it was not shown.
+    module = f"mypipes_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(get_settings(), "pipeline_modules", module)
+    with pytest.raises(InvalidInput) as err:
+        resolve(f"{module}:double")
+    message = str(err.value)
+    assert f"cannot import module {module!r}: {cause}" in message, message
+    assert "\n" not in message
