@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Self
 
 import redis
+from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 import jobsys
@@ -13,6 +17,7 @@ from jobsys.api.items import counted_items
 from jobsys.bootstrap.start import run_bootstrap
 from jobsys.nats.admin import delete_streams, namespace_stream
 from jobsys.nats.bridge import bridge
+from jobsys.nats.connect import connect
 from jobsys.nats.subjects import JobNames, parse_msg_id
 from jobsys.pg.db import connection
 from jobsys.pg.queries import Q
@@ -172,3 +177,42 @@ def leave_only(job_id: int) -> None:
             client.delete(*keys)
     finally:
         client.close()
+
+
+class Subscriber:
+    """NATS subscriptions on a thread (and connection) of their own, as a context:
+    subscribed before entering returns, closed on exit. `handlers` maps each
+    subject to what is called with each message, in the order NATS sent them."""
+
+    # How often the thread looks whether it should stop.
+    TICK_S = 0.02
+
+    def __init__(self, handlers: Mapping[str, Callable[[Msg], object]]) -> None:
+        self._handlers = dict(handlers)
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        nc = await connect()
+        for subject, handle in self._handlers.items():
+
+            async def on(msg: Msg, handle: Callable[[Msg], object] = handle) -> None:
+                handle(msg)
+
+            await nc.subscribe(subject, cb=on)
+        await nc.flush()
+        self._ready.set()
+        while not self._stop.is_set():
+            await asyncio.sleep(self.TICK_S)
+        await nc.flush()
+        await nc.close()
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)

@@ -13,9 +13,6 @@ connection, so a subscriber to both sees how many tasks went before it.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-
 from nats.aio.msg import Msg
 
 import jobsys
@@ -23,53 +20,29 @@ from jobsys.api.items import counted_items
 from jobsys.bootstrap.fill import ANNOUNCE_AFTER, PUBLISH_CHUNK
 from jobsys.bootstrap.start import run_bootstrap
 from jobsys.nats.bridge import bridge
-from jobsys.nats.connect import connect
 from jobsys.nats.subjects import JobNames
 from jobsys.settings import get_settings
+from tests.helpers import Subscriber
 
 TASKS = 2 * PUBLISH_CHUNK + 10  # three chunks
 
 
-class WireOrder:
-    """How many task messages of one job went by before its CREATED notice."""
+class WireOrder(Subscriber):
+    """How many task messages of one job went by before its CREATED notice: one
+    subscription per subject, both on one connection, so NATS hands them over
+    in the order the worker's one connection sent them."""
 
     def __init__(self, names: JobNames) -> None:
-        self.names = names
         self.tasks_seen = 0
         self.before_notice: int | None = None
-        self._ready = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        super().__init__({names.subject: self._on_task, names.notice("CREATED"): self._on_notice})
 
-    async def _run(self) -> None:
-        nc = await connect()
+    def _on_task(self, msg: Msg) -> None:
+        self.tasks_seen += 1
 
-        async def on_task(msg: Msg) -> None:
-            self.tasks_seen += 1
-
-        async def on_notice(msg: Msg) -> None:
-            if self.before_notice is None:
-                self.before_notice = self.tasks_seen
-
-        # One subscription per subject, both on this connection: NATS hands
-        # them over in the order the worker's one connection sent them.
-        await nc.subscribe(self.names.subject, cb=on_task)
-        await nc.subscribe(self.names.notice("CREATED"), cb=on_notice)
-        await nc.flush()
-        self._ready.set()
-        while not self._stop.is_set():
-            await asyncio.sleep(0.02)
-        await nc.flush()
-        await nc.close()
-
-    def __enter__(self) -> WireOrder:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
+    def _on_notice(self, msg: Msg) -> None:
+        if self.before_notice is None:
+            self.before_notice = self.tasks_seen
 
 
 def test_a_big_jobs_notice_goes_once_its_first_tasks_are_stored_not_its_first_chunk() -> None:

@@ -11,11 +11,8 @@ finishes was heard of by its notice.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from pathlib import Path
-
-from nats.aio.msg import Msg
 
 import jobsys
 from jobsys.api.read import wait_until_final
@@ -24,7 +21,7 @@ from jobsys.nats.connect import connect
 from jobsys.nats.subjects import JobNames, job_notices
 from jobsys.ops.runner import LocalSystem
 from jobsys.settings import get_settings
-from tests.helpers import assert_counters_match_ledger
+from tests.helpers import Subscriber, assert_counters_match_ledger
 
 FINAL_WITHIN_S = 60  # a liveness bound: without notices the job would wait an hour
 HOUR_S = "3600"
@@ -33,45 +30,25 @@ JOBS = 5
 LISTING_DONE_S = 1.0
 
 
-class Listener:
+class Listener(Subscriber):
     """Every notice of this run's namespace (or every message on `subject`),
     heard on a thread of its own."""
 
     def __init__(self, subject: str | None = None) -> None:
-        self.subject = subject
         self.heard: list[str] = []
-        self._ready = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    async def _run(self) -> None:
-        nc = await connect()
-
-        async def on(msg: Msg) -> None:
-            self.heard.append(msg.subject)
-
-        await nc.subscribe(self.subject or job_notices(get_settings().namespace), cb=on)
-        await nc.flush()
-        self._ready.set()
-        while not self._stop.is_set():
-            await asyncio.sleep(0.05)
-        await nc.flush()
-        await nc.close()
+        super().__init__(
+            {
+                subject or job_notices(get_settings().namespace): lambda m: self.heard.append(
+                    m.subject
+                )
+            }
+        )
 
     def wait_for(self, subject: str) -> None:
         deadline = time.monotonic() + FINAL_WITHIN_S
         while subject not in self.heard:
             assert time.monotonic() < deadline, (subject, self.heard)
             time.sleep(0.01)
-
-    def __enter__(self) -> Listener:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
 
 def test_a_processor_that_lists_once_an_hour_serves_a_new_job_by_its_notice(
