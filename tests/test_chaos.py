@@ -20,7 +20,7 @@ import pytest
 from tests.chaos import FAULTS, MIX_KINDS
 
 
-def _chaos(seconds: int, jobs: int, tasks: int, seed: int) -> dict[str, object]:
+def _chaos(seconds: int, jobs: int, tasks: int, seed: int, min_each: int = 1) -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSYS_")}
     proc = subprocess.run(
         [
@@ -35,6 +35,8 @@ def _chaos(seconds: int, jobs: int, tasks: int, seed: int) -> dict[str, object]:
             str(tasks),
             "--seed",
             str(seed),
+            "--min-each",
+            str(min_each),
             "--json",
         ],
         capture_output=True,
@@ -85,5 +87,5 @@ def test_short_chaos_run_keeps_every_invariant() -> None:
 @pytest.mark.slow
 def test_long_chaos_run_keeps_every_invariant() -> None:
     seed = int(os.environ.get("CHAOS_SEED", "7"))
-    report = _chaos(seconds=600, jobs=30, tasks=8_000, seed=seed)
+    report = _chaos(seconds=600, jobs=30, tasks=8_000, seed=seed, min_each=3)
     _every_kind_at_least(report, 3)

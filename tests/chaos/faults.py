@@ -162,6 +162,10 @@ class Faults:
     started: float  # monotonic start of the run
     ack_wait: float
     ends: float = float("inf")  # monotonic end of the fault window: outages end by then
+    # Every kind is injected this many times before any is chosen at random
+    # (`--min-each`): a 10-minute run once ended with the workers stopped only
+    # twice of the three asked, by the luck of the draw.
+    want_each: int = 1
     log: list[FaultRecord] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     # Figures per kind (summed over its injections), for the report.
@@ -256,11 +260,14 @@ class Faults:
         return [k for k in FAULTS if self.counts[k] == 0]
 
     def inject_next(self, now: float) -> bool:
-        """Inject one fault: the first kind not yet injected that bites, else one at random."""
+        """Inject one fault: of the kinds injected fewer than `want_each` times, the
+        least injected that bites (in FAULTS order among equals); else one at random."""
         allowed = [k for k in FAULTS if self._allowed(k)]
         if not allowed:
             return False
-        first = [k for k in allowed if self.counts[k] == 0]
+        first = sorted(
+            (k for k in allowed if self.counts[k] < self.want_each), key=lambda k: self.counts[k]
+        )
         weights = [OUTAGE_WEIGHT if k in OUTAGES else 1.0 for k in allowed]
         for kind in [*first, self.rng.choices(allowed, weights)[0]]:
             if self._try(kind, now):

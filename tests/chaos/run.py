@@ -77,7 +77,13 @@ WINDOW_STRETCH_MAX = 2.0
 
 
 def run(
-    seed: int, seconds: float, jobs: int, tasks: int, settle_timeout: float, keep: bool = False
+    seed: int,
+    seconds: float,
+    jobs: int,
+    tasks: int,
+    settle_timeout: float,
+    keep: bool = False,
+    min_each: int = 1,
 ) -> Report:
     """One chaos run; returns the report (also printed by `main`)."""
     root = Path(tempfile.mkdtemp(prefix="jobsys-chaos-"))
@@ -100,7 +106,7 @@ def run(
     started = time.monotonic()
     ack_wait = float(HARNESS_ENV["JOBSYS_ACK_WAIT_S"])
     faults = Faults(random.Random(f"{seed}:faults"), system, servers, plans, started, ack_wait,
-                    ends=started + seconds)  # fmt: skip
+                    ends=started + seconds, want_each=min_each)  # fmt: skip
     try:
         # A third of the jobs at once, the rest spread over the fault window,
         # so jobs are at every stage (bootstrap, running, finishing) when hit.
@@ -267,7 +273,9 @@ def main() -> None:
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1_000_000)
     setup_logging("text", "WARNING")
-    report = run(seed, args.seconds, args.jobs, args.tasks, args.settle_timeout, args.keep)
+    report = run(
+        seed, args.seconds, args.jobs, args.tasks, args.settle_timeout, args.keep, args.min_each
+    )
     report.require_each(args.min_each)
     if args.json:
         print(json.dumps(report.as_dict()))
