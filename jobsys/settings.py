@@ -270,7 +270,7 @@ class Settings(BaseSettings):
     # Off behind a transaction-pooling proxy (PgBouncer pool_mode=transaction
     # before 1.21, or without max_prepared_statements): `jobsys doctor` tells.
     db_prepared_statements: bool = True
-    # Waiters (Job.wait, submit --wait) LISTEN for jobs going final on a
+    # Waiters (Job.wait, jobsys watch) LISTEN for jobs going final on a
     # connection of their own. Off behind a transaction-pooling proxy, where a
     # LISTEN stays on whichever server session ran it: waiters then poll.
     db_listen: bool = True

@@ -1,7 +1,7 @@
 """Waiting for a job wakes when it goes final, not at the next poll
 (jobsys.api.read, jobsys.pg.finals).
 
-`Job.wait()`, `jobsys submit --wait` and the demo polled every 250 ms: a
+`Job.wait()`, `jobsys watch` and the demo polled every 250 ms: a
 1-task job final 43 ms after its submit was seen up to 250 ms later. The
 guarded transition now announces every move to a final status on a Postgres
 channel, and waiters listen on one connection per process; the poll stays,

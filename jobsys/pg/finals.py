@@ -1,5 +1,5 @@
 """Notices of jobs going final: announced in the guarded transition's transaction,
-heard by waiters (`Job.wait()`, `jobsys submit --wait`) on one LISTEN connection
+heard by waiters (`Job.wait()`, `jobsys watch`, the demo) on one LISTEN connection
 per process.
 
 A notice is only a wake-up: a waiter reads the job's status itself, and polls
