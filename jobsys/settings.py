@@ -160,13 +160,12 @@ class Settings(BaseSettings):
     # long, and so on up to result_resend_max_s between sends.
     result_resend_s: float = Field(default=30.0, gt=0)
     result_resend_max_s: float = Field(default=600.0, gt=0)
-    # A processor holding this many unrecorded results stops fetching. Steady
-    # state holds ~throughput x a batch's round trip to the recorder (0.2 s:
-    # ~3,500 at 17,000 tasks/s), so the cap must sit above it: at 2,000 it
-    # held one big job to ~0.77x bare NATS, at 5,000 0.82-0.92x (10,000 no
-    # better; docs/bench.md). More only means the recorder is slow or down,
-    # and a processor killed then loses its hold (those tasks run again).
-    max_held_results: int = Field(default=5_000, ge=1)
+    # A processor holding this many unrecorded results stops fetching while its
+    # recorder is behind (up to 2.5 times this while it keeps up: a fast
+    # pipeline holds throughput x a batch's round trip; jobsys.processor.outbox).
+    # More only means the recorder is slow or down, and a processor killed
+    # then loses its hold (those tasks run again).
+    max_held_results: int = Field(default=2_000, ge=1)
     # Processors hear of new and deleted job streams by notices; they also list
     # the namespace's job streams this often, which catches a notice lost.
     stream_listing_s: float = Field(default=2.0, gt=0)

@@ -23,8 +23,15 @@ whatever its doubling had reached -- the worker's own retry is a copy Redis
 may have refused, and then this processor holds the only one. So once Redis
 accepts writes again, every batch is back in it within JOBSYS_RESULT_RESEND_S.
 
-Backpressure: while this processor holds JOBSYS_MAX_HELD_RESULTS results,
-its feeds fetch nothing more, so unfetched tasks wait in NATS, uncharged.
+Backpressure: while this processor holds JOBSYS_MAX_HELD_RESULTS results and
+its recorder is behind (a batch unconfirmed for RECORDER_BEHIND_S), its feeds
+fetch nothing more, so unfetched tasks wait in NATS, uncharged. A recorder
+that keeps up may let the hold grow to KEEPING_UP_FACTOR times that: a fast
+pipeline holds its throughput times a batch's round trip (~3,500 results at
+17,000 tasks/s), and a flat 2,000 throttled one big job to ~0.77x bare NATS.
+The hold a recorder outage builds up -- what a processor dying during it
+runs again -- is what was held when it began plus RECORDER_BEHIND_S of
+throughput: still JOBSYS_MAX_HELD_RESULTS below ~1,800 tasks/s per processor.
 
 A batch of a job no longer served (its stream was deleted: finished or
 cancelled) is sent once more and let go: the worker records it as late.
@@ -59,6 +66,11 @@ log = logging.getLogger(__name__)
 # long, doubling up to SEND_RETRY_MAX_S.
 SEND_RETRY_S = 0.2
 SEND_RETRY_MAX_S = 5.0
+# Backpressure (see the module docstring): a batch unconfirmed this long
+# means the recorder is behind; one that keeps up lets the hold reach this
+# many times JOBSYS_MAX_HELD_RESULTS.
+RECORDER_BEHIND_S = 1.0
+KEEPING_UP_FACTOR = 2.5
 
 # One result as it goes on the wire (see the module docstring).
 Item = dict[str, Any]
@@ -80,6 +92,7 @@ class Held:
     job_id: int
     results: list[Item]
     replies: list[str]
+    sealed_at: float = 0.0  # monotonic
     next_at: float = 0.0
     sends: int = 0
     failures: int = 0
@@ -132,8 +145,15 @@ class Outbox:
 
     @property
     def full(self) -> bool:
-        """Whether feeds must stop fetching (backpressure)."""
-        return self.results >= self.settings.max_held_results
+        """Whether feeds must stop fetching (backpressure, see the module docstring)."""
+        cap = self.settings.max_held_results
+        if self.results < cap:
+            return False
+        if self.results >= cap * KEEPING_UP_FACTOR or not self.held:
+            return True
+        # Batches are held in the order they were sealed: the first is the oldest.
+        oldest = next(iter(self.held.values()))
+        return time.monotonic() - oldest.sealed_at >= RECORDER_BEHIND_S
 
     def add(self, job_id: int, result: TaskResult, last: bool = False) -> None:
         """One task's outcome; its message stays held until the batch is confirmed.
@@ -170,7 +190,11 @@ class Outbox:
         metrics.RESULTS_HELD.set(self.results)
         self._serial += 1
         self.held[self._serial] = Held(
-            job_id, buf.results, buf.replies, orphan=job_id in self._orphans
+            job_id,
+            buf.results,
+            buf.replies,
+            sealed_at=time.monotonic(),
+            orphan=job_id in self._orphans,
         )
         self._due.set()
 
