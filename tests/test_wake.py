@@ -68,5 +68,6 @@ def test_an_enqueue_wakes_an_idle_consumer_and_leaves_a_short_lived_token() -> N
     finally:
         consumer.close()
         broker.client.delete(key, f"{broker.namespace}:{queue}",
-                             f"{broker.namespace}:{queue}.msgs")  # fmt: skip
+                             f"{broker.namespace}:{queue}.msgs",
+                             f"{broker.namespace}:__heartbeats__")  # fmt: skip
         broker.client.close()
