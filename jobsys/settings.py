@@ -152,6 +152,10 @@ class Settings(BaseSettings):
     # transaction, one stream lookup) is spread over this many tasks; a batch
     # goes out when full or after result_flush_ms, whichever comes first.
     result_batch_size: int = Field(default=250, ge=1)
+    # ...or when its results (and error texts) come to this many bytes, however
+    # few: a batch of big results stays a modest Dramatiq message (and a remote
+    # processor's report stays within the server's serve_max_body_bytes).
+    result_batch_bytes: int = Field(default=4 * 1024 * 1024, ge=1_024)
     result_flush_ms: int = Field(default=100, ge=1)
     max_result_bytes: int = Field(default=1_000_000, ge=1)
     # Results sent but not yet recorded are held (kept in progress in NATS)

@@ -39,9 +39,11 @@ RAISED = -1
 # Reported after the last outcome of a call: the slot is free again.
 END = -2
 
-Outcome = tuple[str, Any]
-# report(index, kind, value); index RAISED with value (permanent, reason).
-Report = Callable[[int, str, Any], None]
+# (kind, value, size): `size` is a DONE result's length as JSON, so that
+# result batches can be sealed by bytes (jobsys.processor.outbox); 0 otherwise.
+Outcome = tuple[str, Any, int]
+# report(index, kind, value, size); index RAISED with value (permanent, reason).
+Report = Callable[[int, str, Any, int], None]
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,8 @@ def _failure(exc: Exception, spec: PipelineSpec) -> Outcome:
     """A pipeline's exception as an outcome: FAILED if the pipeline gives up on it
     (PermanentError, or its `give_up_on`), else RETRY."""
     if isinstance(exc, PermanentError):
-        return FAILED, failure_of(exc, storable_error(str(exc) or "failed"))
-    return (FAILED if spec.gives_up(exc) else RETRY), failure_of(exc)
+        return FAILED, failure_of(exc, storable_error(str(exc) or "failed")), 0
+    return (FAILED if spec.gives_up(exc) else RETRY), failure_of(exc), 0
 
 
 def _payload(data: bytes) -> dict[str, Any]:
@@ -118,10 +120,10 @@ def checked(value: Any, max_bytes: int, spec: PipelineSpec) -> Outcome:
         return _failure(value, spec)
     text, error = encode_result(value, max_bytes)
     if text is None:
-        return FAILED, storable_error(error)
+        return FAILED, storable_error(error), 0
     # Read back: the parent gets plain JSON types, whatever classes the
     # pipeline used (a numpy float is a float subclass json accepts).
-    return DONE, jsontext.loads(text)
+    return DONE, jsontext.loads(text), len(text)
 
 
 class Runner:
@@ -163,7 +165,7 @@ class Runner:
             spec = self.spec(name)
         except Exception as exc:
             for i in range(len(payloads)):
-                report(i, RETRY, storable_error(f"pipeline {name!r} unavailable: {exc}"))
+                report(i, RETRY, storable_error(f"pipeline {name!r} unavailable: {exc}"), 0)
             return
         if spec.is_batch:
             with running(job_id, task_nos):
@@ -199,7 +201,7 @@ class Runner:
                 items.append(_payload(data))
                 where.append(i)
             except PermanentError as exc:
-                report(i, FAILED, storable_error(str(exc)))
+                report(i, FAILED, storable_error(str(exc)), 0)
         if not items:
             return
         try:
@@ -214,11 +216,11 @@ class Runner:
                 )
         except Exception as exc:
             permanent = spec.gives_up(exc)
-            report(RAISED, "raised", (permanent, failure_of(exc)))
+            report(RAISED, "raised", (permanent, failure_of(exc)), 0)
             return
         for i, value in zip(where, values, strict=True):
             try:
                 outcome = checked(value, max_bytes, spec)
             except Exception as exc:  # a result json cannot even look at
-                outcome = FAILED, failure_of(exc)
+                outcome = FAILED, failure_of(exc), 0
             report(i, *outcome)

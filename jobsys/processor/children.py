@@ -139,12 +139,12 @@ def child_main(sock: socket.socket) -> None:
             return
         serial, name, max_bytes, payloads, job_id, task_nos = pickle.loads(body)
 
-        def report(index: int, kind: str, value: Any, serial: int = serial) -> None:
-            frame = dumps((serial, index, kind, value), protocol=5)
+        def report(index: int, kind: str, value: Any, size: int, serial: int = serial) -> None:
+            frame = dumps((serial, index, kind, value, size), protocol=5)
             sock.sendall(pack(len(frame)) + frame)
 
         runner.run(name, payloads, max_bytes, report, job_id, task_nos)
-        report(END, "", None)
+        report(END, "", None, 0)
 
 
 # -- the processor's side ------------------------------------------------------

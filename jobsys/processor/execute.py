@@ -172,8 +172,9 @@ class SlotBase:
         for task in call.tasks if call.run.spec.is_batch else call.tasks[:1]:
             self.execution.started(task, self.deadline)
 
-    def on_frame(self, serial: int, index: int, kind: str, value: Any) -> None:
-        """One frame of the running call (frames of an earlier call are ignored)."""
+    def on_frame(self, serial: int, index: int, kind: str, value: Any, size: int) -> None:
+        """One frame of the running call (frames of an earlier call are ignored);
+        `size` is a DONE result's length as JSON (jobsys.processor.calls)."""
         call = self.call
         if call is None or serial != call.serial:
             return
@@ -194,12 +195,13 @@ class SlotBase:
                 self.deadline = now + call.run.timeout_s
                 if index + 1 < len(call.tasks):
                     self.execution.started(call.tasks[index + 1], self.deadline)
-            self.execution.outcome(call, index, kind, value, seconds)
+            self.execution.outcome(call, index, kind, value, size, seconds)
 
 
-# settle(task, kind, value): the processor's handling of a task's final
-# outcome here (DONE with the result, FAILED or RETRY with the reason).
-Settle = Callable[[Task, str, Any], None]
+# settle(task, kind, value, size): the processor's handling of a task's final
+# outcome here (DONE with the result and its length as JSON, FAILED or RETRY
+# with the reason).
+Settle = Callable[[Task, str, Any, int], None]
 
 
 @dataclass
@@ -441,13 +443,16 @@ class Execution:
 
     # -- what slots report -------------------------------------------------------
 
-    def outcome(self, call: Call, index: int, kind: str, value: Any, seconds: float) -> None:
-        """One task of `call` ended (`seconds` is its share of the run time)."""
+    def outcome(
+        self, call: Call, index: int, kind: str, value: Any, size: int, seconds: float
+    ) -> None:
+        """One task of `call` ended (`seconds` is its share of the run time, `size`
+        a DONE result's length as JSON)."""
         if index in call.answered or index >= len(call.tasks):
             return
         call.answered.add(index)
         call.run.measured(seconds)
-        self._settle(call.tasks[index], kind, value)
+        self._settle(call.tasks[index], kind, value, size)
 
     def raised(self, call: Call, permanent: bool, reason: str) -> None:
         """A batch call raised as a whole: split it, or charge its one item."""
@@ -494,12 +499,12 @@ class Execution:
         self._requeue(run, tasks[half:], pinned=True)
         self._requeue(run, tasks[:half], pinned=True)
 
-    def _settle(self, task: Task, kind: str, value: Any) -> None:
+    def _settle(self, task: Task, kind: str, value: Any, size: int = 0) -> None:
         if task.settled:
             return
         task.settled = True
         try:
-            self.settle(task, kind, value)
+            self.settle(task, kind, value, size)
         except Exception:
             log.exception("settling a task failed", extra={"job_id": task.run.job_id})
 

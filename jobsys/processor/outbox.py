@@ -1,6 +1,7 @@
 """The result outbox: batch, send, hold until recorded, re-send, backpressure.
 
-Outcomes of one job are gathered into batches (up to the batch size, or
+Outcomes of one job are gathered into batches (up to the batch size or
+JOBSYS_RESULT_BATCH_BYTES of results, or
 whatever is there after JOBSYS_RESULT_FLUSH_MS, or at once when none of the
 job's tasks is left here to wait for and its stream had none left to
 deliver) and sent to the
@@ -71,6 +72,12 @@ SEND_RETRY_MAX_S = 5.0
 # many times JOBSYS_MAX_HELD_RESULTS.
 RECORDER_BEHIND_S = 1.0
 KEEPING_UP_FACTOR = 2.5
+# What a result item costs on the wire besides its result or error texts (its
+# keys, task number, delivery count and reply subject), in bytes, when
+# batches are sealed by size.
+ITEM_WIRE_BYTES = 200
+# The texts of a failure item: the native processor's and the remote's names.
+FAILURE_TEXTS = ("error", "error_trace", "traceback")
 
 # One result as it goes on the wire (see the module docstring).
 Item = dict[str, Any]
@@ -83,6 +90,17 @@ def wire_item(result: TaskResult) -> Item:
     out (every reader's model defaults them to None). A batch without `null` is one
     orjson may encode and sign (jobsys.jsontext), and a smaller message besides."""
     return result.model_dump(exclude_none=True)
+
+
+def failure_size(item: Item) -> int:
+    """The length of a failure item's texts (its error and traceback), for sealing
+    batches by bytes; the processor's and the remote processor's items alike."""
+    size = 0
+    for key in FAILURE_TEXTS:
+        text = item.get(key)
+        if isinstance(text, str):
+            size += len(text)
+    return size
 
 
 @dataclass
@@ -113,6 +131,7 @@ class _Buffer:
     since: float
     results: list[Item] = field(default_factory=list)
     replies: list[str] = field(default_factory=list)
+    size: int = 0  # bytes of results, about (ITEM_WIRE_BYTES each besides their texts)
 
 
 class Outbox:
@@ -162,16 +181,26 @@ class Outbox:
         result does not wait JOBSYS_RESULT_FLUSH_MS)."""
         self.add_item(job_id, wire_item(result), result.reply, last)
 
-    def add_item(self, job_id: int, item: Item, reply: str, last: bool = False) -> None:
+    def add_item(
+        self, job_id: int, item: Item, reply: str, last: bool = False, size: int = 0
+    ) -> None:
         """`add` for an item already in its wire form (`wire_item`), `reply` its
-        reply subject: the processor's way, without a model per task."""
+        reply subject: the processor's way, without a model per task. `size`: the
+        length of its result or error texts as JSON, when known (a batch is sealed
+        once they come to JOBSYS_RESULT_BATCH_BYTES, however few its items)."""
         buf = self._buffers.get(job_id)
         if buf is None:
             buf = self._buffers[job_id] = _Buffer(time.monotonic())
         buf.results.append(item)
         buf.replies.append(reply)
+        buf.size += size + ITEM_WIRE_BYTES
         self.results += 1
-        if last or len(buf.results) >= self.batch_size or job_id in self._orphans:
+        if (
+            last
+            or len(buf.results) >= self.batch_size
+            or buf.size >= self.settings.result_batch_bytes
+            or job_id in self._orphans
+        ):
             self._seal(job_id)
 
     def flush(self, job_id: int) -> None:

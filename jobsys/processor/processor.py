@@ -57,7 +57,7 @@ from jobsys.processor.execute import (
 )
 from jobsys.processor.feeds import Feeds
 from jobsys.processor.keepalive import NO_DEADLINE, KeepAlive
-from jobsys.processor.outbox import Item, Outbox, wire_item
+from jobsys.processor.outbox import Item, Outbox, failure_size, wire_item
 from jobsys.processor.rates import Rates
 from jobsys.processor.retries import RetryNotes
 from jobsys.processor.stopping import StopSwitch
@@ -332,8 +332,9 @@ class Processor:
         if feeds is not None:
             feeds.wake_probes()
 
-    def _settle(self, task: Task, kind: str, value: Any) -> None:
-        """A task's outcome here: a result to record, a retry, or nothing ran."""
+    def _settle(self, task: Task, kind: str, value: Any, size: int = 0) -> None:
+        """A task's outcome here: a result to record, a retry, or nothing ran. `size`:
+        a DONE result's length as JSON (result batches are sealed by bytes too)."""
         self.tickets.give(1)
         last = self.feeds.settled(task.run.job_id)
         reply = task.msg.reply
@@ -371,9 +372,10 @@ class Processor:
             self.stats.ok += 1
         else:
             self.stats.failed += 1
+            size = failure_size(item)
         # Held until recorded, however long: no deadline any more.
         self.keepalive.until(reply, NO_DEADLINE)
-        self.outbox.add_item(task.run.job_id, item, reply, last=last)
+        self.outbox.add_item(task.run.job_id, item, reply, last=last, size=size)
 
     def retry_delay(self, task: Task) -> float:
         """Seconds before NATS delivers again `task`, which failed transiently: the

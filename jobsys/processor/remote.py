@@ -68,6 +68,7 @@ from jobsys.processor.gateway_client import (
     GatewayRefused,
     GatewayUnavailable,
 )
+from jobsys.processor.outbox import ITEM_WIRE_BYTES, failure_size
 from jobsys.processor.processor import TICKETS, Pool, ProcessorStats
 from jobsys.processor.stopping import StopSwitch
 from jobsys.processor.threads import ThreadSlot
@@ -123,6 +124,7 @@ class Leased:
 class _Batch:
     since: float
     items: list[dict[str, Any]] = field(default_factory=list)
+    size: int = 0  # bytes, about (as the outbox counts them)
 
 
 class Reports:
@@ -147,14 +149,17 @@ class Reports:
         """Whether feeds must stop leasing (backpressure)."""
         return self.pending >= self.settings.max_held_results
 
-    def add(self, job_id: int, item: dict[str, Any]) -> None:
-        """One task's outcome."""
+    def add(self, job_id: int, item: dict[str, Any], size: int = 0) -> None:
+        """One task's outcome; `size` the length of its result (or error texts) as
+        JSON: a report is sent once they come to JOBSYS_RESULT_BATCH_BYTES, so that
+        it stays within the server's body limit however big its results."""
         batch = self._open.get(job_id)
         if batch is None:
             batch = self._open[job_id] = _Batch(time.monotonic())
         batch.items.append(item)
+        batch.size += size + ITEM_WIRE_BYTES
         self.pending += 1
-        if len(batch.items) >= self.batch_size:
+        if len(batch.items) >= self.batch_size or batch.size >= self.settings.result_batch_bytes:
             self._seal(job_id)
 
     def flush(self, job_id: int) -> None:
@@ -507,9 +512,9 @@ class RemoteProcessor:
     def _started(self, task: Task, deadline: float) -> None:
         task.started = time.monotonic()
 
-    def _settle(self, task: Task, kind: str, value: Any) -> None:
+    def _settle(self, task: Task, kind: str, value: Any, size: int = 0) -> None:
         """A task's outcome here: reported to the server (or forgotten if dropped)."""
-        self._outcome(task, kind, value)
+        self._outcome(task, kind, value, size)
         job_id = task.run.job_id
         if not self.execution.queued(job_id) and not any(
             s.call is not None
@@ -520,7 +525,7 @@ class RemoteProcessor:
             # The job's last task here: no reason to wait for the flush timer.
             self.reports.flush(job_id)
 
-    def _outcome(self, task: Task, kind: str, value: Any) -> None:
+    def _outcome(self, task: Task, kind: str, value: Any, size: int) -> None:
         self.tickets.give(1)
         handle = task.msg.reply
         job_id = task.run.job_id
@@ -536,7 +541,7 @@ class RemoteProcessor:
         if kind == DONE:
             self.stats.ok += 1
             self.reports.add(job_id, {"lease": handle, "task": task.task_no, "status": "done",
-                                      "result": value})  # fmt: skip
+                                      "result": value}, size)  # fmt: skip
             return
         decision, reason = retry_decision(task, kind, value)
         transient = decision == "retry"
@@ -560,7 +565,7 @@ class RemoteProcessor:
             base, cap = declared
             item["retry_delay_s"] = base
             item["retry_delay_max_s"] = cap if math.isfinite(cap) else None
-        self.reports.add(job_id, item)
+        self.reports.add(job_id, item, failure_size(item))
 
     # -- keep-alive and presence ---------------------------------------------------
 

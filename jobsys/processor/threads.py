@@ -37,7 +37,7 @@ class ThreadSlot(SlotBase):
         self.index = index
         self.abandoned = False
         self._calls: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
-        self._pending: list[tuple[int, int, str, Any]] = []
+        self._pending: list[tuple[int, int, str, Any, int]] = []
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -66,8 +66,8 @@ class ThreadSlot(SlotBase):
                 return
             payloads = [t.msg.data for t in call.tasks]
 
-            def report(index: int, kind: str, value: Any, call: Call = call) -> None:
-                self._post(call, index, kind, value)
+            def report(index: int, kind: str, value: Any, size: int, call: Call = call) -> None:
+                self._post(call, index, kind, value, size)
 
             _RUNNER.run(
                 call.run.pipeline,
@@ -77,11 +77,11 @@ class ThreadSlot(SlotBase):
                 call.run.job_id,
                 tuple(t.task_no for t in call.tasks),
             )
-            self._post(call, END, "", None)
+            self._post(call, END, "", None, 0)
 
-    def _post(self, call: Call, index: int, kind: str, value: Any) -> None:
+    def _post(self, call: Call, index: int, kind: str, value: Any, size: int) -> None:
         # From the thread: outcomes go to the event loop in bunches, one wakeup each.
-        self._pending.append((call.serial, index, kind, value))
+        self._pending.append((call.serial, index, kind, value, size))
         if not self._scheduled:
             self._scheduled = True
             assert self._loop is not None
@@ -91,13 +91,13 @@ class ThreadSlot(SlotBase):
     def _drain(self) -> None:
         self._scheduled = False
         pending, self._pending = self._pending, []
-        for serial, index, kind, value in pending:
-            self.on_frame(serial, index, kind, value)
+        for serial, index, kind, value, size in pending:
+            self.on_frame(serial, index, kind, value, size)
 
-    def on_frame(self, serial: int, index: int, kind: str, value: Any) -> None:
+    def on_frame(self, serial: int, index: int, kind: str, value: Any, size: int) -> None:
         """One frame of the running call; an abandoned thread's frames are ignored."""
         if not self.abandoned:
-            super().on_frame(serial, index, kind, value)
+            super().on_frame(serial, index, kind, value, size)
 
     def kill(self, reason: str) -> None:
         """A thread cannot be stopped: abandon it, charge its call, start another."""

@@ -80,7 +80,7 @@ def test_a_slot_reports_a_give_up_exception_failed_and_a_transient_one_retry() -
     runner._specs["t"] = spec
     out: list[tuple[int, str, object]] = []
 
-    def report(i: int, kind: str, value: object) -> None:
+    def report(i: int, kind: str, value: object, size: int) -> None:
         out.append((i, kind, value))
 
     runner._specs["t"] = PipelineSpec("t", lambda p: p["key"])
