@@ -144,14 +144,15 @@ def nats_cleanup() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def redis_cleanup() -> Iterator[None]:
-    """Delete this run's Dramatiq keys at the end."""
+    """Delete this run's Redis keys at the end: its Dramatiq namespace's and those of
+    the namespaces its tests make from it (``<namespace><suffix>``, each run's own)."""
     yield
     import redis
 
     from jobsys.settings import get_settings
 
     client = redis.Redis.from_url(get_settings().redis_url)
-    keys = list(client.scan_iter(f"{get_settings().dramatiq_namespace}*"))
+    keys = list(client.scan_iter(f"{NAMESPACE}*"))
     if keys:
         client.delete(*keys)
     client.close()
