@@ -151,8 +151,9 @@ class Settings(BaseSettings):
     # Results per Dramatiq message: the worker's cost per message (decode, one
     # transaction on the job's row, one stream lookup) is spread over this many
     # tasks; a batch goes out when full or after result_flush_ms, whichever
-    # comes first. A big job's transactions queue on its row: 1,000 took a
-    # 20,000-task job from ~0.75x bare NATS to ~0.9x against 250 (docs/bench.md).
+    # comes first. A big job's batches are recorded one after another: 1,000
+    # took a 20,000-task job from ~0.75x bare NATS to ~0.9x against 250
+    # (docs/bench.md); batches are also sealed by bytes (result_batch_bytes).
     result_batch_size: int = Field(default=1_000, ge=1)
     # ...or when its results (and error texts) come to this many bytes, however
     # few: a batch of big results stays a modest Dramatiq message (and a remote
