@@ -1,6 +1,8 @@
 """Big results go in batches sealed by bytes (JOBSYS_RESULT_BATCH_BYTES), not only
 by count: a native processor's batches stay modest Dramatiq messages, and a remote
-processor's reports stay within the server's body limit.
+processor's reports stay within the server's body limit, and one the server
+still refuses as too large goes again in halves (an outcome alone over the
+limit fails its task).
 
 Before, a batch was sealed at JOBSYS_RESULT_BATCH_SIZE results whatever their
 size (250 results of 1 MB: one 250 MB message), and a remote processor
@@ -32,6 +34,8 @@ BATCH_BYTES = 300_000
 # Each result is a little over PAD bytes: a batch holds at most this many.
 PER_BATCH = math.ceil(BATCH_BYTES / PAD)
 BODY_LIMIT = 1024 * 1024
+# A server limit a single result can pass (results may have up to 1,000,000 bytes).
+LOW_BODY_LIMIT = 512 * 1024
 
 
 def _payloads(n: int) -> list[str]:
@@ -85,6 +89,44 @@ def test_a_remote_processors_reports_stay_within_the_servers_body_limit(
             job = wait_final(job_id, remote, timeout=120)
             assert (job.status, job.done) == ("success", TASKS), remote.log()[-3000:]
             _check_results(job_id, TASKS)
+    finally:
+        if remote is not None:
+            remote.stop()
+        server.stop()
+
+
+def test_a_report_over_the_servers_limit_goes_in_halves_and_an_outcome_alone_over_it_fails(
+    services: str, tmp_path: Path
+) -> None:
+    """The remote processor's JOBSYS_RESULT_BATCH_BYTES (4 MiB, its default) is above
+    this server's body limit, and one result alone is over it: the reports go in
+    halves, that task fails saying why, and every other task is done."""
+    server_env = {"JOBSYS_SERVE_MAX_BODY_BYTES": str(LOW_BODY_LIMIT),
+                  "JOBSYS_SERVE_RATE_LIMIT": "100000/second"}  # fmt: skip
+    (tmp_path / "serve").mkdir()
+    server = Server(tmp_path / "serve", env=server_env).start()
+    system = LocalSystem(workers=1, processors=0, log_dir=tmp_path / "logs")
+    token = new_token(Scope.PROCESS, ["echo"])[0]
+    remote = None
+    big = TASKS // 2
+    payloads = _payloads(TASKS)
+    payloads[big] = json.dumps({"n": big, "pad": "x" * (LOW_BODY_LIMIT + 1)})
+    try:
+        with system:
+            remote = Remote(server.url, token, tmp_path)
+            job_id = submit("echo", payloads, name="too-large", failure_threshold=0.5).id
+            job = wait_final(job_id, remote, timeout=120)
+            assert (job.status, job.done, job.failed) == ("success", TASKS - 1, 1), remote.log()[
+                -3000:
+            ]
+            with connection() as conn:
+                row = conn.execute(
+                    "SELECT status, error FROM job_tasks WHERE job_id = %s AND task_no = %s",
+                    (job_id, big),
+                ).fetchone()
+            assert row is not None and row["status"] == "failed"
+            assert "too large for the server" in row["error"], row
+            assert "sending it in halves" in remote.log()
     finally:
         if remote is not None:
             remote.stop()

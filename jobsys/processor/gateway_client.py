@@ -39,6 +39,11 @@ class GatewayGone(JobsysError):
     """The job asked about does not exist (404)."""
 
 
+class GatewayTooLarge(GatewayUnavailable):
+    """The server refused the request's body as too large (413): sent again as it
+    is, it would be refused forever."""
+
+
 class GatewayClient:
     """The gateway's calls, over one connection pool."""
 
@@ -70,6 +75,8 @@ class GatewayClient:
             raise GatewayRefused(f"the server refused {path} ({answer.status_code}): {detail}")
         if answer.status_code == 404:
             raise GatewayGone(detail)
+        if answer.status_code == 413:
+            raise GatewayTooLarge(f"{path}: {detail}")
         raise GatewayUnavailable(f"{path}: {answer.status_code} {detail}")
 
     async def claim(

@@ -66,6 +66,7 @@ from jobsys.processor.gateway_client import (
     GatewayClient,
     GatewayGone,
     GatewayRefused,
+    GatewayTooLarge,
     GatewayUnavailable,
 )
 from jobsys.processor.outbox import ITEM_WIRE_BYTES, failure_size
@@ -100,6 +101,8 @@ EXTENDS_PER_LEASE = 3
 # A report or lease the server could not take is tried again after this,
 # doubling up to REPORT_RETRY_MAX_S.
 REPORT_RETRY_S = 0.2
+# A task's failure when its outcome alone is over the server's body limit.
+TOO_LARGE_ERROR = "outcome too large for the server (over its JOBSYS_SERVE_MAX_BODY_BYTES)"
 REPORT_RETRY_MAX_S = 5.0
 # How long the last reports may take at shutdown.
 FINAL_REPORT_S = 10.0
@@ -118,6 +121,16 @@ class Leased:
 
     data: bytes
     reply: str
+
+
+def too_large_failure(item: dict[str, Any]) -> dict[str, Any] | None:
+    """What to report instead of an outcome the server refused as too large: its
+    task's permanent failure, without result or traceback; None if `item` is that
+    already (or a hand-back, which has nothing to cut)."""
+    if item.get("status") not in ("done", "failed") or item.get("error") == TOO_LARGE_ERROR:
+        return None
+    return {"lease": item["lease"], "task": item.get("task"), "status": "failed",
+            "transient": False, "verbatim": True, "error": TOO_LARGE_ERROR}  # fmt: skip
 
 
 @dataclass
@@ -190,6 +203,31 @@ class Reports:
             else:
                 rest = REPORT_RETRY_S
 
+    def _shrink(self, job_id: int, items: list[dict[str, Any]], why: str) -> None:
+        """The oldest report was too large for the server (its body limit is below
+        JOBSYS_RESULT_BATCH_BYTES here, or one result is over it): it goes again in
+        halves; one outcome alone too large becomes its task's permanent failure,
+        which says why. Sent again whole, it would be refused forever, and every
+        report behind it held."""
+        if len(items) > 1:
+            half = len(items) // 2
+            self._sealed[0:1] = [(job_id, items[:half]), (job_id, items[half:])]
+            log.warning("a report was too large for the server: sending it in halves",
+                        extra={"job_id": job_id, "items": len(items), "error": why})  # fmt: skip
+            return
+        (item,) = items
+        shrunk = too_large_failure(item)
+        log.warning("an outcome alone was too large for the server: its task fails",
+                    extra={"job_id": job_id, "task": item.get("task"), "error": why})  # fmt: skip
+        if shrunk is None:
+            # Already as small as an outcome gets: let its lease lapse (the task
+            # is delivered again) rather than hold every report behind it.
+            self._sealed.pop(0)
+            self.pending -= 1
+            self.done.append(item["lease"])  # no longer extended
+            return
+        self._sealed[0] = (job_id, [shrunk])
+
     async def send_all(self) -> bool:
         """Report every sealed batch, oldest first; False at the first that failed."""
         while self._sealed:
@@ -198,6 +236,9 @@ class Reports:
                 answer = await self.client.report(job_id, items)
             except GatewayGone:
                 answer = {"refused": [], "accepted": 0}  # the job is gone: nothing to count
+            except GatewayTooLarge as exc:
+                self._shrink(job_id, items, str(exc))
+                continue
             except GatewayUnavailable as exc:
                 if not self._failing:
                     log.warning("reports cannot be sent; holding them",

@@ -19,7 +19,7 @@ from jobsys.pipelines.registry import pipeline
 from jobsys.processor.calls import DONE, FAILED, Runner
 from jobsys.processor.keepalive import KeepAlive
 from jobsys.processor.outbox import ITEM_WIRE_BYTES, Outbox, failure_size
-from jobsys.processor.remote import Reports
+from jobsys.processor.remote import TOO_LARGE_ERROR, Reports, too_large_failure
 from jobsys.settings import Settings, reset_settings
 
 JOB = 3
@@ -97,3 +97,15 @@ def test_the_runner_reports_each_results_length_as_json() -> None:
     # A result over the limit is that task's failure, with no size.
     Runner().run(f"{__name__}:_sized", payloads[2:], 100, lambda *a: got.append(a))
     assert got[-1][1] == FAILED and got[-1][3] == 0
+
+
+def test_an_outcome_too_large_for_the_server_becomes_its_tasks_failure_once() -> None:
+    done = {"lease": "h1", "task": 4, "status": "done", "result": {"pad": "x"}}
+    failure = too_large_failure(done)
+    assert failure is not None
+    assert failure["status"] == "failed" and "result" not in failure
+    assert (failure["lease"], failure["task"], failure["transient"]) == ("h1", 4, False)
+    assert failure["error"] == TOO_LARGE_ERROR
+    # Already cut down, or a hand-back: nothing smaller to send.
+    assert too_large_failure(failure) is None
+    assert too_large_failure({"lease": "h2", "status": "handback"}) is None
