@@ -13,9 +13,11 @@ never finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from devtools.process import free_port
@@ -71,28 +73,36 @@ def test_a_native_processor_seals_batches_of_big_results_by_bytes(tmp_path: Path
     _check_results(job_id, TASKS)
 
 
-def test_a_remote_processors_reports_stay_within_the_servers_body_limit(
-    services: str, tmp_path: Path
-) -> None:
-    server_env = {"JOBSYS_SERVE_MAX_BODY_BYTES": str(BODY_LIMIT),
+@contextlib.contextmanager
+def remote_deployment(
+    tmp_path: Path, body_limit: int, remote_env: dict[str, str] | None = None
+) -> Iterator[Remote]:
+    """Workers, a `jobsys serve` with this body limit, and a remote processor of `echo`."""
+    server_env = {"JOBSYS_SERVE_MAX_BODY_BYTES": str(body_limit),
                   "JOBSYS_SERVE_RATE_LIMIT": "100000/second"}  # fmt: skip
     (tmp_path / "serve").mkdir()
     server = Server(tmp_path / "serve", env=server_env).start()
-    system = LocalSystem(workers=1, processors=0, log_dir=tmp_path / "logs")
     token = new_token(Scope.PROCESS, ["echo"])[0]
-    remote = None
     try:
-        with system:
-            remote = Remote(server.url, token, tmp_path, env={
-                "JOBSYS_RESULT_BATCH_BYTES": str(BODY_LIMIT // 2)})  # fmt: skip
-            job_id = submit("echo", _payloads(TASKS), name="big-remote-results").id
-            job = wait_final(job_id, remote, timeout=120)
-            assert (job.status, job.done) == ("success", TASKS), remote.log()[-3000:]
-            _check_results(job_id, TASKS)
+        with LocalSystem(workers=1, processors=0, log_dir=tmp_path / "logs"):
+            remote = Remote(server.url, token, tmp_path, env=remote_env)
+            try:
+                yield remote
+            finally:
+                remote.stop()
     finally:
-        if remote is not None:
-            remote.stop()
         server.stop()
+
+
+def test_a_remote_processors_reports_stay_within_the_servers_body_limit(
+    services: str, tmp_path: Path
+) -> None:
+    env = {"JOBSYS_RESULT_BATCH_BYTES": str(BODY_LIMIT // 2)}
+    with remote_deployment(tmp_path, BODY_LIMIT, env) as remote:
+        job_id = submit("echo", _payloads(TASKS), name="big-remote-results").id
+        job = wait_final(job_id, remote, timeout=120)
+        assert (job.status, job.done) == ("success", TASKS), remote.log()[-3000:]
+        _check_results(job_id, TASKS)
 
 
 def test_a_report_over_the_servers_limit_goes_in_halves_and_an_outcome_alone_over_it_fails(
@@ -101,33 +111,19 @@ def test_a_report_over_the_servers_limit_goes_in_halves_and_an_outcome_alone_ove
     """The remote processor's JOBSYS_RESULT_BATCH_BYTES (4 MiB, its default) is above
     this server's body limit, and one result alone is over it: the reports go in
     halves, that task fails saying why, and every other task is done."""
-    server_env = {"JOBSYS_SERVE_MAX_BODY_BYTES": str(LOW_BODY_LIMIT),
-                  "JOBSYS_SERVE_RATE_LIMIT": "100000/second"}  # fmt: skip
-    (tmp_path / "serve").mkdir()
-    server = Server(tmp_path / "serve", env=server_env).start()
-    system = LocalSystem(workers=1, processors=0, log_dir=tmp_path / "logs")
-    token = new_token(Scope.PROCESS, ["echo"])[0]
-    remote = None
     big = TASKS // 2
     payloads = _payloads(TASKS)
     payloads[big] = json.dumps({"n": big, "pad": "x" * (LOW_BODY_LIMIT + 1)})
-    try:
-        with system:
-            remote = Remote(server.url, token, tmp_path)
-            job_id = submit("echo", payloads, name="too-large", failure_threshold=0.5).id
-            job = wait_final(job_id, remote, timeout=120)
-            assert (job.status, job.done, job.failed) == ("success", TASKS - 1, 1), remote.log()[
-                -3000:
-            ]
-            with connection() as conn:
-                row = conn.execute(
-                    "SELECT status, error FROM job_tasks WHERE job_id = %s AND task_no = %s",
-                    (job_id, big),
-                ).fetchone()
-            assert row is not None and row["status"] == "failed"
-            assert "too large for the server" in row["error"], row
-            assert "sending it in halves" in remote.log()
-    finally:
-        if remote is not None:
-            remote.stop()
-        server.stop()
+    with remote_deployment(tmp_path, LOW_BODY_LIMIT) as remote:
+        job_id = submit("echo", payloads, name="too-large", failure_threshold=0.5).id
+        job = wait_final(job_id, remote, timeout=120)
+        log = remote.log()
+    assert (job.status, job.done, job.failed) == ("success", TASKS - 1, 1), log[-3000:]
+    with connection() as conn:
+        row = conn.execute(
+            "SELECT status, error FROM job_tasks WHERE job_id = %s AND task_no = %s",
+            (job_id, big),
+        ).fetchone()
+    assert row is not None and row["status"] == "failed"
+    assert "too large for the server" in row["error"], row
+    assert "sending it in halves" in log
