@@ -101,6 +101,8 @@ EXTENDS_PER_LEASE = 3
 # A report or lease the server could not take is tried again after this,
 # doubling up to REPORT_RETRY_MAX_S.
 REPORT_RETRY_S = 0.2
+# The least a refused report halves the bytes at which reports are sealed to.
+MIN_REPORT_BYTES = 1_024
 # A task's failure when its outcome alone is over the server's body limit.
 TOO_LARGE_ERROR = "outcome too large for the server (over its JOBSYS_SERVE_MAX_BODY_BYTES)"
 REPORT_RETRY_MAX_S = 5.0
@@ -147,6 +149,10 @@ class Reports:
         self.client = client
         self.settings = settings
         self.batch_size = batch_size
+        # Bytes at which a report is sealed: JOBSYS_RESULT_BATCH_BYTES, halved
+        # each time the server refuses a report of several outcomes as too large
+        # (its body limit is lower), so that later reports fit at once.
+        self.max_bytes = settings.result_batch_bytes
         self._open: dict[int, _Batch] = {}
         self._sealed: list[tuple[int, list[dict[str, Any]]]] = []
         self.pending = 0
@@ -172,7 +178,7 @@ class Reports:
         batch.items.append(item)
         batch.size += size + ITEM_WIRE_BYTES
         self.pending += 1
-        if len(batch.items) >= self.batch_size or batch.size >= self.settings.result_batch_bytes:
+        if len(batch.items) >= self.batch_size or batch.size >= self.max_bytes:
             self._seal(job_id)
 
     def flush(self, job_id: int) -> None:
@@ -212,8 +218,10 @@ class Reports:
         if len(items) > 1:
             half = len(items) // 2
             self._sealed[0:1] = [(job_id, items[:half]), (job_id, items[half:])]
+            self.max_bytes = max(self.max_bytes // 2, MIN_REPORT_BYTES)
             log.warning("a report was too large for the server: sending it in halves",
-                        extra={"job_id": job_id, "items": len(items), "error": why})  # fmt: skip
+                        extra={"job_id": job_id, "items": len(items), "error": why,
+                               "seal_at_bytes": self.max_bytes})  # fmt: skip
             return
         (item,) = items
         shrunk = too_large_failure(item)
