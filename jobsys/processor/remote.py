@@ -45,6 +45,7 @@ from typing import Any, cast
 
 from nats.aio.msg import Msg
 
+from jobsys import jsontext
 from jobsys.models import MAX_TYPE_CHARS
 from jobsys.nats.admin import share_of
 from jobsys.nats.presence import BEAT_S
@@ -149,9 +150,9 @@ class Reports:
         self.client = client
         self.settings = settings
         self.batch_size = batch_size
-        # Bytes at which a report is sealed: JOBSYS_RESULT_BATCH_BYTES, halved
-        # each time the server refuses a report of several outcomes as too large
-        # (its body limit is lower), so that later reports fit at once.
+        # Bytes at which a report is sealed: JOBSYS_RESULT_BATCH_BYTES, or half
+        # the smallest report of several outcomes the server refused as too
+        # large (its body limit is lower), so that later reports fit at once.
         self.max_bytes = settings.result_batch_bytes
         self._open: dict[int, _Batch] = {}
         self._sealed: list[tuple[int, list[dict[str, Any]]]] = []
@@ -218,10 +219,15 @@ class Reports:
         if len(items) > 1:
             half = len(items) // 2
             self._sealed[0:1] = [(job_id, items[:half]), (job_id, items[half:])]
-            self.max_bytes = max(self.max_bytes // 2, MIN_REPORT_BYTES)
-            log.warning("a report was too large for the server: sending it in halves",
-                        extra={"job_id": job_id, "items": len(items), "error": why,
-                               "seal_at_bytes": self.max_bytes})  # fmt: skip
+            # Measured here, on this rare path: reports sealed before (at the
+            # bytes of then) are refused too, and must not shrink it further.
+            refused = len(jsontext.dumps({"results": items}))
+            seal_at = max(min(self.max_bytes, refused // 2), MIN_REPORT_BYTES)
+            (log.warning if seal_at < self.max_bytes else log.info)(
+                "a report was too large for the server: sending it in halves",
+                extra={"job_id": job_id, "items": len(items), "bytes": refused,
+                       "error": why, "seal_at_bytes": seal_at})  # fmt: skip
+            self.max_bytes = seal_at
             return
         (item,) = items
         shrunk = too_large_failure(item)

@@ -114,14 +114,18 @@ def test_an_outcome_too_large_for_the_server_becomes_its_tasks_failure_once() ->
 def test_a_remote_processor_seals_smaller_reports_after_one_was_too_large() -> None:
     reports = Reports(None, _settings(max_held_results=10_000), batch_size=1_000)  # type: ignore[arg-type]
     for i in range(3):
-        reports.add(JOB, {"lease": f"h{i}", "status": "done", "result": {}}, RESULT_BYTES)
+        result = {"pad": "x" * RESULT_BYTES}
+        reports.add(JOB, {"lease": f"h{i}", "status": "done", "result": result}, RESULT_BYTES)
     refused = reports._sealed[0][1]
     reports._shrink(JOB, refused, "413")
     assert [len(items) for _, items in reports._sealed] == [1, 2]
-    assert reports.max_bytes == BATCH_BYTES // 2
-    for i in range(3, 5):  # 4,200 bytes each: the second passes 5,000
-        reports.add(JOB, {"lease": f"h{i}", "status": "done", "result": {}}, RESULT_BYTES)
-    assert [len(items) for _, items in reports._sealed] == [1, 2, 2]
+    # Half the refused report's bytes as JSON.
+    half = len(json.dumps({"results": refused}, separators=(",", ":"))) // 2
+    assert RESULT_BYTES < half < BATCH_BYTES // 2 + RESULT_BYTES
+    assert reports.max_bytes == half
+    # A report refused that was sealed before, bigger, does not shrink it more.
+    reports._shrink(JOB, refused * 3, "413")
+    assert reports.max_bytes == half
     # One outcome alone too large leaves the bytes as they are.
     reports._shrink(JOB, reports._sealed[0][1], "413")
-    assert reports.max_bytes == BATCH_BYTES // 2
+    assert reports.max_bytes == half
