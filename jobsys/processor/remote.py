@@ -102,11 +102,12 @@ EXTENDS_PER_LEASE = 3
 # A report or lease the server could not take is tried again after this,
 # doubling up to REPORT_RETRY_MAX_S.
 REPORT_RETRY_S = 0.2
-# The least a refused report halves the bytes at which reports are sealed to.
+REPORT_RETRY_MAX_S = 5.0
+# Reports the server refused as too large seal later ones at half their bytes,
+# never below this.
 MIN_REPORT_BYTES = 1_024
 # A task's failure when its outcome alone is over the server's body limit.
 TOO_LARGE_ERROR = "outcome too large for the server (over its JOBSYS_SERVE_MAX_BODY_BYTES)"
-REPORT_RETRY_MAX_S = 5.0
 # How long the last reports may take at shutdown.
 FINAL_REPORT_S = 10.0
 BACKPRESSURE_POLL_S = 0.05
@@ -231,15 +232,18 @@ class Reports:
             return
         (item,) = items
         shrunk = too_large_failure(item)
-        log.warning("an outcome alone was too large for the server: its task fails",
-                    extra={"job_id": job_id, "task": item.get("task"), "error": why})  # fmt: skip
         if shrunk is None:
             # Already as small as an outcome gets: let its lease lapse (the task
             # is delivered again) rather than hold every report behind it.
+            log.error("an outcome as small as it gets was too large for the server: "
+                      "its lease is left to lapse",
+                      extra={"job_id": job_id, "task": item.get("task"), "error": why})  # fmt: skip
             self._sealed.pop(0)
             self.pending -= 1
             self.done.append(item["lease"])  # no longer extended
             return
+        log.warning("an outcome alone was too large for the server: its task fails",
+                    extra={"job_id": job_id, "task": item.get("task"), "error": why})  # fmt: skip
         self._sealed[0] = (job_id, [shrunk])
 
     async def send_all(self) -> bool:
