@@ -277,22 +277,11 @@ class _Filler:
         the two chunks in flight, and a cancel stops it within two chunks.
         """
         sent = 0
-        cursor = from_task
+        cursor = from_task  # where the next chunk starts: the resume point's next value
+        read_from = from_task  # where the next read starts (past finished tasks skipped)
         inflight: _Chunk | None = None
-        # A chunk shorter than PUBLISH_CHUNK was the last one: not read again
-        # (a small job's one chunk is then one statement, not two).
-        read_all = False
         while True:
-            rows: list[tuple[int, str, int | None]] = []
-            if not read_all:
-                # Plain tuples: a dict per row was ~4 % of a worker publishing a big job.
-                with connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
-                    rows = cur.execute(
-                        Q.pending_tasks_between,
-                        {"job_id": self.job_id, "from_task": cursor, "below": below,
-                         "limit": PUBLISH_CHUNK},
-                    ).fetchall()  # fmt: skip
-                read_all = len(rows) < PUBLISH_CHUNK
+            rows, read_from = self._read_pending(read_from, below)
             nxt: _Chunk | None = None
             if rows:
                 chunk = [(task_no, payload.encode("utf-8")) for task_no, payload, _ in rows]
@@ -325,6 +314,34 @@ class _Filler:
                     return sent, self._advance(below)
                 return sent, True
             inflight = nxt
+
+    def _read_pending(
+        self, read_from: int, below: int
+    ) -> tuple[list[tuple[int, str, int | None]], int]:
+        """The next chunk: up to PUBLISH_CHUNK pending tasks from task `read_from`
+        on, below `below`, in task order; and where the read after it starts.
+
+        Each statement reads a span of at most PUBLISH_CHUNK task numbers. A
+        job's rows are new, so the planner has no statistics for them; over a
+        span to the job's end, once the ledger held a few hundred thousand rows,
+        it scanned the whole rest of the job and sorted it, every chunk: a
+        1,000,000-task job read ~100M rows. Spans left empty by finished tasks
+        are read past, one short statement each.
+        """
+        rows: list[tuple[int, str, int | None]] = []
+        while read_from < below and len(rows) < PUBLISH_CHUNK:
+            span_end = min(read_from + PUBLISH_CHUNK, below)
+            want = PUBLISH_CHUNK - len(rows)
+            # Plain tuples: a dict per row was ~4 % of a worker publishing a big job.
+            with connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+                got = cur.execute(
+                    Q.pending_tasks_between,
+                    {"job_id": self.job_id, "from_task": read_from, "below": span_end,
+                     "limit": want},
+                ).fetchall()  # fmt: skip
+            rows += got
+            read_from = got[-1][0] + 1 if len(got) == want else span_end
+        return rows, read_from
 
     def _settle(self, chunk: _Chunk, advance: bool) -> tuple[int, bool]:
         """Wait for a chunk's publishing, fail its tasks too large to publish, record

@@ -194,9 +194,12 @@ LEFT JOIN bumped b ON true;
 -- transaction (tasks first, then the job row: a result batch's lock order).
 -- Nothing moves unless the job is canceling. `last` is the chunk's highest
 -- task number (NULL: no task after `after`).
+-- The span is bounded in task numbers too (a job's are 0 to total - 1): the
+-- planner has no statistics for a new job's rows, and over the rest of the
+-- job it scanned and sorted all of it for every chunk.
 WITH span AS (
     SELECT task_no FROM job_tasks
-    WHERE job_id = %(job_id)s AND task_no > %(after)s
+    WHERE job_id = %(job_id)s AND task_no > %(after)s AND task_no <= %(after)s::bigint + %(rows)s
     ORDER BY task_no
     LIMIT %(rows)s
 ), moved AS (

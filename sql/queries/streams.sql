@@ -14,7 +14,9 @@ FROM jobs WHERE id = %(job_id)s;
 -- up to (not including) another, with where each sits in the stream as
 -- recorded (the fill writes only the places its PubAcks contradict). Only
 -- pending tasks: a finished task is never published again. Reads through the
--- primary key's (job_id, task_no).
+-- primary key's (job_id, task_no); the fill asks for one chunk's span of task
+-- numbers at a time, never the rest of the job (the planner has no statistics
+-- for a new job's rows and may scan and sort the whole span).
 SELECT task_no, payload::text, stream_seq FROM job_tasks
 WHERE job_id = %(job_id)s AND status = 'pending'
   AND task_no >= %(from_task)s AND task_no < %(below)s
