@@ -149,11 +149,22 @@ WITH input AS (
            e->>7 AS error_trace
     FROM jsonb_array_elements(%(input)s::jsonb) AS e
 ), locked AS (
-    SELECT t.task_no, t.status, coalesce(t.stream_seq, t.task_no + 1) AS place
-    FROM job_tasks t
-    WHERE t.job_id = %(job_id)s AND t.task_no = ANY(%(task_nos)s::int[])
-    ORDER BY t.task_no
-    FOR UPDATE
+    -- One primary-key lookup per task, locked in task order (the outer list
+    -- is sorted, and each lookup locks as the loop reaches it). Not
+    -- `task_no = ANY(...)`: the planner has no statistics for a new job's
+    -- rows, and it read all of them through the key's job_id prefix and
+    -- filtered, every batch (1M rows for 1,000 results of a 1M-task job). A
+    -- subquery that locks is never flattened into a join: it stays a lookup
+    -- per task. Its row's ctid lets `moved` update it without a second search.
+    SELECT k.task_no, k.status, k.place, k.row_id
+    FROM (SELECT DISTINCT unnest(%(task_nos)s::int[]) AS task_no ORDER BY 1) n
+    CROSS JOIN LATERAL (
+        SELECT t.task_no, t.status, coalesce(t.stream_seq, t.task_no + 1) AS place,
+               t.ctid AS row_id
+        FROM job_tasks t
+        WHERE t.job_id = %(job_id)s AND t.task_no = n.task_no
+        FOR UPDATE
+    ) k
 ), unbound AS (
     SELECT i.task_no, i.seq FROM input i JOIN locked l USING (task_no)
     WHERE i.seq IS NOT NULL
@@ -166,7 +177,8 @@ WITH input AS (
         error_type = i.error_type, error_trace = i.error_trace,
         deliveries = greatest(t.deliveries, i.deliveries), finished_at = now()
     FROM input i JOIN locked l USING (task_no)
-    WHERE t.job_id = %(job_id)s AND t.task_no = i.task_no AND t.status = 'pending'
+    WHERE t.ctid = l.row_id AND t.job_id = %(job_id)s AND t.task_no = i.task_no
+      AND t.status = 'pending'
       AND l.status = 'pending' AND (i.seq IS NULL OR l.place = i.seq)
       AND i.task_no NOT IN (SELECT task_no FROM unbound)
     RETURNING t.status
