@@ -19,7 +19,10 @@ The next statement by time was worse: the counting of a result batch
 (51.4 s of 1,184 calls) locked its tasks by `task_no = ANY(...)`, which the
 planner served by reading every row of the job through the key's job_id
 prefix and filtering, at any ledger size from ~20,000 rows: each batch of
-1,000 results read the whole job. It now looks each task up by its key.
+1,000 results read the whole job. It now looks each task up by its key. So
+do the other statements given a list of a job's tasks: the reconciler's
+tasks lost (from MAX_DELIVERIES advisories), a processor's retry notes, and
+the fill's stream places its PubAcks contradict.
 
 Shown by the table's own counter of rows fetched through its indexes, with
 another job's 600,000 rows in the ledger (queued, never started; cancelled,
@@ -29,7 +32,7 @@ pruned and vacuumed away at the end).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -39,9 +42,11 @@ from jobsys.bootstrap.fill import PUBLISH_CHUNK
 from jobsys.bootstrap.start import run_bootstrap
 from jobsys.lifecycle.retention import prune_job
 from jobsys.pg.db import close_pool, connect_direct, connection
+from jobsys.pg.queries import Q
+from jobsys.reconciler.lost import mark_lost
 from jobsys.recording.counting import ResultRow, record_results
 from jobsys.settings import reset_settings
-from jobsys.worker.actors import teardown_job
+from jobsys.worker.actors import note_retries, teardown_job
 
 # Rows of another job in the ledger: the old plan flips to the whole-range
 # scan somewhere between 300,000 and 600,000 rows in the table.
@@ -60,6 +65,9 @@ MAX_CANCEL_FETCHED_PER_TASK = 4.0
 # its ctid). Reading the job for every batch fetched 40 per task.
 RESULT_BATCH = 1_000
 MAX_COUNT_FETCHED_PER_TASK = 2.0
+# A list of tasks given to the other statements: each looked up once or twice.
+LISTED = 1_000
+MAX_LISTED_FETCHED_PER_TASK = 3.0
 STATS_WAIT_S = 15.0
 STATS_POLL_S = 0.3
 
@@ -165,4 +173,46 @@ def test_counting_a_big_jobs_results_reads_each_ledger_row_a_bounded_number_of_t
     assert fetched <= MAX_COUNT_FETCHED_PER_TASK * TASKS, (
         f"counting fetched {fetched:,} ledger rows for {TASKS:,} results "
         f"({fetched / TASKS:.1f} per task)"
+    )
+
+
+def _note_retries(job_id: int, listed: list[int]) -> str:
+    retry_at = time.time() + 3600
+    note_retries.fn(job_id, [[task, 2, retry_at, "boom"] for task in listed])
+    return "last_error = 'boom' AND deliveries = 2"
+
+
+def _record_places(job_id: int, listed: list[int]) -> str:
+    # Places its PubAcks contradict (a republished chunk).
+    with connection() as conn:
+        conn.execute(
+            Q.record_stream_seqs,
+            {"job_id": job_id, "task_nos": listed, "seqs": [t + 7 for t in listed]},
+        )
+    return "stream_seq = task_no + 7"
+
+
+def _mark_lost(job_id: int, listed: list[int]) -> str:
+    with connection() as conn:
+        assert mark_lost(conn, job_id, listed, "max deliveries", [2] * len(listed)) == len(listed)
+    assert jobsys.get_job(job_id).lost == len(listed)
+    return "status = 'lost' AND deliveries = 2"
+
+
+@pytest.mark.parametrize("statement", [_note_retries, _record_places, _mark_lost])
+def test_a_statement_given_a_list_of_a_big_jobs_tasks_reads_only_those(
+    filled: tuple[jobsys.Job, int], statement: Callable[[int, list[int]], str]
+) -> None:
+    job, _ = filled
+    listed = list(range(TASKS // 2, TASKS // 2 + LISTED))
+    before = _fetched_settled()
+    wrote = statement(job.id, listed)
+    fetched = _fetched_settled() - before
+    with connect_direct() as conn:
+        row = conn.execute(
+            f"SELECT count(*) AS n FROM job_tasks WHERE job_id = %s AND {wrote}", (job.id,)
+        ).fetchone()
+    assert row is not None and row["n"] == LISTED, (wrote, row)
+    assert fetched <= MAX_LISTED_FETCHED_PER_TASK * LISTED, (
+        f"{fetched:,} ledger rows fetched for {LISTED:,} tasks listed"
     )

@@ -155,7 +155,8 @@ WITH input AS (
     -- rows, and it read all of them through the key's job_id prefix and
     -- filtered, every batch (1M rows for 1,000 results of a 1M-task job). A
     -- subquery that locks is never flattened into a join: it stays a lookup
-    -- per task. Its row's ctid lets `moved` update it without a second search.
+    -- per task. Its row's ctid lets `moved` update it without a second search
+    -- (tests/test_ledger_reads.py shows the reads stay one per task).
     SELECT k.task_no, k.status, k.place, k.row_id
     FROM (SELECT DISTINCT unnest(%(task_nos)s::int[]) AS task_no ORDER BY 1) n
     CROSS JOIN LATERAL (
@@ -177,6 +178,8 @@ WITH input AS (
         error_type = i.error_type, error_trace = i.error_trace,
         deliveries = greatest(t.deliveries, i.deliveries), finished_at = now()
     FROM input i JOIN locked l USING (task_no)
+    -- By ctid: the rows just locked, no second search (planned as a loop of
+    -- TID lookups: the join before it leaves too few rows for anything else).
     WHERE t.ctid = l.row_id AND t.job_id = %(job_id)s AND t.task_no = i.task_no
       AND t.status = 'pending'
       AND l.status = 'pending' AND (i.seq IS NULL OR l.place = i.seq)
