@@ -68,7 +68,7 @@ from jobsys.nats.subjects import JobNames, msg_id
 from jobsys.pg.db import connection
 from jobsys.pg.events import record_event
 from jobsys.pg.queries import Q
-from jobsys.recording.counting import ResultRow, record_results
+from jobsys.recording.counting import ResultRow, lock_listed_tasks, record_results
 from jobsys.settings import Settings, get_settings
 from jobsys.storable import storable_error
 
@@ -476,10 +476,12 @@ class _Filler:
         the job is no longer started."""
         with connection() as conn, conn.transaction():
             if published:
+                task_nos = [p[0] for p in published]
                 conn.execute(
                     Q.record_stream_seqs,
-                    {"job_id": self.job_id, "task_nos": [p[0] for p in published],
-                     "seqs": [p[1] for p in published]},
+                    {"job_id": self.job_id, "task_nos": task_nos,
+                     "seqs": [p[1] for p in published],
+                     "rows": lock_listed_tasks(conn, self.job_id, task_nos)},
                 )  # fmt: skip
             if advance_to is None:
                 row = conn.execute(Q.job_statuses, {"job_ids": [self.job_id]}).fetchone()

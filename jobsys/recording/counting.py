@@ -122,6 +122,16 @@ def int_array(values: Iterable[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
+def lock_listed_tasks(conn: Conn, job_id: int, task_nos: Iterable[int]) -> list[str]:
+    """Lock the listed tasks of a job, in task order, in the caller's transaction;
+    their row versions (ctids, as text) for a statement after it to update by
+    (sql/queries/core.sql, lock_listed_tasks)."""
+    rows = conn.execute(
+        Q.lock_listed_tasks, {"job_id": job_id, "task_nos": int_array(task_nos)}
+    ).fetchall()
+    return [r["row_id"] for r in rows]
+
+
 def counting_params(
     job_id: int, rows: Sequence[ResultRow], seqs: Sequence[int | None]
 ) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from jobsys.pg.events import record_event
 from jobsys.pg.queries import Q
 from jobsys.reconciler import reconcile_pass
 from jobsys.recording.apply import apply_results
+from jobsys.recording.counting import lock_listed_tasks
 from jobsys.settings import get_settings
 
 setup_broker()
@@ -198,12 +199,14 @@ def note_retries(job_id: Any, notes: Any) -> None:
         return
     if job is None:
         return
-    with connection() as conn:
+    with connection() as conn, conn.transaction():
+        tasks = [n[0] for n in valid]
         conn.execute(
             Q.note_retries,
             {
                 "job_id": job,
-                "tasks": [n[0] for n in valid],
+                "rows": lock_listed_tasks(conn, job, tasks),
+                "tasks": tasks,
                 "deliveries": [n[1] for n in valid],
                 "next_at": [n[2] for n in valid],
                 "errors": [n[3] for n in valid],

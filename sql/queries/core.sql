@@ -155,13 +155,11 @@ WITH input AS (
     -- rows, and it read all of them through the key's job_id prefix and
     -- filtered, every batch (1M rows for 1,000 results of a 1M-task job). A
     -- subquery that locks is never flattened into a join: it stays a lookup
-    -- per task. Its row's ctid lets `moved` update it without a second search
-    -- (tests/test_ledger_reads.py shows the reads stay one per task).
-    SELECT k.task_no, k.status, k.place, k.row_id
+    -- per task (tests/test_ledger_reads.py).
+    SELECT k.task_no, k.status, k.place
     FROM (SELECT DISTINCT unnest(%(task_nos)s::int[]) AS task_no ORDER BY 1) n
     CROSS JOIN LATERAL (
-        SELECT t.task_no, t.status, coalesce(t.stream_seq, t.task_no + 1) AS place,
-               t.ctid AS row_id
+        SELECT t.task_no, t.status, coalesce(t.stream_seq, t.task_no + 1) AS place
         FROM job_tasks t
         WHERE t.job_id = %(job_id)s AND t.task_no = n.task_no
         FOR UPDATE
@@ -178,10 +176,13 @@ WITH input AS (
         error_type = i.error_type, error_trace = i.error_trace,
         deliveries = greatest(t.deliveries, i.deliveries), finished_at = now()
     FROM input i JOIN locked l USING (task_no)
-    -- By ctid: the rows just locked, no second search (planned as a loop of
-    -- TID lookups: the join before it leaves too few rows for anything else).
-    WHERE t.ctid = l.row_id AND t.job_id = %(job_id)s AND t.task_no = i.task_no
-      AND t.status = 'pending'
+    -- By key, not by the ctid `locked` returned: a row another transaction
+    -- updated while this one waited for its lock is locked at its newest
+    -- version, which this statement's snapshot cannot see, and an update by
+    -- that ctid finds nothing (tests/test_count_after_update.py). (Planned as
+    -- a key lookup per row: the join before it leaves too few rows to plan
+    -- anything else.)
+    WHERE t.job_id = %(job_id)s AND t.task_no = i.task_no AND t.status = 'pending'
       AND l.status = 'pending' AND (i.seq IS NULL OR l.place = i.seq)
       AND i.task_no NOT IN (SELECT task_no FROM unbound)
     RETURNING t.status
@@ -202,6 +203,23 @@ SELECT b.moved_done, b.moved_failed, b.status, b.total_count, b.done_count, b.fa
        b.lost_count, u.tasks AS unbound_tasks, u.seqs AS unbound_seqs
 FROM (SELECT array_agg(task_no) AS tasks, array_agg(seq) AS seqs FROM unbound) u
 LEFT JOIN bumped b ON true;
+
+-- name: lock_listed_tasks
+-- Lock the listed tasks of a job (those it has), one key lookup each, in task
+-- order as every writer of job_tasks locks; their row versions (ctid). For
+-- a statement after it in the same transaction to update those rows by
+-- ctid: a join of the list with job_tasks, or `task_no = ANY(...)`, was
+-- served by reading the whole job (the planner has no statistics for a new
+-- job's rows). Not in the same statement: a row another transaction updated
+-- while this waited is locked at its newest version, which only a later
+-- statement's snapshot can see (tests/test_count_after_update.py).
+SELECT k.row_id::text AS row_id
+FROM (SELECT DISTINCT unnest(%(task_nos)s::int[]) AS task_no ORDER BY 1) n
+CROSS JOIN LATERAL (
+    SELECT t.ctid AS row_id FROM job_tasks t
+    WHERE t.job_id = %(job_id)s AND t.task_no = n.task_no
+    FOR UPDATE
+) k;
 
 -- name: cancel_pending_chunk
 -- One chunk of a canceling job's revoke: the next `rows` tasks by number

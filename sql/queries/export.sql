@@ -77,30 +77,23 @@ GROUP BY status, error_type, coalesce(error, '');
 -- many deliveries they had and why the last one failed (a processor's notes;
 -- display only). A task no longer pending, or a note older than one already
 -- written (fewer deliveries), changes nothing.
--- One key lookup per task, locked in task order as every writer of job_tasks
--- locks (a join was served by reading the whole job); a task noted twice
--- takes its note of the most deliveries.
+-- The rows, locked first by lock_listed_tasks in the same transaction, are
+-- updated by their ctids (`rows`); a task noted twice takes its note of
+-- the most deliveries.
 WITH notes AS (
     SELECT DISTINCT ON (n.task_no) n.task_no, n.deliveries, n.next_at, n.error
     FROM unnest(%(tasks)s::int[], %(deliveries)s::int[], %(next_at)s::float8[],
                 %(errors)s::text[]) AS n(task_no, deliveries, next_at, error)
     ORDER BY n.task_no, n.deliveries DESC
-), locked AS (
-    SELECT n.task_no, n.deliveries, n.next_at, n.error, k.row_id
-    FROM notes n
-    CROSS JOIN LATERAL (
-        SELECT t.ctid AS row_id FROM job_tasks t
-        WHERE t.job_id = %(job_id)s AND t.task_no = n.task_no AND t.status = 'pending'
-          AND n.deliveries >= t.deliveries
-        FOR UPDATE
-    ) k
 )
 UPDATE job_tasks t
-SET next_attempt_at = to_timestamp(l.next_at), last_error = l.error,
-    deliveries = l.deliveries
-FROM locked l
-WHERE t.ctid = ANY(ARRAY(SELECT row_id FROM locked)) AND t.ctid = l.row_id
-  AND t.job_id = %(job_id)s AND t.task_no = l.task_no;
+SET next_attempt_at = to_timestamp(n.next_at), last_error = n.error,
+    deliveries = n.deliveries
+FROM notes n
+-- `job_id + 0`: not through the key's job_id prefix, which the planner,
+-- with no statistics for a new job's rows, would take over the ctids.
+WHERE t.ctid = ANY(%(rows)s::text[]::tid[]) AND t.job_id + 0 = %(job_id)s
+  AND t.task_no = n.task_no AND t.status = 'pending' AND n.deliveries >= t.deliveries;
 
 -- name: waits_for_retry
 -- Whether every pending task of a job waits for its next delivery after a

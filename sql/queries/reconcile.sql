@@ -54,37 +54,20 @@ WITH given AS (
     SELECT g.task_no, max(g.deliveries) AS deliveries
     FROM unnest(%(task_nos)s::int[], %(deliveries)s::int[]) AS g(task_no, deliveries)
     GROUP BY g.task_no
-), active AS (
-    -- Only a job that can still finish by counting (a canceling job's
-    -- pending tasks become 'cancelled' at revoke, not 'lost').
-    SELECT EXISTS (SELECT 1 FROM jobs WHERE id = %(job_id)s
-                   AND status IN ('queued', 'started')) AS yes
 ), locked AS (
-    -- The given tasks: one key lookup each, in task order (a join or
-    -- `= ANY(...)` was served by reading the whole job, as in record_results).
-    SELECT k.task_no, k.row_id
-    FROM (SELECT task_no FROM given ORDER BY task_no) g
-    CROSS JOIN LATERAL (
-        SELECT t.task_no, t.ctid AS row_id FROM job_tasks t
-        WHERE t.job_id = %(job_id)s AND t.task_no = g.task_no AND t.status = 'pending'
-        FOR UPDATE
-    ) k
-    WHERE (SELECT yes FROM active)
-    UNION ALL
-    -- No list: every pending task of the job, one pass over its rows.
-    SELECT a.task_no, a.row_id FROM (
-        SELECT t.task_no, t.ctid AS row_id FROM job_tasks t
-        WHERE t.job_id = %(job_id)s AND t.status = 'pending'
-          AND %(task_nos)s::int[] IS NULL AND (SELECT yes FROM active)
-        ORDER BY t.task_no
-        FOR UPDATE
-    ) a
+    SELECT task_no FROM job_tasks
+    WHERE job_id = %(job_id)s AND status = 'pending'
+      AND (%(task_nos)s::int[] IS NULL OR task_no = ANY(%(task_nos)s::int[]))
+      -- Only a job that can still finish by counting (a canceling job's
+      -- pending tasks become 'cancelled' at revoke, not 'lost').
+      AND EXISTS (SELECT 1 FROM jobs WHERE id = %(job_id)s AND status IN ('queued', 'started'))
+    ORDER BY task_no
+    FOR UPDATE
 ), moved AS (
     UPDATE job_tasks t SET status = 'lost', error = %(reason)s, finished_at = now(),
         deliveries = greatest(t.deliveries, coalesce(g.deliveries, 0))
     FROM locked l LEFT JOIN given g ON g.task_no = l.task_no
-    WHERE t.ctid = ANY(ARRAY(SELECT row_id FROM locked)) AND t.ctid = l.row_id
-      AND t.job_id = %(job_id)s AND t.task_no = l.task_no AND t.status = 'pending'
+    WHERE t.job_id = %(job_id)s AND t.task_no = l.task_no AND t.status = 'pending'
     RETURNING t.task_no
 ), counts AS (
     SELECT count(*) AS n FROM moved

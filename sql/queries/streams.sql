@@ -52,27 +52,20 @@ RETURNING status;
 -- sql/010_result_binding.sql) the PubAcks contradict: a first fill into a
 -- fresh stream writes nothing. Written whatever the task's status (a result
 -- may already have moved it).
--- Rows are locked in task order, as every writer of job_tasks locks them, so
--- this and a result batch never deadlock: one key lookup per task, as in
--- record_results (a join was served by reading the whole job).
+-- The rows, locked first by lock_listed_tasks in the same transaction (in
+-- task order, as every writer of job_tasks locks them, so this and a result
+-- batch never deadlock), are updated by their ctids (`rows`).
 WITH given AS (
     SELECT DISTINCT ON (g.task_no) g.task_no, g.seq
     FROM unnest(%(task_nos)s::int[], %(seqs)s::bigint[]) AS g(task_no, seq)
     ORDER BY g.task_no
-), locked AS (
-    SELECT k.task_no, g.seq, k.row_id
-    FROM given g
-    CROSS JOIN LATERAL (
-        SELECT t.task_no, t.ctid AS row_id FROM job_tasks t
-        WHERE t.job_id = %(job_id)s AND t.task_no = g.task_no
-          AND coalesce(t.stream_seq, t.task_no + 1) <> g.seq
-        FOR UPDATE
-    ) k
 )
-UPDATE job_tasks t SET stream_seq = l.seq
-FROM locked l
-WHERE t.ctid = ANY(ARRAY(SELECT row_id FROM locked)) AND t.ctid = l.row_id
-  AND t.job_id = %(job_id)s AND t.task_no = l.task_no;
+UPDATE job_tasks t SET stream_seq = g.seq
+FROM given g
+-- `job_id + 0`: not through the key's job_id prefix, which the planner,
+-- with no statistics for a new job's rows, would take over the ctids.
+WHERE t.ctid = ANY(%(rows)s::text[]::tid[]) AND t.job_id + 0 = %(job_id)s
+  AND t.task_no = g.task_no AND coalesce(t.stream_seq, t.task_no + 1) <> g.seq;
 
 -- name: forget_stream_seqs
 -- The job's stream was re-created: no task below published_count has a
