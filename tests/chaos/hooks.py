@@ -108,7 +108,10 @@ def check_hooks(hooks: dict[int, str]) -> tuple[list[str], dict[str, int]]:
             if mode in ("trickle_head", "hang") and tried and not error.startswith(DEADLINE_ERROR):
                 found.append(f"job {job_id} ({kind}): attempt ended {error!r}, not at its deadline")
             short_excerpt = error.startswith("HTTP 500: xxx") and len(error) <= 400
-            if kind == "huge:500" and tried and not short_excerpt:
+            # A huge answer may also be cut at the attempt's deadline on a
+            # loaded machine (seed 728796): given up on time, nothing held.
+            cut = error.startswith(DEADLINE_ERROR)
+            if kind == "huge:500" and tried and not (short_excerpt or cut):
                 found.append(f"job {job_id} ({kind}): error {error[:80]!r}...")
     return found, outcomes
 
