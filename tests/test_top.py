@@ -24,6 +24,7 @@ from jobsys.ops.monitor import active_jobs
 from jobsys.pg.db import connection
 from jobsys.pg.queries import Q
 from jobsys.recording.counting import record_results
+from jobsys.worker.actors import note_retries
 
 TOTAL = 1_000
 
@@ -129,11 +130,8 @@ def test_top_says_a_job_waits_for_its_retry_delay_as_status_does() -> None:
         team = [_alive("worker", []), _alive("processor", [job_id])]
         assert _line_of(job_id, team).split()[-1] == "-"
         later = (datetime.now(UTC) + timedelta(hours=1)).timestamp()
-        with connection() as conn:
-            # What the note_retries actor writes for a processor's retry notes.
-            conn.execute(Q.note_retries, {"job_id": job_id, "tasks": [1, 2], "deliveries": [2, 2],
-                                          "next_at": [later, later],
-                                          "errors": ["ConnectionError: down"] * 2})  # fmt: skip
+        # What a processor's retry notes write (its note_retries message).
+        note_retries.fn(job_id, [[task, 2, later, "ConnectionError: down"] for task in (1, 2)])
         # `jobsys status` (why_blocked) judges it so with this team...
         assert blocked_reason(job_id, "started", team, datetime.now(UTC)) is None
         assert waits_for_retry(job_id)
