@@ -285,8 +285,11 @@ class Settings(BaseSettings):
     # Where nats-server keeps job streams: "file" (kept across its restarts)
     # or "memory" (no disk and no open files per stream: cheaper per job, but
     # a restart loses them, and the reconciler publishes their pending tasks
-    # again from Postgres; see docs/scaling.md).
-    stream_storage: str = Field(default="file", pattern="^(file|memory)$")
+    # again from Postgres; see docs/scaling.md). "auto": memory for a job of
+    # at most `memory_stream_max_tasks` tasks, whose loss costs a small
+    # republish, file for a larger one.
+    stream_storage: str = Field(default="auto", pattern="^(auto|file|memory)$")
+    memory_stream_max_tasks: int = Field(default=1_000, ge=0)
     # Where `jobsys worker` / `jobsys process` serve Prometheus metrics (None: off).
     metrics_port: int | None = Field(default=None, ge=1, le=65_535)
     log_format: str = Field(default="text", pattern="^(text|json)$")

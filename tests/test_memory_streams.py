@@ -91,3 +91,36 @@ def test_a_stream_made_in_another_storage_keeps_it() -> None:
     first, again = bridge().run(both)
     assert first.config.storage == again.config.storage == StorageType.FILE
     assert json.loads(again.config.description)["priority"] == 2
+
+
+def test_by_default_a_small_job_streams_in_memory_and_a_large_one_on_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What most of a small job's NATS cost is (its stream's files made and
+    # removed) is worth a republish of a few tasks after a restart; a large
+    # job's is not, nor is one whose size is not known.
+    monkeypatch.delenv("JOBSYS_STREAM_STORAGE", raising=False)
+    monkeypatch.delenv("JOBSYS_MEMORY_STREAM_MAX_TASKS", raising=False)
+    reset_settings()
+    settings = get_settings()
+    limit = settings.memory_stream_max_tasks
+    assert settings.stream_storage == "auto" and limit > 0
+    sizes = {999_002: 1, 999_003: limit, 999_004: limit + 1, 999_005: None}
+    job = {"pipeline": "echo", "max_deliver": 3}
+
+    async def make_all(nc: Any, js: Any) -> dict[int, Any]:
+        made = {}
+        for job_id, total in sizes.items():
+            names = JobNames.of(settings.namespace, job_id)
+            row = {**job, "total_count": total} if total is not None else job
+            made[job_id] = (await ensure_job_stream(nc, js, names, row, settings)).config.storage
+            await js.delete_stream(names.stream)
+        return made
+
+    made = bridge().run(make_all)
+    assert made == {
+        999_002: StorageType.MEMORY,
+        999_003: StorageType.MEMORY,
+        999_004: StorageType.FILE,
+        999_005: StorageType.FILE,
+    }

@@ -206,6 +206,20 @@ async def ensure_job_stream(
     return info
 
 
+def job_stream_storage(job: Mapping[str, Any], settings: Settings) -> StorageType:
+    """Where the job's stream is kept (JOBSYS_STREAM_STORAGE). Under "auto", a
+    job of at most JOBSYS_MEMORY_STREAM_MAX_TASKS tasks gets a memory stream:
+    most of a small job's NATS cost is its stream's files made and removed,
+    and a restart that loses the stream costs a republish of a few tasks from
+    Postgres. A larger job, or one whose size is not known, is kept on file."""
+    if settings.stream_storage != "auto":
+        return StorageType(settings.stream_storage)
+    total = job.get("total_count")
+    if total is not None and total <= settings.memory_stream_max_tasks:
+        return StorageType.MEMORY
+    return StorageType.FILE
+
+
 async def make_job_stream(
     nc: NATS, js: JetStreamContext, names: JobNames, job: Mapping[str, Any], settings: Settings
 ) -> tuple[StreamInfo, bytes]:
@@ -242,7 +256,7 @@ async def make_job_stream(
         # Work-queue retention: an acked task message is removed, so the
         # stream's message count is exactly what is still unacked.
         retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType(settings.stream_storage),
+        storage=job_stream_storage(job, settings),
         discard=DiscardPolicy.OLD,
         duplicate_window=DUPLICATE_WINDOW_S,
         # On a JetStream cluster, R3 survives the loss of one node.
@@ -258,8 +272,8 @@ async def make_job_stream(
         # than failing every bootstrap and repair of the job for ever.
         log.info("job stream updated to the current configuration",
                  extra={"stream": names.stream})  # fmt: skip
-        # NATS cannot move a stream to another storage: one made under the
-        # other JOBSYS_STREAM_STORAGE keeps its own.
+        # NATS cannot move a stream to another storage: one made under
+        # another JOBSYS_STREAM_STORAGE keeps its own.
         stream.storage = (await js.stream_info(names.stream)).config.storage
         info = await js.update_stream(stream)
     consumer = ConsumerConfig(
