@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
+import subprocess
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, Self
 
 import redis
@@ -13,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 import jobsys
+from devtools.process import wait_until_up
 from jobsys.api.items import counted_items
 from jobsys.bootstrap.start import run_bootstrap
 from jobsys.nats.admin import delete_streams, namespace_stream
@@ -216,3 +221,27 @@ class Subscriber:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
+
+
+@contextlib.contextmanager
+def configured_nats(root: Path, config: str = "", jetstream: str = "") -> Iterator[str]:
+    """A private nats-server on a free port with `config` lines at the top level
+    and `jetstream` inside its jetstream block; yields its URL."""
+    root.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    conf = root / "nats.conf"
+    conf.write_text(
+        f"host: 127.0.0.1\nport: {port}\n{config}\n"
+        f'jetstream {{ store_dir: "{root}/js"\n{jetstream} }}\n'
+    )
+    with (root / "nats.log").open("ab") as log:
+        proc = subprocess.Popen(["nats-server", "-c", str(conf)], stdout=log, stderr=log)
+    url = f"nats://127.0.0.1:{port}"
+    try:
+        assert wait_until_up("nats", url, proc) is None
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)

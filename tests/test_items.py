@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 import jobsys
-from devtools.process import wait_until_up
 from jobsys.api.items import (
     MAX_ITEM_BYTES,
     MAX_ITEM_DEPTH,
@@ -23,6 +22,7 @@ from jobsys.api.items import (
 )
 from jobsys.errors import InvalidInput
 from jobsys.pg.db import connection
+from tests.helpers import configured_nats
 
 
 def _job_count() -> int:
@@ -199,23 +199,8 @@ SMALL_MAX_PAYLOAD = 65_536
 def small_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private nats-server whose max_payload is 64 KiB; yields its URL."""
     root = tmp_path_factory.mktemp("small-nats")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    config = root / "nats.conf"
-    config.write_text(
-        f"host: 127.0.0.1\nport: {port}\nmax_payload: {SMALL_MAX_PAYLOAD}\n"
-        f'jetstream {{ store_dir: "{root}/js" }}\n'
-    )
-    with (root / "nats.log").open("ab") as log:
-        proc = subprocess.Popen(["nats-server", "-c", str(config)], stdout=log, stderr=log)
-    url = f"nats://127.0.0.1:{port}"
-    try:
-        assert wait_until_up("nats", url, proc) is None
+    with configured_nats(root, config=f"max_payload: {SMALL_MAX_PAYLOAD}") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _item_of(size: int) -> str:

@@ -12,16 +12,18 @@ from typing import Any
 
 import pytest
 from nats.js.api import StorageType
+from nats.js.errors import APIError
 
 import jobsys
 from jobsys.api.read import get_job, wait_until_final
+from jobsys.nats import admin
 from jobsys.nats.admin import ensure_job_stream
 from jobsys.nats.bridge import NatsBridge, bridge
 from jobsys.nats.subjects import JobNames
 from jobsys.ops.runner import LocalSystem
 from jobsys.settings import get_settings, reset_settings
 from tests.chaos import PrivateServers
-from tests.helpers import assert_counters_match_ledger
+from tests.helpers import assert_counters_match_ledger, configured_nats
 
 TASKS = 40
 SLEEP_MS = 100
@@ -124,3 +126,35 @@ def test_by_default_a_small_job_streams_in_memory_and_a_large_one_on_file(
         999_004: StorageType.FILE,
         999_005: StorageType.FILE,
     }
+
+
+def test_a_server_without_jetstream_memory_gets_file_streams_under_auto(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A nats-server (or an account) that allows JetStream no memory refuses
+    # every memory stream (err 10028): under "auto" a small job must still
+    # start, on file; asked for "memory" outright, the refusal is raised.
+    # This process's memory of the refusal is put back as it was after.
+    monkeypatch.setattr(admin._MemoryRefused, "at", None)
+    names = JobNames.of(get_settings().namespace, 999_006)
+    small = {"pipeline": "echo", "max_deliver": 3, "total_count": 5}
+    auto = get_settings().model_copy(update={"stream_storage": "auto"})
+    memory = get_settings().model_copy(update={"stream_storage": "memory"})
+
+    async def make(nc: Any, js: Any) -> tuple[Any, Any]:
+        made = await ensure_job_stream(nc, js, names, small, auto)
+        again = await ensure_job_stream(nc, js, names, small, auto)
+        await js.delete_stream(names.stream)
+        return made.config.storage, again.config.storage
+
+    async def make_in_memory(nc: Any, js: Any) -> None:
+        await ensure_job_stream(nc, js, names, small, memory)
+
+    with configured_nats(tmp_path, jetstream="max_memory_store: 0") as url:
+        nats = NatsBridge(url)
+        try:
+            assert nats.run(make, timeout=10) == (StorageType.FILE, StorageType.FILE)
+            with pytest.raises(APIError, match="insufficient memory"):
+                nats.run(make_in_memory, timeout=10)
+        finally:
+            nats.close()

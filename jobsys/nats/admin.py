@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -26,7 +27,7 @@ from nats.js.api import (
     StreamConfig,
     StreamInfo,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from jobsys.nats.notices import StreamTerms, created_body, notice_job_stream
 from jobsys.nats.subjects import MSG_ID_HEADER, JobNames, parse_msg_id
@@ -38,6 +39,12 @@ log = logging.getLogger(__name__)
 DUPLICATE_WINDOW_S = 600.0
 # JetStream's error code: a stream of that name exists with another configuration.
 STREAM_NAME_IN_USE = 10058
+# JetStream's error code: no memory for a memory stream (the server's
+# max_memory_store, or the account's max_mem, is 0 or used up).
+NO_MEMORY_FOR_STREAM = 10028
+# After a refusal, "auto" makes small jobs' streams on file for this long
+# before it asks for memory again (the server may have been given some).
+MEMORY_REFUSED_FOR_S = 300.0
 
 
 # Deliveries JetStream allows beyond the job's max_deliver. nats-server before
@@ -206,18 +213,52 @@ async def ensure_job_stream(
     return info
 
 
+class _MemoryRefused:
+    """When NATS last refused a memory stream to this process (monotonic s)."""
+
+    at: float | None = None
+
+
 def job_stream_storage(job: Mapping[str, Any], settings: Settings) -> StorageType:
     """Where the job's stream is kept (JOBSYS_STREAM_STORAGE). Under "auto", a
     job of at most JOBSYS_MEMORY_STREAM_MAX_TASKS tasks gets a memory stream:
     most of a small job's NATS cost is its stream's files made and removed,
     and a restart that loses the stream costs a republish of a few tasks from
-    Postgres. A larger job, or one whose size is not known, is kept on file."""
+    Postgres. A larger job, one whose size is not known, or any job while
+    NATS refuses memory streams (see `_add_job_stream`) is kept on file."""
     if settings.stream_storage != "auto":
         return StorageType(settings.stream_storage)
+    refused = _MemoryRefused.at
+    if refused is not None and time.monotonic() - refused < MEMORY_REFUSED_FOR_S:
+        return StorageType.FILE
     total = job.get("total_count")
     if total is not None and total <= settings.memory_stream_max_tasks:
         return StorageType.MEMORY
     return StorageType.FILE
+
+
+async def _add_job_stream(
+    js: JetStreamContext, stream: StreamConfig, settings: Settings
+) -> StreamInfo:
+    """Create the stream. Under "auto", a memory stream NATS has no memory for is
+    made on file: a server or account without JetStream memory must not stop
+    every small job from starting. Asked for "memory" outright, the refusal
+    is raised."""
+    try:
+        return await js.add_stream(stream)
+    except APIError as exc:
+        if not (
+            exc.err_code == NO_MEMORY_FOR_STREAM
+            and stream.storage == StorageType.MEMORY
+            and settings.stream_storage == "auto"
+        ):
+            raise
+    if _MemoryRefused.at is None:
+        log.warning("NATS refused a memory stream: small jobs' streams go on file",
+                    extra={"stream": stream.name, "for_s": MEMORY_REFUSED_FOR_S})  # fmt: skip
+    _MemoryRefused.at = time.monotonic()
+    stream.storage = StorageType.FILE
+    return await js.add_stream(stream)
 
 
 async def make_job_stream(
@@ -263,7 +304,7 @@ async def make_job_stream(
         num_replicas=settings.stream_replicas,
     )
     try:
-        info = await js.add_stream(stream)
+        info = await _add_job_stream(js, stream, settings)
     except BadRequestError as exc:
         if exc.err_code != STREAM_NAME_IN_USE:
             raise
