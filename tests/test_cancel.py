@@ -15,10 +15,13 @@ from jobsys.api.items import counted_items
 from jobsys.api.read import wait_until_final
 from jobsys.bootstrap.start import run_bootstrap
 from jobsys.cli.main import main as cli
+from jobsys.lifecycle.revoke import BEFORE_FIRST_TASK
+from jobsys.lifecycle.states import Status, transition
 from jobsys.lifecycle.teardown import run_teardown
 from jobsys.ops.runner import LocalSystem
 from jobsys.pg.db import connect_direct, connection
-from jobsys.worker.actors import process_results
+from jobsys.pg.queries import Q
+from jobsys.worker.actors import process_results, teardown_job
 from tests.helpers import (
     assert_counters_match_ledger,
     counters,
@@ -197,6 +200,28 @@ def test_late_results_after_revoke_are_acked_recorded_and_never_counted() -> Non
         (10, "revoked"),
         (4, "revoked"),
     ]
+    assert_counters_match_ledger(job_id)
+
+
+def test_results_for_tasks_a_cancel_already_cancelled_are_reported_late() -> None:
+    # A batch that lands while the job is canceling, after a chunk cancelled
+    # some of its tasks: those count nothing, and the job's log says they came
+    # (as it does once the job is revoked); the rest of the batch counts.
+    job_id = make_started_job(10)
+    items = pull_results(job_id, 10)
+    with connection() as conn, conn.transaction():
+        assert transition(conn, job_id, Status.CANCELING, {Status.STARTED}, "cancel")
+        chunk = conn.execute(
+            Q.cancel_pending_chunk, {"job_id": job_id, "after": BEFORE_FIRST_TASK, "rows": 6}
+        ).fetchone()
+        assert chunk is not None and chunk["cancelled"] == 6
+    process_results.fn(job_id, items)
+    assert counters(job_id)["done"] == 4
+    assert [(e["count"], e["status"]) for e in events_of(job_id, "late_results")] == [
+        (6, "canceling"),
+    ]
+    teardown_job.fn(job_id)  # the cancel's rest, as the teardown actor does it
+    assert jobsys.get_job(job_id).status == "revoked"
     assert_counters_match_ledger(job_id)
 
 

@@ -92,6 +92,10 @@ def apply_results(batch: ResultBatch, lookup: Lookup) -> Applied:
         out.moved_done, out.moved_failed = recorded.moved_done, recorded.moved_failed
         out.finalized = recorded.finalized
         twice = repeated(valid)
+        # Tasks of the batch that moved nothing (a task reported twice is one).
+        unmoved = len({r.task for r, _ in valid}) - out.moved_done - out.moved_failed
+        if unmoved > 0:
+            note_late(conn, batch.job_id, unmoved)
         if twice:
             record_event(
                 conn, batch.job_id, "results_repeated", "info",
@@ -108,8 +112,6 @@ def apply_results(batch: ResultBatch, lookup: Lookup) -> Applied:
                 tasks=sorted(recorded.refused)[:MAX_TASKS_IN_EVENT],
                 reason=next(iter(recorded.refused.values())),
             )  # fmt: skip
-        if valid and out.moved_done + out.moved_failed == 0:
-            note_late(conn, batch.job_id, len(valid))
         # Every reply of a recorded task, repeats included: each is a stream
         # message of its own that must not be delivered again.
         out.ack = [r.reply for r, _ in valid]

@@ -247,13 +247,15 @@ def record_or_split(
 
 
 def note_late(conn: Conn, job_id: int, count: int) -> None:
-    """A batch that moved nothing: if the job is final, say so in its event log.
+    """`count` results of a batch moved nothing: if the job is being cancelled
+    or is final, say so in its event log.
 
-    After revoke every pending task is already `cancelled`, so results that
-    arrive later (processors finishing work they had started) move no row and
-    no counter; the event is the trace that they came. A batch that moves
-    nothing for an active job is a redelivery and needs no event.
+    A cancel moves pending tasks to `cancelled` chunk by chunk, and after
+    revoke every one is, so results that arrive meanwhile or later
+    (processors finishing work they had started) move no row and no counter;
+    the event is the trace that they came. Results that move nothing for a
+    started job are redeliveries and need no event.
     """
     job = conn.execute(Q.get_job, {"job_id": job_id}).fetchone()
-    if job is not None and job["status"] in FINAL:
+    if job is not None and (job["status"] in FINAL or job["status"] == Status.CANCELING):
         record_event(conn, job_id, "late_results", count=count, status=job["status"])
