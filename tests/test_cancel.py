@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import types
 from typing import Any
 
 import pytest
@@ -15,7 +16,8 @@ from jobsys.api.items import counted_items
 from jobsys.api.read import wait_until_final
 from jobsys.bootstrap.start import run_bootstrap
 from jobsys.cli.main import main as cli
-from jobsys.lifecycle.revoke import BEFORE_FIRST_TASK
+from jobsys.lifecycle import revoke as revoke_module
+from jobsys.lifecycle.revoke import BEFORE_FIRST_TASK, revoke
 from jobsys.lifecycle.states import Status, transition
 from jobsys.lifecycle.teardown import run_teardown
 from jobsys.ops.runner import LocalSystem
@@ -222,6 +224,37 @@ def test_results_for_tasks_a_cancel_already_cancelled_are_reported_late() -> Non
     ]
     teardown_job.fn(job_id)  # the cancel's rest, as the teardown actor does it
     assert jobsys.get_job(job_id).status == "revoked"
+    assert_counters_match_ledger(job_id)
+
+
+def test_a_repeat_in_the_batch_that_completes_a_job_is_not_late() -> None:
+    # The job goes final with this batch: its one task reported again (already
+    # counted) is a redelivery, not a result that came after the job ended.
+    job_id = make_started_job(10)
+    items = pull_results(job_id, 10)
+    process_results.fn(job_id, items[:5])
+    process_results.fn(job_id, items[5:] + items[:1])
+    assert jobsys.get_job(job_id).status == "success"
+    assert events_of(job_id, "late_results") == []
+    assert_counters_match_ledger(job_id)
+
+
+def test_a_revoke_whose_chunk_reached_the_last_task_ends_revoked_past_its_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A clock that moves a second per look: the deadline passes during the one
+    # chunk a small job needs. Nothing is left after that chunk, so the job is
+    # revoked now rather than handed to a teardown actor (which a cancel racing
+    # a slow batch on a loaded machine then waited for).
+    job_id = make_started_job(60)
+    ticks = iter(range(1_000))
+    clock = types.SimpleNamespace(monotonic=lambda: float(next(ticks)))
+    monkeypatch.setattr(revoke_module, "time", clock)  # the revoke's clock only
+    with connection() as conn, conn.transaction():
+        assert transition(conn, job_id, Status.CANCELING, {Status.STARTED}, "cancel")
+    assert revoke(job_id, "cancel", until=0.5) == Status.REVOKED
+    view = jobsys.get_job(job_id)
+    assert (view.status, view.cancelled) == ("revoked", 60)
     assert_counters_match_ledger(job_id)
 
 

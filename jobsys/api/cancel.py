@@ -29,10 +29,9 @@ from jobsys.pg.events import actor, record_event
 log = logging.getLogger(__name__)
 
 # How long `cancel` itself cancels pending tasks before it leaves the rest to
-# the teardown actor (a person waits for this call, and the work already
-# stopped with the stream): enough for a job of ~20,000 pending tasks to end
-# `revoked` at once. A chunk begun before it ends runs to its end.
-INLINE_REVOKE_S = 0.25
+# the teardown actor (a person waits for this call). Not shorter: the actor's
+# revoke reads again the spans this one already cancelled.
+INLINE_REVOKE_S = 0.5
 
 
 @dataclass(frozen=True)

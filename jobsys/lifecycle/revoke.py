@@ -61,7 +61,11 @@ def revoke(job_id: int, reason: str, *, until: float | None = None) -> Status | 
                     raise CountMismatch(f"job {job_id}: tasks moved while not canceling")
                 return None
         cancelled += chunk["cancelled"]
-        after = chunk["last"]
+        last = chunk["last"]
+        # Task numbers run 0 to total - 1 without gaps: a span that ended
+        # short of `rows` numbers reached the last task, and nothing is left
+        # to wait for (nor a statement to spend on finding nothing).
+        after = last if last is not None and last >= after + rows else None
     return _revoked(job_id, reason, cancelled)
 
 

@@ -93,8 +93,9 @@ def apply_results(batch: ResultBatch, lookup: Lookup) -> Applied:
         out.finalized = recorded.finalized
         twice = repeated(valid)
         # Tasks of the batch that moved nothing (a task reported twice is one).
+        # In the batch that made the job final they were counted already.
         unmoved = len({r.task for r, _ in valid}) - out.moved_done - out.moved_failed
-        if unmoved > 0:
+        if unmoved > 0 and out.finalized is None:
             note_late(conn, batch.job_id, unmoved)
         if twice:
             record_event(
