@@ -135,9 +135,10 @@ def run(
             if faults.pg_up:
                 # Like a user, the harness submits and cancels only while
                 # Postgres is up (waiting here would delay its return), and
-                # cancels only while the workers run: a worker frozen inside
-                # a result transaction holds its job's row, a cancel would
-                # wait for it, and the harness that must resume it with it.
+                # cancels and changes shares only while the workers run: a
+                # worker frozen inside a result transaction holds its job's
+                # row, a cancel or `jobsys set` would wait for it, and the
+                # harness that must resume it with it.
                 _submit_and_cancel(mix_rng, plans, submit_at, now, started, tasks, seconds,
                                    receivers, cancels=faults.workers_up)  # fmt: skip
             faults.tick(now)
@@ -204,11 +205,13 @@ def _submit_and_cancel(
         plans.append(_with_retries(partial(submit_job, rng, j, tasks, now, seconds, hook)))
         for _ in range(TINY_PER_JOB):
             plans.append(_with_retries(partial(submit_tiny, rng, len(plans), now)))
+    if not cancels:
+        # A share change writes the job's row too: it would wait for a frozen
+        # worker's transaction as a cancel would, and hold the harness with it.
+        return
     for plan in plans:
         if plan.reshare_at is not None and now >= plan.reshare_at:
             _with_retries(partial(reshare, plan))
-    if not cancels:
-        return
     for plan in plans:
         if plan.cancel_at is not None and not plan.cancelled and now >= plan.cancel_at:
             _with_retries(partial(jobsys.cancel, plan.job_id))
