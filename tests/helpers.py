@@ -245,3 +245,13 @@ def configured_nats(root: Path, config: str = "", jetstream: str = "") -> Iterat
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def lock_waiters() -> int:
+    """How many sessions of this run's database wait on a lock now."""
+    with connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return int(row["n"]) if row else 0

@@ -29,6 +29,7 @@ from tests.helpers import (
     counters,
     events_of,
     ledger,
+    lock_waiters,
     make_started_job,
     pull_results,
     status_events,
@@ -156,14 +157,6 @@ def test_work_finished_while_canceling_is_recorded_but_the_job_ends_revoked() ->
         db.execute(
             "SELECT 1 FROM job_tasks WHERE job_id = %s AND task_no = 0 FOR UPDATE", (job_id,)
         )
-
-        def lock_waiters() -> int:
-            with connection() as conn:
-                row = conn.execute(
-                    "SELECT count(*) AS n FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                ).fetchone()
-            return int(row["n"]) if row else 0
 
         batch = threading.Thread(target=process_results.fn, args=(job_id, items))
         batch.start()

@@ -29,20 +29,12 @@ from jobsys.bootstrap.start import run_bootstrap
 from jobsys.pg.db import connect_direct, connection
 from jobsys.recording.counting import record_results
 from jobsys.worker.actors import note_retries, teardown_job
+from tests.helpers import lock_waiters
 
 TASKS = 10
 TASK = 5
 WAIT_S = 30.0
 POLL_S = 0.05
-
-
-def _someone_waits_for_a_lock() -> bool:
-    with connect_direct() as conn:
-        row = conn.execute(
-            "SELECT count(*) AS n FROM pg_stat_activity"
-            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        ).fetchone()
-    return row is not None and row["n"] > 0
 
 
 def _while_row_locked(job_id: int, update: str, write: Callable[[], None]) -> None:
@@ -55,7 +47,7 @@ def _while_row_locked(job_id: int, update: str, write: Callable[[], None]) -> No
         writer = threading.Thread(target=write)
         writer.start()
         deadline = time.monotonic() + WAIT_S
-        while not _someone_waits_for_a_lock():
+        while lock_waiters() == 0:
             assert time.monotonic() < deadline, "the write never waited for the lock"
             assert writer.is_alive(), "the write did not wait for the lock"
             time.sleep(POLL_S)

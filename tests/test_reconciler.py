@@ -56,6 +56,7 @@ from tests.helpers import (
     counters,
     fast,
     ledger,
+    lock_waiters,
     make_started_job,
     pull_results,
     stream_exists,
@@ -144,12 +145,7 @@ def wait_for_lock_waiter() -> None:
     """Until a session of this database waits on a row lock."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        with connection() as conn:
-            row = conn.execute(
-                "SELECT count(*) AS n FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            ).fetchone()
-        if row and row["n"] > 0:
+        if lock_waiters() > 0:
             return
         time.sleep(0.02)
     raise AssertionError("no session ever waited on the lock")
