@@ -55,10 +55,11 @@ def test_when_nats_fails_after_the_final_commit_the_teardown_message_still_goes(
     job_id = make_started_job(3)
     items = pull_results(job_id, 3)
 
-    async def nats_gone(*args: object) -> int:
+    async def nats_gone(*args: object) -> bool:
         raise ConnectionError("NATS went away")  # as the bridge raises on a lost connection
 
-    monkeypatch.setattr(actors, "ack_current_replies", nats_gone)
+    # The batch that finished the job deletes its stream before anything else.
+    monkeypatch.setattr(actors, "delete_job_stream", nats_gone)
     with pytest.raises(ConnectionError):
         process_results.fn(job_id, items)
     monkeypatch.undo()

@@ -122,14 +122,26 @@ async def _ack_and_confirm(
     nc: Any, js: Any, job_id: int, ack: list[str], subject: str | None, final: list[int]
 ) -> dict[int, bool]:
     """Ack the recorded replies, tell the sender, then delete the streams of the
-    jobs made final; returns, for each, whether its stream was there to delete."""
+    jobs made final; returns, for each, whether its stream was there to delete.
+
+    A batch that made its own job final deletes that stream first and acks
+    nothing: its messages go with the stream, and a small job, whose every
+    result comes in one or two batches, saves a stream lookup and an ack per
+    task. If the deletion raises, nothing was acked and the actor is retried
+    (as when an ack raises)."""
     namespace = get_settings().namespace
-    if ack:
+    deleted: dict[int, bool] = {}
+    if job_id in final:
+        deleted[job_id] = await delete_job_stream(nc, js, JobNames.of(namespace, job_id))
+    elif ack:
         await ack_current_replies(nc, js, JobNames.of(namespace, job_id).stream, ack)
     if subject is not None:
         await nc.publish(subject, b"")
         await nc.flush(timeout=10)
-    return {j: await delete_job_stream(nc, js, JobNames.of(namespace, j)) for j in final}
+    for j in final:
+        if j not in deleted:
+            deleted[j] = await delete_job_stream(nc, js, JobNames.of(namespace, j))
+    return deleted
 
 
 def _streams_deleted(final: list[int], deleted: dict[int, bool]) -> None:
