@@ -16,7 +16,7 @@ from jobsys.dramatiq.signing import require_secret
 from jobsys.errors import InvalidInput
 from jobsys.hooks.target import check_target
 from jobsys.pg.db import connection
-from jobsys.pg.events import actor, record_event
+from jobsys.pg.events import actor, record_event_with
 from jobsys.pg.queries import Q
 from jobsys.pipelines.resolve import resolve
 from jobsys.settings import get_settings, parse_task_rate
@@ -195,9 +195,8 @@ def submit(
                 copy.write_row((job_id, count - 1, text))
                 if on_progress is not None and count % _PROGRESS_EVERY == 0:
                     on_progress(count)
-        conn.execute(Q.set_job_total, {"job_id": job_id, "total": count})
-        record_event(
-            conn, job_id, "job_submitted",
+        record_event_with(
+            conn, Q.set_job_total_with_event, {"total": count}, job_id, "job_submitted",
             pipeline=opts.pipeline, total=count, failure_threshold=opts.failure_threshold,
             **actor(by),
         )  # fmt: skip

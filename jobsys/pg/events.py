@@ -34,9 +34,25 @@ def record_event(
     **detail: Any,
 ) -> None:
     """Append an event to `job_events` in the caller's transaction, and log it."""
+    record_event_with(conn, Q.insert_event, {}, job_id, event, level, **detail)
+
+
+def record_event_with(
+    conn: Conn,
+    query: str,
+    params: Mapping[str, Any],
+    job_id: int | None,
+    event: str,
+    level: str = "info",
+    **detail: Any,
+) -> None:
+    """`record_event` by a statement that inserts the event as `insert_event` does
+    (its parameters) and writes something more in the same round trip, with
+    `params` for that (e.g. `set_job_total_with_event`)."""
     conn.execute(
-        Q.insert_event,
+        query,
         {
+            **params,
             "job_id": job_id,
             "level": level,
             "event": event,

@@ -68,6 +68,15 @@ RETURNING id, created_at;
 -- The task count of a job whose items were streamed in (same transaction as its COPY).
 UPDATE jobs SET total_count = %(total)s WHERE id = %(job_id)s AND status = 'queued';
 
+-- name: set_job_total_with_event
+-- set_job_total and an event of the job (insert_event's parameters) in one
+-- round trip: submit's last statement.
+WITH total AS (
+    UPDATE jobs SET total_count = %(total)s WHERE id = %(job_id)s AND status = 'queued'
+)
+INSERT INTO job_events (job_id, level, event, detail)
+VALUES (%(job_id)s, %(level)s, %(event)s, %(detail)s::jsonb);
+
 -- name: copy_tasks
 -- Bulk insert of a job's ledger rows.
 COPY job_tasks (job_id, task_no, payload) FROM STDIN;
