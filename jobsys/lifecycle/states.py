@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Literal
 
 from jobsys.pg.db import Conn
-from jobsys.pg.finals import announce_final
+from jobsys.pg.finals import FINAL_CHANNEL
 from jobsys.pg.queries import Q
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,15 @@ def transition(
     """
     if to != BY_THRESHOLD and Status(to) in from_:
         raise ValueError(f"transition to {to} from a set containing it is not a change")
+    # A move to a final status also announces it to waiters (jobsys.pg.finals),
+    # in the same statement.
     row = conn.execute(
         Q.transition_status,
-        {"job_id": job_id, "to": str(to), "from": sorted(str(s) for s in from_), "reason": reason},
-    ).fetchone()
+        {"job_id": job_id, "to": str(to), "from": sorted(str(s) for s in from_),
+         "reason": reason, "channel": FINAL_CHANNEL},
+    ).fetchone()  # fmt: skip
     if row is None:
         return None
-    if row["status"] in FINAL:
-        announce_final(conn, job_id)
     # The structured-log twin of the `status` row the statement wrote to job_events.
     log.info(
         "status",

@@ -21,8 +21,7 @@ from contextlib import AbstractContextManager, contextmanager
 import psycopg
 from psycopg import sql
 
-from jobsys.pg.db import Conn, connect_direct
-from jobsys.pg.queries import Q
+from jobsys.pg.db import connect_direct
 from jobsys.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -36,11 +35,6 @@ LISTEN_READY_S = 5.0
 # IDLE_CLOSE_S it closes its connection (the next waiter opens another).
 LISTEN_SLICE_S = 1.0
 IDLE_CLOSE_S = 30.0
-
-
-def announce_final(conn: Conn, job_id: int) -> None:
-    """Announce, in the caller's transaction, that `job_id` went final (sent on commit)."""
-    conn.execute(Q.announce_final, {"channel": FINAL_CHANNEL, "job_id": str(job_id)})
 
 
 class FinalWatch:

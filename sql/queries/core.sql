@@ -15,6 +15,9 @@
 -- target as given (hook_target: the sender needs its credentials; a job
 -- submitted before it existed has only on_complete); the event, the target
 -- as shown (on_complete, redacted).
+-- A move to a final status also wakes the job's waiters (jobsys.pg.finals:
+-- a notification on %(channel)s, sent on commit), in this same statement;
+-- `announced` is read below, so it runs (a CTE nobody reads would not).
 WITH moved AS (
     UPDATE jobs SET
         status = CASE
@@ -45,14 +48,14 @@ WITH moved AS (
     INSERT INTO job_events (job_id, level, event, detail)
     SELECT h.job_id, 'info', 'hook_due', jsonb_build_object('target', m.on_complete)
     FROM hooked h JOIN moved m ON m.id = h.job_id
+), announced AS (
+    SELECT count(pg_notify(%(channel)s, id::text)) AS n
+    FROM moved WHERE status IN ('success', 'failure', 'revoked')
 )
 SELECT id, status, total_count, done_count, failed_count, lost_count, cancelled_count,
-       hook_target IS NOT NULL AND status IN ('success', 'failure', 'revoked') AS has_hook
+       hook_target IS NOT NULL AND status IN ('success', 'failure', 'revoked') AS has_hook,
+       (SELECT n FROM announced) AS announced
 FROM moved;
-
--- name: announce_final
--- A job went final (jobsys.pg.finals): waiters wake on commit.
-SELECT pg_notify(%(channel)s, %(job_id)s);
 
 -- name: insert_job
 -- A new job row, queued.
