@@ -18,6 +18,8 @@ from jobsys.api import items
 from jobsys.bootstrap.start import run_bootstrap
 from jobsys.pg.db import connection
 from jobsys.pg.locks import Lock, job_lock
+from jobsys.worker.actors import process_results
+from tests.helpers import pull_results
 
 LOCKS = 20
 
@@ -61,6 +63,9 @@ def test_submits_in_a_row_open_one_nats_connection(monkeypatch: pytest.MonkeyPat
 # tasks, their places, the resume point.
 SUBMIT_STATEMENTS, SUBMIT_TRANSACTIONS = 3, 1
 BOOTSTRAP_STATEMENTS, BOOTSTRAP_TRANSACTIONS = 7, 1
+# The batch that finishes it: the job row, the batch counted, the move to its
+# final status (with its waiters' notice), then the stream_deleted event.
+FINISH_STATEMENTS, FINISH_TRANSACTIONS = 4, 1
 
 
 def _count_statements(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
@@ -95,6 +100,11 @@ def test_a_small_jobs_submit_and_bootstrap_take_few_statements(
     assert (counts["statements"], counts["transactions"]) == (
         BOOTSTRAP_STATEMENTS, BOOTSTRAP_TRANSACTIONS
     ), counts  # fmt: skip
+    items = pull_results(job.id, 20)
+    counts.clear()
+    process_results.fn(job.id, items)
+    assert (counts["statements"], counts["transactions"]) == (
+        FINISH_STATEMENTS, FINISH_TRANSACTIONS
+    ), counts  # fmt: skip
     monkeypatch.undo()
-    assert jobsys.get_job(job.id).status == "started"
-    jobsys.cancel(job.id)
+    assert jobsys.get_job(job.id).status == "success"
