@@ -31,6 +31,20 @@ class ServiceUnavailable(JobsysError):
     """Postgres, Redis or NATS could not be reached."""
 
 
+class JobBusy(JobsysError):
+    """Another session held the job's row longer than a write was willing to wait."""
+
+    def __init__(self, job_id: int, wait_s: float, holders: list[tuple[int, str]]) -> None:
+        held = f"; it may be held by {'; '.join(h for _, h in holders)}" if holders else ""
+        pid = holders[0][0] if len(holders) == 1 else "<pid>"
+        super().__init__(
+            f"job {job_id} is busy: another session held its row for over {wait_s:g} s, "
+            f"so nothing was changed{held}. Try again; a session that stays stuck (a frozen "
+            f"worker) can be ended with SELECT pg_terminate_backend({pid})"
+        )
+        self.job_id = job_id
+
+
 class JobNotFinal(JobsysError):
     """The operation needs a final job (success, failure or revoked)."""
 

@@ -198,6 +198,10 @@ class Settings(BaseSettings):
     # Tasks a revoke cancels per transaction: a big cancel is many short
     # transactions (counters exact after each), never one long lock.
     cancel_chunk_rows: int = Field(default=10_000, ge=1, le=1_000_000)
+    # How long a write a person waits on (cancel, set) waits for a job's row
+    # another session holds before it gives up and names the holder
+    # (jobsys.pg.waits): a worker frozen mid-transaction holds it for good.
+    lock_wait_s: float = Field(default=10.0, gt=0, le=3_600)
     # A final job's stream is its teardown's to delete for this long; after
     # that the reconciler deletes it as a stray (a teardown lost with Redis).
     stray_grace_s: float = Field(default=30.0, ge=0)

@@ -25,6 +25,7 @@ from jobsys.lifecycle.states import CANCELABLE, Status, transition
 from jobsys.lifecycle.teardown import run_teardown
 from jobsys.pg.db import connection
 from jobsys.pg.events import actor, record_event
+from jobsys.pg.waits import bounded_row_wait, limit_lock_wait
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,11 @@ def cancel(job_id: int, *, by: Mapping[str, str] | None = None) -> CancelResult:
     A final job is left exactly as it is (`changed=False`). If teardown cannot
     run here (NATS down), it is enqueued, and the reconciler forces it after
     the cancel grace period. `by` (who asked) is written into the job's
-    events with the move to canceling.
+    events with the move to canceling. If another session holds the job's
+    row past JOBSYS_LOCK_WAIT_S, JobBusy is raised and nothing changed.
     """
-    with connection() as conn, conn.transaction():
+    with bounded_row_wait(job_id) as wait, connection() as conn, conn.transaction():
+        limit_lock_wait(conn, wait)
         moved = transition(conn, job_id, Status.CANCELING, CANCELABLE, "cancel requested")
         if moved is not None and by:
             record_event(conn, job_id, "cancel_requested", **actor(by))

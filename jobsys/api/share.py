@@ -23,6 +23,7 @@ from jobsys.nats.subjects import JobNames
 from jobsys.pg.db import connection
 from jobsys.pg.events import actor, record_event
 from jobsys.pg.queries import Q
+from jobsys.pg.waits import bounded_row_wait, limit_lock_wait
 from jobsys.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ def set_share(
         raise InvalidInput("set: give --priority and/or --weight")
     new_priority = None if priority is None else check_priority(priority)
     new_weight = None if weight is None else check_weight(weight)
-    with connection() as conn, conn.transaction():
+    with bounded_row_wait(job_id) as wait, connection() as conn, conn.transaction():
+        limit_lock_wait(conn, wait)
         row = conn.execute(
             Q.set_job_share, {"job_id": job_id, "priority": new_priority, "weight": new_weight}
         ).fetchone()

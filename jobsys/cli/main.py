@@ -23,7 +23,7 @@ from jobsys.display import one_line, printable
 from jobsys.dramatiq.signing import require_secret
 from jobsys.errors import JobsysError
 from jobsys.logs import setup_logging
-from jobsys.pg.db import connect_error
+from jobsys.pg.db import connect_error, set_application_role
 from jobsys.settings import get_settings
 from jobsys.version import version
 
@@ -94,7 +94,12 @@ class JobsysGroup(click.Group):
     ) -> tuple[str | None, click.Command | None, list[str]]:
         if args and args[0] in MOVED:
             ctx.fail(f"No such command '{args[0]}': it is `jobsys {MOVED[args[0]]}`.")
-        return super().resolve_command(ctx, args)
+        name, command, rest = super().resolve_command(ctx, args)
+        if name is not None:
+            # pg_stat_activity (and a busy job's error) say which command a
+            # session is: "jobsys worker 4242".
+            set_application_role(name)
+        return name, command, rest
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

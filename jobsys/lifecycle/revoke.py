@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from psycopg import Rollback
+from psycopg.errors import LockNotAvailable
 
 from jobsys.lifecycle.finalize import finishing
 from jobsys.lifecycle.states import Status
 from jobsys.pg.db import connection
 from jobsys.pg.events import record_event
 from jobsys.pg.queries import Q
+from jobsys.pg.waits import limit_lock_wait
 from jobsys.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -51,15 +54,15 @@ def revoke(job_id: int, reason: str, *, until: float | None = None) -> Status | 
         if until is not None and time.monotonic() >= until:
             log.info("revoke continues elsewhere", extra={"job_id": job_id, "cancelled": cancelled})
             return Status.CANCELING
-        with connection() as conn, conn.transaction():
-            chunk = conn.execute(
-                Q.cancel_pending_chunk, {"job_id": job_id, "after": after, "rows": rows}
-            ).fetchone()
-            assert chunk is not None  # a bare SELECT: always one row
-            if not chunk["canceling"]:
-                if chunk["cancelled"]:
-                    raise CountMismatch(f"job {job_id}: tasks moved while not canceling")
-                return None
+        try:
+            chunk = _cancel_chunk(job_id, after, rows, until)
+        except LockNotAvailable:
+            # A person waits on this revoke: a row held past its deadline (a
+            # frozen holder) leaves the rest to the teardown actor.
+            log.info("revoke continues elsewhere: job row held", extra={"job_id": job_id})
+            return Status.CANCELING
+        if chunk is None:
+            return None
         cancelled += chunk["cancelled"]
         last = chunk["last"]
         # Task numbers run 0 to total - 1 without gaps: a span that ended
@@ -67,6 +70,25 @@ def revoke(job_id: int, reason: str, *, until: float | None = None) -> Status | 
         # to wait for (nor a statement to spend on finding nothing).
         after = last if last is not None and last >= after + rows else None
     return _revoked(job_id, reason, cancelled)
+
+
+def _cancel_chunk(job_id: int, after: int, rows: int, until: float | None) -> dict[str, Any] | None:
+    """Cancel the pending tasks of the next span of `rows` task numbers after
+    `after`, with their count, in one transaction; None if the job is not
+    canceling. With `until`, a lock on the job's row is waited for only
+    until then (LockNotAvailable)."""
+    with connection() as conn, conn.transaction():
+        if until is not None:
+            limit_lock_wait(conn, until - time.monotonic())
+        chunk = conn.execute(
+            Q.cancel_pending_chunk, {"job_id": job_id, "after": after, "rows": rows}
+        ).fetchone()
+        assert chunk is not None  # a bare SELECT: always one row
+        if not chunk["canceling"]:
+            if chunk["cancelled"]:
+                raise CountMismatch(f"job {job_id}: tasks moved while not canceling")
+            return None
+    return chunk
 
 
 def _revoked(job_id: int, reason: str, cancelled: int) -> Status | None:

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
@@ -51,6 +52,11 @@ LOCK_POOL_FACTOR = 2
 # error each (every caller retries: actors, reconcile passes, requests).
 POOL_CHECK_IDLE_S = 1.0
 
+# Postgres keeps this many bytes of an application_name.
+APPLICATION_NAME_MAX = 63
+# What this process's sessions are called before a command names them.
+_role = "jobsys"
+
 _lock = threading.Lock()
 _pools: dict[str, ConnectionPool] = {}
 _pool_pid: int | None = None
@@ -77,17 +83,39 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.row_factory = dict_row
 
 
+def set_application_role(role: str) -> None:
+    """Name this process's sessions after what it is (the CLI: its command), for
+    connections made from now on (see `connect_kwargs`)."""
+    global _role
+    _role = f"jobsys {role}"
+
+
 def connect_kwargs() -> dict[str, Any]:
     """Connection options every jobsys connection gets.
+
+    Each session is named ``jobsys <command> <pid>`` (`application_name`,
+    unless the URL names one): pg_stat_activity, and a busy job's error
+    (jobsys.pg.waits), then say which process holds what.
 
     psycopg prepares a query server-side after a few executions
     (`prepare_threshold`); behind a transaction-pooling proxy the next
     execution may run on another server session, where that prepared
     statement does not exist. JOBSYS_DB_PREPARED_STATEMENTS=false turns it off.
     """
-    if get_settings().db_prepared_statements:
-        return {}
-    return {"prepare_threshold": None}
+    settings = get_settings()
+    out: dict[str, Any] = {}
+    if "application_name" not in _url_params(settings.database_url):
+        out["application_name"] = f"{_role} {os.getpid()}"[:APPLICATION_NAME_MAX]
+    if not settings.db_prepared_statements:
+        out["prepare_threshold"] = None
+    return out
+
+
+def _url_params(url: str) -> dict[str, Any]:
+    try:
+        return conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return {}  # a malformed URL: connecting says what is wrong with it
 
 
 def get_pool(purpose: str = "main") -> ConnectionPool:

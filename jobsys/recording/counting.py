@@ -35,6 +35,7 @@ from jobsys.pg.db import Conn
 from jobsys.pg.events import record_event
 from jobsys.pg.queries import Q
 from jobsys.storable import encode_result, storable_error
+from jobsys.testing.pauses import Pause, pause
 
 # What the database says when it refuses a batch because of the values in it:
 # SQLSTATE classes 22 (data exception) and 23 (integrity constraint), and
@@ -111,6 +112,7 @@ def _record(
         if row["moved_done"] is None:
             return out
         out.moved_done, out.moved_failed = row["moved_done"], row["moved_failed"]
+        pause(Pause.IN_RESULTS_TRANSACTION)
         accounted = row["done_count"] + row["failed_count"] + row["lost_count"]
         if accounted >= row["total_count"]:
             out.finalized = fin.finish(job_id, "all tasks accounted for")

@@ -320,7 +320,7 @@ def status_route(who: Caller, job_id: JobId) -> JobStatus:
     return JobStatus(**view.model_dump(), retries=retries_of(job_id), hook=hook)
 
 
-@api(router.post, "/jobs/{job_id}/cancel", Scope.SUBMIT, 404, 422, response_model=Cancelled)
+@api(router.post, "/jobs/{job_id}/cancel", Scope.SUBMIT, 404, 409, 422, response_model=Cancelled)
 def cancel_route(who: Caller, job_id: JobId) -> Cancelled:
     """Cancel a job (`jobsys cancel`): its remote work stops and it ends `revoked`.
     A job that already finished is left as it is (``changed: false``)."""
@@ -329,7 +329,7 @@ def cancel_route(who: Caller, job_id: JobId) -> Cancelled:
     return Cancelled(job_id=done.job_id, status=done.status, changed=done.changed)
 
 
-@api(router.post, "/jobs/{job_id}/share", Scope.SUBMIT, 404, 422, response_model=Shared)
+@api(router.post, "/jobs/{job_id}/share", Scope.SUBMIT, 404, 409, 422, response_model=Shared)
 def share_route(who: Caller, job_id: JobId, body: ShareBody) -> Shared:
     """Change an active job's priority and/or weight (`jobsys set`); a final job is
     refused (422). The change is signed with the token in the job's events."""

@@ -30,6 +30,7 @@ from starlette.responses import Response
 from jobsys.display import one_line
 from jobsys.errors import (
     InvalidInput,
+    JobBusy,
     JobNotFinal,
     JobNotFound,
     JobsysError,
@@ -62,6 +63,7 @@ PROBLEMS: list[tuple[type[Exception], int, str]] = [
     (JobNotFound, 404, "job-not-found"),
     (TokenNotFound, 404, "token-not-found"),
     (JobNotFinal, 409, "job-not-final"),
+    (JobBusy, 409, "job-busy"),
     (LedgerPruned, 410, "ledger-pruned"),
     (InvalidInput, 422, "invalid-input"),
     (UnsupportedMediaType, 415, "unsupported-media-type"),

@@ -32,6 +32,9 @@ class Pause(StrEnum):
     AFTER_FINAL_COMMIT = "after_final_commit"
     # A hook delivery is claimed and not yet sent (jobsys.hooks.deliver).
     BEFORE_HOOK_SEND = "before_hook_send"
+    # A result batch's counts are written and not committed: its transaction
+    # holds the job's row (jobsys.recording.counting).
+    IN_RESULTS_TRANSACTION = "in_results_transaction"
 
 
 def _asked() -> Pause | None:

@@ -57,6 +57,22 @@ SELECT id, status, total_count, done_count, failed_count, lost_count, cancelled_
        (SELECT n FROM announced) AS announced
 FROM moved;
 
+-- name: set_lock_timeout
+-- How long this transaction's writes wait for a row another holds (jobsys.pg.waits).
+SELECT set_config('lock_timeout', %(timeout)s, true);
+
+-- name: long_transactions
+-- Sessions of this database (not this one) in a transaction begun at least
+-- %(wait_s)s seconds ago, oldest first: a row a write waited that long for
+-- is held by one of them (columns other roles' sessions hide come back NULL).
+SELECT pid, application_name, host(client_addr) AS client, state,
+       extract(epoch FROM now() - xact_start)::float8 AS xact_s
+FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+  AND xact_start <= now() - make_interval(secs => %(wait_s)s)
+ORDER BY xact_start
+LIMIT %(limit)s;
+
 -- name: insert_job
 -- A new job row, queued.
 INSERT INTO jobs (name, pipeline, total_count, failure_threshold, max_deliver,

@@ -13,7 +13,7 @@ import pytest
 
 from jobsys.api.items import read_items
 from jobsys.display import redact
-from jobsys.errors import InvalidInput, JobNotFinal, JobNotFound, LedgerPruned
+from jobsys.errors import InvalidInput, JobBusy, JobNotFinal, JobNotFound, LedgerPruned
 from jobsys.server.app import create_app, openapi_document
 from jobsys.server.limits import RateLimited
 from jobsys.server.problems import classify
@@ -130,6 +130,12 @@ def test_each_failure_has_its_status() -> None:
         (Forbidden("x"), 403),
         (JobNotFound(3), 404),
         (JobNotFinal(3, "started", "retried"), 409),
+        (
+            JobBusy(
+                3, 10.0, [(42, "pid 42 (jobsys worker 7, local, idle in transaction for 12 s)")]
+            ),
+            409,
+        ),
         (LedgerPruned(3, None), 410),
         (InvalidInput("x"), 422),
         (RateLimited("x", 3), 429),
