@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from jobsys.api.tasks import group_errors, list_tasks
     from jobsys.errors import (
         InvalidInput,
+        JobBusy,
         JobNotFinal,
         JobNotFound,
         JobsysError,
@@ -53,6 +54,7 @@ _WHERE = {
     "prune": "jobsys.lifecycle.retention",
     "pipeline": "jobsys.pipelines.registry",
     "InvalidInput": "jobsys.errors",
+    "JobBusy": "jobsys.errors",
     "JobNotFinal": "jobsys.errors",
     "JobNotFound": "jobsys.errors",
     "JobsysError": "jobsys.errors",
@@ -66,6 +68,7 @@ __all__ = [
     "CancelResult",
     "InvalidInput",
     "Job",
+    "JobBusy",
     "JobNotFinal",
     "JobNotFound",
     "JobsysError",

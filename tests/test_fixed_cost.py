@@ -15,6 +15,7 @@ import pytest
 
 import jobsys
 from jobsys.api import items
+from jobsys.api.submit import ONE_STATEMENT_ITEMS
 from jobsys.bootstrap.start import run_bootstrap
 from jobsys.pg.db import connection
 from jobsys.pg.locks import Lock, job_lock
@@ -57,11 +58,13 @@ def test_submits_in_a_row_open_one_nats_connection(monkeypatch: pytest.MonkeyPat
 
 # What a small job's submit and bootstrap say to Postgres (statements and
 # transactions as the code issues them; the statements are real, run on the
-# test's database). Submit: the job row, COPY of its tasks, the task count
-# with the job_submitted event. Bootstrap: the bootstrap lock, the job's
+# test's database). Submit: one statement (the job row, its tasks and its
+# job_submitted event); a list of more items: the job row, COPY of its
+# tasks, the task count with the event, in a transaction. Bootstrap: the bootstrap lock, the job's
 # stream state, queued -> started, the stream incarnation, the pending
 # tasks, their places, the resume point.
-SUBMIT_STATEMENTS, SUBMIT_TRANSACTIONS = 3, 1
+SUBMIT_STATEMENTS, SUBMIT_TRANSACTIONS = 1, 0
+COPY_SUBMIT_STATEMENTS, COPY_SUBMIT_TRANSACTIONS = 3, 1
 BOOTSTRAP_STATEMENTS, BOOTSTRAP_TRANSACTIONS = 7, 1
 # The batch that finishes it: the job row, the batch counted, the move to its
 # final status (with its waiters' notice), then the stream_deleted event.
@@ -96,6 +99,12 @@ def test_a_small_jobs_submit_and_bootstrap_take_few_statements(
         SUBMIT_STATEMENTS, SUBMIT_TRANSACTIONS
     ), counts  # fmt: skip
     counts.clear()
+    big = jobsys.submit("echo", [{"i": i} for i in range(ONE_STATEMENT_ITEMS + 1)])
+    assert (counts["statements"], counts["transactions"]) == (
+        COPY_SUBMIT_STATEMENTS, COPY_SUBMIT_TRANSACTIONS
+    ), counts  # fmt: skip
+    jobsys.cancel(big.id)
+    counts.clear()
     assert run_bootstrap(job.id) == "published"
     assert (counts["statements"], counts["transactions"]) == (
         BOOTSTRAP_STATEMENTS, BOOTSTRAP_TRANSACTIONS
@@ -108,3 +117,42 @@ def test_a_small_jobs_submit_and_bootstrap_take_few_statements(
     ), counts  # fmt: skip
     monkeypatch.undo()
     assert jobsys.get_job(job.id).status == "success"
+
+
+def _written(job_id: int) -> dict[str, Any]:
+    with connection() as conn:
+        job = conn.execute(
+            "SELECT name, pipeline, total_count, failure_threshold, max_deliver, task_timeout_s,"
+            " max_in_flight, retry_delay_s, retry_delay_max_s, rate_per_s, priority, weight,"
+            " hook_target, on_complete, status FROM jobs WHERE id = %(id)s",
+            {"id": job_id},
+        ).fetchone()
+        tasks = conn.execute(
+            "SELECT task_no, payload::text AS payload, status FROM job_tasks"
+            " WHERE job_id = %(id)s ORDER BY task_no",
+            {"id": job_id},
+        ).fetchall()
+        events = conn.execute(
+            "SELECT event, detail FROM job_events WHERE job_id = %(id)s ORDER BY id",
+            {"id": job_id},
+        ).fetchall()
+    return {"job": job, "tasks": tasks, "events": events}
+
+
+@pytest.mark.parametrize("count", [0, 1, 7])
+def test_a_small_list_is_written_in_one_statement_as_copy_would_write_it(count: int) -> None:
+    items: list[Any] = [
+        {"i": i, "text": 'é ✓ \\u0000 "q"', "nested": {"a": [1, 2.5, None, True]}}
+        for i in range(count)
+    ] + ['{"raw": "json text"}']
+    options: dict[str, Any] = {
+        "name": "same", "failure_threshold": 0.25, "max_deliver": 3, "task_timeout_s": 9.5,
+        "max_in_flight": 4, "retry_delay": (0.5, 8), "rate": "20/s", "priority": 2,
+        "weight": 3, "on_complete": "http://user:secret@hooks.example/x",
+    }  # fmt: skip
+    one = jobsys.submit("echo", items, **options)  # a list: one statement
+    copied = jobsys.submit("echo", iter(items), **options)  # a generator: COPY
+    assert _written(one.id) == _written(copied.id)
+    assert len(_written(one.id)["tasks"]) == count + 1
+    for job in (one, copied):
+        jobsys.cancel(job.id)

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from jobsys.api.enqueue import enqueue_bootstrap
-from jobsys.api.items import Items, checked_items, items_of, submit_item_limit
+from jobsys.api.items import (
+    ItemLimit,
+    Items,
+    ItemText,
+    checked_items,
+    items_of,
+    submit_item_limit,
+)
 from jobsys.api.job import Job
 from jobsys.api.share import DEFAULT_PRIORITY, DEFAULT_WEIGHT, check_priority, check_weight
 from jobsys.dramatiq.signing import require_secret
 from jobsys.errors import InvalidInput
-from jobsys.hooks.target import check_target
+from jobsys.hooks.target import HookTarget, check_target
 from jobsys.pg.db import connection
-from jobsys.pg.events import actor, record_event_with
+from jobsys.pg.events import actor, event_params, log_event, record_event_with
 from jobsys.pg.queries import Q
 from jobsys.pipelines.resolve import resolve
 from jobsys.settings import get_settings, parse_task_rate
@@ -27,6 +35,12 @@ log = logging.getLogger(__name__)
 
 # How often (in tasks) a large submit reports progress.
 _PROGRESS_EVERY = 10_000
+# A list of at most this many items, of at most this many bytes in all, is
+# written in one statement (job row, tasks, event): a small job's submit is
+# one round trip. More, or items read as they come (a file, a generator), go
+# through COPY in a transaction.
+ONE_STATEMENT_ITEMS = 1_000
+ONE_STATEMENT_BYTES = 1 << 20
 
 
 # Bounds of a job's options (the CLI's options say the same).
@@ -166,24 +180,33 @@ def submit(
     hook = check_target(on_complete) if on_complete is not None else None
     source = items_of(items)
     limit = submit_item_limit()
+    row = {
+        "name": opts.name,
+        "pipeline": opts.pipeline,
+        "failure_threshold": opts.failure_threshold,
+        "max_deliver": opts.max_deliver,
+        "task_timeout_s": opts.task_timeout_s,
+        "max_in_flight": opts.max_in_flight,
+        "retry_delay_s": delay[0] if delay else None,
+        "retry_delay_max_s": delay[1] if delay else None,
+        "rate_per_s": rate_per_s,
+        "priority": priority,
+        "weight": weight,
+    }
+    submitted: dict[str, Any] = {
+        "pipeline": opts.pipeline,
+        "failure_threshold": opts.failure_threshold,
+        **actor(by),
+    }
+    listed = _small_list(source, limit)
+    if listed is not None:
+        job_id = _insert_with_tasks(row, hook, listed, submitted)
+        if on_progress is not None:
+            on_progress(len(listed))
+        enqueue_bootstrap(job_id)
+        return Job(job_id)
     with connection() as conn, conn.transaction():
-        job = conn.execute(
-            Q.insert_job,
-            {
-                "name": opts.name,
-                "pipeline": opts.pipeline,
-                "total": 0,
-                "failure_threshold": opts.failure_threshold,
-                "max_deliver": opts.max_deliver,
-                "task_timeout_s": opts.task_timeout_s,
-                "max_in_flight": opts.max_in_flight,
-                "retry_delay_s": delay[0] if delay else None,
-                "retry_delay_max_s": delay[1] if delay else None,
-                "rate_per_s": rate_per_s,
-                "priority": priority,
-                "weight": weight,
-            },
-        ).fetchone()
+        job = conn.execute(Q.insert_job, {**row, "total": 0}).fetchone()
         assert job is not None
         job_id = job["id"]
         if hook is not None:
@@ -197,10 +220,42 @@ def submit(
                     on_progress(count)
         record_event_with(
             conn, Q.set_job_total_with_event, {"total": count}, job_id, "job_submitted",
-            pipeline=opts.pipeline, total=count, failure_threshold=opts.failure_threshold,
-            **actor(by),
+            total=count, **submitted,
         )  # fmt: skip
     if on_progress is not None:
         on_progress(count)
     enqueue_bootstrap(job_id)
     return Job(job_id)
+
+
+def _small_list(source: Iterable[object], limit: ItemLimit) -> list[ItemText] | None:
+    """A list or tuple of items small enough for one statement, checked; None for
+    anything else (it goes through COPY: a list that turned out too many bytes
+    is checked again there, cheaply, as items of this module)."""
+    if not isinstance(source, list | tuple) or len(source) > ONE_STATEMENT_ITEMS:
+        return None
+    texts = list(checked_items(source, limit))
+    return texts if sum(len(t) for t in texts) <= ONE_STATEMENT_BYTES else None
+
+
+def _insert_with_tasks(
+    row: Mapping[str, object],
+    hook: HookTarget | None,
+    texts: list[ItemText],
+    submitted: Mapping[str, Any],
+) -> int:
+    """The job row, its tasks, hook target and job_submitted event in one
+    statement (its own transaction); the job's id."""
+    detail = {**submitted, "total": len(texts)}
+    params = {
+        **row,
+        "payloads": texts,
+        "hook_target": hook.target if hook is not None else None,
+        "hook_shown": hook.shown if hook is not None else None,
+        **event_params(None, "job_submitted", **detail),
+    }
+    with connection() as conn:
+        job = conn.execute(Q.insert_job_with_tasks, params).fetchone()
+    assert job is not None
+    log_event(job["id"], "job_submitted", **detail)
+    return int(job["id"])

@@ -49,16 +49,25 @@ def record_event_with(
     """`record_event` by a statement that inserts the event as `insert_event` does
     (its parameters) and writes something more in the same round trip, with
     `params` for that (e.g. `set_job_total_with_event`)."""
-    conn.execute(
-        query,
-        {
-            **params,
-            "job_id": job_id,
-            "level": level,
-            "event": event,
-            "detail": json.dumps(_scrub(detail), default=str),
-        },
-    )
+    conn.execute(query, {**params, **event_params(job_id, event, level, **detail)})
+    log_event(job_id, event, level, **detail)
+
+
+def event_params(
+    job_id: int | None, event: str, level: str = "info", **detail: Any
+) -> dict[str, Any]:
+    """The parameters of `insert_event` for an event (for a statement that inserts
+    one besides other writes)."""
+    return {
+        "job_id": job_id,
+        "level": level,
+        "event": event,
+        "detail": json.dumps(_scrub(detail), default=str),
+    }
+
+
+def log_event(job_id: int | None, event: str, level: str = "info", **detail: Any) -> None:
+    """The structured-log twin of an event written to `job_events`."""
     log.log(_LEVELS.get(level, logging.ERROR), event, extra={"job_id": job_id, **detail})
 
 

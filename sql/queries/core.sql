@@ -83,6 +83,30 @@ VALUES (%(name)s, %(pipeline)s, %(total)s, %(failure_threshold)s, %(max_deliver)
         %(rate_per_s)s, %(priority)s, %(weight)s)
 RETURNING id, created_at;
 
+-- name: insert_job_with_tasks
+-- A new job row, queued, with its tasks (%(payloads)s, in task order), its
+-- hook target if any (as set_on_complete) and its job_submitted event (the
+-- parameters of insert_event), in one statement: a small job given as a
+-- list is one round trip, atomic by itself.
+WITH job AS (
+    INSERT INTO jobs (name, pipeline, total_count, failure_threshold, max_deliver,
+                      task_timeout_s, max_in_flight, retry_delay_s, retry_delay_max_s, rate_per_s,
+                      priority, weight, hook_target, on_complete)
+    VALUES (%(name)s, %(pipeline)s, cardinality(%(payloads)s::text[]), %(failure_threshold)s,
+            %(max_deliver)s, %(task_timeout_s)s, %(max_in_flight)s, %(retry_delay_s)s,
+            %(retry_delay_max_s)s, %(rate_per_s)s, %(priority)s, %(weight)s,
+            %(hook_target)s, %(hook_shown)s)
+    RETURNING id, created_at
+), tasks AS (
+    INSERT INTO job_tasks (job_id, task_no, payload)
+    SELECT job.id, t.n - 1, t.payload::json
+    FROM job, unnest(%(payloads)s::text[]) WITH ORDINALITY AS t (payload, n)
+), logged AS (
+    INSERT INTO job_events (job_id, level, event, detail)
+    SELECT id, %(level)s, %(event)s, %(detail)s::jsonb FROM job
+)
+SELECT id, created_at FROM job;
+
 -- name: set_job_total
 -- The task count of a job whose items were streamed in (same transaction as its COPY).
 UPDATE jobs SET total_count = %(total)s WHERE id = %(job_id)s AND status = 'queued';

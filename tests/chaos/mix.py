@@ -216,13 +216,15 @@ def submit_tiny(rng: random.Random, j: int, now: float) -> JobPlan:
 
 def reshare(plan: JobPlan) -> None:
     """Change the job's share as planned (`jobsys set`); a job already final is
-    refused (InvalidInput) and keeps the share it had."""
+    refused (InvalidInput) and keeps the share it had. A held row (JobBusy)
+    is raised, and the change stays due."""
     priority, weight = plan.reshare_to
-    plan.reshare_at = None
     try:
         jobsys.set_share(plan.job_id, priority=priority, weight=weight)
     except jobsys.InvalidInput:
+        plan.reshare_at = None
         return
+    plan.reshare_at = None
     plan.priority, plan.weight = priority, weight
     plan.reshared = True
 

@@ -39,6 +39,9 @@ class Report:
     # Jobs by priority and by weight (as they ended), and how many had theirs
     # changed mid-run (`jobsys set`).
     shares: Counter[str] = field(default_factory=Counter)
+    # Cancels and share changes that met a job row a frozen worker held
+    # (JobBusy after JOBSYS_LOCK_WAIT_S), and were made on a later tick.
+    busy: Counter[str] = field(default_factory=Counter)
     outcomes: dict[str, Counter[str]] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     finals: Counter[str] = field(default_factory=Counter)
@@ -95,6 +98,7 @@ class Report:
             "fault_figures": self.fault_figures,
             "mix": dict(self.mix),
             "shares": dict(self.shares),
+            "busy": dict(self.busy),
             "outcomes": {k: dict(v) for k, v in self.outcomes.items()},
             "finals": dict(self.finals),
             "lost": self.lost,
@@ -147,6 +151,8 @@ def print_report(report: Report) -> None:
         table.add_row(f"{label}: {kind}", f"{report.mix.get(kind, 0)} ({outcome})")
     for kind, n in sorted(report.hooks.items()):
         table.add_row(f"hook: {kind}", str(n))
+    for what, n in sorted(report.busy.items()):
+        table.add_row(f"{what} met a held job row (tried again)", str(n))
     for status, n in sorted(report.finals.items()):
         table.add_row(f"final: {status}", str(n))
     for kind, n in sorted(report.findings.items()):

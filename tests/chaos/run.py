@@ -50,6 +50,10 @@ HARNESS_ENV = {
     "JOBSYS_LOST_AFTER_S": "60",
     "JOBSYS_QUEUED_STALE_S": "10",
     "JOBSYS_CANCEL_GRACE_S": "10",
+    # The harness cancels and changes shares while workers are frozen too: a
+    # job row a frozen worker holds fails the call (JobBusy) after this long,
+    # and the harness tries again on a later tick.
+    "JOBSYS_LOCK_WAIT_S": "1",
     "JOBSYS_STRAY_GRACE_S": "5",
     "JOBSYS_RECONCILE_EVERY_S": "10",
     # A batch Redis lost is sent again after 30 s, then twice as long each
@@ -134,20 +138,19 @@ def run(
                 faults.probes.append(_with_retries(lambda: submit_probe("hooks hanging")))
             if faults.pg_up:
                 # Like a user, the harness submits and cancels only while
-                # Postgres is up (waiting here would delay its return), and
-                # cancels and changes shares only while the workers run: a
+                # Postgres is up (waiting here would delay its return). A
                 # worker frozen inside a result transaction holds its job's
-                # row, a cancel or `jobsys set` would wait for it, and the
-                # harness that must resume it with it.
+                # row: a cancel or `jobsys set` of that job fails after
+                # JOBSYS_LOCK_WAIT_S (JobBusy) and is tried again later.
                 _submit_and_cancel(mix_rng, plans, submit_at, now, started, tasks, seconds,
-                                   receivers, cancels=faults.workers_up)  # fmt: skip
+                                   receivers, report)  # fmt: skip
             faults.tick(now)
             time.sleep(0.1)
         faults.end()
         report.seconds = time.monotonic() - started
         # Jobs due during the last stall are submitted now, so every planned job runs.
         _submit_and_cancel(mix_rng, plans, submit_at, float("inf"), started, tasks, seconds,
-                           receivers)  # fmt: skip
+                           receivers, report)  # fmt: skip
 
         # Faults stop; everything runs; the reconciler also sweeps from here
         # as cron would, until all is final.
@@ -195,7 +198,7 @@ def _submit_and_cancel(
     tasks: int,
     seconds: float,
     receivers: Receivers,
-    cancels: bool = True,
+    report: Report,
 ) -> None:
     while submit_at and now - started >= submit_at[0]:
         submit_at.pop(0)
@@ -205,23 +208,39 @@ def _submit_and_cancel(
         plans.append(_with_retries(partial(submit_job, rng, j, tasks, now, seconds, hook)))
         for _ in range(TINY_PER_JOB):
             plans.append(_with_retries(partial(submit_tiny, rng, len(plans), now)))
-    if not cancels:
-        # A share change writes the job's row too: it would wait for a frozen
-        # worker's transaction as a cancel would, and hold the harness with it.
-        return
+    # One held row a tick at most: the faults' loop must go on (resume the
+    # frozen workers).
     for plan in plans:
-        if plan.reshare_at is not None and now >= plan.reshare_at:
-            _with_retries(partial(reshare, plan))
+        due = plan.reshare_at is not None and now >= plan.reshare_at
+        if due and not _unless_busy(partial(reshare, plan), report, "set"):
+            return
     for plan in plans:
-        if plan.cancel_at is not None and not plan.cancelled and now >= plan.cancel_at:
-            _with_retries(partial(jobsys.cancel, plan.job_id))
-            plan.cancelled = True
+        if plan.cancel_at is None or plan.cancelled or now < plan.cancel_at:
+            continue
+        if not _unless_busy(partial(jobsys.cancel, plan.job_id), report, "cancel"):
+            return
+        plan.cancelled = True
 
 
-def _with_retries(fn: Callable[[], T], attempts: int = 20) -> T:
+def _unless_busy(fn: Callable[[], object], report: Report, what: str) -> bool:
+    """`fn` (with retries); False if the job's row was held past
+    JOBSYS_LOCK_WAIT_S (JobBusy, counted): nothing changed, try again later."""
+    try:
+        _with_retries(fn, give_up_on=(jobsys.JobBusy,))
+    except jobsys.JobBusy:
+        report.busy[what] += 1
+        return False
+    return True
+
+
+def _with_retries(
+    fn: Callable[[], T], attempts: int = 20, give_up_on: tuple[type[Exception], ...] = ()
+) -> T:
     for i in range(attempts):
         try:
             return fn()
+        except give_up_on:
+            raise
         except Exception:
             if i == attempts - 1:
                 raise
