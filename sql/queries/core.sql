@@ -63,13 +63,16 @@ SELECT set_config('lock_timeout', %(timeout)s, true);
 
 -- name: long_transactions
 -- Sessions of this database (not this one) in a transaction begun at least
--- %(wait_s)s seconds ago, oldest first: a row a write waited that long for
--- is held by one of them (columns other roles' sessions hide come back NULL).
+-- %(wait_s)s seconds ago and not themselves waiting for a lock, oldest
+-- first: a row a write waited that long for is held by one of them (the
+-- others queued behind it wait for a lock). Columns other roles' sessions
+-- hide come back NULL.
 SELECT pid, application_name, host(client_addr) AS client, state,
        extract(epoch FROM now() - xact_start)::float8 AS xact_s
 FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid()
   AND xact_start <= now() - make_interval(secs => %(wait_s)s)
+  AND wait_event_type IS DISTINCT FROM 'Lock'
 ORDER BY xact_start
 LIMIT %(limit)s;
 
