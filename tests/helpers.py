@@ -20,6 +20,7 @@ import jobsys
 from devtools.process import wait_until_up
 from jobsys.api.items import counted_items
 from jobsys.bootstrap.start import run_bootstrap
+from jobsys.dramatiq.broker import setup_broker
 from jobsys.nats.admin import delete_streams, namespace_stream
 from jobsys.nats.bridge import bridge
 from jobsys.nats.connect import connect
@@ -255,3 +256,20 @@ def lock_waiters() -> int:
             "WHERE datname = current_database() AND wait_event_type = 'Lock'"
         ).fetchone()
     return int(row["n"]) if row else 0
+
+
+def take_sent(queue: str, actor_name: str, *, wait_s: float = 0.5) -> list[Any]:
+    """Take (fetch and ack) every message waiting on a Dramatiq queue of this test's
+    namespace; those for `actor_name`, oldest first (as a worker would get them;
+    the tests that use this run no worker)."""
+    broker = setup_broker()
+    consumer = broker.consume(queue, prefetch=100, timeout=int(wait_s * 1000))
+    taken: list[Any] = []
+    try:
+        while (message := next(consumer)) is not None:
+            consumer.ack(message)
+            if message.actor_name == actor_name:
+                taken.append(message)
+    finally:
+        consumer.close()
+    return taken

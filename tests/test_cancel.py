@@ -12,10 +12,13 @@ import pytest
 from click.testing import CliRunner
 
 import jobsys
+from jobsys.api import cancel as cancel_module
+from jobsys.api.cancel import INLINE_REVOKE_CHUNKS
 from jobsys.api.items import counted_items
 from jobsys.api.read import wait_until_final
 from jobsys.bootstrap.start import run_bootstrap
 from jobsys.cli.main import main as cli
+from jobsys.dramatiq.messages import QUEUE_OF, TEARDOWN_JOB
 from jobsys.lifecycle import revoke as revoke_module
 from jobsys.lifecycle.revoke import BEFORE_FIRST_TASK, revoke
 from jobsys.lifecycle.states import Status, transition
@@ -23,6 +26,7 @@ from jobsys.lifecycle.teardown import run_teardown
 from jobsys.ops.runner import LocalSystem
 from jobsys.pg.db import connect_direct, connection
 from jobsys.pg.queries import Q
+from jobsys.settings import reset_settings
 from jobsys.worker.actors import process_results, teardown_job
 from tests.helpers import (
     assert_counters_match_ledger,
@@ -34,6 +38,7 @@ from tests.helpers import (
     pull_results,
     status_events,
     stream_exists,
+    take_sent,
 )
 
 
@@ -249,6 +254,63 @@ def test_a_revoke_whose_chunk_reached_the_last_task_ends_revoked_past_its_deadli
     view = jobsys.get_job(job_id)
     assert (view.status, view.cancelled) == ("revoked", 60)
     assert_counters_match_ledger(job_id)
+
+
+def test_the_teardown_a_cancel_sends_goes_on_past_the_chunks_the_cancel_did(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A clock that moves 0.1 s per look (the cancel's and the revoke's only):
+    # the cancel's own revoke runs out of time after its first chunks.
+    monkeypatch.setenv("JOBSYS_CANCEL_CHUNK_ROWS", "10")
+    reset_settings()
+    tasks = INLINE_REVOKE_CHUNKS * 10  # not more, or the cancel would not start
+    job_id = make_started_job(tasks)
+    ticks = iter(range(10_000))
+    clock = types.SimpleNamespace(monotonic=lambda: next(ticks) / 10)
+    monkeypatch.setattr(revoke_module, "time", clock)
+    monkeypatch.setattr(cancel_module, "time", clock)
+    starts: list[int] = []
+    real_chunk = revoke_module._cancel_chunk
+
+    def chunk(job: int, after: int, rows: int, until: float | None) -> Any:
+        starts.append(after)
+        return real_chunk(job, after, rows, until)
+
+    monkeypatch.setattr(revoke_module, "_cancel_chunk", chunk)
+    assert jobsys.cancel(job_id).status == "canceling"
+    by_cancel = list(starts)
+    (sent,) = [m for m in take_sent(QUEUE_OF[TEARDOWN_JOB], TEARDOWN_JOB) if m.args[0] == job_id]
+    _, reached = sent.args
+    assert by_cancel[0] == BEFORE_FIRST_TASK and reached > BEFORE_FIRST_TASK, (by_cancel, reached)
+    view = jobsys.get_job(job_id)
+    assert view.cancelled == reached + 1  # every task up to the one reached, no more
+    starts.clear()
+    teardown_job.fn(*sent.args)
+    assert starts[0] == reached, starts  # not from the first task again
+    view = jobsys.get_job(job_id)
+    assert (view.status, view.cancelled) == ("revoked", tasks)
+    assert_counters_match_ledger(job_id)
+    monkeypatch.undo()
+    reset_settings()
+
+
+def test_a_cancel_leaves_a_job_of_many_chunks_pending_to_the_teardown_actor_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("JOBSYS_CANCEL_CHUNK_ROWS", "10")
+    reset_settings()
+    tasks = INLINE_REVOKE_CHUNKS * 10 + 1
+    job_id = make_started_job(tasks)
+    assert jobsys.cancel(job_id).status == "canceling"
+    view = jobsys.get_job(job_id)
+    assert view.cancelled == 0 and not stream_exists(job_id)  # its work stopped all the same
+    (sent,) = [m for m in take_sent(QUEUE_OF[TEARDOWN_JOB], TEARDOWN_JOB) if m.args[0] == job_id]
+    teardown_job.fn(*sent.args)
+    view = jobsys.get_job(job_id)
+    assert (view.status, view.cancelled) == ("revoked", tasks)
+    assert_counters_match_ledger(job_id)
+    monkeypatch.undo()
+    reset_settings()
 
 
 # -- the CLI ------------------------------------------------------------------

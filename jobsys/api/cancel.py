@@ -20,19 +20,22 @@ from dataclasses import dataclass
 
 from jobsys.api.read import get_job
 from jobsys.dramatiq.messages import send_teardown
-from jobsys.lifecycle.revoke import revoke
+from jobsys.lifecycle.revoke import revoke_until
 from jobsys.lifecycle.states import CANCELABLE, Status, transition
 from jobsys.lifecycle.teardown import run_teardown
 from jobsys.pg.db import connection
 from jobsys.pg.events import actor, record_event
 from jobsys.pg.waits import bounded_row_wait, limit_lock_wait
+from jobsys.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 # How long `cancel` itself cancels pending tasks before it leaves the rest to
-# the teardown actor (a person waits for this call). Not shorter: the actor's
-# revoke reads again the spans this one already cancelled.
-INLINE_REVOKE_S = 0.5
+# the teardown actor (a person waits for this call); the actor goes on from
+# the chunk this one reached. A job with more than INLINE_REVOKE_CHUNKS
+# chunks pending is left to the actor at once.
+INLINE_REVOKE_S = 0.25
+INLINE_REVOKE_CHUNKS = 5
 
 
 @dataclass(frozen=True)
@@ -63,19 +66,29 @@ def cancel(job_id: int, *, by: Mapping[str, str] | None = None) -> CancelResult:
         if job.status == Status.CANCELING:
             # An earlier cancel whose teardown failed (or is running now):
             # teardown is idempotent, so finishing it here is harmless.
-            _teardown(job_id)
+            _teardown(job_id, job.total - job.done - job.failed - job.lost - job.cancelled)
             job = get_job(job_id)
         return CancelResult(job_id, job.status, False)
-    _teardown(job_id)
+    pending = moved.total - moved.done - moved.failed - moved.lost - moved.cancelled
+    _teardown(job_id, pending)
     return CancelResult(job_id, get_job(job_id).status, True)
 
 
-def _teardown(job_id: int) -> None:
-    """Delete the stream, then revoke; on failure, leave both to the teardown actor."""
+def _teardown(job_id: int, pending: int) -> None:
+    """Delete the stream, then revoke (a job with more than INLINE_REVOKE_CHUNKS
+    chunks pending: in the teardown actor); on failure, leave both to the
+    teardown actor."""
     try:
         run_teardown(job_id, reason="cancel")
-        if revoke(job_id, "cancel", until=time.monotonic() + INLINE_REVOKE_S) == Status.CANCELING:
+        if pending > INLINE_REVOKE_CHUNKS * get_settings().cancel_chunk_rows:
+            # Its work stopped with the stream: the person need not wait
+            # for a revoke that would not end in time anyway.
             send_teardown(job_id)
+            return
+        status, after = revoke_until(job_id, "cancel", until=time.monotonic() + INLINE_REVOKE_S)
+        if status == Status.CANCELING:
+            # The teardown actor goes on past the chunks done here.
+            send_teardown(job_id, revoke_after=after)
     except Exception as exc:
         log.warning("inline teardown failed", extra={"job_id": job_id, "error": repr(exc)})
         try:

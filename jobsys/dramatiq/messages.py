@@ -63,9 +63,13 @@ def send_bootstrap(job_id: int) -> None:
     send(BOOTSTRAP_JOB, job_id)
 
 
-def send_teardown(job_id: int) -> None:
-    """Ask a worker to tear `job_id` down (delete its stream; finish a cancel)."""
-    send(TEARDOWN_JOB, job_id)
+def send_teardown(job_id: int, revoke_after: int | None = None) -> None:
+    """Ask a worker to tear `job_id` down (delete its stream; finish a cancel, its
+    revoke going on past task `revoke_after` when an earlier one got that far)."""
+    if revoke_after is None:
+        send(TEARDOWN_JOB, job_id)
+    else:
+        send(TEARDOWN_JOB, job_id, revoke_after)
 
 
 def send_results(job_id: int, items: list[dict[str, Any]], notify: str) -> None:

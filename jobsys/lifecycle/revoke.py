@@ -40,36 +40,48 @@ class CountMismatch(RuntimeError):
     """A chunk moved tasks of a job no longer canceling (must never commit)."""
 
 
-def revoke(job_id: int, reason: str, *, until: float | None = None) -> Status | None:
-    """canceling -> revoked with every pending task cancelled, in chunks.
+def revoke(
+    job_id: int, reason: str, *, until: float | None = None, after: int = BEFORE_FIRST_TASK
+) -> Status | None:
+    """canceling -> revoked with every pending task cancelled, in chunks of the task
+    numbers past `after` (an earlier revoke cancelled those up to it; the last
+    transaction sweeps the whole job all the same).
 
     Returns REVOKED when done, CANCELING if `until` (a `time.monotonic()`
     deadline) came first (the caller hands the rest to the teardown actor),
     None if the job was not canceling.
     """
+    return revoke_until(job_id, reason, until=until, after=after)[0]
+
+
+def revoke_until(
+    job_id: int, reason: str, *, until: float | None, after: int = BEFORE_FIRST_TASK
+) -> tuple[Status | None, int]:
+    """`revoke`, and the task number its chunks reached: when the deadline came
+    first (CANCELING), the next revoke may start after it."""
     rows = get_settings().cancel_chunk_rows
-    after: int | None = BEFORE_FIRST_TASK
     cancelled = 0
-    while after is not None:
+    while True:
         if until is not None and time.monotonic() >= until:
             log.info("revoke continues elsewhere", extra={"job_id": job_id, "cancelled": cancelled})
-            return Status.CANCELING
+            return Status.CANCELING, after
         try:
             chunk = _cancel_chunk(job_id, after, rows, until)
         except LockNotAvailable:
             # A person waits on this revoke: a row held past its deadline (a
             # frozen holder) leaves the rest to the teardown actor.
             log.info("revoke continues elsewhere: job row held", extra={"job_id": job_id})
-            return Status.CANCELING
+            return Status.CANCELING, after
         if chunk is None:
-            return None
+            return None, after
         cancelled += chunk["cancelled"]
         last = chunk["last"]
         # Task numbers run 0 to total - 1 without gaps: a span that ended
         # short of `rows` numbers reached the last task, and nothing is left
         # to wait for (nor a statement to spend on finding nothing).
-        after = last if last is not None and last >= after + rows else None
-    return _revoked(job_id, reason, cancelled)
+        if last is None or last < after + rows:
+            return _revoked(job_id, reason, cancelled), after
+        after = last
 
 
 def _cancel_chunk(job_id: int, after: int, rows: int, until: float | None) -> dict[str, Any] | None:

@@ -23,10 +23,10 @@ from jobsys.dramatiq import messages
 from jobsys.dramatiq.broker import setup_broker
 from jobsys.hooks.deliver import deliver
 from jobsys.lifecycle.finalize import send_teardown_or_leave, teardowns_deferred
-from jobsys.lifecycle.revoke import revoke
+from jobsys.lifecycle.revoke import BEFORE_FIRST_TASK, revoke
 from jobsys.lifecycle.states import Status
 from jobsys.lifecycle.teardown import run_teardown
-from jobsys.models import PG_BIGINT_MAX, RETRY_NOTES, ResultBatch, describe_error
+from jobsys.models import PG_BIGINT_MAX, PG_INT_MAX, RETRY_NOTES, ResultBatch, describe_error
 from jobsys.nats.acks import ack_current_replies
 from jobsys.nats.admin import delete_job_stream
 from jobsys.nats.bridge import bridge, lookup_tasks
@@ -230,11 +230,20 @@ def note_retries(job_id: Any, notes: Any) -> None:
     actor_name=messages.TEARDOWN_JOB, queue_name=messages.QUEUE_OF[messages.TEARDOWN_JOB],
     max_retries=50, min_backoff=500, max_backoff=30_000,
 )  # fmt: skip
-def teardown_job(job_id: int) -> None:
-    """Delete a final or canceling job's stream; finish a cancel (revoked)."""
+def teardown_job(job_id: int, revoke_after: Any = None) -> None:
+    """Delete a final or canceling job's stream; finish a cancel (revoked), past the
+    chunks an earlier revoke did (`revoke_after`, from the cancel that sent this)."""
     run_teardown(job_id)
     if get_job(job_id).status == Status.CANCELING:
-        revoke(job_id, "teardown")
+        revoke(job_id, "teardown", after=_task_no(revoke_after))
+
+
+def _task_no(value: Any) -> int:
+    # Only a task number the ledger could hold; anything else starts at the
+    # first task (the whole job is swept at the end all the same).
+    if type(value) is int and BEFORE_FIRST_TASK <= value <= PG_INT_MAX:
+        return value
+    return BEFORE_FIRST_TASK
 
 
 @dramatiq.actor(
