@@ -15,7 +15,7 @@ import pytest
 
 import jobsys
 from jobsys.api import items
-from jobsys.api.submit import ONE_STATEMENT_ITEMS
+from jobsys.api.submit import ONE_STATEMENT_BYTES, ONE_STATEMENT_ITEMS
 from jobsys.bootstrap.start import run_bootstrap
 from jobsys.pg.db import connection
 from jobsys.pg.locks import Lock, job_lock
@@ -104,6 +104,13 @@ def test_a_small_jobs_submit_and_bootstrap_take_few_statements(
         COPY_SUBMIT_STATEMENTS, COPY_SUBMIT_TRANSACTIONS
     ), counts  # fmt: skip
     jobsys.cancel(big.id)
+    counts.clear()
+    wide = jobsys.submit("echo", [{"s": "x" * (ONE_STATEMENT_BYTES // 2)} for _ in range(2)])
+    assert (counts["statements"], counts["transactions"]) == (
+        COPY_SUBMIT_STATEMENTS, COPY_SUBMIT_TRANSACTIONS
+    ), counts  # fmt: skip
+    assert jobsys.get_job(wide.id).total == 2
+    jobsys.cancel(wide.id)
     counts.clear()
     assert run_bootstrap(job.id) == "published"
     assert (counts["statements"], counts["transactions"]) == (

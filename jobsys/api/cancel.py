@@ -66,11 +66,10 @@ def cancel(job_id: int, *, by: Mapping[str, str] | None = None) -> CancelResult:
         if job.status == Status.CANCELING:
             # An earlier cancel whose teardown failed (or is running now):
             # teardown is idempotent, so finishing it here is harmless.
-            _teardown(job_id, job.total - job.done - job.failed - job.lost - job.cancelled)
+            _teardown(job_id, job.pending)
             job = get_job(job_id)
         return CancelResult(job_id, job.status, False)
-    pending = moved.total - moved.done - moved.failed - moved.lost - moved.cancelled
-    _teardown(job_id, pending)
+    _teardown(job_id, moved.pending)
     return CancelResult(job_id, get_job(job_id).status, True)
 
 

@@ -35,10 +35,11 @@ log = logging.getLogger(__name__)
 
 # How often (in tasks) a large submit reports progress.
 _PROGRESS_EVERY = 10_000
-# A list of at most this many items, of at most this many bytes in all, is
-# written in one statement (job row, tasks, event): a small job's submit is
-# one round trip. More, or items read as they come (a file, a generator), go
-# through COPY in a transaction.
+# A list of at most this many items, of at most this many bytes in all
+# (counted as characters of their JSON texts), is written in one statement
+# (job row, tasks, event): a small job's submit is one round trip. More, or
+# items read as they come (a file, a generator), go through COPY in a
+# transaction.
 ONE_STATEMENT_ITEMS = 1_000
 ONE_STATEMENT_BYTES = 1 << 20
 
@@ -198,13 +199,15 @@ def submit(
         "failure_threshold": opts.failure_threshold,
         **actor(by),
     }
-    listed = _small_list(source, limit)
-    if listed is not None:
+    listed = _checked_list(source, limit)
+    if listed is not None and sum(len(t) for t in listed) <= ONE_STATEMENT_BYTES:
         job_id = _insert_with_tasks(row, hook, listed, submitted)
         if on_progress is not None:
             on_progress(len(listed))
         enqueue_bootstrap(job_id)
         return Job(job_id)
+    if listed is not None:
+        source = listed  # checked already (checked_items passes them through)
     with connection() as conn, conn.transaction():
         job = conn.execute(Q.insert_job, {**row, "total": 0}).fetchone()
         assert job is not None
@@ -228,14 +231,12 @@ def submit(
     return Job(job_id)
 
 
-def _small_list(source: Iterable[object], limit: ItemLimit) -> list[ItemText] | None:
-    """A list or tuple of items small enough for one statement, checked; None for
-    anything else (it goes through COPY: a list that turned out too many bytes
-    is checked again there, cheaply, as items of this module)."""
+def _checked_list(source: Iterable[object], limit: ItemLimit) -> list[ItemText] | None:
+    """The items of a list or tuple of at most ONE_STATEMENT_ITEMS, checked; None
+    for anything else (checked as they are copied)."""
     if not isinstance(source, list | tuple) or len(source) > ONE_STATEMENT_ITEMS:
         return None
-    texts = list(checked_items(source, limit))
-    return texts if sum(len(t) for t in texts) <= ONE_STATEMENT_BYTES else None
+    return list(checked_items(source, limit))
 
 
 def _insert_with_tasks(

@@ -60,6 +60,11 @@ class Moved:
     # The job has a completion hook (its delivery was just written to the outbox).
     has_hook: bool = False
 
+    @property
+    def pending(self) -> int:
+        """Tasks not settled yet."""
+        return self.total - self.done - self.failed - self.lost - self.cancelled
+
 
 def transition(
     conn: Conn,
