@@ -17,10 +17,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import jobsys
 from jobsys.ops.runner import LocalSystem
-from jobsys.pg.db import connection
-from tests.helpers import assert_counters_match_ledger
+from jobsys.pg.db import connect_direct, connection
+from jobsys.settings import reset_settings
+from tests.helpers import assert_counters_match_ledger, make_started_job
 
 # The wait the commands are given here; a hang is caught long after it.
 LOCK_WAIT_S = 1.0
@@ -36,16 +39,17 @@ def _jobsys(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def _backend_of(pid: int) -> int:
-    """The Postgres session the worker process `pid` holds open in a transaction."""
+def _holder_of(job_id: int) -> tuple[int, str]:
+    """The Postgres session whose open transaction wrote the job's row (the row's
+    xmax is its transaction id), and its name."""
     with connection() as conn:
         rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND state = 'idle in transaction' AND application_name = %(name)s",
-            {"name": f"jobsys worker {pid}"},
+            "SELECT a.pid, a.application_name FROM jobs j, pg_stat_activity a "
+            "WHERE j.id = %(id)s AND a.backend_xid = j.xmax",
+            {"id": job_id},
         ).fetchall()
     assert len(rows) == 1, rows
-    return int(rows[0]["pid"])
+    return int(rows[0]["pid"]), rows[0]["application_name"]
 
 
 def test_cancel_and_set_of_a_job_a_frozen_worker_holds_fail_fast_naming_the_holder(
@@ -62,7 +66,9 @@ def test_cancel_and_set_of_a_job_a_frozen_worker_holds_fail_fast_naming_the_hold
         frozen = system.workers[0]
         assert int(marker.read_text()) == frozen.pid
         os.kill(frozen.pid, signal.SIGSTOP)
-        holder = _backend_of(frozen.pid)
+        holder, name = _holder_of(job.id)
+        # The frozen worker's session (it may have others open, in other threads).
+        assert name == f"jobsys worker {frozen.pid}"
 
         for args in (["cancel", str(job.id)], ["set", str(job.id), "--priority", "3"]):
             started = time.monotonic()
@@ -90,3 +96,26 @@ def test_cancel_and_set_of_a_job_a_frozen_worker_holds_fail_fast_naming_the_hold
             assert time.monotonic() < end, jobsys.get_job(job.id)
             time.sleep(0.1)
     assert_counters_match_ledger(job.id)
+
+
+def test_a_row_locked_by_another_session_is_named_by_its_pid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job_id = make_started_job(3)
+    monkeypatch.setenv("JOBSYS_LOCK_WAIT_S", str(LOCK_WAIT_S))
+    reset_settings()
+    with connect_direct(autocommit=False) as other:
+        # An operator's psql, say: SELECT ... FOR UPDATE, then nothing.
+        other.execute("SELECT id FROM jobs WHERE id = %(id)s FOR UPDATE", {"id": job_id})
+        pid = other.info.backend_pid
+        with pytest.raises(jobsys.JobBusy) as busy:
+            jobsys.cancel(job_id)
+        with pytest.raises(jobsys.JobBusy):
+            jobsys.set_share(job_id, weight=2)
+        other.rollback()
+    assert f"it may be held by pid {pid} (" in str(busy.value)
+    assert f"pg_terminate_backend({pid})" in str(busy.value)
+    assert jobsys.get_job(job_id).status == "started"
+    monkeypatch.undo()
+    reset_settings()
+    assert jobsys.cancel(job_id).status == "revoked"

@@ -163,3 +163,10 @@ def test_a_small_list_is_written_in_one_statement_as_copy_would_write_it(count: 
     assert len(_written(one.id)["tasks"]) == count + 1
     for job in (one, copied):
         jobsys.cancel(job.id)
+
+
+def test_an_empty_list_is_a_job_of_no_tasks_that_ends_at_once() -> None:
+    job = jobsys.submit("echo", [])
+    assert (jobsys.get_job(job.id).total, jobsys.get_job(job.id).status) == (0, "queued")
+    assert run_bootstrap(job.id) == "empty"
+    assert jobsys.get_job(job.id).status == "success"

@@ -40,15 +40,18 @@ def bounded_row_wait(job_id: int) -> Iterator[float]:
     try:
         yield wait
     except psycopg.errors.LockNotAvailable:
-        raise JobBusy(job_id, wait, _holders(wait)) from None
+        raise JobBusy(job_id, wait, _holders(job_id, wait)) from None
 
 
-def _holders(wait_s: float) -> list[tuple[int, str]]:
-    """The sessions in a transaction at least `wait_s` old: (pid, a line on it)."""
+def _holders(job_id: int, wait_s: float) -> list[tuple[int, str]]:
+    """The session holding the job's row, if Postgres can tell; else those in a
+    transaction at least `wait_s` old: (pid, a line on it) each."""
     with connection() as conn:
-        rows = conn.execute(
-            Q.long_transactions, {"wait_s": wait_s, "limit": MAX_HOLDERS_SHOWN}
-        ).fetchall()
+        rows = conn.execute(Q.row_holders, {"job_id": job_id}).fetchall()
+        if not rows:
+            rows = conn.execute(
+                Q.long_transactions, {"wait_s": wait_s, "limit": MAX_HOLDERS_SHOWN}
+            ).fetchall()
     return [
         (
             r["pid"],

@@ -61,6 +61,16 @@ FROM moved;
 -- How long this transaction's writes wait for a row another holds (jobsys.pg.waits).
 SELECT set_config('lock_timeout', %(timeout)s, true);
 
+-- name: row_holders
+-- The session whose transaction holds a job's row: its xmax is that
+-- transaction's id while it holds the row (by a write or a row lock). None
+-- when several lock it at once (xmax is then a multixact).
+SELECT a.pid, a.application_name, host(a.client_addr) AS client, a.state,
+       extract(epoch FROM now() - a.xact_start)::float8 AS xact_s
+FROM jobs j
+JOIN pg_stat_activity a ON a.backend_xid = j.xmax
+WHERE j.id = %(job_id)s AND a.pid <> pg_backend_pid();
+
 -- name: long_transactions
 -- Sessions of this database (not this one) in a transaction begun at least
 -- %(wait_s)s seconds ago and not themselves waiting for a lock, oldest
