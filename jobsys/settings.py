@@ -202,6 +202,12 @@ class Settings(BaseSettings):
     # another session holds before it gives up and names the holder
     # (jobsys.pg.waits): a worker frozen mid-transaction holds it for good.
     lock_wait_s: float = Field(default=10.0, gt=0, le=3_600)
+    # A session left idle inside a transaction this long is ended by Postgres
+    # (jobsys.pg.db): its process is frozen (a paused VM, SIGSTOP, a
+    # debugger), and the rows it holds would stall their job for as long.
+    # Every such transaction is a few statements with nothing slow between
+    # them; what it was writing is retried by its sender. 0: never.
+    idle_transaction_s: float = Field(default=60.0, ge=0, le=86_400)
     # A final job's stream is its teardown's to delete for this long; after
     # that the reconciler deletes it as a stray (a teardown lost with Redis).
     stray_grace_s: float = Field(default=30.0, ge=0)

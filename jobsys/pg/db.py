@@ -83,6 +83,27 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.row_factory = dict_row
 
 
+def _configure_main(conn: psycopg.Connection[Any]) -> None:
+    """A main-pool session: `_configure`, and ended by Postgres if left idle inside
+    a transaction for JOBSYS_IDLE_TRANSACTION_S.
+
+    A process frozen mid-transaction (a paused VM, SIGSTOP, a debugger) holds
+    its rows for as long as it stays frozen: a result batch's job never
+    becomes final, and every worker that takes the batch again waits on the
+    rows with a thread (tests/test_frozen_worker.py). Ended, the session's
+    transaction rolls back and its sender retries it. Set per session, once
+    (a setting in the connection string would not pass PgBouncer); the lock
+    pool's transactions stay open by design and are exempt
+    (jobsys.pg.locks, `try_xact_lock`).
+    """
+    _configure(conn)
+    idle_s = get_settings().idle_transaction_s
+    conn.execute(
+        "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+        (f"{round(idle_s * 1000)}ms",),
+    )
+
+
 def set_application_role(role: str) -> None:
     """Name this process's sessions after what it is (the CLI: its command), for
     connections made from now on (see `connect_kwargs`)."""
@@ -136,7 +157,7 @@ def get_pool(purpose: str = "main") -> ConnectionPool:
                 settings.database_url,
                 min_size=1,
                 max_size=size,
-                configure=_configure,
+                configure=_configure if purpose == "locks" else _configure_main,
                 # A Postgres restart leaves dead connections in the pool;
                 # check each one idle for a while before handing it out.
                 check=_check,

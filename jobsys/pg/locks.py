@@ -43,9 +43,16 @@ def lock_name(kind: Lock, job_id: int) -> str:
 
 
 def try_xact_lock(conn: Conn, name: str) -> bool:
-    """Take the lock `name` until the end of the current transaction, if free."""
+    """Take the lock `name` until the end of the current transaction, if free.
+
+    The transaction idles while its holder works (a fill publishes for
+    minutes): no idle-in-transaction limit applies to it, whatever the
+    session had (behind a transaction-pooling proxy it may be a session the
+    main pool set one on, jobsys.pg.db)."""
     row = conn.execute(
-        "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0)) AS ok", (name,)
+        "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0)) AS ok, "
+        "set_config('idle_in_transaction_session_timeout', '0', true)",
+        (name,),
     ).fetchone()
     return bool(row and row["ok"])
 

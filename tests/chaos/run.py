@@ -54,6 +54,10 @@ HARNESS_ENV = {
     # job row a frozen worker holds fails the call (JobBusy) after this long,
     # and the harness tries again on a later tick.
     "JOBSYS_LOCK_WAIT_S": "1",
+    # A worker frozen inside a transaction has that session ended by Postgres
+    # after this long: well within a `stop_workers` outage, so every outage
+    # wakes workers whose transactions were rolled back under them.
+    "JOBSYS_IDLE_TRANSACTION_S": "3",
     "JOBSYS_STRAY_GRACE_S": "5",
     "JOBSYS_RECONCILE_EVERY_S": "10",
     # A batch Redis lost is sent again after 30 s, then twice as long each

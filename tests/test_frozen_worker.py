@@ -1,0 +1,79 @@
+"""A worker frozen in the middle of recording a result batch does not stall its job.
+
+Regression: a worker frozen inside its result transaction (a paused VM,
+SIGSTOP, a debugger) kept the job's rows locked for as long as it stayed
+frozen. The processor sent the batch again (JOBSYS_RESULT_RESEND_S), another
+worker took it and waited on those rows with no end: the job never became
+final, and every resend held one more of that worker's threads. Postgres now
+ends a session left idle inside a transaction for JOBSYS_IDLE_TRANSACTION_S,
+so the rows are free again and the batch is recorded, once, by the worker
+that is alive.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import jobsys
+from jobsys.ops.runner import LocalSystem
+from jobsys.pg.db import connection
+from tests.helpers import assert_counters_match_ledger
+
+TASKS = 5
+IDLE_TRANSACTION_S = "2"
+RESEND_S = "1"
+# How long the job may take once the frozen session is ended: far above what
+# it needs (a few seconds), far below a frozen worker's "for ever".
+FINAL_WITHIN_S = 90
+PAUSE_WITHIN_S = 120
+
+
+def test_a_job_a_frozen_worker_holds_is_finished_by_another_worker(tmp_path: Path) -> None:
+    marker = tmp_path / "paused"
+    env = {
+        "JOBSYS_PAUSE_AT": "in_results_transaction",
+        "JOBSYS_PAUSE_FILE": str(marker),
+        "JOBSYS_IDLE_TRANSACTION_S": IDLE_TRANSACTION_S,
+        "JOBSYS_RESULT_RESEND_S": RESEND_S,
+    }
+    with LocalSystem(workers=1, processors=1, log_dir=tmp_path, env=env) as system:
+        job = jobsys.submit("echo", [{"i": i} for i in range(TASKS)])
+        end = time.monotonic() + PAUSE_WITHIN_S
+        while not marker.exists():
+            assert time.monotonic() < end, "the worker never reached the pause point"
+            time.sleep(0.1)
+        frozen = system.workers[0]
+        assert int(marker.read_text()) == frozen.pid
+        os.kill(frozen.pid, signal.SIGSTOP)
+        try:
+            # A second worker, one that does not pause, takes the resent batch.
+            del system.env["JOBSYS_PAUSE_AT"]
+            system.start_worker()
+            end = time.monotonic() + FINAL_WITHIN_S
+            while (view := jobsys.get_job(job.id)).status == "started":
+                assert time.monotonic() < end, (
+                    f"job still {view.status} {FINAL_WITHIN_S} s after its worker froze: "
+                    "the frozen worker's transaction holds its rows"
+                )
+                time.sleep(0.2)
+            assert (view.status, view.done) == ("success", TASKS)
+            assert_counters_match_ledger(job.id)
+            # Postgres ended the frozen worker's session inside its transaction;
+            # its other sessions (idle, no transaction) may stay.
+            with connection() as conn:
+                row = conn.execute(
+                    "SELECT count(*) AS n FROM pg_stat_activity "
+                    "WHERE application_name = %(name)s AND state LIKE 'idle in transaction%%'",
+                    {"name": f"jobsys worker {frozen.pid}"},
+                ).fetchone()
+            assert row is not None and row["n"] == 0
+        finally:
+            os.kill(frozen.pid, signal.SIGKILL)
+        frozen.wait()
+        system.workers.remove(frozen)
+    view = jobsys.get_job(job.id)
+    assert (view.status, view.done, view.failed) == ("success", TASKS, 0)
+    assert_counters_match_ledger(job.id)
