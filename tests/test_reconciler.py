@@ -45,6 +45,7 @@ from jobsys.reconciler import (
     mark_lost,
     reconcile_pass,
 )
+from jobsys.reconciler import lost as lost_module
 from jobsys.reconciler.observe import look_at_job, read_job
 from jobsys.reconciler.restream import consumer_stale
 from jobsys.reconciler.state import Seen
@@ -240,6 +241,58 @@ def test_a_task_lost_from_an_advisory_records_how_many_times_nats_delivered_it()
         ).fetchall()
     assert [(r["status"], r["deliveries"]) for r in rows] == [("lost", 2 + DELIVERY_SLACK)] * 3
     assert all(r["error"] == "delivered max_deliver times" for r in rows)
+
+
+def test_exhausted_tasks_whose_advisories_a_pass_could_not_read_are_not_lost_by_the_idle_rule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The chaos suite: 18,000 advisories in one job's stream took longer to
+    # read than the pass allowed (TimeoutError), and in the same pass the
+    # idle rule marked the exhausted tasks lost without their delivery counts
+    # ("lost after 0 deliveries"). Here the first reads fail the same way.
+    real = lost_module.read_exhausted
+    failed = []
+
+    async def slow_read(js: Any, job_id: int, names: JobNames, limit: int) -> Any:
+        if len(failed) < 2:
+            failed.append(job_id)
+            raise TimeoutError
+        return await real(js, job_id, names, limit)
+
+    monkeypatch.setattr(lost_module, "read_exhausted", slow_read)
+    job_id = make_started_job(3, max_deliver=2)
+    assert give_back_until_exhausted(job_id, max_deliver=2) == 3 * (2 + DELIVERY_SLACK)
+    time.sleep(0.3)  # idle past lost_after_s
+
+    found = passes_until(lambda: status(job_id) == "failure", fast())
+
+    mine = [(f.kind, f.action) for f in found if f.job_id == job_id and f.action != "none"]
+    assert mine[:2] == [("tasks_exhausted", "error")] * 2
+    assert ("idle_lost", "marked_lost") not in mine
+    with connection() as conn:
+        rows = conn.execute(
+            "SELECT status, deliveries, error FROM job_tasks WHERE job_id = %s", (job_id,)
+        ).fetchall()
+    assert [(r["status"], r["deliveries"]) for r in rows] == [("lost", 2 + DELIVERY_SLACK)] * 3
+    assert_counters_match_ledger(job_id)
+
+
+def test_a_pass_counts_the_advisories_it_could_read_in_its_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A pass reads a job's advisories for READ_BUDGET_S at most and counts
+    # those it read: no backlog is too long for a pass to make progress on.
+    monkeypatch.setattr(lost_module, "READ_BUDGET_S", 0.0)
+    job_id = make_started_job(3, max_deliver=2)
+    assert give_back_until_exhausted(job_id, max_deliver=2) == 3 * (2 + DELIVERY_SLACK)
+
+    found = passes_until(lambda: status(job_id) == "failure", fast(lost_after_s=3600))
+
+    mine = [f for f in found if f.job_id == job_id and f.kind == "tasks_exhausted"]
+    moved = [f.detail["moved"] for f in mine if f.action == "marked_lost"]
+    assert moved == [1, 1, 1]  # one advisory a pass
+    assert ledger(job_id)["lost"] == 3
+    assert_counters_match_ledger(job_id)
 
 
 # -- idle_lost and waiting -------------------------------------------------------------

@@ -62,6 +62,11 @@ def _started(job: JobState, nats: NatsView, limits: Thresholds) -> list[Kind]:
     if published_all and job.pending > 0 and job.idle_s >= limits.lost_after_s:
         if nats.consumer_stale:
             kinds.append(Kind.CONSUMER_STALE)
+        elif nats.nothing_to_deliver and nats.advisories:
+            # Exhausted tasks whose advisories are not all counted yet: the
+            # idle rule would mark them lost without how often NATS delivered
+            # them. TASKS_EXHAUSTED (above) counts them, a pass at a time.
+            pass
         else:
             kinds.append(Kind.IDLE_LOST if nats.nothing_to_deliver else Kind.WAITING)
     return kinds

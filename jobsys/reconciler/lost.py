@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
 from jobsys.lifecycle.blocked import WAITING_FOR_RETRY, blocked_reason, waits_for_retry
@@ -36,6 +38,11 @@ log = logging.getLogger(__name__)
 
 # Advisories handled per job per pass (the rest wait for the next pass).
 MAX_ADVISORIES_PER_PASS = 5_000
+# How long a pass reads one job's advisories (two lookups each) before it
+# counts those it has: well within NATS_TIMEOUT_S, so a backlog too long to
+# read at once (18,000 in a chaos run, under load) is counted in parts
+# instead of timing the whole read out pass after pass.
+READ_BUDGET_S = 20.0
 
 
 def mark_lost(
@@ -79,35 +86,60 @@ class Exhausted:
 async def read_exhausted(
     js: JetStreamContext, job_id: int, names: JobNames, limit: int = MAX_ADVISORIES_PER_PASS
 ) -> Exhausted:
-    """Tasks whose message exhausted max_deliver, from the advisories in the job's stream.
+    """Tasks whose message exhausted max_deliver, from the advisories in the job's stream:
+    at most `limit`, and those read within READ_BUDGET_S (at least one).
 
     An advisory whose task message is gone (acked late, so its result was
-    committed) names no task.
+    committed) names no task. A lookup that fails after some advisories were
+    read ends the read with those (the rest wait for the next pass); one
+    that fails first is raised.
     """
     out = Exhausted()
-    task_nos, done_with = out.task_nos, out.done_with
     seq = 1
-    while len(task_nos) < limit:
+    until = time.monotonic() + READ_BUDGET_S
+    while len(out.task_nos) < limit and (not out.done_with or time.monotonic() < until):
         try:
-            adv = await js.get_msg(names.stream, seq, subject=names.max_deliveries, next=True)
-        except NotFoundError:
+            found = await _next_advisory(js, names, seq)
+        except Exception as exc:
+            if not out.done_with:
+                raise
+            log.warning("advisories read in part", extra={"job_id": job_id, "error": repr(exc),
+                                                          "read": len(out.done_with)})  # fmt: skip
             break
-        assert adv.seq is not None
-        seq = adv.seq + 1
-        done_with.append(adv.seq)
-        try:
-            advisory = json.loads(adv.data or b"{}")
-            stream_seq = int(advisory["stream_seq"])
-            delivered = int(advisory.get("deliveries") or 0)
-            task_msg = await js.get_msg(names.stream, stream_seq)
-        except (NotFoundError, KeyError, ValueError, TypeError, AttributeError):
+        if found is None:
+            break
+        adv_seq, delivered, task_msg = found
+        seq = adv_seq + 1
+        out.done_with.append(adv_seq)
+        if task_msg is None:
             continue
         ids = parse_msg_id((task_msg.headers or {}).get("Nats-Msg-Id"))
         if ids is not None and ids[0] == job_id:
-            task_nos.append(ids[1])
+            out.task_nos.append(ids[1])
             out.deliveries.append(delivered)
-            done_with.append(stream_seq)
+            assert task_msg.seq is not None
+            out.done_with.append(task_msg.seq)
     return out
+
+
+async def _next_advisory(
+    js: JetStreamContext, names: JobNames, seq: int
+) -> tuple[int, int, RawStreamMsg | None] | None:
+    """The job's first advisory from `seq` on: its sequence, the deliveries it
+    counts, and the task message it names (None if gone or unreadable); None
+    when there is no advisory left."""
+    try:
+        adv = await js.get_msg(names.stream, seq, subject=names.max_deliveries, next=True)
+    except NotFoundError:
+        return None
+    assert adv.seq is not None
+    try:
+        advisory = json.loads(adv.data or b"{}")
+        stream_seq = int(advisory["stream_seq"])
+        delivered = int(advisory.get("deliveries") or 0)
+        return adv.seq, delivered, await js.get_msg(names.stream, stream_seq)
+    except (NotFoundError, KeyError, ValueError, TypeError, AttributeError):
+        return adv.seq, 0, None
 
 
 async def _delete_msgs(js: JetStreamContext, stream: str, seqs: list[int]) -> None:
@@ -123,7 +155,8 @@ def tasks_exhausted(seen: Seen) -> Handled:
     """MAX_DELIVERIES advisories: the tasks they name are lost; finalize if complete."""
     names, job_id = seen.names, seen.job_id
     exhausted = bridge().run(
-        lambda nc, js: read_exhausted(js, job_id, names), timeout=NATS_TIMEOUT_S
+        lambda nc, js: read_exhausted(js, job_id, names, MAX_ADVISORIES_PER_PASS),
+        timeout=NATS_TIMEOUT_S,
     )
     task_nos, seqs = exhausted.task_nos, exhausted.done_with
     moved, final = 0, None
