@@ -286,6 +286,9 @@ class Settings(BaseSettings):
     # Off behind a transaction-pooling proxy (PgBouncer pool_mode=transaction
     # before 1.21, or without max_prepared_statements): `jobsys doctor` tells.
     db_prepared_statements: bool = True
+    # The asyncio code of workers (their NATS client) and processors runs on
+    # uvloop where it is installed (jobsys.loops); false: the standard loop.
+    uvloop: bool = True
     # Waiters (Job.wait, jobsys watch) LISTEN for jobs going final on a
     # connection of their own. Off behind a transaction-pooling proxy, where a
     # LISTEN stays on whichever server session ran it: waiters then poll.

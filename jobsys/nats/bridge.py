@@ -19,6 +19,7 @@ from typing import TypeVar
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from jobsys.loops import new_event_loop
 from jobsys.nats.admin import tasks_of_messages
 from jobsys.nats.connect import connect, jetstream
 from jobsys.nats.subjects import JobNames
@@ -55,7 +56,7 @@ class NatsBridge:
 
     def __init__(self, url: str | None = None) -> None:
         self._url = url or get_settings().nats_url
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="jobsys-nats", daemon=True
         )

@@ -31,7 +31,7 @@ import struct
 import threading
 import time
 from multiprocessing.context import ForkServerContext
-from typing import Any
+from typing import Any, cast
 
 from jobsys.processor.calls import END, Runner
 from jobsys.processor.execute import Call, Execution, SlotBase
@@ -202,8 +202,8 @@ class ChildSlot(SlotBase):
         self._kill_reason = None
         self.lost = asyncio.Event()
         transport, _ = await loop.create_unix_connection(lambda: _Frames(self), sock=mine)
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A socket transport (asyncio's, or uvloop's, which is not a subclass).
+        self._transport = cast(asyncio.Transport, transport)
         self.ready = True
         self.execution.wake()
 

@@ -38,6 +38,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from jobsys import loops
 from jobsys.models import TaskResult
 from jobsys.nats.connect import connect, jetstream
 from jobsys.nats.subjects import again_subject, job_notices, serial_of_again
@@ -413,7 +414,7 @@ def main(
             loop.add_signal_handler(sig, processor.stop)
         return await processor.run()
 
-    stats = asyncio.run(serve())
+    stats = loops.run(serve())
     if processor.fatal is not None:
         raise SystemExit(1)
     return stats

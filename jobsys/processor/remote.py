@@ -45,7 +45,7 @@ from typing import Any, cast
 
 from nats.aio.msg import Msg
 
-from jobsys import jsontext
+from jobsys import jsontext, loops
 from jobsys.models import MAX_TYPE_CHARS
 from jobsys.nats.admin import share_of
 from jobsys.nats.presence import BEAT_S
@@ -697,7 +697,7 @@ def main(
             loop.add_signal_handler(sig, processor.stop)
         return await processor.run()
 
-    stats = asyncio.run(serve())
+    stats = loops.run(serve())
     if processor.fatal is not None:
         raise SystemExit(1)
     return stats
