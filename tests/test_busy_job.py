@@ -40,14 +40,24 @@ def _jobsys(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _holder_of(job_id: int) -> tuple[int, str]:
-    """The Postgres session whose open transaction wrote the job's row (the row's
-    xmax is its transaction id), and its name."""
+    """The Postgres session whose open transaction wrote the job's row, and its
+    name: the row's xmax is its transaction id, or a multixact of which it is
+    the one member that blocks writes (another transaction's foreign-key
+    check -- an event of the job written meanwhile -- shares the row too)."""
     with connection() as conn:
         rows = conn.execute(
             "SELECT a.pid, a.application_name FROM jobs j, pg_stat_activity a "
             "WHERE j.id = %(id)s AND a.backend_xid = j.xmax",
             {"id": job_id},
         ).fetchall()
+        if not rows:
+            rows = conn.execute(
+                "SELECT a.pid, a.application_name FROM jobs j "
+                "CROSS JOIN LATERAL pg_get_multixact_members(j.xmax) m "
+                "JOIN pg_stat_activity a ON a.backend_xid = m.xid "
+                "WHERE j.id = %(id)s AND m.mode <> 'keysh'",
+                {"id": job_id},
+            ).fetchall()
     assert len(rows) == 1, rows
     return int(rows[0]["pid"]), rows[0]["application_name"]
 
@@ -116,6 +126,31 @@ def test_a_row_locked_by_another_session_is_named_by_its_pid(
     assert f"it may be held by pid {pid} (" in str(busy.value)
     assert f"pg_terminate_backend({pid})" in str(busy.value)
     assert jobsys.get_job(job_id).status == "started"
+    monkeypatch.undo()
+    reset_settings()
+    assert jobsys.cancel(job_id).status == "revoked"
+
+
+def test_a_row_two_sessions_lock_is_said_to_be_held_by_the_one_that_blocks_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A write's row lock and another transaction's KEY SHARE (what a foreign
+    # key check takes, e.g. an event of the job inserted meanwhile) make the
+    # row's xmax a multixact. The error used to fall back to every long
+    # transaction and name the KEY SHARE holder too, which blocks nothing.
+    job_id = make_started_job(3)
+    monkeypatch.setenv("JOBSYS_LOCK_WAIT_S", str(LOCK_WAIT_S))
+    reset_settings()
+    with connect_direct(autocommit=False) as writer, connect_direct(autocommit=False) as checker:
+        writer.execute("SELECT id FROM jobs WHERE id = %(id)s FOR NO KEY UPDATE", {"id": job_id})
+        checker.execute("SELECT id FROM jobs WHERE id = %(id)s FOR KEY SHARE", {"id": job_id})
+        holder, sharer = writer.info.backend_pid, checker.info.backend_pid
+        with pytest.raises(jobsys.JobBusy) as busy:
+            jobsys.cancel(job_id)
+        writer.rollback()
+        checker.rollback()
+    assert f"it may be held by pid {holder} (" in str(busy.value)
+    assert f"pid {sharer}" not in str(busy.value)
     monkeypatch.undo()
     reset_settings()
     assert jobsys.cancel(job_id).status == "revoked"

@@ -44,10 +44,16 @@ def bounded_row_wait(job_id: int) -> Iterator[float]:
 
 
 def _holders(job_id: int, wait_s: float) -> list[tuple[int, str]]:
-    """The session holding the job's row, if Postgres can tell; else those in a
-    transaction at least `wait_s` old: (pid, a line on it) each."""
+    """The sessions holding the job's row, if Postgres can tell (its xmax, or the
+    members of the multixact it is); else those in a transaction at least
+    `wait_s` old: (pid, a line on it) each."""
     with connection() as conn:
         rows = conn.execute(Q.row_holders, {"job_id": job_id}).fetchall()
+        if not rows:
+            try:
+                rows = conn.execute(Q.row_holders_multi, {"job_id": job_id}).fetchall()
+            except psycopg.Error:
+                rows = []  # the xmax is no multixact: no one Postgres can name
         if not rows:
             rows = conn.execute(
                 Q.long_transactions, {"wait_s": wait_s, "limit": MAX_HOLDERS_SHOWN}

@@ -64,12 +64,24 @@ SELECT set_config('lock_timeout', %(timeout)s, true);
 -- name: row_holders
 -- The session whose transaction holds a job's row: its xmax is that
 -- transaction's id while it holds the row (by a write or a row lock). None
--- when several lock it at once (xmax is then a multixact).
+-- when several lock it at once (xmax is then a multixact: row_holders_multi).
 SELECT a.pid, a.application_name, host(a.client_addr) AS client, a.state,
        extract(epoch FROM now() - a.xact_start)::float8 AS xact_s
 FROM jobs j
 JOIN pg_stat_activity a ON a.backend_xid = j.xmax
 WHERE j.id = %(job_id)s AND a.pid <> pg_backend_pid();
+
+-- name: row_holders_multi
+-- The same when several lock the row at once (its xmax is then a multixact:
+-- say a result transaction's write and a foreign-key check's KEY SHARE by
+-- another): the members that block a write (all but 'keysh'). Raises when
+-- the xmax is not a multixact (the caller then falls back).
+SELECT a.pid, a.application_name, host(a.client_addr) AS client, a.state,
+       extract(epoch FROM now() - a.xact_start)::float8 AS xact_s
+FROM jobs j
+CROSS JOIN LATERAL pg_get_multixact_members(j.xmax) m
+JOIN pg_stat_activity a ON a.backend_xid = m.xid
+WHERE j.id = %(job_id)s AND m.mode <> 'keysh' AND a.pid <> pg_backend_pid();
 
 -- name: long_transactions
 -- Sessions of this database (not this one) in a transaction begun at least
