@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self
@@ -273,3 +276,14 @@ def take_sent(queue: str, actor_name: str, *, wait_s: float = 0.5) -> list[Any]:
     finally:
         consumer.close()
     return taken
+
+
+def freeze_at_pause(marker: Path, worker: subprocess.Popen[bytes], within_s: float) -> None:
+    """Wait until `worker` (started with JOBSYS_PAUSE_AT and JOBSYS_PAUSE_FILE=`marker`)
+    reaches its pause point, then SIGSTOP it there: a worker frozen mid-transaction."""
+    end = time.monotonic() + within_s
+    while not marker.exists():
+        assert time.monotonic() < end, "the worker never reached the pause point"
+        time.sleep(0.1)
+    assert int(marker.read_text()) == worker.pid
+    os.kill(worker.pid, signal.SIGSTOP)

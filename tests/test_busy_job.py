@@ -23,7 +23,7 @@ import jobsys
 from jobsys.ops.runner import LocalSystem
 from jobsys.pg.db import connect_direct, connection
 from jobsys.settings import reset_settings
-from tests.helpers import assert_counters_match_ledger, make_started_job
+from tests.helpers import assert_counters_match_ledger, freeze_at_pause, make_started_job
 
 # The wait the commands are given here; a hang is caught long after it.
 LOCK_WAIT_S = 1.0
@@ -69,13 +69,8 @@ def test_cancel_and_set_of_a_job_a_frozen_worker_holds_fail_fast_naming_the_hold
     env = {"JOBSYS_PAUSE_AT": "in_results_transaction", "JOBSYS_PAUSE_FILE": str(marker)}
     with LocalSystem(workers=1, processors=1, log_dir=tmp_path, env=env) as system:
         job = jobsys.submit("echo", [{"i": i} for i in range(5)])
-        end = time.monotonic() + PAUSE_WITHIN_S
-        while not marker.exists():
-            assert time.monotonic() < end, "the worker never reached the pause point"
-            time.sleep(0.1)
         frozen = system.workers[0]
-        assert int(marker.read_text()) == frozen.pid
-        os.kill(frozen.pid, signal.SIGSTOP)
+        freeze_at_pause(marker, frozen, PAUSE_WITHIN_S)
         holder, name = _holder_of(job.id)
         # The frozen worker's session (it may have others open, in other threads).
         assert name == f"jobsys worker {frozen.pid}"

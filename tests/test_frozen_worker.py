@@ -20,7 +20,7 @@ from pathlib import Path
 import jobsys
 from jobsys.ops.runner import LocalSystem
 from jobsys.pg.db import connection
-from tests.helpers import assert_counters_match_ledger
+from tests.helpers import assert_counters_match_ledger, freeze_at_pause
 
 TASKS = 5
 IDLE_TRANSACTION_S = "2"
@@ -41,13 +41,8 @@ def test_a_job_a_frozen_worker_holds_is_finished_by_another_worker(tmp_path: Pat
     }
     with LocalSystem(workers=1, processors=1, log_dir=tmp_path, env=env) as system:
         job = jobsys.submit("echo", [{"i": i} for i in range(TASKS)])
-        end = time.monotonic() + PAUSE_WITHIN_S
-        while not marker.exists():
-            assert time.monotonic() < end, "the worker never reached the pause point"
-            time.sleep(0.1)
         frozen = system.workers[0]
-        assert int(marker.read_text()) == frozen.pid
-        os.kill(frozen.pid, signal.SIGSTOP)
+        freeze_at_pause(marker, frozen, PAUSE_WITHIN_S)
         try:
             # A second worker, one that does not pause, takes the resent batch.
             del system.env["JOBSYS_PAUSE_AT"]
