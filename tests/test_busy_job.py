@@ -22,6 +22,7 @@ import pytest
 import jobsys
 from jobsys.ops.runner import LocalSystem
 from jobsys.pg.db import connect_direct, connection
+from jobsys.pg.queries import Q
 from jobsys.settings import reset_settings
 from tests.helpers import assert_counters_match_ledger, freeze_at_pause, make_started_job
 
@@ -51,13 +52,7 @@ def _holder_of(job_id: int) -> tuple[int, str]:
             {"id": job_id},
         ).fetchall()
         if not rows:
-            rows = conn.execute(
-                "SELECT a.pid, a.application_name FROM jobs j "
-                "CROSS JOIN LATERAL pg_get_multixact_members(j.xmax) m "
-                "JOIN pg_stat_activity a ON a.backend_xid = m.xid "
-                "WHERE j.id = %(id)s AND m.mode <> 'keysh'",
-                {"id": job_id},
-            ).fetchall()
+            rows = conn.execute(Q.row_holders_multi, {"job_id": job_id}).fetchall()
     assert len(rows) == 1, rows
     return int(rows[0]["pid"]), rows[0]["application_name"]
 
@@ -66,9 +61,12 @@ def test_cancel_and_set_of_a_job_a_frozen_worker_holds_fail_fast_naming_the_hold
     tmp_path: Path,
 ) -> None:
     marker = tmp_path / "paused"
-    env = {"JOBSYS_PAUSE_AT": "in_results_transaction", "JOBSYS_PAUSE_FILE": str(marker)}
+    # Submitted first, so the worker pauses in this job's batch only: the
+    # test database may hold other tests' jobs that it serves too.
+    job = jobsys.submit("echo", [{"i": i} for i in range(5)])
+    env = {"JOBSYS_PAUSE_AT": "in_results_transaction", "JOBSYS_PAUSE_FILE": str(marker),
+           "JOBSYS_PAUSE_JOB": str(job.id)}  # fmt: skip
     with LocalSystem(workers=1, processors=1, log_dir=tmp_path, env=env) as system:
-        job = jobsys.submit("echo", [{"i": i} for i in range(5)])
         frozen = system.workers[0]
         freeze_at_pause(marker, frozen, PAUSE_WITHIN_S)
         holder, name = _holder_of(job.id)

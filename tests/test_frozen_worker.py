@@ -33,14 +33,17 @@ PAUSE_WITHIN_S = 120
 
 def test_a_job_a_frozen_worker_holds_is_finished_by_another_worker(tmp_path: Path) -> None:
     marker = tmp_path / "paused"
+    # Submitted first, so the worker pauses in this job's batch only: the
+    # test database may hold other tests' jobs that it serves too.
+    job = jobsys.submit("echo", [{"i": i} for i in range(TASKS)])
     env = {
         "JOBSYS_PAUSE_AT": "in_results_transaction",
         "JOBSYS_PAUSE_FILE": str(marker),
+        "JOBSYS_PAUSE_JOB": str(job.id),
         "JOBSYS_IDLE_TRANSACTION_S": IDLE_TRANSACTION_S,
         "JOBSYS_RESULT_RESEND_S": RESEND_S,
     }
     with LocalSystem(workers=1, processors=1, log_dir=tmp_path, env=env) as system:
-        job = jobsys.submit("echo", [{"i": i} for i in range(TASKS)])
         frozen = system.workers[0]
         freeze_at_pause(marker, frozen, PAUSE_WITHIN_S)
         try:

@@ -179,7 +179,7 @@ def deliver(job_id: int, settings: Settings | None = None) -> str:
         return "not_due"
     assert view is not None
     attempt: int = claim["attempts"]
-    pause(Pause.BEFORE_HOOK_SEND)
+    pause(Pause.BEFORE_HOOK_SEND, job_id)
     try:
         target = check_target(claim["target"])
         answer = _send(target, job_id, hook_payload(view), s)

@@ -107,7 +107,7 @@ def finishing(conn: Conn) -> Iterator[Finisher]:
 def follow_up(moved: Moved) -> None:
     """What every job gets once it is final: its stream deleted, its hook sent."""
     # The final commit is done; a crash test can stop us right here.
-    pause(Pause.AFTER_FINAL_COMMIT)
+    pause(Pause.AFTER_FINAL_COMMIT, moved.job_id)
     deferred = _deferred.get()
     if deferred is not None:
         deferred.append(moved.job_id)

@@ -112,7 +112,7 @@ def _record(
         if row["moved_done"] is None:
             return out
         out.moved_done, out.moved_failed = row["moved_done"], row["moved_failed"]
-        pause(Pause.IN_RESULTS_TRANSACTION)
+        pause(Pause.IN_RESULTS_TRANSACTION, job_id)
         accounted = row["done_count"] + row["failed_count"] + row["lost_count"]
         if accounted >= row["total_count"]:
             out.finalized = fin.finish(job_id, "all tasks accounted for")

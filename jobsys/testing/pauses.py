@@ -6,6 +6,10 @@ reaches ``pause(Pause.<POINT>)`` it writes its pid to the file and sleeps, so
 the test knows the process is exactly there and can SIGKILL it: a crash
 window that is microseconds wide becomes reachable every time.
 
+With ``JOBSYS_PAUSE_JOB=<job id>`` too, only that job's work pauses there:
+the test's database may hold other tests' jobs that the process serves as
+well, and a pause in one of those would hold the wrong rows.
+
 The environment is read once, when this module is imported; in production
 (unset) a pause point is one comparison with None.
 """
@@ -48,13 +52,28 @@ def _asked() -> Pause | None:
         return None
 
 
+def _job() -> int | None:
+    value = os.environ.get("JOBSYS_PAUSE_JOB")
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        log.warning("JOBSYS_PAUSE_JOB names no job", extra={"value": value})
+        return None
+
+
 _AT = _asked()
+_JOB = _job()
 _FILE = os.environ.get("JOBSYS_PAUSE_FILE")
 
 
-def pause(point: Pause) -> None:
-    """Sleep here (up to PAUSE_MAX_S) if this process was started to pause at `point`."""
+def pause(point: Pause, job_id: int | None = None) -> None:
+    """Sleep here (up to PAUSE_MAX_S) if this process was started to pause at `point`
+    (and, with JOBSYS_PAUSE_JOB, only in the work of that job: `job_id`)."""
     if _AT is not point:
+        return
+    if _JOB is not None and job_id != _JOB:
         return
     log.warning("paused for a test", extra={"pause_point": str(point), "pid": os.getpid()})
     if _FILE:
