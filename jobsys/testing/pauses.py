@@ -19,10 +19,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # A paused process is meant to be killed; if nobody does, it goes on after this.
 PAUSE_MAX_S = 600.0
@@ -41,30 +45,22 @@ class Pause(StrEnum):
     IN_RESULTS_TRANSACTION = "in_results_transaction"
 
 
-def _asked() -> Pause | None:
-    value = os.environ.get("JOBSYS_PAUSE_AT")
+def _from_env(name: str, parse: Callable[[str], T], names_no: str) -> T | None:
+    """The environment variable `name` as `parse` reads it; None if unset, or
+    (with a warning that it names no `names_no`) if `parse` refuses it."""
+    value = os.environ.get(name)
     if not value:
         return None
     try:
-        return Pause(value)
+        return parse(value)
     except ValueError:
-        log.warning("JOBSYS_PAUSE_AT names no pause point", extra={"value": value})
+        log.warning("pause setting names nothing known",
+                    extra={"setting": name, "value": value, "expected": names_no})  # fmt: skip
         return None
 
 
-def _job() -> int | None:
-    value = os.environ.get("JOBSYS_PAUSE_JOB")
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        log.warning("JOBSYS_PAUSE_JOB names no job", extra={"value": value})
-        return None
-
-
-_AT = _asked()
-_JOB = _job()
+_AT = _from_env("JOBSYS_PAUSE_AT", Pause, "pause point")
+_JOB = _from_env("JOBSYS_PAUSE_JOB", int, "job")
 _FILE = os.environ.get("JOBSYS_PAUSE_FILE")
 
 
