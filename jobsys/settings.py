@@ -208,6 +208,13 @@ class Settings(BaseSettings):
     # Every such transaction is a few statements with nothing slow between
     # them; what it was writing is retried by its sender. 0: never.
     idle_transaction_s: float = Field(default=60.0, ge=0, le=86_400)
+    # A per-job lock's session (jobsys.pg.locks) left idle this long is ended
+    # by Postgres, and the lock with it: its holder is stopped (a paused VM,
+    # SIGSTOP, a hung call), and the job's bootstrap or repair could never run
+    # again. A live holder touches the session between steps (a fill: per
+    # chunk, each at most 2 minutes of NATS work), so this must be well over
+    # that. 0: never.
+    lock_idle_s: float = Field(default=600.0, ge=0, le=86_400)
     # A final job's stream is its teardown's to delete for this long; after
     # that the reconciler deletes it as a stray (a teardown lost with Redis).
     stray_grace_s: float = Field(default=30.0, ge=0)

@@ -1,4 +1,4 @@
-"""A worker frozen in the middle of recording a result batch does not stall its job.
+"""A worker frozen in the middle of its work on a job does not stall the job.
 
 Regression: a worker frozen inside its result transaction (a paused VM,
 SIGSTOP, a debugger) kept the job's rows locked for as long as it stayed
@@ -8,6 +8,14 @@ final, and every resend held one more of that worker's threads. Postgres now
 ends a session left idle inside a transaction for JOBSYS_IDLE_TRANSACTION_S,
 so the rows are free again and the batch is recorded, once, by the worker
 that is alive.
+
+Regression: a worker frozen in the middle of a bootstrap kept the job's
+bootstrap lock (an open transaction on a session of its own, which the idle
+limit above spares) for as long as it stayed frozen. The reconciler saw the
+bootstrap stalled and sent it again, and every run of it found the lock
+taken: the job's tasks were never all published, and it never finished.
+Postgres now ends a lock's session left idle for JOBSYS_LOCK_IDLE_S; a live
+fill touches it between chunks.
 """
 
 from __future__ import annotations
@@ -20,10 +28,12 @@ from pathlib import Path
 import jobsys
 from jobsys.ops.runner import LocalSystem
 from jobsys.pg.db import connection
-from tests.helpers import assert_counters_match_ledger, freeze_at_pause
+from jobsys.reconciler import reconcile_pass
+from tests.helpers import assert_counters_match_ledger, fast, freeze_at_pause
 
 TASKS = 5
 IDLE_TRANSACTION_S = "2"
+LOCK_IDLE_S = "2"
 RESEND_S = "1"
 # How long the job may take once the frozen session is ended: far above what
 # it needs (a few seconds), far below a frozen worker's "for ever".
@@ -68,6 +78,51 @@ def test_a_job_a_frozen_worker_holds_is_finished_by_another_worker(tmp_path: Pat
                     {"name": f"jobsys worker {frozen.pid}"},
                 ).fetchone()
             assert row is not None and row["n"] == 0
+        finally:
+            os.kill(frozen.pid, signal.SIGKILL)
+        frozen.wait()
+        system.workers.remove(frozen)
+    view = jobsys.get_job(job.id)
+    assert (view.status, view.done, view.failed) == ("success", TASKS, 0)
+    assert_counters_match_ledger(job.id)
+
+
+def test_a_job_whose_bootstrap_a_frozen_worker_holds_is_bootstrapped_by_another(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "paused"
+    job = jobsys.submit("echo", [{"i": i} for i in range(TASKS)])
+    env = {
+        "JOBSYS_PAUSE_AT": "between_fill_chunks",
+        "JOBSYS_PAUSE_FILE": str(marker),
+        "JOBSYS_PAUSE_JOB": str(job.id),
+        "JOBSYS_LOCK_IDLE_S": LOCK_IDLE_S,
+    }
+    with LocalSystem(workers=1, processors=1, log_dir=tmp_path, env=env) as system:
+        frozen = system.workers[0]
+        # Frozen with the job started, its stream made, nothing published.
+        freeze_at_pause(marker, frozen, PAUSE_WITHIN_S)
+        try:
+            assert (jobsys.get_job(job.id).status, jobsys.get_job(job.id).published) == (
+                "started",
+                0,
+            )
+            del system.env["JOBSYS_PAUSE_AT"]
+            system.start_worker()
+            end = time.monotonic() + FINAL_WITHIN_S
+            actions: list[str] = []
+            while (view := jobsys.get_job(job.id)).status == "started":
+                assert time.monotonic() < end, (
+                    f"job still {view.status} with {view.published} of {TASKS} published "
+                    f"{FINAL_WITHIN_S} s after its bootstrap froze (reconciler: {actions[-5:]})"
+                )
+                # The reconciler finds the bootstrap stalled and sends it again.
+                report = reconcile_pass(fast())
+                actions += [f.action for f in report.findings if f.job_id == job.id]
+                time.sleep(0.5)
+            assert (view.status, view.done, view.published) == ("success", TASKS, TASKS)
+            assert "enqueued_bootstrap" in actions
+            assert_counters_match_ledger(job.id)
         finally:
             os.kill(frozen.pid, signal.SIGKILL)
         frozen.wait()

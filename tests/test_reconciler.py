@@ -253,11 +253,11 @@ def test_exhausted_tasks_whose_advisories_a_pass_could_not_read_are_not_lost_by_
     real = lost_module.read_exhausted
     failed = []
 
-    async def slow_read(js: Any, job_id: int, names: JobNames, limit: int) -> Any:
+    async def slow_read(js: Any, job_id: int, names: JobNames, limit: int, budget_s: float) -> Any:
         if len(failed) < 2:
             failed.append(job_id)
             raise TimeoutError
-        return await real(js, job_id, names, limit)
+        return await real(js, job_id, names, limit, budget_s)
 
     monkeypatch.setattr(lost_module, "read_exhausted", slow_read)
     job_id = make_started_job(3, max_deliver=2)

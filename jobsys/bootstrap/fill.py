@@ -68,10 +68,12 @@ from jobsys.nats.publish import publish_tasks
 from jobsys.nats.subjects import JobNames, msg_id
 from jobsys.pg.db import connection
 from jobsys.pg.events import record_event
+from jobsys.pg.locks import keep_locks
 from jobsys.pg.queries import Q
 from jobsys.recording.counting import ResultRow, lock_listed_tasks, record_results
 from jobsys.settings import Settings, get_settings
 from jobsys.storable import storable_error
+from jobsys.testing.pauses import Pause, pause
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +284,10 @@ class _Filler:
         read_from = from_task  # where the next read starts (past finished tasks skipped)
         inflight: _Chunk | None = None
         while True:
+            # Still at it, under a lock that is still ours (else LockLost:
+            # this process was stopped long enough for another fill to start).
+            keep_locks()
+            pause(Pause.BETWEEN_FILL_CHUNKS, self.job_id)
             rows, read_from = self._read_pending(read_from, below)
             nxt: _Chunk | None = None
             if rows:

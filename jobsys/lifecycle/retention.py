@@ -32,7 +32,7 @@ from psycopg.errors import DeadlockDetected
 
 from jobsys.errors import InvalidInput
 from jobsys.pg.db import connection
-from jobsys.pg.locks import Lock, job_lock
+from jobsys.pg.locks import Lock, job_lock, keep_locks
 from jobsys.pg.queries import Q
 from jobsys.settings import Settings, get_settings
 
@@ -152,6 +152,7 @@ def prune_job(
         out = PrunedJob(job_id, status_row["status"], status_row["finished_at"], 0, 0)
         total: int = job["total_count"]
         for lo in range(0, total, chunk):
+            keep_locks()
             if deadline is not None and time.perf_counter() > deadline:
                 out.complete = False
                 return out

@@ -26,7 +26,7 @@ from jobsys.lifecycle.states import Status
 from jobsys.nats.bridge import bridge
 from jobsys.nats.subjects import JobNames, parse_msg_id
 from jobsys.pg.db import Conn, connection
-from jobsys.pg.locks import Lock, job_lock
+from jobsys.pg.locks import Lock, job_lock, keep_locks, keep_within_s
 from jobsys.pg.queries import Q
 from jobsys.reconciler.diagnose import diagnose
 from jobsys.reconciler.findings import Handled
@@ -84,10 +84,14 @@ class Exhausted:
 
 
 async def read_exhausted(
-    js: JetStreamContext, job_id: int, names: JobNames, limit: int = MAX_ADVISORIES_PER_PASS
+    js: JetStreamContext,
+    job_id: int,
+    names: JobNames,
+    limit: int = MAX_ADVISORIES_PER_PASS,
+    budget_s: float = READ_BUDGET_S,
 ) -> Exhausted:
     """Tasks whose message exhausted max_deliver, from the advisories in the job's stream:
-    at most `limit`, and those read within READ_BUDGET_S (at least one).
+    at most `limit`, and those read within `budget_s` (at least one).
 
     An advisory whose task message is gone (acked late, so its result was
     committed) names no task. A lookup that fails after some advisories were
@@ -96,7 +100,7 @@ async def read_exhausted(
     """
     out = Exhausted()
     seq = 1
-    until = time.monotonic() + READ_BUDGET_S
+    until = time.monotonic() + budget_s
     while len(out.task_nos) < limit and (not out.done_with or time.monotonic() < until):
         try:
             found = await _next_advisory(js, names, seq)
@@ -154,10 +158,14 @@ async def _delete_msgs(js: JetStreamContext, stream: str, seqs: list[int]) -> No
 def tasks_exhausted(seen: Seen) -> Handled:
     """MAX_DELIVERIES advisories: the tasks they name are lost; finalize if complete."""
     names, job_id = seen.names, seen.job_id
+    # Within the time the pass may go without touching the job's lock (the
+    # read runs on the bridge's thread, which holds no lock to touch).
+    budget_s = min(READ_BUDGET_S, keep_within_s())
     exhausted = bridge().run(
-        lambda nc, js: read_exhausted(js, job_id, names, MAX_ADVISORIES_PER_PASS),
+        lambda nc, js: read_exhausted(js, job_id, names, MAX_ADVISORIES_PER_PASS, budget_s),
         timeout=NATS_TIMEOUT_S,
     )
+    keep_locks()
     task_nos, seqs = exhausted.task_nos, exhausted.done_with
     moved, final = 0, None
     if task_nos:

@@ -25,7 +25,10 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from contextlib import ExitStack
 from typing import Any
+
+import psycopg
 
 from jobsys.hooks.resend import resend_due
 from jobsys.lifecycle.retention import prune_due
@@ -161,7 +164,8 @@ def reconcile_pass(settings: Settings | None = None, trigger: str = "cli") -> Pa
     # One connection holds this pass's per-job session locks, taken and
     # released job by job (a job's actions span several transactions and
     # NATS calls, so a transaction-scoped lock would not cover them).
-    with connect_direct() as lock_conn:
+    with ExitStack() as stack:
+        lock_conn = stack.enter_context(connect_direct())
         for job in jobs:
             nats = views.get(job.id)
             kinds = diagnose(job, nats, limits)
@@ -172,22 +176,36 @@ def reconcile_pass(settings: Settings | None = None, trigger: str = "cli") -> Pa
                 report.findings += _note_unacted(seen, kinds, latest, unchanged, changed)
                 continue
             db_only = nats if nats is not None and DB_ONLY.issuperset(kinds) else None
-            with job_lock(Lock.RECONCILE, job.id, lock_conn) as held:
-                if not held:
-                    report.skipped_busy += 1
-                    log.info("job busy in another reconcile pass", extra={"job_id": job.id})
-                    continue
-                try:
-                    report.findings += _reconcile_job(job.id, s, run_id, db_only, team)
-                except Exception as exc:
-                    # One job's trouble (e.g. NATS timing out) must not stop the pass.
-                    log.warning("reconcile of a job failed",
-                                extra={"job_id": job.id, "error": repr(exc)})  # fmt: skip
-                    finding = Finding(job.id, Kind.ERROR, Action.NONE, {"error": repr(exc)})
-                    record_finding(run_id, finding)
-                    report.findings.append(finding)
+            if lock_conn.closed:
+                # Postgres ended it with a job's lock held past
+                # JOBSYS_LOCK_IDLE_S (this pass was stopped): a new one.
+                lock_conn = stack.enter_context(connect_direct())
+            try:
+                with job_lock(Lock.RECONCILE, job.id, lock_conn) as held:
+                    if not held:
+                        report.skipped_busy += 1
+                        log.info("job busy in another reconcile pass", extra={"job_id": job.id})
+                        continue
+                    try:
+                        report.findings += _reconcile_job(job.id, s, run_id, db_only, team)
+                    except Exception as exc:
+                        # One job's trouble (e.g. NATS timing out) must not stop the pass.
+                        log.warning("reconcile of a job failed",
+                                    extra={"job_id": job.id, "error": repr(exc)})  # fmt: skip
+                        finding = Finding(job.id, Kind.ERROR, Action.NONE, {"error": repr(exc)})
+                        record_finding(run_id, finding)
+                        report.findings.append(finding)
+            except psycopg.Error as exc:
+                if not lock_conn.closed:
+                    raise
+                # The job's lock went with its session: what was done holds
+                # (each action is its own transaction), the next pass looks again.
+                log.warning("reconcile lock of a job lost",
+                            extra={"job_id": job.id, "error": repr(exc)})  # fmt: skip
         record_findings(run_id, changed)
         refresh_findings(run_id, unchanged)
+        if lock_conn.closed:
+            lock_conn = stack.enter_context(connect_direct())
         ctx = PassContext(run_id, s, lock_conn, job_streams)
         duties = _run_duties(ctx)
         report.findings += ctx.findings

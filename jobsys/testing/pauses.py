@@ -40,6 +40,9 @@ class Pause(StrEnum):
     AFTER_FINAL_COMMIT = "after_final_commit"
     # A hook delivery is claimed and not yet sent (jobsys.hooks.deliver).
     BEFORE_HOOK_SEND = "before_hook_send"
+    # A fill holds its job's bootstrap lock and is about to read and publish
+    # its next chunk of tasks (jobsys.bootstrap.fill).
+    BETWEEN_FILL_CHUNKS = "between_fill_chunks"
     # A result batch's counts are written and not committed: its transaction
     # holds the job's row (jobsys.recording.counting).
     IN_RESULTS_TRANSACTION = "in_results_transaction"

@@ -58,6 +58,10 @@ HARNESS_ENV = {
     # after this long: well within a `stop_workers` outage, so every outage
     # wakes workers whose transactions were rolled back under them.
     "JOBSYS_IDLE_TRANSACTION_S": "3",
+    # A per-job lock whose session idles this long is ended by Postgres:
+    # shorter than a `stop_workers` outage, so a worker frozen mid-fill loses
+    # its bootstrap lock to a stream repair, and wakes to find it gone.
+    "JOBSYS_LOCK_IDLE_S": "20",
     "JOBSYS_STRAY_GRACE_S": "5",
     "JOBSYS_RECONCILE_EVERY_S": "10",
     # A batch Redis lost is sent again after 30 s, then twice as long each
