@@ -45,6 +45,21 @@ class JobBusy(JobsysError):
         self.job_id = job_id
 
 
+class MigrationBlocked(JobsysError):
+    """A migration could not take its tables' locks: other sessions kept them."""
+
+    def __init__(self, migration: str, waited_s: float, holders: list[tuple[int, str]]) -> None:
+        shown = "; ".join(h for _, h in holders)
+        held = f"; sessions in long transactions: {shown}" if holders else ""
+        pid = holders[0][0] if len(holders) == 1 else "<pid>"
+        super().__init__(
+            f"migration {migration} could not lock its tables in {waited_s:g} s, so nothing of "
+            f"it was applied{held}. Run `jobsys db migrate` again once they end; a session that "
+            f"stays stuck can be ended with SELECT pg_terminate_backend({pid})"
+        )
+        self.migration = migration
+
+
 class JobNotFinal(JobsysError):
     """The operation needs a final job (success, failure or revoked)."""
 

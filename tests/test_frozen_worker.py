@@ -20,12 +20,15 @@ fill touches it between chunks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jobsys
+from jobsys.models import JobView
 from jobsys.ops.runner import LocalSystem
 from jobsys.pg.db import connection
 from jobsys.reconciler import reconcile_pass
@@ -41,47 +44,62 @@ FINAL_WITHIN_S = 90
 PAUSE_WITHIN_S = 120
 
 
-def test_a_job_a_frozen_worker_holds_is_finished_by_another_worker(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def frozen_worker(tmp_path: Path, job_id: int, point: str, **settings: str) -> Iterator[int]:
+    """A worker SIGSTOPped at pause `point` in job `job_id`'s work, then a second
+    worker that does not pause; yields the frozen one's pid, SIGKILLs it after.
+
+    The job is submitted before, so the worker pauses in its work only: the
+    test database may hold other tests' jobs that it serves too."""
     marker = tmp_path / "paused"
-    # Submitted first, so the worker pauses in this job's batch only: the
-    # test database may hold other tests' jobs that it serves too.
-    job = jobsys.submit("echo", [{"i": i} for i in range(TASKS)])
-    env = {
-        "JOBSYS_PAUSE_AT": "in_results_transaction",
-        "JOBSYS_PAUSE_FILE": str(marker),
-        "JOBSYS_PAUSE_JOB": str(job.id),
-        "JOBSYS_IDLE_TRANSACTION_S": IDLE_TRANSACTION_S,
-        "JOBSYS_RESULT_RESEND_S": RESEND_S,
-    }
+    env = {"JOBSYS_PAUSE_AT": point, "JOBSYS_PAUSE_FILE": str(marker),
+           "JOBSYS_PAUSE_JOB": str(job_id), **settings}  # fmt: skip
     with LocalSystem(workers=1, processors=1, log_dir=tmp_path, env=env) as system:
         frozen = system.workers[0]
         freeze_at_pause(marker, frozen, PAUSE_WITHIN_S)
         try:
-            # A second worker, one that does not pause, takes the resent batch.
             del system.env["JOBSYS_PAUSE_AT"]
             system.start_worker()
-            end = time.monotonic() + FINAL_WITHIN_S
-            while (view := jobsys.get_job(job.id)).status == "started":
-                assert time.monotonic() < end, (
-                    f"job still {view.status} {FINAL_WITHIN_S} s after its worker froze: "
-                    "the frozen worker's transaction holds its rows"
-                )
-                time.sleep(0.2)
-            assert (view.status, view.done) == ("success", TASKS)
-            assert_counters_match_ledger(job.id)
-            # Postgres ended the frozen worker's session inside its transaction;
-            # its other sessions (idle, no transaction) may stay.
-            with connection() as conn:
-                row = conn.execute(
-                    "SELECT count(*) AS n FROM pg_stat_activity "
-                    "WHERE application_name = %(name)s AND state LIKE 'idle in transaction%%'",
-                    {"name": f"jobsys worker {frozen.pid}"},
-                ).fetchone()
-            assert row is not None and row["n"] == 0
+            yield frozen.pid
         finally:
             os.kill(frozen.pid, signal.SIGKILL)
         frozen.wait()
         system.workers.remove(frozen)
+
+
+def final_within(job_id: int, why: Callable[[JobView], str], each: Callable[[], None]) -> JobView:
+    """The job once it left `started` (FINAL_WITHIN_S at most), calling `each` between looks."""
+    end = time.monotonic() + FINAL_WITHIN_S
+    while (view := jobsys.get_job(job_id)).status == "started":
+        assert time.monotonic() < end, why(view)
+        each()
+    return view
+
+
+def test_a_job_a_frozen_worker_holds_is_finished_by_another_worker(tmp_path: Path) -> None:
+    job = jobsys.submit("echo", [{"i": i} for i in range(TASKS)])
+    settings = {"JOBSYS_IDLE_TRANSACTION_S": IDLE_TRANSACTION_S, "JOBSYS_RESULT_RESEND_S": RESEND_S}
+    with frozen_worker(tmp_path, job.id, "in_results_transaction", **settings) as frozen:
+        # The second worker takes the resent batch.
+        view = final_within(
+            job.id,
+            lambda v: (
+                f"job still {v.status} {FINAL_WITHIN_S} s after its worker froze: "
+                "the frozen worker's transaction holds its rows"
+            ),
+            lambda: time.sleep(0.2),
+        )
+        assert (view.status, view.done) == ("success", TASKS)
+        assert_counters_match_ledger(job.id)
+        # Postgres ended the frozen worker's session inside its transaction;
+        # its other sessions (idle, no transaction) may stay.
+        with connection() as conn:
+            row = conn.execute(
+                "SELECT count(*) AS n FROM pg_stat_activity "
+                "WHERE application_name = %(name)s AND state LIKE 'idle in transaction%%'",
+                {"name": f"jobsys worker {frozen}"},
+            ).fetchone()
+        assert row is not None and row["n"] == 0
     view = jobsys.get_job(job.id)
     assert (view.status, view.done, view.failed) == ("success", TASKS, 0)
     assert_counters_match_ledger(job.id)
@@ -90,43 +108,30 @@ def test_a_job_a_frozen_worker_holds_is_finished_by_another_worker(tmp_path: Pat
 def test_a_job_whose_bootstrap_a_frozen_worker_holds_is_bootstrapped_by_another(
     tmp_path: Path,
 ) -> None:
-    marker = tmp_path / "paused"
     job = jobsys.submit("echo", [{"i": i} for i in range(TASKS)])
-    env = {
-        "JOBSYS_PAUSE_AT": "between_fill_chunks",
-        "JOBSYS_PAUSE_FILE": str(marker),
-        "JOBSYS_PAUSE_JOB": str(job.id),
-        "JOBSYS_LOCK_IDLE_S": LOCK_IDLE_S,
-    }
-    with LocalSystem(workers=1, processors=1, log_dir=tmp_path, env=env) as system:
-        frozen = system.workers[0]
+    actions: list[str] = []
+
+    def reconcile() -> None:
+        # The reconciler finds the bootstrap stalled and sends it again.
+        report = reconcile_pass(fast())
+        actions.extend(f.action for f in report.findings if f.job_id == job.id)
+        time.sleep(0.5)
+
+    with frozen_worker(tmp_path, job.id, "between_fill_chunks", JOBSYS_LOCK_IDLE_S=LOCK_IDLE_S):
         # Frozen with the job started, its stream made, nothing published.
-        freeze_at_pause(marker, frozen, PAUSE_WITHIN_S)
-        try:
-            assert (jobsys.get_job(job.id).status, jobsys.get_job(job.id).published) == (
-                "started",
-                0,
-            )
-            del system.env["JOBSYS_PAUSE_AT"]
-            system.start_worker()
-            end = time.monotonic() + FINAL_WITHIN_S
-            actions: list[str] = []
-            while (view := jobsys.get_job(job.id)).status == "started":
-                assert time.monotonic() < end, (
-                    f"job still {view.status} with {view.published} of {TASKS} published "
-                    f"{FINAL_WITHIN_S} s after its bootstrap froze (reconciler: {actions[-5:]})"
-                )
-                # The reconciler finds the bootstrap stalled and sends it again.
-                report = reconcile_pass(fast())
-                actions += [f.action for f in report.findings if f.job_id == job.id]
-                time.sleep(0.5)
-            assert (view.status, view.done, view.published) == ("success", TASKS, TASKS)
-            assert "enqueued_bootstrap" in actions
-            assert_counters_match_ledger(job.id)
-        finally:
-            os.kill(frozen.pid, signal.SIGKILL)
-        frozen.wait()
-        system.workers.remove(frozen)
+        at_freeze = jobsys.get_job(job.id)
+        assert (at_freeze.status, at_freeze.published) == ("started", 0)
+        view = final_within(
+            job.id,
+            lambda v: (
+                f"job still {v.status} with {v.published} of {TASKS} published "
+                f"{FINAL_WITHIN_S} s after its bootstrap froze (reconciler: {actions[-5:]})"
+            ),
+            reconcile,
+        )
+        assert (view.status, view.done, view.published) == ("success", TASKS, TASKS)
+        assert "enqueued_bootstrap" in actions
+        assert_counters_match_ledger(job.id)
     view = jobsys.get_job(job.id)
     assert (view.status, view.done, view.failed) == ("success", TASKS, 0)
     assert_counters_match_ledger(job.id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 
@@ -58,6 +59,11 @@ def _holders(job_id: int, wait_s: float) -> list[tuple[int, str]]:
             rows = conn.execute(
                 Q.long_transactions, {"wait_s": wait_s, "limit": MAX_HOLDERS_SHOWN}
             ).fetchall()
+    return describe_sessions(rows)
+
+
+def describe_sessions(rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """(pid, a line on it) for each `row_holders` / `long_transactions` row."""
     return [
         (
             r["pid"],
