@@ -31,12 +31,18 @@ class ServiceUnavailable(JobsysError):
     """Postgres, Redis or NATS could not be reached."""
 
 
+def _in_the_way(holders: list[tuple[int, str]], lead: str) -> tuple[str, int | str]:
+    """`lead` and the sessions' lines ("" when none are known), and the pid a person
+    may end: the one session's, else a placeholder."""
+    held = f"; {lead} {'; '.join(h for _, h in holders)}" if holders else ""
+    return held, holders[0][0] if len(holders) == 1 else "<pid>"
+
+
 class JobBusy(JobsysError):
     """Another session held the job's row longer than a write was willing to wait."""
 
     def __init__(self, job_id: int, wait_s: float, holders: list[tuple[int, str]]) -> None:
-        held = f"; it may be held by {'; '.join(h for _, h in holders)}" if holders else ""
-        pid = holders[0][0] if len(holders) == 1 else "<pid>"
+        held, pid = _in_the_way(holders, "it may be held by")
         super().__init__(
             f"job {job_id} is busy: another session held its row for over {wait_s:g} s, "
             f"so nothing was changed{held}. Try again; a session that stays stuck (a frozen "
@@ -49,9 +55,7 @@ class MigrationBlocked(JobsysError):
     """A migration could not take its tables' locks: other sessions kept them."""
 
     def __init__(self, migration: str, waited_s: float, holders: list[tuple[int, str]]) -> None:
-        shown = "; ".join(h for _, h in holders)
-        held = f"; sessions in long transactions: {shown}" if holders else ""
-        pid = holders[0][0] if len(holders) == 1 else "<pid>"
+        held, pid = _in_the_way(holders, "sessions in long transactions:")
         super().__init__(
             f"migration {migration} could not lock its tables in {waited_s:g} s, so nothing of "
             f"it was applied{held}. Run `jobsys db migrate` again once they end; a session that "
