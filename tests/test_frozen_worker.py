@@ -32,7 +32,12 @@ from jobsys.models import JobView
 from jobsys.ops.runner import LocalSystem
 from jobsys.pg.db import connection
 from jobsys.reconciler import reconcile_pass
-from tests.helpers import assert_counters_match_ledger, fast, freeze_at_pause
+from tests.helpers import (
+    assert_counters_match_ledger,
+    fast,
+    freeze_at_pause,
+    messages_in_stream,
+)
 
 TASKS = 5
 IDLE_TRANSACTION_S = "2"
@@ -45,7 +50,9 @@ PAUSE_WITHIN_S = 120
 
 
 @contextlib.contextmanager
-def frozen_worker(tmp_path: Path, job_id: int, point: str, **settings: str) -> Iterator[int]:
+def frozen_worker(
+    tmp_path: Path, job_id: int, point: str, processors: int = 1, **settings: str
+) -> Iterator[int]:
     """A worker SIGSTOPped at pause `point` in job `job_id`'s work, then a second
     worker that does not pause; yields the frozen one's pid, SIGKILLs it after.
 
@@ -54,7 +61,7 @@ def frozen_worker(tmp_path: Path, job_id: int, point: str, **settings: str) -> I
     marker = tmp_path / "paused"
     env = {"JOBSYS_PAUSE_AT": point, "JOBSYS_PAUSE_FILE": str(marker),
            "JOBSYS_PAUSE_JOB": str(job_id), **settings}  # fmt: skip
-    with LocalSystem(workers=1, processors=1, log_dir=tmp_path, env=env) as system:
+    with LocalSystem(workers=1, processors=processors, log_dir=tmp_path, env=env) as system:
         frozen = system.workers[0]
         freeze_at_pause(marker, frozen, PAUSE_WITHIN_S)
         try:
@@ -65,6 +72,14 @@ def frozen_worker(tmp_path: Path, job_id: int, point: str, **settings: str) -> I
             os.kill(frozen.pid, signal.SIGKILL)
         frozen.wait()
         system.workers.remove(frozen)
+
+
+def until(done: Callable[[], bool], why: str) -> None:
+    """Until `done()` is true, FINAL_WITHIN_S at most."""
+    end = time.monotonic() + FINAL_WITHIN_S
+    while not done():
+        assert time.monotonic() < end, why
+        time.sleep(0.3)
 
 
 def final_within(job_id: int, why: Callable[[JobView], str], each: Callable[[], None]) -> JobView:
@@ -133,5 +148,38 @@ def test_a_job_whose_bootstrap_a_frozen_worker_holds_is_bootstrapped_by_another(
         assert "enqueued_bootstrap" in actions
         assert_counters_match_ledger(job.id)
     view = jobsys.get_job(job.id)
+    assert (view.status, view.done, view.failed) == ("success", TASKS, 0)
+    assert_counters_match_ledger(job.id)
+
+
+def test_a_frozen_fill_that_wakes_after_its_lock_was_taken_stops_and_publishes_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    job = jobsys.submit("echo", [{"i": i} for i in range(TASKS)])
+    # No processor yet: the tasks stay pending, so the woken fill has work left.
+    with frozen_worker(
+        tmp_path, job.id, "between_fill_chunks", processors=0, JOBSYS_LOCK_IDLE_S=LOCK_IDLE_S
+    ) as frozen:
+        # Another fill (the second worker's, sent by the reconciler) publishes it all.
+        until(
+            lambda: bool(reconcile_pass(fast())) and jobsys.get_job(job.id).published == TASKS,
+            "the second worker never published the job",
+        )
+        # The frozen worker wakes and goes on from its pause.
+        os.kill(frozen, signal.SIGCONT)
+        (tmp_path / "paused").unlink()
+        logs = list(tmp_path.glob("worker-*.log"))
+        until(
+            lambda: any("lost the lock" in p.read_text() for p in logs),
+            "the woken fill did not find its lock gone",
+        )
+        # What it published at most (its chunk in flight) went into the duplicate
+        # window: the stream holds each task once.
+        assert sorted(t for t, _ in messages_in_stream(job.id)) == list(range(TASKS))
+        view = jobsys.get_job(job.id)
+        assert (view.status, view.published, view.done) == ("started", TASKS, 0)
+    with LocalSystem(workers=1, processors=1, log_dir=tmp_path / "after") as system:
+        view = final_within(job.id, lambda v: f"job still {v.status}", lambda: time.sleep(0.2))
+        system.check_alive()
     assert (view.status, view.done, view.failed) == ("success", TASKS, 0)
     assert_counters_match_ledger(job.id)

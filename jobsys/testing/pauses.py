@@ -4,7 +4,9 @@ A crash test starts a process (a worker, say) with ``JOBSYS_PAUSE_AT=<point>``
 and ``JOBSYS_PAUSE_FILE=<path>`` in its environment. When that process
 reaches ``pause(Pause.<POINT>)`` it writes its pid to the file and sleeps, so
 the test knows the process is exactly there and can SIGKILL it: a crash
-window that is microseconds wide becomes reachable every time.
+window that is microseconds wide becomes reachable every time. A test that
+deletes the file instead lets the process go on from there (a frozen process
+that wakes).
 
 With ``JOBSYS_PAUSE_JOB=<job id>`` too, only that job's work pauses there:
 the test's database may hold other tests' jobs that the process serves as
@@ -30,6 +32,8 @@ T = TypeVar("T")
 
 # A paused process is meant to be killed; if nobody does, it goes on after this.
 PAUSE_MAX_S = 600.0
+# How often a paused process looks whether its pause file was deleted.
+RELEASE_POLL_S = 0.1
 
 
 class Pause(StrEnum):
@@ -75,6 +79,11 @@ def pause(point: Pause, job_id: int | None = None) -> None:
     if _JOB is not None and job_id != _JOB:
         return
     log.warning("paused for a test", extra={"pause_point": str(point), "pid": os.getpid()})
-    if _FILE:
-        Path(_FILE).write_text(str(os.getpid()))
-    time.sleep(PAUSE_MAX_S)
+    if not _FILE:
+        time.sleep(PAUSE_MAX_S)
+        return
+    marker = Path(_FILE)
+    marker.write_text(str(os.getpid()))
+    end = time.monotonic() + PAUSE_MAX_S
+    while marker.exists() and time.monotonic() < end:
+        time.sleep(RELEASE_POLL_S)
